@@ -1,0 +1,35 @@
+"""Output helpers shared by CLI commands: JSON for scripts, rich for people, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from romana.errors import InvalidTopology, RomanaError
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def fail(error: RomanaError | str) -> NoReturn:
+    """Report an error on one line (plus one line per detail) and exit 1."""
+    if isinstance(error, InvalidTopology):
+        err_console.print(f"[red]error:[/] invalid topology: {len(error.problems)} problem(s)",
+                          highlight=False)
+        for problem in error.problems:
+            err_console.print(f"  {problem}", highlight=False, markup=False)
+    elif isinstance(error, RomanaError):
+        err_console.print(f"[red]error:[/] {error.message}", highlight=False)
+        for detail in error.details:
+            err_console.print(f"  {detail}", highlight=False, markup=False)
+    else:
+        err_console.print(f"[red]error:[/] {error}", highlight=False)
+    raise typer.Exit(1)

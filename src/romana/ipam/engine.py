@@ -1,0 +1,393 @@
+"""The IPAM engine: every operation checks its request, plans facts, then commits them.
+
+Planning never mutates state. ``commit`` hands the facts to the sink (the store, which
+makes them durable) and only then applies them, so a failed write leaves memory unchanged
+and an acknowledged change is always on disk first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from ipaddress import AddressValueError, IPv4Address, IPv4Network
+from typing import Any
+
+from romana.errors import Conflict, Exhausted, InvalidRequest, NotFound, Problem
+from romana.ipam import snapshot
+from romana.ipam.addr import cidr_str, ip_to_str
+from romana.ipam.annotate import annotated_topology
+from romana.ipam.blocks import Address, Block, first_free_in
+from romana.ipam.facts import (
+    AddressAllocated,
+    AddressReleased,
+    BlackoutAdded,
+    BlackoutRemoved,
+    BlockAssigned,
+    BlockFreed,
+    Fact,
+    HostAdded,
+    HostLabelsUpdated,
+    HostRemoved,
+    HostState,
+)
+from romana.ipam.groups import NetworkTree
+from romana.ipam.replan import plan_topology
+from romana.ipam.state import HostRecord, IpamState, LeafUsage
+from romana.ipam.views import AddressView, BlockView, HostView
+from romana.topology.model import Topology
+from romana.topology.validate import check
+
+FactSink = Callable[[list[Fact]], None]
+
+
+class Engine:
+    """Topology-aware IPAM over an in-memory state; see ARCHITECTURE.md for the rules."""
+
+    def __init__(self, sink: FactSink | None = None) -> None:
+        self.state = IpamState()
+        self.sink = sink
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
+
+    @classmethod
+    def replay(cls, facts: Iterable[Fact], sink: FactSink | None = None) -> Engine:
+        engine = cls(sink)
+        engine.state.apply(facts)
+        return engine
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any], sink: FactSink | None = None) -> Engine:
+        engine = cls(sink)
+        engine.state = snapshot.restore(data)
+        return engine
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state as a versioned JSON-ready document (see :mod:`romana.ipam.snapshot`)."""
+        return snapshot.take(self.state)
+
+    def apply(self, facts: Iterable[Fact]) -> None:
+        """Apply already-durable facts (replay, or a replica tailing the log)."""
+        self.state.apply(facts)
+
+    def commit(self, facts: list[Fact]) -> None:
+        if self.sink is not None:
+            self.sink(facts)
+        self.state.apply(facts)
+
+    # -- topology -------------------------------------------------------------------
+    def apply_topology(self, document: Topology | Mapping[str, Any],
+                       service_cidr: str | None = None) -> list[Problem]:
+        """Apply a map, keeping every allocation or failing atomically; returns warnings."""
+        raw = document.to_json() if isinstance(document, Topology) else dict(document)
+        topology, warnings = check(raw, service_cidr)
+        fact, dropped = plan_topology(self.state, topology)
+        self.commit([fact])
+        return warnings + dropped
+
+    @property
+    def topology(self) -> Topology | None:
+        return self.state.topology
+
+    def topology_document(self) -> dict[str, Any] | None:
+        """The applied map with every group's computed ``cidr`` and placed ``hosts``."""
+        return annotated_topology(self.state)
+
+    def _trees(self) -> dict[str, NetworkTree]:
+        if self.state.topology is None:
+            raise NotFound("no topology applied yet", ["apply one with POST /topology"])
+        return self.state.trees
+
+    # -- hosts ----------------------------------------------------------------------
+    def add_host(self, name: str, ip: str, labels: Mapping[str, str] | None = None) -> HostView:
+        """Register a host and place it in every network that has an eligible group.
+
+        Adding a host that exists with the same IP is idempotent; with new labels it is a
+        label update (same rules as :meth:`update_labels`).
+        """
+        labels = dict(labels or {})
+        trees = self._trees()
+        ip = _host_ip(ip)
+        st = self.state
+        record = st.hosts.get(name)
+        if record is not None:
+            if record.ip != ip:
+                raise Conflict(f'host "{name}" exists with IP {record.ip}, not {ip}',
+                               ["remove it first to change its IP"])
+            return self.update_labels(name, labels) if labels != record.labels else self.host(name)
+        if ip in st.host_ips:
+            raise Conflict(f'IP {ip} is already used by host "{st.host_ips[ip]}"')
+        placements = {}
+        for tree in trees.values():
+            leaf = tree.choose_leaf(name, labels)
+            if leaf is not None:
+                placements[tree.name] = leaf.path
+        if not placements:
+            raise InvalidRequest(
+                f'host "{name}" fits no group of any network',
+                [f"labels {labels or '{}'} match no leaf group's assignment; "
+                 "see romana topology show for the assignments"],
+            )
+        self.commit([HostAdded(HostState(name, ip, labels, placements))])
+        return self.host(name)
+
+    def update_labels(self, name: str, labels: Mapping[str, str]) -> HostView:
+        """Replace a host's labels; refused if it would no longer fit a group it is in."""
+        record = self._host(name)
+        labels = dict(labels)
+        problems = []
+        for net, leaf in record.placements.items():
+            tree = self.state.trees[net]
+            if not tree.eligible_leaf(leaf, name, labels):
+                wanted = {k: v for n in leaf.lineage() for k, v in n.assignment.items()}
+                problems.append(f'network "{net}" group "{leaf.path}" requires labels {wanted}')
+        if problems:
+            raise Conflict(f'new labels of host "{name}" do not fit its current groups; '
+                           "hosts are never moved silently: remove and re-add the host to move it",
+                           problems)
+        placements = {net: leaf.path for net, leaf in record.placements.items()}
+        for tree in self.state.trees.values():
+            if tree.name not in placements:
+                leaf = tree.choose_leaf(name, labels)
+                if leaf is not None:
+                    placements[tree.name] = leaf.path
+        if labels != record.labels or len(placements) != len(record.placements):
+            self.commit([HostLabelsUpdated(HostState(name, record.ip, labels, placements))])
+        return self.host(name)
+
+    def remove_host(self, name: str) -> list[Fact]:
+        """Remove a host, releasing its addresses and returning its blocks to the pools."""
+        record = self._host(name)
+        facts: list[Fact] = []
+        for base in sorted(record.blocks):
+            block = record.blocks[base]
+            net = block.tree.name
+            facts += [AddressReleased(self.state.ips[ip].name, net, ip) for ip in block.used_ips()]
+            facts.append(BlockFreed(net, base, block.tree.block_mask))
+        facts.append(HostRemoved(name))
+        self.commit(facts)
+        return facts
+
+    def _host(self, name: str) -> HostRecord:
+        record = self.state.hosts.get(name)
+        if record is None:
+            raise NotFound(f'host "{name}" not found')
+        return record
+
+    # -- addresses ------------------------------------------------------------------
+    def allocate(self, name: str, host: str, tenant: str = "", segment: str = "") -> AddressView:
+        """Allocate the next address for (tenant, segment) on ``host``."""
+        st = self.state
+        if name in st.addresses:
+            raise Conflict(f'address name "{name}" is already allocated '
+                           f"({ip_to_str(st.addresses[name].ip)})",
+                           ["release it first, or use another name"])
+        record = st.hosts.get(host)
+        if record is None:
+            raise NotFound(f'host "{host}" not found')
+        facts: list[Fact] | None = None
+        for tree in st.networks_for(tenant):
+            leaf = record.placements.get(tree.name)
+            if leaf is None:
+                continue
+            owned = st.nonfull.get((host, tenant, segment, tree.name))
+            if owned:
+                facts = [AddressAllocated(name, tree.name, owned[0].lowest_free())]
+                break
+            index = leaf.pool.lowest()
+            if index is None:
+                continue
+            base = leaf.base + index * tree.block_size
+            offset = first_free_in(st.blackouts[tree.name].mask(base, tree.block_size),
+                                   tree.block_size)
+            assert offset is not None, "wholly blacked-out blocks are never in the pool"
+            facts = [BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment),
+                     AddressAllocated(name, tree.name, base + offset)]
+            break
+        if facts is None:
+            raise self._exhausted(record, tenant)
+        self.commit(facts)
+        return self._view(st.addresses[name])
+
+    def _exhausted(self, record: HostRecord, tenant: str) -> Exhausted:
+        groups = [f'{t.name}:{record.placements[t.name].path} '
+                  f'({record.placements[t.name].cidr})'
+                  for t in self.state.networks_for(tenant) if t.name in record.placements]
+        if not groups:
+            return Exhausted(f'host "{record.name}" is in no network open to tenant "{tenant}"')
+        return Exhausted(f'no free address for host "{record.name}" tenant "{tenant}": '
+                         f"every block of its groups is in use", groups)
+
+    def allocate_ip(self, name: str, host: str, ip: str, tenant: str = "",
+                    segment: str = "") -> AddressView:
+        """Allocate a specific address; it must be free and inside the host's group."""
+        st = self.state
+        if name in st.addresses:
+            raise Conflict(f'address name "{name}" is already allocated '
+                           f"({ip_to_str(st.addresses[name].ip)})")
+        record = self._host(host)
+        value = int(_parse_ip(ip))
+        tree = next((t for t in st.trees.values()
+                     if t.base <= value < t.base + (1 << (32 - t.prefixlen))), None)
+        if tree is None:
+            raise InvalidRequest(f"{ip} is in no network")
+        if not tree.allows(tenant):
+            raise Conflict(f'network "{tree.name}" is not open to tenant "{tenant}"')
+        leaf = record.placements.get(tree.name)
+        if leaf is None or not leaf.contains(value):
+            where = f"its group {leaf.path} ({leaf.cidr})" if leaf else "none of its groups"
+            raise Conflict(f'{ip} is outside host "{host}"\'s group: it is in {where}')
+        if value in st.ips:
+            raise Conflict(f'{ip} is already allocated to "{st.ips[value].name}"')
+        if st.blackouts[tree.name].contains(value):
+            raise Conflict(f"{ip} is blacked out in network {tree.name}")
+        base = value & tree.block_base_mask
+        block = st.blocks.get(base)
+        facts: list[Fact] = []
+        if block is not None:
+            if block.owner != (host, tenant, segment):
+                raise Conflict(f"{ip} lies in block {cidr_str(base, tree.block_mask)} owned by "
+                               f"host {block.host}, tenant {block.tenant!r}, "
+                               f"segment {block.segment!r}")
+        else:
+            facts.append(BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment))
+        facts.append(AddressAllocated(name, tree.name, value))
+        self.commit(facts)
+        return self._view(st.addresses[name])
+
+    def release(self, name_or_ip: str) -> AddressView:
+        """Release by address name, or by IP; an emptied block returns to its pool."""
+        address = self._address(name_or_ip)
+        view = self._view(address)
+        block = address.block
+        net = block.tree.name
+        facts: list[Fact] = [AddressReleased(address.name, net, address.ip)]
+        if block.allocated == 1:
+            facts.append(BlockFreed(net, block.base, block.tree.block_mask))
+        self.commit(facts)
+        return view
+
+    def _address(self, name_or_ip: str) -> Address:
+        st = self.state
+        address = st.addresses.get(name_or_ip)
+        if address is None:
+            try:
+                address = st.ips.get(int(IPv4Address(name_or_ip)))
+            except AddressValueError:
+                address = None
+        if address is None:
+            raise NotFound(f'no address named or numbered "{name_or_ip}"')
+        return address
+
+    # -- blackouts ------------------------------------------------------------------
+    def add_blackout(self, network: str, cidr: str) -> None:
+        tree, net = self._blackout_target(network, cidr)
+        if net in self.state.blackouts[network].cidrs:
+            return  # idempotent
+        if net == tree.cidr:
+            raise InvalidRequest(f"{net} is the whole network {network}; nothing would be left")
+        lo, hi = int(net.network_address), int(net.broadcast_address) + 1
+        taken = [f"{ip_to_str(ip)} ({self.state.ips[ip].name})"
+                 for block in self.state.blocks.values() if block.tree is tree
+                 and block.base < hi and block.base + tree.block_size > lo
+                 for ip in block.used_ips() if lo <= ip < hi]
+        if taken:
+            raise Conflict(f"{net} holds {len(taken)} allocated address(es); release them first",
+                           taken[:20])
+        self.commit([BlackoutAdded(network, str(net))])
+
+    def remove_blackout(self, network: str, cidr: str) -> None:
+        _, net = self._blackout_target(network, cidr)
+        if net not in self.state.blackouts[network].cidrs:
+            raise NotFound(f"{net} is not blacked out in network {network}")
+        self.commit([BlackoutRemoved(network, str(net))])
+
+    def blackouts(self, network: str) -> list[str]:
+        self._tree(network)
+        return [str(c) for c in self.state.blackouts[network].cidrs]
+
+    def _blackout_target(self, network: str, cidr: str) -> tuple[NetworkTree, IPv4Network]:
+        tree = self._tree(network)
+        try:
+            net = IPv4Network(cidr)
+        except ValueError as exc:
+            raise InvalidRequest(f'"{cidr}" is not a valid IPv4 CIDR: {exc}') from exc
+        if not net.subnet_of(tree.cidr):
+            raise InvalidRequest(f"{net} is not inside network {network} ({tree.cidr})")
+        return tree, net
+
+    def _tree(self, network: str) -> NetworkTree:
+        tree = self._trees().get(network)
+        if tree is None:
+            raise NotFound(f'network "{network}" not found')
+        return tree
+
+    # -- views ----------------------------------------------------------------------
+    def _view(self, address: Address) -> AddressView:
+        block = address.block
+        return AddressView(address.name, ip_to_str(address.ip), block.tree.name, block.host,
+                           block.tenant, block.segment,
+                           cidr_str(block.base, block.tree.block_mask))
+
+    def address(self, name: str) -> AddressView:
+        address = self.state.addresses.get(name)
+        if address is None:
+            raise NotFound(f'address "{name}" not found')
+        return self._view(address)
+
+    def addresses(self, host: str | None = None, tenant: str | None = None) -> list[AddressView]:
+        out = [self._view(a) for a in self.state.addresses.values()
+               if (host is None or a.block.host == host)
+               and (tenant is None or a.block.tenant == tenant)]
+        out.sort(key=lambda v: IPv4Address(v.ip))
+        return out
+
+    def host(self, name: str) -> HostView:
+        record = self._host(name)
+        groups = {net: {"group": leaf.path, "cidr": leaf.cidr}
+                  for net, leaf in record.placements.items()}
+        return HostView(record.name, record.ip, dict(record.labels), groups, len(record.blocks))
+
+    def hosts(self) -> list[HostView]:
+        return [self.host(name) for name in self.state.hosts]
+
+    def blocks(self, network: str | None = None) -> list[BlockView]:
+        if network is not None:
+            self._tree(network)
+        return [_block_view(b) for base, b in sorted(self.state.blocks.items())
+                if network is None or b.tree.name == network]
+
+    def networks(self) -> list[dict[str, Any]]:
+        out = []
+        for tree in self._trees().values():
+            usage = [self.state.leaf_usage(tree, leaf) for leaf in tree.leaves.values()]
+            out.append({"name": tree.name, "cidr": str(tree.cidr), "block_mask": tree.block_mask,
+                        "tenants": sorted(tree.tenants) if tree.tenants else None,
+                        "blocks": sum(u.blocks for u in usage),
+                        "allocated": sum(u.allocated for u in usage),
+                        "free": sum(u.free for u in usage)})
+        return out
+
+    def group_usage(self) -> list[tuple[str, str, LeafUsage]]:
+        """(network, leaf path, usage) for every leaf group: the metrics' raw figures."""
+        return [(tree.name, leaf.path, self.state.leaf_usage(tree, leaf))
+                for tree in self._trees().values() for leaf in tree.leaves.values()]
+
+
+def _block_view(b: Block) -> BlockView:
+    return BlockView(cidr_str(b.base, b.tree.block_mask), b.tree.name, b.leaf.path, b.host,
+                     b.tenant, b.segment, b.allocated)
+
+
+def _parse_ip(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except AddressValueError as exc:
+        raise InvalidRequest(f'"{text}" is not an IPv4 address') from exc
+
+
+def _host_ip(text: str) -> str:
+    return str(_parse_ip(text.strip()))
+
+
+__all__: Sequence[str] = ["Engine", "FactSink"]

@@ -1,0 +1,168 @@
+"""Facts: the engine's record of every change, in the order it happened.
+
+A fact states an outcome (which block, which address, which group), never a request, so
+replaying facts rebuilds the same state without re-running any decision. In memory,
+addresses are ints for speed; on the wire (:func:`fact_to_json`) they are dotted strings:
+an ``ip`` field becomes ``"10.1.0.3"`` and a ``base``/``prefixlen`` pair becomes
+``"cidr": "10.1.0.0/29"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from romana.ipam.addr import cidr_str, ip_from_str, ip_to_str
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """A host as a change leaves it: labels and leaf-group path per network."""
+
+    name: str
+    ip: str
+    labels: dict[str, str]
+    placements: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ip": self.ip, "labels": dict(self.labels),
+                "placements": dict(self.placements)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HostState:
+        return cls(d["name"], d["ip"], dict(d.get("labels") or {}),
+                   dict(d.get("placements") or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyApplied:
+    """A topology took effect; ``hosts`` is every host's complete new placement."""
+
+    kind: ClassVar[str] = "topology_applied"
+    topology: dict[str, Any]
+    hosts: tuple[HostState, ...]
+    blackouts: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HostAdded:
+    kind: ClassVar[str] = "host_added"
+    host: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class HostLabelsUpdated:
+    """New labels; ``host.placements`` is the complete placement (it only ever grows)."""
+
+    kind: ClassVar[str] = "host_labels_updated"
+    host: HostState
+
+
+@dataclass(frozen=True, slots=True)
+class HostRemoved:
+    kind: ClassVar[str] = "host_removed"
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAssigned:
+    kind: ClassVar[str] = "block_assigned"
+    network: str
+    base: int
+    prefixlen: int
+    host: str
+    tenant: str
+    segment: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockFreed:
+    kind: ClassVar[str] = "block_freed"
+    network: str
+    base: int
+    prefixlen: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressAllocated:
+    kind: ClassVar[str] = "address_allocated"
+    name: str
+    network: str
+    ip: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressReleased:
+    kind: ClassVar[str] = "address_released"
+    name: str
+    network: str
+    ip: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlackoutAdded:
+    kind: ClassVar[str] = "blackout_added"
+    network: str
+    cidr: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlackoutRemoved:
+    kind: ClassVar[str] = "blackout_removed"
+    network: str
+    cidr: str
+
+
+Fact = (
+    TopologyApplied | HostAdded | HostLabelsUpdated | HostRemoved | BlockAssigned | BlockFreed
+    | AddressAllocated | AddressReleased | BlackoutAdded | BlackoutRemoved
+)
+
+FACT_TYPES: dict[str, Any] = {
+    t.kind: t
+    for t in (TopologyApplied, HostAdded, HostLabelsUpdated, HostRemoved, BlockAssigned,
+              BlockFreed, AddressAllocated, AddressReleased, BlackoutAdded, BlackoutRemoved)
+}
+
+
+def fact_to_json(fact: Fact) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": fact.kind}
+    for f in fields(fact):
+        value = getattr(fact, f.name)
+        if f.name == "ip":
+            out["ip"] = ip_to_str(value)
+        elif f.name == "base":
+            out["cidr"] = cidr_str(value, fact.prefixlen)  # type: ignore[union-attr]
+        elif f.name == "prefixlen":
+            continue
+        elif isinstance(value, HostState):
+            out.update(value.to_json())
+        elif f.name == "hosts":
+            out["hosts"] = [h.to_json() for h in value]
+        else:
+            out[f.name] = value
+    return out
+
+
+def fact_from_json(d: dict[str, Any]) -> Fact:
+    kind = FACT_TYPES.get(d.get("kind", ""))
+    if kind is None:
+        raise ValueError(f"unknown fact kind {d.get('kind')!r}")
+    args: dict[str, Any] = {}
+    for f in fields(kind):
+        if f.name == "ip":
+            args["ip"] = ip_from_str(d["ip"])
+        elif f.name == "base":
+            ip, prefix = d["cidr"].split("/")
+            args["base"], args["prefixlen"] = ip_from_str(ip), int(prefix)
+        elif f.name == "prefixlen":
+            continue
+        elif f.name == "host" and kind in (HostAdded, HostLabelsUpdated):
+            args["host"] = HostState.from_json(d)
+        elif f.name == "hosts":
+            args["hosts"] = tuple(HostState.from_json(h) for h in d["hosts"])
+        elif f.name == "blackouts":
+            args["blackouts"] = {k: list(v) for k, v in d.get("blackouts", {}).items()}
+        else:
+            args[f.name] = d[f.name]
+    return kind(**args)  # type: ignore[no-any-return]

@@ -1,0 +1,133 @@
+"""Planning a topology change that keeps every existing allocation, or fails naming why.
+
+A host holding blocks in a network must land in the one leaf group of the new map that
+contains all of them and that it is still eligible for; block size and tenant rules must
+still hold. Hosts without blocks are placed afresh (pinned ones first, then balanced).
+"""
+
+from __future__ import annotations
+
+from romana.errors import Problem, TopologyConflict
+from romana.ipam.addr import cidr_str
+from romana.ipam.facts import HostState, TopologyApplied
+from romana.ipam.groups import GroupNode, NetworkTree
+from romana.ipam.state import HostRecord, IpamState, build_trees
+from romana.topology.model import Topology
+
+
+def _pinned_hosts(topology: Topology) -> dict[str, str]:
+    """Hosts listed in the map's "hosts" lists: name -> ip (validation made them agree)."""
+    found: dict[str, str] = {}
+
+    def walk(groups: list) -> None:  # type: ignore[type-arg]
+        for group in groups:
+            for host in group.hosts or ():
+                found.setdefault(host.name, host.ip)
+            walk(group.groups or [])
+
+    for mapping in topology.topologies:
+        walk(mapping.map)
+    return found
+
+
+def _keep_blocks(
+    record: HostRecord, tree: NetworkTree, problems: list[Problem]
+) -> GroupNode | None:
+    """The new leaf that keeps all of ``record``'s blocks in ``tree``'s network, if any."""
+    blocks = [b for b in record.blocks.values() if b.tree.name == tree.name]
+    where = f"hosts.{record.name}"
+    leaves: dict[str, GroupNode] = {}
+    for block in blocks:
+        cidr = cidr_str(block.base, block.tree.block_mask)
+        if block.tree.block_mask != tree.block_mask:
+            problems.append(Problem(where, f"block {cidr} of network {tree.name} would change "
+                                    f"size to /{tree.block_mask}",
+                                    "block_mask cannot change while blocks are in use"))
+            return None
+        if not tree.allows(block.tenant):
+            problems.append(Problem(where, f"block {cidr} belongs to tenant {block.tenant!r}, "
+                                    f"which network {tree.name} would no longer allow"))
+            return None
+        leaf = tree.leaf_containing(block.base)
+        if leaf is None:
+            problems.append(Problem(where, f"block {cidr} would fall outside every leaf group "
+                                    f"of network {tree.name}"))
+            return None
+        leaves[leaf.path] = leaf
+    if len(leaves) > 1:
+        problems.append(Problem(where, f"blocks of network {tree.name} would be split over "
+                                f"groups {', '.join(sorted(leaves))}"))
+        return None
+    leaf = next(iter(leaves.values()))
+    if not tree.eligible_leaf(leaf, record.name, record.labels):
+        problems.append(Problem(where, f"blocks of network {tree.name} would lie in group "
+                                f"{leaf.path} ({leaf.cidr}), which the host's labels "
+                                f"{record.labels} do not fit"))
+        return None
+    return leaf
+
+
+def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied, list[Problem]]:
+    """The fact applying ``topology`` to ``state``, and the blackouts it drops (warnings)."""
+    trees = build_trees(topology)
+    problems: list[Problem] = []
+    pinned = _pinned_hosts(topology)
+    records: dict[str, HostRecord] = {}
+    for name, record in state.hosts.items():
+        if name in pinned and pinned[name] != record.ip:
+            problems.append(Problem(f"hosts.{name}", f"the map pins it with IP {pinned[name]} "
+                                    f"but it exists with IP {record.ip}"))
+        records[name] = record
+    ips = {r.ip: r.name for r in records.values()}
+    for name, ip in pinned.items():
+        if name not in records:
+            if ip in ips:
+                problems.append(Problem(f"hosts.{name}", f"IP {ip} is already used by host "
+                                        f'"{ips[ip]}"'))
+            records[name] = HostRecord(name, ip, {})
+    for record in records.values():
+        for block in record.blocks.values():
+            if block.tree.name not in trees:
+                problems.append(Problem(f"hosts.{record.name}",
+                                        f"block {cidr_str(block.base, block.tree.block_mask)} "
+                                        f"is in network {block.tree.name}, which the new map "
+                                        "drops"))
+    placements: dict[str, dict[str, str]] = {name: {} for name in records}
+    # Pass 1: hosts held in place by their blocks or pinned by the map.
+    for tree in trees.values():
+        for record in records.values():
+            if any(b.tree.name == tree.name for b in record.blocks.values()):
+                leaf = _keep_blocks(record, tree, problems)
+            else:
+                leaf = tree.pinned.get(record.name)
+            if leaf is not None:
+                placements[record.name][tree.name] = leaf.path
+                tree.place(record.name, leaf)
+    # Pass 2: everyone else, balanced.
+    for tree in trees.values():
+        for record in records.values():
+            if tree.name in placements[record.name]:
+                continue
+            leaf = tree.choose_leaf(record.name, record.labels)
+            if leaf is not None:
+                placements[record.name][tree.name] = leaf.path
+                tree.place(record.name, leaf)
+    if problems:
+        raise TopologyConflict(
+            f"the new topology cannot keep {len(problems)} existing allocation(s); "
+            "nothing was changed", problems)
+    kept: dict[str, list[str]] = {}
+    dropped: list[Problem] = []
+    for net, blackouts in state.blackouts.items():
+        for cidr in blackouts.cidrs:
+            tree = trees.get(net)
+            if tree is not None and cidr.subnet_of(tree.cidr) and cidr != tree.cidr:
+                kept.setdefault(net, []).append(str(cidr))
+            else:
+                dropped.append(Problem(f"blackouts.{net}", f"blackout {cidr} dropped: no "
+                                       "longer inside the network", severity="warning"))
+    hosts = tuple(HostState(r.name, r.ip, dict(r.labels), placements[r.name])
+                  for r in records.values())
+    return TopologyApplied(topology.to_json(), hosts, kept), dropped
+
+

@@ -1,0 +1,71 @@
+"""Versioned JSON snapshots of the IPAM state.
+
+A snapshot is the smallest set of facts that rebuilds the state (topology with hosts and
+blackouts, then blocks, then addresses) plus the revision it was taken at. Restoring goes
+through the same appliers as live changes, so it cannot disagree with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from romana.ipam.addr import cidr_str, ip_from_str, ip_to_str
+from romana.ipam.facts import AddressAllocated, BlockAssigned, Fact, HostState, TopologyApplied
+from romana.ipam.state import IpamState
+
+FORMAT = "romana-ipam-snapshot"
+VERSION = 1
+
+
+def take(state: IpamState) -> dict[str, Any]:
+    if state.topology is None:
+        return {"format": FORMAT, "version": VERSION, "revision": state.revision,
+                "topology": None}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "revision": state.revision,
+        "topology": state.topology.to_json(),
+        "hosts": [r.state().to_json() for r in state.hosts.values()],
+        "blackouts": {net: [str(c) for c in b.cidrs] for net, b in state.blackouts.items()
+                      if b.cidrs},
+        "blocks": [
+            {"network": b.tree.name, "cidr": cidr_str(b.base, b.tree.block_mask),
+             "host": b.host, "tenant": b.tenant, "segment": b.segment}
+            for _, b in sorted(state.blocks.items())
+        ],
+        "addresses": [[a.name, a.block.tree.name, ip_to_str(a.ip)]
+                      for a in state.addresses.values()],
+    }
+
+
+def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
+    """The facts that rebuild ``snapshot``'s state, and the revision to resume at."""
+    if snapshot.get("format") != FORMAT:
+        raise ValueError("not a Romana IPAM snapshot")
+    if snapshot.get("version") != VERSION:
+        raise ValueError(f"snapshot version {snapshot.get('version')} is not supported "
+                         f"(this build reads version {VERSION})")
+    revision = int(snapshot["revision"])
+    if snapshot["topology"] is None:
+        return [], revision
+    facts: list[Fact] = [TopologyApplied(
+        snapshot["topology"],
+        tuple(HostState.from_json(h) for h in snapshot["hosts"]),
+        {k: list(v) for k, v in snapshot.get("blackouts", {}).items()},
+    )]
+    for b in snapshot["blocks"]:
+        ip, prefix = b["cidr"].split("/")
+        facts.append(BlockAssigned(b["network"], ip_from_str(ip), int(prefix), b["host"],
+                                   b["tenant"], b["segment"]))
+    facts += [AddressAllocated(name, net, ip_from_str(ip))
+              for name, net, ip in snapshot["addresses"]]
+    return facts, revision
+
+
+def restore(snapshot: dict[str, Any]) -> IpamState:
+    facts, revision = facts_of(snapshot)
+    state = IpamState()
+    state.apply(facts)
+    state.revision = revision
+    return state

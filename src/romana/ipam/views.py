@@ -1,0 +1,46 @@
+"""Read-only views of IPAM state, shaped for the API and CLI (JSON field names of the docs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AddressView:
+    name: str
+    ip: str
+    network: str
+    host: str
+    tenant: str
+    segment: str
+    block: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockView:
+    cidr: str
+    network: str
+    group: str
+    host: str
+    tenant: str
+    segment: str
+    allocated_ip_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    name: str
+    ip: str
+    labels: dict[str, str]
+    groups: dict[str, dict[str, str]]  # network -> {"group": path, "cidr": cidr}
+    block_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,377 @@
+"""Validation of topology map documents.
+
+The validator walks the raw document (not the typed model) so it can report *every*
+problem in one pass, each with its JSON path and a hint, instead of stopping at the first.
+Documents it accepts always build a :class:`~romana.topology.model.Topology`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from typing import Any
+
+from romana.errors import Problem, ProblemList
+from romana.topology.carving import child_prefix_bits
+from romana.topology.model import (
+    DEFAULT_BLOCK_MASK,
+    Host,
+    HostGroup,
+    Network,
+    Topology,
+    TopologyMapping,
+)
+
+
+def _fields(model: type) -> list[str]:
+    return list(model.model_fields)  # type: ignore[attr-defined]
+
+
+def _describe(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    for kind, name in kinds.items():
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+class _Walker:
+    def __init__(self, service_cidr: IPv4Network | None) -> None:
+        self.problems = ProblemList()
+        self.service_cidr = service_cidr
+        # name -> (network, block_mask) for networks whose cidr and block_mask are valid
+        self.networks: dict[str, tuple[IPv4Network, int]] = {}
+        self.used_networks: dict[str, str] = {}  # network name -> path of first use
+        self.host_names: dict[str, tuple[str, str]] = {}  # name -> (ip, path)
+        self.host_ips: dict[str, tuple[str, str]] = {}  # ip -> (name, path)
+
+    # -- generic helpers ------------------------------------------------------------
+    def check_object(self, value: Any, path: str, model: type) -> bool:
+        if not isinstance(value, dict):
+            self.problems.error(path, f"expected an object, got {_describe(value)}")
+            return False
+        allowed = _fields(model)
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}"
+                self.problems.error(f"{path}.{key}", f'unknown field "{key}"', hint)
+        return True
+
+    def required_list(self, obj: dict[str, Any], key: str, path: str, what: str) -> list[Any]:
+        if key not in obj or obj[key] is None:
+            self.problems.error(f"{path}.{key}" if path else key, "required field missing",
+                                f"give a non-empty list of {what}")
+            return []
+        value = obj[key]
+        where = f"{path}.{key}" if path else key
+        if not isinstance(value, list):
+            self.problems.error(where, f"expected a list of {what}, got {_describe(value)}")
+            return []
+        if not value:
+            self.problems.error(where, "must not be empty", f"give at least one of {what}")
+        return value
+
+    def required_string(self, obj: dict[str, Any], key: str, path: str) -> str | None:
+        where = f"{path}.{key}"
+        if key not in obj or obj[key] is None:
+            self.problems.error(where, "required field missing")
+            return None
+        value = obj[key]
+        if not isinstance(value, str):
+            self.problems.error(where, f"expected a string, got {_describe(value)}")
+            return None
+        if not value.strip():
+            self.problems.error(where, "must not be empty")
+            return None
+        return value
+
+    # -- networks -------------------------------------------------------------------
+    def networks_section(self, doc: dict[str, Any]) -> None:
+        seen: dict[str, str] = {}
+        valid_cidrs: list[tuple[str, IPv4Network]] = []
+        for i, net in enumerate(self.required_list(doc, "networks", "", "network definitions")):
+            path = f"networks[{i}]"
+            if not self.check_object(net, path, Network):
+                continue
+            name = self.required_string(net, "name", path)
+            if name is not None:
+                if name in seen:
+                    self.problems.error(f"{path}.name", f'duplicate network name "{name}"',
+                                        f"already used by {seen[name]}; names must be unique")
+                else:
+                    seen[name] = path
+            cidr = self.network_cidr(net, path)
+            mask = self.block_mask(net, path, cidr)
+            self.tenants(net, path)
+            if cidr is None:
+                continue
+            for other_path, other in valid_cidrs:
+                if cidr.overlaps(other):
+                    self.problems.error(f"{path}.cidr", f"{cidr} overlaps {other} of {other_path}",
+                                        "network CIDRs must not overlap")
+            valid_cidrs.append((path, cidr))
+            if self.service_cidr is not None and cidr.overlaps(self.service_cidr):
+                self.problems.error(f"{path}.cidr",
+                                    f"{cidr} overlaps the service CIDR {self.service_cidr}",
+                                    "pick a pod CIDR outside the Kubernetes service range")
+            if name is not None and mask is not None and name not in self.networks:
+                self.networks[name] = (cidr, mask)
+
+    def network_cidr(self, net: dict[str, Any], path: str) -> IPv4Network | None:
+        text = self.required_string(net, "cidr", path)
+        if text is None:
+            return None
+        where = f"{path}.cidr"
+        try:
+            return IPv4Network(text.strip())
+        except (AddressValueError, NetmaskValueError):
+            self.problems.error(where, f'"{text}" is not an IPv4 CIDR',
+                                'write it like "10.1.0.0/16"')
+        except ValueError:
+            meant = IPv4Network(text.strip(), strict=False)
+            self.problems.error(where, f'"{text}" has host bits set',
+                                f'did you mean "{meant}"?')
+        return None
+
+    def block_mask(self, net: dict[str, Any], path: str, cidr: IPv4Network | None) -> int | None:
+        value = net.get("block_mask")
+        if value is None:
+            return max(DEFAULT_BLOCK_MASK, cidr.prefixlen) if cidr else None
+        where = f"{path}.block_mask"
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problems.error(where, f"expected an integer, got {_describe(value)}",
+                                "e.g. 29 for blocks of 8 addresses")
+            return None
+        if cidr is not None and not cidr.prefixlen < value <= 32:
+            self.problems.error(where, f"block_mask {value} is not in ({cidr.prefixlen}, 32]",
+                                f"blocks must be smaller than the network {cidr}")
+            return None
+        if cidr is None and not 0 < value <= 32:
+            self.problems.error(where, f"block_mask {value} is not a prefix length")
+            return None
+        return value
+
+    def tenants(self, net: dict[str, Any], path: str) -> None:
+        if "tenants" not in net or net["tenants"] is None:
+            return
+        value = net["tenants"]
+        where = f"{path}.tenants"
+        if not isinstance(value, list) or not value:
+            self.problems.error(where, "expected a non-empty list of tenant names",
+                                "omit the field to allow every tenant")
+            return
+        seen: set[str] = set()
+        for j, tenant in enumerate(value):
+            if not isinstance(tenant, str) or not tenant:
+                self.problems.error(f"{where}[{j}]", "expected a non-empty string")
+            elif tenant in seen:
+                self.problems.error(f"{where}[{j}]", f'duplicate tenant "{tenant}"')
+            else:
+                seen.add(tenant)
+
+    # -- topologies -----------------------------------------------------------------
+    def topologies_section(self, doc: dict[str, Any]) -> None:
+        topologies = self.required_list(doc, "topologies", "", "topology mappings")
+        for i, topo in enumerate(topologies):
+            path = f"topologies[{i}]"
+            if not self.check_object(topo, path, TopologyMapping):
+                continue
+            names = self.topology_networks(topo, path)
+            groups = self.required_list(topo, "map", path, "host groups")
+            own_hosts: dict[str, str] = {}
+            self.group_list(groups, f"{path}.map", own_hosts)
+            for name in names:
+                cidr, mask = self.networks[name]
+                self.check_carving(groups, f"{path}.map", cidr.prefixlen, name, cidr, mask)
+
+    def topology_networks(self, topo: dict[str, Any], path: str) -> list[str]:
+        usable: list[str] = []
+        for j, name in enumerate(self.required_list(topo, "networks", path, "network names")):
+            where = f"{path}.networks[{j}]"
+            if not isinstance(name, str):
+                self.problems.error(where, f"expected a network name, got {_describe(name)}")
+                continue
+            if name in self.used_networks:
+                first = self.used_networks[name]
+                same = first.rsplit(".networks", 1)[0] == path
+                self.problems.error(
+                    where,
+                    f'network "{name}" listed twice' if same
+                    else f'network "{name}" is already used by {first}',
+                    "a network belongs to exactly one topology",
+                )
+                continue
+            self.used_networks[name] = where
+            if name not in self.networks:
+                # Only report undefined names; a defined but invalid network has its own error.
+                if not any(isinstance(n, dict) and n.get("name") == name
+                           for n in self.raw_networks):
+                    close = difflib.get_close_matches(name, [str(k) for k in self.defined], n=1)
+                    hint = f'did you mean "{close[0]}"?' if close else "define it under networks"
+                    self.problems.error(where, f'network "{name}" is not defined', hint)
+                continue
+            usable.append(name)
+        return usable
+
+    def group_list(self, groups: Iterable[Any], path: str, own_hosts: dict[str, str]) -> None:
+        sibling_names: dict[str, int] = {}
+        for k, group in enumerate(groups):
+            where = f"{path}[{k}]"
+            if not self.check_object(group, where, HostGroup):
+                continue
+            name = group.get("name")
+            if name is not None:
+                if not isinstance(name, str) or not name.strip() or "/" in name:
+                    self.problems.error(f"{where}.name", "expected a non-empty name without '/'",
+                                        "names form group paths like zone-a/rack-3")
+                elif name in sibling_names:
+                    self.problems.error(f"{where}.name",
+                                        f'duplicate group name "{name}" among siblings',
+                                        f"{path}[{sibling_names[name]}] has it too; group "
+                                        "paths must be unambiguous")
+                else:
+                    sibling_names[name] = k
+            self.assignment(group, where)
+            routing = group.get("routing")
+            if routing is not None and not isinstance(routing, str):
+                self.problems.error(f"{where}.routing", f"expected a string, got "
+                                    f"{_describe(routing)}", 'e.g. "block-host-routes"')
+            has_hosts, has_groups = group.get("hosts") is not None, group.get("groups") is not None
+            if has_hosts and has_groups:
+                self.problems.error(where, 'both "hosts" and "groups" given',
+                                    "a host group has one or the other")
+            elif not has_hosts and not has_groups:
+                self.problems.error(where, 'neither "hosts" nor "groups" given',
+                                    'use "groups": [] for a leaf group that receives hosts')
+            if has_hosts:
+                self.hosts(group["hosts"], f"{where}.hosts", own_hosts)
+            if has_groups:
+                sub = group["groups"]
+                if not isinstance(sub, list):
+                    self.problems.error(f"{where}.groups",
+                                        f"expected a list of host groups, got {_describe(sub)}")
+                else:
+                    self.group_list(sub, f"{where}.groups", own_hosts)
+
+    def assignment(self, group: dict[str, Any], where: str) -> None:
+        value = group.get("assignment")
+        if value is None:
+            return
+        if not isinstance(value, dict):
+            self.problems.error(f"{where}.assignment",
+                                f"expected an object of label: value, got {_describe(value)}")
+            return
+        for key, label in value.items():
+            if not key:
+                self.problems.error(f"{where}.assignment", "empty label name")
+            if not isinstance(label, str):
+                self.problems.error(f"{where}.assignment.{key}",
+                                    f"expected a string label value, got {_describe(label)}",
+                                    "quote numbers, e.g. \"1\"")
+
+    def hosts(self, hosts: Any, path: str, own_hosts: dict[str, str]) -> None:
+        if not isinstance(hosts, list):
+            self.problems.error(path, f"expected a list of hosts, got {_describe(hosts)}")
+            return
+        for h, host in enumerate(hosts):
+            where = f"{path}[{h}]"
+            if not self.check_object(host, where, Host):
+                continue
+            name = self.required_string(host, "name", where)
+            ip = self.host_ip(host, where)
+            if name is None:
+                continue
+            if name in own_hosts:
+                self.problems.error(f"{where}.name", f'duplicate host name "{name}"',
+                                    f"already listed at {own_hosts[name]}")
+                continue
+            own_hosts[name] = where
+            if ip is None:
+                continue
+            known = self.host_names.get(name)
+            if known is not None and known[0] != ip:
+                self.problems.error(f"{where}.ip", f'host "{name}" has IP {ip} here but '
+                                    f"{known[0]} at {known[1]}", "a host has one IP")
+            by_ip = self.host_ips.get(ip)
+            if by_ip is not None and by_ip[0] != name:
+                self.problems.error(f"{where}.ip", f'duplicate host IP {ip}',
+                                    f'already used by host "{by_ip[0]}" at {by_ip[1]}')
+            self.host_names.setdefault(name, (ip, where))
+            self.host_ips.setdefault(ip, (name, where))
+
+    def host_ip(self, host: dict[str, Any], where: str) -> str | None:
+        text = self.required_string(host, "ip", where)
+        if text is None:
+            return None
+        try:
+            ip = IPv4Address(text.strip())
+        except AddressValueError:
+            self.problems.error(f"{where}.ip", f'"{text}" is not an IPv4 address',
+                                'write it like "192.168.1.10" (no prefix length)')
+            return None
+        for net_name, (cidr, _) in self.networks.items():
+            if ip in cidr:
+                self.problems.error(f"{where}.ip", f"host IP {ip} lies inside pod network "
+                                    f'"{net_name}" ({cidr})', "host and pod ranges must differ")
+        return str(ip)
+
+    def check_carving(self, groups: list[Any], path: str, prefix: int, net_name: str,
+                      cidr: IPv4Network, mask: int) -> None:
+        child_prefix = prefix + child_prefix_bits(len(groups))
+        for k, group in enumerate(groups):
+            if not isinstance(group, dict):
+                continue
+            where = f"{path}[{k}]"
+            sub = group.get("groups")
+            if group.get("hosts") is None and isinstance(sub, list) and sub:
+                self.check_carving(sub, f"{where}.groups", child_prefix, net_name, cidr, mask)
+            elif child_prefix > mask:
+                self.problems.error(
+                    where,
+                    f'leaf group gets a /{child_prefix} of network "{net_name}" ({cidr}), '
+                    f"smaller than one /{mask} block",
+                    "use a larger network CIDR, fewer groups, or a longer block_mask",
+                )
+                return  # siblings share the same size: one report per level is enough
+
+    # -- whole document -------------------------------------------------------------
+    def document(self, doc: Any) -> None:
+        if not self.check_object(doc, "", Topology):
+            return
+        raw = doc.get("networks")
+        self.raw_networks = raw if isinstance(raw, list) else []
+        self.defined = [n.get("name") for n in self.raw_networks
+                        if isinstance(n, dict) and isinstance(n.get("name"), str)]
+        self.networks_section(doc)
+        self.topologies_section(doc)
+        for i, net in enumerate(self.raw_networks):
+            name = net.get("name") if isinstance(net, dict) else None
+            if isinstance(name, str) and name not in self.used_networks:
+                self.problems.warning(f"networks[{i}]", f'network "{name}" is in no topology',
+                                      "no host can get addresses from it")
+
+
+def validate(doc: Any, service_cidr: str | IPv4Network | None = None) -> list[Problem]:
+    """Every problem of ``doc`` (errors and warnings), in document order."""
+    svc = IPv4Network(service_cidr) if isinstance(service_cidr, str) else service_cidr
+    walker = _Walker(svc)
+    walker.document(doc)
+    return walker.problems.items
+
+
+def check(
+    doc: Any, service_cidr: str | IPv4Network | None = None
+) -> tuple[Topology, list[Problem]]:
+    """The typed topology and its warnings, or :class:`InvalidTopology` with every error."""
+    from romana.errors import InvalidTopology
+
+    problems = validate(doc, service_cidr)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidTopology(problems)
+    return Topology.model_validate(doc), [p for p in problems if p.severity == "warning"]
