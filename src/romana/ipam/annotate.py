@@ -1,8 +1,9 @@
 """The applied topology document annotated with what the IPAM computed.
 
-Networks get their effective ``block_mask``; every group gets ``cidr`` (a string when its topology has one network, otherwise an object
-``{network: cidr}``) and ``hosts`` (``[{name, ip}]``) where hosts are placed. The result
-mirrors the input, so people and scripts can read it side by side with their map.
+Networks get their effective ``block_mask``; every group gets ``cidr`` (a string when its
+topology has one network, otherwise an object ``{network: cidr}``) and ``hosts``
+(``[{name, ip}]``) where hosts are placed. The result mirrors the input, so people and
+scripts can read it side by side with their map.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ def annotated_topology(state: IpamState) -> dict[str, Any] | None:
         return None
     doc = state.topology.to_json()
     for network in doc["networks"]:
-        network["block_mask"] = state.trees[network["name"]].block_mask if network["name"] in \
-            state.trees else network.get("block_mask")
+        tree = state.trees.get(network["name"])
+        if tree is not None:
+            network["block_mask"] = tree.block_mask
     for mapping in doc["topologies"]:
         trees = [state.trees[n] for n in mapping["networks"]]
         for i, group in enumerate(mapping["map"]):
