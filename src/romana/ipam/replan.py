@@ -114,7 +114,7 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
                 tree.place(record.name, leaf)
     if problems:
         raise TopologyConflict(
-            f"the new topology cannot keep {len(problems)} existing allocation(s); "
+            f"the new topology cannot keep what is allocated ({len(problems)} problem(s)); "
             "nothing was changed", problems)
     kept: dict[str, list[str]] = {}
     dropped: list[Problem] = []

@@ -188,8 +188,7 @@ class IpamState:
         leaf.blocks[index] = block
         self.blocks[fact.base] = block
         record.blocks[fact.base] = block
-        key = (fact.host, fact.tenant, fact.segment, fact.network)
-        insort(self.nonfull.setdefault(key, []), block, key=_by_base)
+        self._file(block)
 
     def _block_freed(self, fact: BlockFreed) -> None:
         block = self.blocks.pop(fact.base)
@@ -198,11 +197,8 @@ class IpamState:
         del self.hosts[block.host].blocks[block.base]
         if not self.blackouts[tree.name].covers(block.base, block.base + tree.block_size):
             leaf.pool.give(block.index)
-        key = (block.host, block.tenant, block.segment, tree.name)
-        owned = self.nonfull[key]
-        owned.remove(block)
-        if not owned:
-            del self.nonfull[key]
+        if not block.is_full:
+            self._unfile(block)
 
     def _address_allocated(self, fact: AddressAllocated) -> None:
         ip = fact.ip
@@ -211,7 +207,7 @@ class IpamState:
         block.used |= 1 << (ip - block.base)
         block.allocated += 1
         if (block.used | block.black) == block.full:
-            self.nonfull[(block.host, block.tenant, block.segment, fact.network)].remove(block)
+            self._unfile(block)
         address = Address(fact.name, ip, block)
         self.addresses[fact.name] = address
         self.ips[ip] = address
@@ -224,8 +220,7 @@ class IpamState:
         block.used &= ~(1 << (address.ip - block.base))
         block.allocated -= 1
         if was_full:
-            key = (block.host, block.tenant, block.segment, fact.network)
-            insort(self.nonfull.setdefault(key, []), block, key=_by_base)
+            self._file(block)
 
     # -- blackouts ------------------------------------------------------------------
     def _blackout_added(self, fact: BlackoutAdded) -> None:
@@ -252,8 +247,19 @@ class IpamState:
             self.rebuild_pool(tree, leaf)
 
     def _refile(self, block: Block, was_full: bool) -> None:
-        key = (block.host, block.tenant, block.segment, block.tree.name)
         if was_full and not block.is_full:
-            insort(self.nonfull.setdefault(key, []), block, key=_by_base)
+            self._file(block)
         elif not was_full and block.is_full:
-            self.nonfull[key].remove(block)
+            self._unfile(block)
+
+    # -- the owner index: each owner's non-full blocks, lowest first ----------------
+    def _file(self, block: Block) -> None:
+        key = (block.host, block.tenant, block.segment, block.tree.name)
+        insort(self.nonfull.setdefault(key, []), block, key=_by_base)
+
+    def _unfile(self, block: Block) -> None:
+        key = (block.host, block.tenant, block.segment, block.tree.name)
+        owned = self.nonfull[key]
+        owned.remove(block)
+        if not owned:
+            del self.nonfull[key]

@@ -60,7 +60,8 @@ class _Walker:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}"
-                self.problems.error(f"{path}.{key}", f'unknown field "{key}"', hint)
+                where = f"{path}.{key}" if path else str(key)
+                self.problems.error(where, f'unknown field "{key}"', hint)
         return True
 
     def required_list(self, obj: dict[str, Any], key: str, path: str, what: str) -> list[Any]:
