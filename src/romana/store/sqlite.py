@@ -1,0 +1,295 @@
+"""The embedded store: one SQLite database in the daemon's data directory.
+
+Why SQLite: a single-node ``romanad`` needs atomic, fsynced appends and nothing to
+operate. WAL mode with ``synchronous=FULL`` makes every commit durable with one fsync of
+the write-ahead log, and readers never wait for the writer.
+
+Threads: one *write* connection (appends, snapshots, compaction) and one *read*
+connection, each used under its own lock (``check_same_thread=False``). Readers therefore
+never queue behind a writer's fsync; each read runs in one read transaction, so it sees a
+consistent log even while a compaction commits.
+
+Processes: an exclusive ``flock`` on ``DATA_DIR/lock`` makes this process the only writer;
+a second daemon on the same directory fails at open with :class:`StoreLocked`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from romana.store.base import Compacted, FactJson, RevisionConflict, StoreError, StoreLocked
+
+SCHEMA_VERSION = 1
+DB_NAME = "romana.db"
+LOCK_NAME = "lock"
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS facts (revision INTEGER PRIMARY KEY, fact TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS snapshots (revision INTEGER PRIMARY KEY, data TEXT NOT NULL)",
+)
+# The head is the newest fact, or the newest snapshot once compaction has removed every
+# fact (compaction never deletes past the newest snapshot, and snapshots are never ahead
+# of the log, so this is exact). Both lookups are primary-key seeks.
+_HEAD_SQL = (
+    "SELECT max(coalesce((SELECT max(revision) FROM facts), 0),"
+    " coalesce((SELECT max(revision) FROM snapshots), 0))"
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class SqliteStore:
+    """A :class:`~romana.store.base.Store` in ``data_dir/romana.db``, locked to this process."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        self._closed = True
+        self._lock_fd = _acquire_lock(self.data_dir)
+        try:
+            self._writer = self._connect()
+            self._migrate()
+            self._reader = self._connect()
+            _fsync_dir(self.data_dir)  # the new database file's name must survive a crash too
+        except BaseException:
+            for name in ("_reader", "_writer"):
+                conn = getattr(self, name, None)
+                if conn is not None:
+                    conn.close()
+            _release_lock(self._lock_fd)
+            raise
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+
+    # -- opening --------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: transactions are exactly the BEGIN/COMMIT issued here.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        return conn
+
+    def _migrate(self) -> None:
+        """Create the schema, or refuse a database written by a newer Romana."""
+        try:
+            with self._transaction(self._writer, "BEGIN IMMEDIATE"):
+                for statement in _SCHEMA:
+                    self._writer.execute(statement)
+                row = self._writer.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+                if row is None:
+                    self._writer.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                    return
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot initialise {self.path}: {exc}") from exc
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
+                "this build understands",
+                ["run the Romana release that wrote it, or a newer one"],
+            )
+
+    # -- the Store interface --------------------------------------------------------
+    def load(self) -> tuple[dict[str, Any] | None, list[tuple[int, FactJson]]]:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT revision, data FROM snapshots ORDER BY revision DESC LIMIT 1"
+            ).fetchone()
+            after = 0 if row is None else row[0]
+            facts = _rows(
+                conn.execute(
+                    "SELECT revision, fact FROM facts WHERE revision > ? ORDER BY revision",
+                    (after,),
+                )
+            )
+        snapshot = None if row is None else json.loads(row[1])
+        # A gap would rebuild a wrong state silently; fail loudly instead.
+        for expected, (revision, _) in enumerate(facts, start=after + 1):
+            if revision != expected:
+                raise StoreError(
+                    f"{self.path} is damaged: revision {expected} is missing "
+                    f"(next stored is {revision})"
+                )
+        return snapshot, facts
+
+    def append(self, facts: Sequence[FactJson], expected_revision: int) -> int:
+        # Serialise first: a bad fact fails the call before the database is touched.
+        try:
+            texts = [_dumps(f) for f in facts]
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"a fact cannot be stored as JSON: {exc}") from exc
+        with self._writing() as conn, self._transaction(conn, "BEGIN IMMEDIATE"):
+            head = conn.execute(_HEAD_SQL).fetchone()[0]
+            if head != expected_revision:
+                raise RevisionConflict(expected_revision, head)
+            conn.executemany(
+                "INSERT INTO facts (revision, fact) VALUES (?, ?)",
+                zip(range(head + 1, head + 1 + len(texts)), texts, strict=True),
+            )
+        return expected_revision + len(texts)
+
+    def read_since(self, revision: int, limit: int | None = None) -> list[tuple[int, FactJson]]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        with self._reading() as conn:
+            first = conn.execute("SELECT min(revision) FROM facts").fetchone()[0]
+            if first is None:
+                first = conn.execute(_HEAD_SQL).fetchone()[0] + 1
+            if revision < first - 1:
+                raise Compacted(revision, first)
+            return _rows(
+                conn.execute(
+                    "SELECT revision, fact FROM facts WHERE revision > ? ORDER BY revision LIMIT ?",
+                    (revision, -1 if limit is None else limit),
+                )
+            )
+
+    def head(self) -> int:
+        with self._reading() as conn:
+            return int(conn.execute(_HEAD_SQL).fetchone()[0])
+
+    def save_snapshot(self, revision: int, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("revision", revision) != revision:
+            raise StoreError(
+                f"snapshot says revision {snapshot['revision']}, but is being saved as {revision}"
+            )
+        data = _dumps(snapshot)
+        with self._writing() as conn, self._transaction(conn, "BEGIN IMMEDIATE"):
+            head = conn.execute(_HEAD_SQL).fetchone()[0]
+            if not 0 <= revision <= head:
+                raise StoreError(f"cannot snapshot revision {revision}: the log head is {head}")
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshots (revision, data) VALUES (?, ?)", (revision, data)
+            )
+
+    def compact(self, before_revision: int) -> int:
+        """Delete facts ``<= min(before_revision, newest snapshot)``; returns how many.
+
+        Facts after the newest snapshot are always kept, so ``load`` still rebuilds the
+        state; with no snapshot nothing is deleted. Snapshots older than the cut are
+        deleted too: the facts that would follow them are gone, so they can rebuild nothing.
+        """
+        with self._writing() as conn, self._transaction(conn, "BEGIN IMMEDIATE"):
+            newest = conn.execute("SELECT max(revision) FROM snapshots").fetchone()[0]
+            if newest is None:
+                return 0
+            cut = min(before_revision, newest)
+            deleted = conn.execute("DELETE FROM facts WHERE revision <= ?", (cut,)).rowcount
+            conn.execute("DELETE FROM snapshots WHERE revision < ?", (cut,))
+        return int(deleted)
+
+    def close(self) -> None:
+        """Close both connections, then release the data-dir lock; idempotent."""
+        if self._closed:
+            return
+        with self._write_lock, self._read_lock:
+            self._closed = True
+            for conn in (self._reader, self._writer):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            _release_lock(self._lock_fd)
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            self._check_open()
+            yield self._writer
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The read connection inside one read transaction: a consistent view of the log."""
+        with self._read_lock:
+            self._check_open()
+            with self._transaction(self._reader, "BEGIN"):
+                yield self._reader
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection, begin: str) -> Iterator[None]:
+        """Commit if the block finishes, roll back on any exception (nothing half-written)."""
+        try:
+            conn.execute(begin)
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[tuple[int, FactJson]]:
+    return [(revision, json.loads(text)) for revision, text in cursor]
+
+
+def _acquire_lock(data_dir: Path) -> int:
+    """Create ``data_dir`` (0700) and lock it for this process, recording our PID."""
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot use data directory {data_dir}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLocked(
+            f"data directory {data_dir} is in use by another process (pid {holder})",
+            ["is another romanad running on it? stop it, or give this one another data dir"],
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(f"cannot lock {data_dir / LOCK_NAME}: {exc.strerror}") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _release_lock(fd: int) -> None:
+    # Closing the descriptor drops the flock; the stale PID left behind is harmless.
+    with contextlib.suppress(OSError):
+        os.close(fd)
