@@ -79,4 +79,4 @@ def running(data_dir: Path, *extra: str) -> Iterator[Daemon]:
     try:
         yield daemon
     finally:
-        daemon.kill() if daemon.proc and daemon.proc.poll() is None else None
+        daemon.stop()
