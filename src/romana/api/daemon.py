@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     app.router.lifespan_context = lifespan
     config = uvicorn.Config(app, host=host, port=port_number, log_config=None,
                             access_log=False, lifespan="on")
+    # uvicorn handles SIGTERM (graceful shutdown, then lifespan stop) and finally re-raises
+    # it to the previous handler: make that one a normal exit, so a clean stop exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     asyncio.run(uvicorn.Server(config).serve())
 
 
