@@ -10,6 +10,7 @@ from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from romana.api.metrics import Metrics
 from romana.api.models import AddressRequest, BlackoutRequest, HostRequest
@@ -31,7 +32,7 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     metrics = Metrics(service.engine)
     engine = service.engine
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "")
@@ -52,17 +53,7 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         message = "malformed JSON body" if malformed else "invalid request"
         return error(400 if malformed else 422, "invalid", message, details)
 
-    @app.middleware("http")
-    async def limits_and_timing(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return error(413, "too_large", f"request body over {MAX_BODY} bytes")
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(request.method, getattr(route, "path", "unmatched"),
-                        time.perf_counter() - started)
-        return response
+    app.add_middleware(LimitsAndTiming, metrics=metrics)
 
     # -- topology ---------------------------------------------------------------------
     @app.get("/topology")
@@ -187,6 +178,31 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return {"revision": revision, "changes": changes}
 
     return app
+
+
+class LimitsAndTiming:
+    """Refuses oversized bodies up front and times every request (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope["headers"]:
+            if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
+                response = error(413, "too_large", f"request body over {MAX_BODY} bytes")
+                await response(scope, receive, send)
+                return
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"),
+                                 time.perf_counter() - started)
 
 
 class Unauthorized(RomanaError):

@@ -1,17 +1,23 @@
-"""The `romana` command line."""
+"""The `romana` command line: offline topology tools, plus commands talking to romanad."""
 
 from __future__ import annotations
 
 import typer
 
-from romana.cli import topology
+from romana.cli import addresses, hosts, network, topology
 
 app = typer.Typer(
     help="Romana: routed, overlay-free networking with a topology-aware IPAM.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=True,  # --install-completion / --show-completion for every shell
 )
 app.add_typer(topology.app, name="topology")
+app.add_typer(hosts.app, name="host")
+app.add_typer(addresses.app, name="ip")
+app.add_typer(network.block_app, name="block")
+app.add_typer(network.network_app, name="network")
+app.add_typer(network.blackout_app, name="blackout")
 
 
 @app.callback()

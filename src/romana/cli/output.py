@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from romana.errors import InvalidTopology, RomanaError
 
@@ -27,9 +28,9 @@ def fail(error: RomanaError | str) -> NoReturn:
         for problem in error.problems:
             err_console.print(f"  {problem}", highlight=False, markup=False)
     elif isinstance(error, RomanaError):
-        err_console.print(f"[red]error:[/] {error.message}", highlight=False)
+        err_console.print(Text("error: ", style="red") + Text(error.message), highlight=False)
         for detail in error.details:
             err_console.print(f"  {detail}", highlight=False, markup=False)
     else:
-        err_console.print(f"[red]error:[/] {error}", highlight=False)
+        err_console.print(Text("error: ", style="red") + Text(str(error)), highlight=False)
     raise typer.Exit(1)

@@ -1,4 +1,4 @@
-"""`romana topology ...`: validate, show and export the schema of topology maps."""
+"""`romana topology ...`: validate, show and export the schema of maps; apply and get them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.tree import Tree
 
+from romana.api.client import DEFAULT_URL
 from romana.cli.output import console, err_console, fail, print_json
-from romana.errors import RomanaError
+from romana.cli.remote import TokenFileOpt, UrlOpt, connect
+from romana.errors import Problem, RomanaError
 from romana.ipam import Engine
 from romana.topology import json_schema, read_file, validate
 
@@ -100,3 +102,39 @@ def _render_group(parent: Tree, group: dict[str, Any]) -> None:
 def schema_cmd() -> None:
     """Print the JSON Schema of the topology map format."""
     print_json(json_schema())
+
+
+@app.command("apply")
+def apply_cmd(file: FileArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
+              json: JsonOpt = False) -> None:
+    """Send a map to romanad; existing hosts and allocations must still fit it."""
+    try:
+        document = read_file(file)
+    except RomanaError as exc:
+        fail(exc)
+    with connect(url, token_file) as client:
+        result = client.apply_topology(document)
+    if json:
+        print_json(result)
+        return
+    for warning in result["warnings"]:
+        console.print(str(_problem(warning)), markup=False, highlight=False)
+    console.print(render_tree(result["topology"]))
+    console.print(f"applied {file} (revision {result['revision']})", highlight=False)
+
+
+@app.command("get")
+def get_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
+            json: JsonOpt = False) -> None:
+    """Show the map romanad applies, each group with its CIDR and hosts."""
+    with connect(url, token_file) as client:
+        document = client.topology()
+    if json:
+        print_json(document)
+    else:
+        console.print(render_tree(document))
+
+
+def _problem(data: dict[str, str]) -> Problem:
+    return Problem(data.get("path", ""), data.get("message", ""), data.get("hint", ""),
+                   data.get("severity", "warning"))

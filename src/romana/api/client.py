@@ -1,0 +1,278 @@
+"""A small synchronous client of the romanad REST API.
+
+Each method is one endpoint and returns the server's JSON unchanged (typed below), so the CLI
+can print exactly what the server said with ``--json``. Error responses come back as the
+``romana.errors`` exception the server raised, so callers handle local and remote errors alike.
+Only httpx is imported: the CLI loads this module on every remote command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, TypedDict, cast
+from urllib.parse import quote
+
+import httpx
+
+from romana.errors import (
+    Conflict,
+    Exhausted,
+    InvalidRequest,
+    InvalidTopology,
+    NotFound,
+    Problem,
+    RomanaError,
+)
+
+DEFAULT_URL = "http://127.0.0.1:9600"
+
+
+class HostJson(TypedDict):
+    name: str
+    ip: str
+    labels: dict[str, str]
+    groups: dict[str, dict[str, str]]  # network -> {"group": path, "cidr": cidr}
+    block_count: int
+
+
+class HostList(TypedDict):
+    revision: int
+    hosts: list[HostJson]
+
+
+class AddressJson(TypedDict):
+    name: str
+    ip: str
+    network: str
+    host: str
+    tenant: str
+    segment: str
+    block: str
+
+
+class AddressList(TypedDict):
+    revision: int
+    addresses: list[AddressJson]
+
+
+class BlockJson(TypedDict):
+    cidr: str
+    network: str
+    group: str
+    host: str
+    tenant: str
+    segment: str
+    allocated_ip_count: int
+
+
+class BlockList(TypedDict):
+    revision: int
+    blocks: list[BlockJson]
+
+
+class NetworkJson(TypedDict):
+    name: str
+    cidr: str
+    block_mask: int
+    tenants: list[str] | None
+    blocks: int
+    allocated: int
+    free: int
+
+
+class Blackouts(TypedDict):
+    network: str
+    blackouts: list[str]
+
+
+class TopologyApplied(TypedDict):
+    revision: int
+    warnings: list[dict[str, str]]
+    topology: dict[str, Any]
+
+
+class Health(TypedDict):
+    status: str
+    revision: int
+    durable_revision: int
+
+
+class Changes(TypedDict):
+    revision: int
+    changes: list[dict[str, Any]]
+
+
+# The server maps each error class to a ``code`` once (romana.errors); this is the inverse.
+# Codes without a class of their own ("unauthorized", "too_large", "resync") stay RomanaError
+# with ``code`` and ``http_status`` set on the instance.
+_ERRORS: dict[str, type[RomanaError]] = {
+    InvalidRequest.code: InvalidRequest,
+    NotFound.code: NotFound,
+    Conflict.code: Conflict,
+    Exhausted.code: Exhausted,
+}
+
+
+class RomanaClient:
+    """``RomanaClient(url, token=None, timeout=10)``; use as a context manager or ``close()``."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        # Accept "host:port" as people type it; httpx needs a scheme.
+        self.url = (url if "://" in url else f"http://{url}").rstrip("/")
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
+                                  transport=transport)
+
+    def __enter__(self) -> RomanaClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- topology ---------------------------------------------------------------------
+    def topology(self) -> dict[str, Any]:
+        """The applied map, every group annotated with its CIDR and hosts."""
+        return cast(dict[str, Any], self._call("GET", "/topology"))
+
+    def apply_topology(self, document: Mapping[str, Any]) -> TopologyApplied:
+        return cast(TopologyApplied, self._call("POST", "/topology", json=dict(document)))
+
+    # -- networks, blocks and blackouts -----------------------------------------------
+    def networks(self) -> list[NetworkJson]:
+        return cast(list[NetworkJson], self._call("GET", "/networks"))
+
+    def blocks(self, network: str | None = None) -> BlockList:
+        path = "/blocks" if network is None else f"/networks/{_seg(network)}/blocks"
+        return cast(BlockList, self._call("GET", path))
+
+    def blackouts(self, network: str) -> Blackouts:
+        return cast(Blackouts, self._call("GET", f"/networks/{_seg(network)}/blackout"))
+
+    def add_blackout(self, network: str, cidr: str) -> Blackouts:
+        return cast(Blackouts, self._call("POST", f"/networks/{_seg(network)}/blackout",
+                                          json={"cidr": cidr}))
+
+    def remove_blackout(self, network: str, cidr: str) -> Blackouts:
+        return cast(Blackouts, self._call("DELETE", f"/networks/{_seg(network)}/blackout",
+                                          json={"cidr": cidr}))
+
+    # -- hosts ------------------------------------------------------------------------
+    def hosts(self) -> HostList:
+        return cast(HostList, self._call("GET", "/hosts"))
+
+    def host(self, name: str) -> HostJson:
+        return cast(HostJson, self._call("GET", f"/hosts/{_seg(name)}"))
+
+    def add_host(self, name: str, ip: str, labels: Mapping[str, str] | None = None) -> HostJson:
+        body = {"name": name, "ip": ip, "tags": dict(labels or {})}
+        return cast(HostJson, self._call("POST", "/hosts", json=body))
+
+    def remove_host(self, name: str) -> HostJson:
+        return cast(HostJson, self._call("DELETE", f"/hosts/{_seg(name)}"))
+
+    def set_labels(self, name: str, labels: Mapping[str, str]) -> HostJson:
+        """Replace the host's labels with exactly ``labels``."""
+        return cast(HostJson, self._call("PUT", f"/hosts/{_seg(name)}/tags", json=dict(labels)))
+
+    # -- addresses --------------------------------------------------------------------
+    def allocate(self, name: str, host: str, tenant: str = "", segment: str = "",
+                 ip: str | None = None) -> AddressJson:
+        body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant,
+                                "segment": segment}
+        if ip is not None:
+            body["ip"] = ip
+        return cast(AddressJson, self._call("POST", "/address", json=body))
+
+    def address(self, name: str) -> AddressJson:
+        return cast(AddressJson, self._call("GET", f"/address/{_seg(name)}"))
+
+    def release(self, name_or_ip: str) -> AddressJson:
+        return cast(AddressJson, self._call("DELETE", "/address", params={"name": name_or_ip}))
+
+    def addresses(self, host: str | None = None, tenant: str | None = None) -> AddressList:
+        params = {k: v for k, v in (("host", host), ("tenant", tenant)) if v is not None}
+        return cast(AddressList, self._call("GET", "/addresses", params=params))
+
+    # -- operations -------------------------------------------------------------------
+    def health(self) -> Health:
+        return cast(Health, self._call("GET", "/healthz"))
+
+    def metrics(self) -> str:
+        """The Prometheus exposition text."""
+        return self._send("GET", "/metrics").text
+
+    def watch(self, since: int = 0, timeout: float = 30.0, limit: int = 1000) -> Changes:
+        """Long-poll facts after ``since``; a compacted history raises code "resync"."""
+        params = {"since": since, "timeout": timeout, "limit": limit}
+        # The server may hold the request for ``timeout``; allow that on top of our own.
+        read = (self._http.timeout.read or 10) + timeout
+        extended = httpx.Timeout(self._http.timeout.connect, read=read)
+        return cast(Changes, self._call("GET", "/watch", params=params, timeout=extended))
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        response = self._send(method, path, **kw)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise RomanaError(f"romanad at {self.url} sent invalid JSON for {method} {path}",
+                              [response.text[:200]]) from exc
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise RomanaError(f"romanad at {self.url} did not answer in time: "
+                              f"{type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise RomanaError(f"cannot reach romanad at {self.url}: {exc or type(exc).__name__}"
+                              ) from exc
+        if response.is_error:
+            raise _error(response)
+        return response
+
+
+def _seg(value: str) -> str:
+    """Quote one path segment so a name can never change the route."""
+    return quote(value, safe="")
+
+
+def _error(response: httpx.Response) -> RomanaError:
+    """Rebuild the exception the server reported from its ``{"error": {...}}`` body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        # Not romanad's error shape: a proxy page, an unknown route, another server.
+        text = " ".join(response.text.split())[:200]
+        return RomanaError(f"HTTP {response.status_code} {response.reason_phrase} from "
+                           f"{response.request.method} {response.url}" + (f": {text}" if text
+                                                                           else ""))
+    code = str(error.get("code", "error"))
+    details = [_detail(d) for d in error.get("details") or []]
+    problems = [d for d in details if isinstance(d, Problem)]
+    exc: RomanaError
+    if code == InvalidRequest.code and problems and error["message"].startswith(
+            "invalid topology"):
+        exc = InvalidTopology(problems)
+    else:
+        exc = _ERRORS.get(code, RomanaError)(error["message"], details)
+    exc.code = code
+    exc.http_status = response.status_code
+    return exc
+
+
+def _detail(detail: object) -> object:
+    """Problem-shaped details (validation findings) become Problems so they print as text."""
+    if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+        return Problem(str(detail.get("path", "")), detail["message"],
+                       str(detail.get("hint", "")), str(detail.get("severity", "error")))
+    return detail
