@@ -22,9 +22,23 @@ system-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	else echo "skipping apt (not root or no apt-get): need $(APT_PACKAGES)"; fi
 
+DATA_DIR ?= romana-data
+LISTEN   ?= 127.0.0.1:9600
+
+# The main job: romanad on the embedded store (SQLite in $(DATA_DIR)) with the example
+# datacenter map; Ctrl-C (SIGINT) or SIGTERM stops it cleanly.
 run: setup
-	$(BIN)/romana topology validate examples/datacenter-4-racks.json
-	$(BIN)/romana topology show examples/datacenter-4-racks.json
+	@$(BIN)/romana topology show examples/datacenter-4-racks.json
+	@echo
+	@echo "romanad: http://$(LISTEN)  data: $(DATA_DIR)/  (Ctrl-C to stop)"
+	@echo "In another shell:"
+	@echo "  export ROMANA_URL=http://$(LISTEN)"
+	@echo "  $(BIN)/romana host add node-1 192.168.1.11 --label my-location-tag=rack-2"
+	@echo "  $(BIN)/romana ip allocate pod-1 --host node-1 --tenant default"
+	@echo "  $(BIN)/romana block list; $(BIN)/romana ip list; $(BIN)/romana --help"
+	@echo
+	exec $(BIN)/romanad --listen $(LISTEN) --data-dir $(DATA_DIR) \
+	  --topology examples/datacenter-4-racks.json
 
 test: setup system-packages
 	$(BIN)/ruff check src tests benchmarks
@@ -36,6 +50,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/ipam_bench.py
+	$(BIN)/python benchmarks/api_bench.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(DATA_DIR) $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

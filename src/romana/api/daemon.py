@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     app.router.lifespan_context = lifespan
     config = uvicorn.Config(app, host=host, port=port_number, log_config=None,
                             access_log=False, lifespan="on")
-    # uvicorn handles SIGTERM (graceful shutdown, then lifespan stop) and finally re-raises
-    # it to the previous handler: make that one a normal exit, so a clean stop exits 0.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # uvicorn handles SIGTERM/SIGINT (graceful shutdown, then lifespan stop) and finally
+    # re-raises the signal to the previous handler: make that a normal exit, status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     asyncio.run(uvicorn.Server(config).serve())
 
 
