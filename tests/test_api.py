@@ -209,3 +209,24 @@ def test_200_parallel_allocations_get_200_distinct_addresses(tmp_path: Path) -> 
         assert len(set(ips)) == 200
         with d.client() as c:
             assert len(c.get("/addresses").json()["addresses"]) == 200
+
+
+def test_watch_behind_compaction_gets_resync_and_snapshots_restore(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = ("--topology", TOPOLOGY, "--snapshot-every", "20", "--keep-history", "5")
+    with running(data, *args) as d, d.client() as c:
+        c.post("/hosts", json={"name": "h1", "ip": "192.168.0.1",
+                               "tags": {"my-location-tag": "rack-1"}})
+        for i in range(60):
+            assert c.post("/address", json={"name": f"p{i}", "host": "h1"}).status_code == 200
+        head = c.get("/healthz").json()["durable_revision"]
+        stale = c.get("/watch", params={"since": 0, "timeout": 0})
+        assert err(stale) == (410, "resync")
+        assert stale.json()["revision"] == head
+        recent = c.get("/watch", params={"since": head - 2, "timeout": 0}).json()
+        assert [ch["revision"] for ch in recent["changes"]] == [head - 1, head]
+        before = c.get("/addresses").json()
+    with running(data, *args) as d, d.client() as c:
+        assert '"from_snapshot": true' in d.log.read_text()  # started from the snapshot
+        assert c.get("/addresses").json() == before
+        assert c.post("/address", json={"name": "after", "host": "h1"}).status_code == 200

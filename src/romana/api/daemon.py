@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="topology map to apply at start when the store holds none")
     parser.add_argument("--token-file", type=Path,
                         help="require 'Authorization: Bearer <token>' on every change")
+    parser.add_argument("--snapshot-every", type=int, default=50_000, metavar="FACTS",
+                        help="write a snapshot after this many facts (default %(default)s)")
+    parser.add_argument("--keep-history", type=int, default=10_000, metavar="FACTS",
+                        help="facts kept before the newest snapshot for lagging watchers "
+                        "(default %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         store = SqliteStore(args.data_dir)
-        service = IpamService(store)
+        service = IpamService(store, snapshot_every=max(1, args.snapshot_every),
+                              keep_history=max(0, args.keep_history))
     except RomanaError as exc:
         sys.exit(f"romanad: {exc.message}")
     if service.engine.topology is None and args.topology is not None:

@@ -30,8 +30,11 @@ KEEP_HISTORY = 10_000  # facts kept before the newest snapshot, for lagging watc
 
 
 class IpamService:
-    def __init__(self, store: Store, on_fatal: Callable[[BaseException], None] | None = None):
+    def __init__(self, store: Store, on_fatal: Callable[[BaseException], None] | None = None,
+                 snapshot_every: int = SNAPSHOT_EVERY, keep_history: int = KEEP_HISTORY):
         self.store = store
+        self.snapshot_every = snapshot_every
+        self.keep_history = keep_history
         self.on_fatal = on_fatal or _exit_process
         snapshot, facts = store.load()
         engine = Engine.from_snapshot(snapshot) if snapshot else Engine()
@@ -103,7 +106,7 @@ class IpamService:
             async with self._advanced:
                 self.durable_revision = expected + len(batch)
                 self._advanced.notify_all()
-            if self.durable_revision - self._snapshot_revision >= SNAPSHOT_EVERY \
+            if self.durable_revision - self._snapshot_revision >= self.snapshot_every \
                     and not self._pending:
                 await self._snapshot()
 
@@ -111,7 +114,7 @@ class IpamService:
         snapshot = self.engine.snapshot()
         revision = snapshot["revision"]
         await asyncio.to_thread(self.store.save_snapshot, revision, snapshot)
-        await asyncio.to_thread(self.store.compact, revision - KEEP_HISTORY)
+        await asyncio.to_thread(self.store.compact, revision - self.keep_history)
         self._snapshot_revision = revision
         log.info("snapshot written", extra={"revision": revision})
 
