@@ -119,7 +119,12 @@ def test_bad_input_gets_4xx_with_a_message(client: httpx.Client) -> None:
     assert err(client.post("/address", json={"name": 5, "host": "h1"})) == (422, "invalid")
     assert err(client.post("/address", content=b"x" * (1 << 20 + 1),
                            headers={"content-type": "application/json"})) == (413, "too_large")
+    chunks = iter([b'{"name": "', b"x" * (1 << 20), b'"}'])  # chunked: no Content-Length
+    assert err(client.post("/address", content=chunks,
+                           headers={"content-type": "application/json"})) == (413, "too_large")
     assert err(client.delete("/address")) == (422, "invalid")
+    assert err(client.get("/no/such/path")) == (404, "not_found")
+    assert err(client.put("/address")) == (405, "method_not_allowed")
     assert err(client.post("/topology", json={"networks": []})) == (422, "invalid")
 
 

@@ -10,7 +10,8 @@ from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from romana.api.metrics import Metrics
 from romana.api.models import AddressRequest, BlackoutRequest, HostRequest
@@ -44,6 +45,12 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     @app.exception_handler(RomanaError)
     async def romana_error(_: Request, exc: RomanaError) -> JSONResponse:
         return JSONResponse(exc.to_json(), status_code=exc.http_status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "invalid", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large"}
+        return error(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -198,11 +205,46 @@ class LimitsAndTiming:
                 return
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, send)
+            body = await _read_body(receive)
+            if body is None:
+                response = error(413, "too_large", f"request body over {MAX_BODY} bytes")
+                await response(scope, receive, send)
+                return
+            await self.app(scope, _replay(body, receive), send)
         finally:
             route = scope.get("route")
             self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"),
                                  time.perf_counter() - started)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None past MAX_BODY (Content-Length may be absent: chunked)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()  # e.g. http.disconnect
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class Unauthorized(RomanaError):
