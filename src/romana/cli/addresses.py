@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from romana.api.client import DEFAULT_URL, AddressJson
-from romana.cli.output import console, print_json
+from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, table
 
 app = typer.Typer(help="Allocate, release, show and list addresses.", no_args_is_help=True)
@@ -40,10 +40,7 @@ def allocate_cmd(
     """Allocate an address on a host, from a block in the host's group."""
     with connect(url, token_file) as client:
         address = client.allocate(name, host, tenant or "", segment or "", ip)
-    if json:
-        print_json(address)
-    else:
-        show_addresses([address])
+    emit(address, json, lambda address: show_addresses([address]))
 
 
 @app.command("release")
@@ -55,10 +52,8 @@ def release_cmd(
     """Release an address; an emptied block goes back to its group's pool."""
     with connect(url, token_file) as client:
         address = client.release(name_or_ip)
-    if json:
-        print_json(address)
-    else:
-        console.print(f"released {address['name']} ({address['ip']})", highlight=False)
+    emit(address, json, lambda a: console.print(f"released {a['name']} ({a['ip']})",
+                                                highlight=False))
 
 
 @app.command("show")
@@ -69,10 +64,7 @@ def show_cmd(
     """Show one address."""
     with connect(url, token_file) as client:
         address = client.address(name)
-    if json:
-        print_json(address)
-    else:
-        show_addresses([address])
+    emit(address, json, lambda address: show_addresses([address]))
 
 
 @app.command("list")
@@ -84,7 +76,4 @@ def list_cmd(
     """List addresses, in IP order."""
     with connect(url, token_file) as client:
         result = client.addresses(host, tenant)
-    if json:
-        print_json(result)
-    else:
-        show_addresses(result["addresses"])
+    emit(result, json, lambda result: show_addresses(result["addresses"]))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from romana.api.client import DEFAULT_URL, HostJson
-from romana.cli.output import console, print_json
+from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, labels_text, table
 
 app = typer.Typer(help="Add, list, relabel and remove hosts.", no_args_is_help=True)
@@ -59,10 +59,7 @@ def add_cmd(
     labels = parse_labels(label)
     with connect(url, token_file) as client:
         host = client.add_host(name, ip, labels)
-    if json:
-        print_json(host)
-    else:
-        show_hosts([host])
+    emit(host, json, lambda host: show_hosts([host]))
 
 
 @app.command("show")
@@ -71,10 +68,7 @@ def show_cmd(name: NameArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt 
     """Show one host: its labels, groups and block count."""
     with connect(url, token_file) as client:
         host = client.host(name)
-    if json:
-        print_json(host)
-    else:
-        show_hosts([host])
+    emit(host, json, lambda host: show_hosts([host]))
 
 
 @app.command("list")
@@ -83,10 +77,7 @@ def list_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
     """List every host."""
     with connect(url, token_file) as client:
         result = client.hosts()
-    if json:
-        print_json(result)
-    else:
-        show_hosts(result["hosts"])
+    emit(result, json, lambda result: show_hosts(result["hosts"]))
 
 
 @app.command("remove")
@@ -95,10 +86,8 @@ def remove_cmd(name: NameArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOp
     """Remove a host, releasing its addresses and blocks."""
     with connect(url, token_file) as client:
         host = client.remove_host(name)
-    if json:
-        print_json(host)
-    else:
-        console.print(f"removed host {host['name']} ({host['ip']})", highlight=False)
+    emit(host, json, lambda h: console.print(f"removed host {h['name']} ({h['ip']})",
+                                             highlight=False))
 
 
 @app.command("label")
@@ -119,7 +108,4 @@ def label_cmd(
         raise typer.BadParameter("--clear takes no labels", param_hint="--clear")
     with connect(url, token_file) as client:
         host = client.set_labels(name, parse_labels(labels))
-    if json:
-        print_json(host)
-    else:
-        show_hosts([host])
+    emit(host, json, lambda host: show_hosts([host]))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,12 +13,22 @@ from rich.text import Text
 
 from romana.errors import InvalidTopology, RomanaError
 
+T = TypeVar("T")
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def emit(data: T, json: bool, render: Callable[[T], object]) -> None:
+    """The server's JSON for scripts (``--json``), or ``render`` for people."""
+    if json:
+        print_json(data)
+    else:
+        render(data)
 
 
 def fail(error: RomanaError | str) -> NoReturn:
