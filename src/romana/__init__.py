@@ -1,4 +1,12 @@
-"""Romana: routed, overlay-free networking with a topology-aware IPAM."""
+"""Romana: routed, overlay-free networking with a topology-aware IPAM.
+
+``Engine`` is imported on first use: importing ``romana`` (or ``romana.errors``) must stay
+cheap for short-lived processes such as the CLI client and the CNI plugin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from romana.errors import (
     Conflict,
@@ -10,7 +18,9 @@ from romana.errors import (
     RomanaError,
     TopologyConflict,
 )
-from romana.ipam import Engine
+
+if TYPE_CHECKING:
+    from romana.ipam import Engine
 
 __version__ = "0.1.0"
 
@@ -26,3 +36,11 @@ __all__ = [
     "TopologyConflict",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Engine":
+        from romana.ipam import Engine
+
+        return Engine
+    raise AttributeError(f"module 'romana' has no attribute {name!r}")
