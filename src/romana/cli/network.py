@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from romana.api.client import DEFAULT_URL, Blackouts
-from romana.cli.output import console, print_json
+from romana.api.client import DEFAULT_URL, Blackouts, BlockList, NetworkJson
+from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, table
 
 network_app = typer.Typer(help="List networks and their usage.", no_args_is_help=True)
@@ -24,10 +24,10 @@ def network_list_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
                      json: JsonOpt = False) -> None:
     """List networks: CIDR, block size, tenants and address usage."""
     with connect(url, token_file) as client:
-        networks = client.networks()
-    if json:
-        print_json(networks)
-        return
+        emit(client.networks(), json, _show_networks)
+
+
+def _show_networks(networks: list[NetworkJson]) -> None:
     if not networks:
         console.print("no networks (apply a topology first)")
         return
@@ -47,10 +47,10 @@ def block_list_cmd(
 ) -> None:
     """List assigned blocks: owner host, tenant, segment and addresses in use."""
     with connect(url, token_file) as client:
-        result = client.blocks(network)
-    if json:
-        print_json(result)
-        return
+        emit(client.blocks(network), json, _show_blocks)
+
+
+def _show_blocks(result: BlockList) -> None:
     if not result["blocks"]:
         console.print("no blocks")
         return
@@ -61,10 +61,8 @@ def block_list_cmd(
     console.print(grid)
 
 
-def _show_blackouts(result: Blackouts, json: bool) -> None:
-    if json:
-        print_json(result)
-    elif not result["blackouts"]:
+def _show_blackouts(result: Blackouts) -> None:
+    if not result["blackouts"]:
         console.print(f"no blackouts in network {result['network']}", highlight=False)
     else:
         for cidr in result["blackouts"]:
@@ -76,7 +74,7 @@ def blackout_add_cmd(network: NetworkArg, cidr: CidrArg, url: UrlOpt = DEFAULT_U
                      token_file: TokenFileOpt = None, json: JsonOpt = False) -> None:
     """Black out a range; refused while it holds allocated addresses. Prints the new list."""
     with connect(url, token_file) as client:
-        _show_blackouts(client.add_blackout(network, cidr), json)
+        emit(client.add_blackout(network, cidr), json, _show_blackouts)
 
 
 @blackout_app.command("remove")
@@ -84,7 +82,7 @@ def blackout_remove_cmd(network: NetworkArg, cidr: CidrArg, url: UrlOpt = DEFAUL
                         token_file: TokenFileOpt = None, json: JsonOpt = False) -> None:
     """Return a blacked-out range to allocation. Prints the new list."""
     with connect(url, token_file) as client:
-        _show_blackouts(client.remove_blackout(network, cidr), json)
+        emit(client.remove_blackout(network, cidr), json, _show_blackouts)
 
 
 @blackout_app.command("list")
@@ -92,4 +90,4 @@ def blackout_list_cmd(network: NetworkArg, url: UrlOpt = DEFAULT_URL,
                       token_file: TokenFileOpt = None, json: JsonOpt = False) -> None:
     """List a network's blacked-out ranges."""
     with connect(url, token_file) as client:
-        _show_blackouts(client.blackouts(network), json)
+        emit(client.blackouts(network), json, _show_blackouts)

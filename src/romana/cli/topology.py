@@ -9,11 +9,12 @@ import typer
 from rich.tree import Tree
 
 from romana.api.client import DEFAULT_URL
-from romana.cli.output import console, err_console, fail, print_json
+from romana.cli.output import console, emit, err_console, fail, print_json
 from romana.cli.remote import TokenFileOpt, UrlOpt, connect
 from romana.errors import Problem, RomanaError
-from romana.ipam import Engine
-from romana.topology import json_schema, read_file, validate
+
+# The topology model and the engine (pydantic, ~150 ms) are imported inside the offline
+# commands only, so every remote command of the CLI starts without them.
 
 app = typer.Typer(help="Validate, show and apply topology maps.", no_args_is_help=True)
 
@@ -28,6 +29,8 @@ ServiceCidrOpt = Annotated[
 @app.command("validate")
 def validate_cmd(file: FileArg, service_cidr: ServiceCidrOpt = None, json: JsonOpt = False) -> None:
     """Check a map; exit 0 if valid, 1 listing every problem."""
+    from romana.topology import read_file, validate
+
     try:
         problems = validate(read_file(file), service_cidr)
     except RomanaError as exc:
@@ -51,6 +54,9 @@ def validate_cmd(file: FileArg, service_cidr: ServiceCidrOpt = None, json: JsonO
 @app.command("show")
 def show_cmd(file: FileArg, json: JsonOpt = False) -> None:
     """Show the prefix groups a map carves: CIDR, size, labels and hosts of each group."""
+    from romana.ipam import Engine
+    from romana.topology import read_file
+
     engine = Engine()
     try:
         engine.apply_topology(read_file(file))
@@ -58,10 +64,7 @@ def show_cmd(file: FileArg, json: JsonOpt = False) -> None:
         fail(exc)
     document = engine.topology_document()
     assert document is not None
-    if json:
-        print_json(document)
-    else:
-        console.print(render_tree(document))
+    emit(document, json, lambda d: console.print(render_tree(d)))
 
 
 def render_tree(document: dict[str, Any]) -> Tree:
@@ -101,6 +104,8 @@ def _render_group(parent: Tree, group: dict[str, Any]) -> None:
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of the topology map format."""
+    from romana.topology import json_schema
+
     print_json(json_schema())
 
 
@@ -108,19 +113,20 @@ def schema_cmd() -> None:
 def apply_cmd(file: FileArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
               json: JsonOpt = False) -> None:
     """Send a map to romanad; existing hosts and allocations must still fit it."""
+    from romana.topology import read_file
+
     try:
         document = read_file(file)
     except RomanaError as exc:
         fail(exc)
+    def show_applied(result: dict[str, Any]) -> None:
+        for warning in result["warnings"]:
+            console.print(str(_problem(warning)), markup=False, highlight=False)
+        console.print(render_tree(result["topology"]))
+        console.print(f"applied {file} (revision {result['revision']})", highlight=False)
+
     with connect(url, token_file) as client:
-        result = client.apply_topology(document)
-    if json:
-        print_json(result)
-        return
-    for warning in result["warnings"]:
-        console.print(str(_problem(warning)), markup=False, highlight=False)
-    console.print(render_tree(result["topology"]))
-    console.print(f"applied {file} (revision {result['revision']})", highlight=False)
+        emit(client.apply_topology(document), json, show_applied)
 
 
 @app.command("get")
@@ -128,11 +134,7 @@ def get_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
             json: JsonOpt = False) -> None:
     """Show the map romanad applies, each group with its CIDR and hosts."""
     with connect(url, token_file) as client:
-        document = client.topology()
-    if json:
-        print_json(document)
-    else:
-        console.print(render_tree(document))
+        emit(client.topology(), json, lambda document: console.print(render_tree(document)))
 
 
 def _problem(data: dict[str, str]) -> Problem:
