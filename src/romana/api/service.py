@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from romana.ipam import Engine, fact_from_json, fact_to_json
 from romana.ipam.facts import Fact
-from romana.store.base import Compacted, Store
+from romana.store.base import Store
 
 log = logging.getLogger("romanad")
 T = TypeVar("T")
@@ -139,5 +139,3 @@ class IpamService:
 def _exit_process(exc: BaseException) -> None:
     os._exit(70)  # EX_SOFTWARE: the supervisor restarts us from the durable log
 
-
-__all__ = ["Compacted", "IpamService"]

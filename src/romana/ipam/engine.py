@@ -7,7 +7,7 @@ and an acknowledged change is always on disk first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import AddressValueError, IPv4Address, IPv4Network
 from typing import Any
 
@@ -155,7 +155,7 @@ class Engine:
             self.commit([HostLabelsUpdated(HostState(name, record.ip, labels, placements))])
         return self.host(name)
 
-    def remove_host(self, name: str) -> list[Fact]:
+    def remove_host(self, name: str) -> None:
         """Remove a host, releasing its addresses and returning its blocks to the pools."""
         record = self._host(name)
         facts: list[Fact] = []
@@ -166,7 +166,6 @@ class Engine:
             facts.append(BlockFreed(net, base, block.tree.block_mask))
         facts.append(HostRemoved(name))
         self.commit(facts)
-        return facts
 
     def _host(self, name: str) -> HostRecord:
         record = self.state.hosts.get(name)
@@ -390,4 +389,4 @@ def _host_ip(text: str) -> str:
     return str(_parse_ip(text.strip()))
 
 
-__all__: Sequence[str] = ["Engine", "FactSink"]
+__all__ = ["Engine", "FactSink"]

@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
+from typing import TYPE_CHECKING
 
 from romana.ipam.addr import cidr_str
 from romana.ipam.pool import FreeBlocks
 from romana.topology.carving import child_prefix_bits
 from romana.topology.model import HostGroup, Network
+
+if TYPE_CHECKING:
+    from romana.ipam.blocks import Block
 
 
 @dataclass(eq=False)
@@ -34,7 +38,7 @@ class GroupNode:
     host_count: int = 0
     hosts: dict[str, None] = field(default_factory=dict)  # leaf only; insertion-ordered set
     # Leaf only: block index -> Block, and the free pool.
-    blocks: dict[int, object] = field(default_factory=dict)
+    blocks: dict[int, Block] = field(default_factory=dict)
     pool: FreeBlocks = field(default_factory=FreeBlocks)
     block_count: int = 0
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from typing import Any
 
-from romana.errors import Problem, ProblemList
+from romana.errors import InvalidTopology, Problem, ProblemList
 from romana.topology.carving import child_prefix_bits
 from romana.topology.model import (
     DEFAULT_BLOCK_MASK,
@@ -370,8 +370,6 @@ def check(
     doc: Any, service_cidr: str | IPv4Network | None = None
 ) -> tuple[Topology, list[Problem]]:
     """The typed topology and its warnings, or :class:`InvalidTopology` with every error."""
-    from romana.errors import InvalidTopology
-
     problems = validate(doc, service_cidr)
     if any(p.severity == "error" for p in problems):
         raise InvalidTopology(problems)
