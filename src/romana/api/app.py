@@ -162,6 +162,21 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return {"revision": engine.revision,
                 "addresses": [a.to_json() for a in engine.addresses(host, tenant)]}
 
+    # -- routes -----------------------------------------------------------------------
+    @app.get("/routes")
+    async def routes(host: str | None = None, group: str | None = None) -> Any:
+        """A device's route set: ``?host=NAME`` or ``?group=PATH`` (``/`` is the root)."""
+        if (host is None) == (group is None):
+            raise InvalidRequest("give exactly one of ?host=NAME or ?group=PATH",
+                                 ["e.g. /routes?host=node-1 or /routes?group=zone-a/rack-3"])
+        vantage = f"host:{host}" if host is not None else f"group:{_group_path(group or '')}"
+        return {**service.routes.get(vantage).to_json(), "revision": engine.revision}
+
+    @app.get("/routes/summary")
+    async def routes_summary() -> Any:
+        """Per device: routes, distinct next hops, and route updates caused since start."""
+        return {"revision": engine.revision, "devices": service.routes.summary()}
+
     # -- operations -------------------------------------------------------------------
     @app.get("/healthz")
     async def healthz() -> Any:
@@ -185,6 +200,10 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return {"revision": revision, "changes": changes}
 
     return app
+
+
+def _group_path(text: str) -> str:
+    return text.strip("/") or "/"
 
 
 class LimitsAndTiming:

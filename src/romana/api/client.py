@@ -98,6 +98,33 @@ class Health(TypedDict):
     durable_revision: int
 
 
+class RouteJson(TypedDict):
+    prefix: str
+    via: str
+    gateway: str | None
+
+
+class RouteSetJson(TypedDict):
+    vantage: str
+    default: str | None
+    routes: list[RouteJson]
+    revision: int
+
+
+class DeviceRoutes(TypedDict):
+    vantage: str
+    routes: int
+    next_hops: int
+    default: str | None
+    updates: int
+    route_changes: int
+
+
+class RouteSummary(TypedDict):
+    revision: int
+    devices: list[DeviceRoutes]
+
+
 class Changes(TypedDict):
     revision: int
     changes: list[dict[str, Any]]
@@ -114,16 +141,29 @@ _ERRORS: dict[str, type[RomanaError]] = {
 }
 
 
+def endpoint(url: str) -> tuple[str, str | None]:
+    """Base URL and Unix socket path for a romanad address.
+
+    Accepts ``http://host:port``, ``host:port`` (as people type it) and ``unix:/path.sock``
+    (romanad's local socket: reachable from any network namespace on the machine).
+    """
+    if url.startswith("unix:"):
+        return "http://romanad", url.removeprefix("unix:").removeprefix("//")
+    return (url if "://" in url else f"http://{url}").rstrip("/"), None
+
+
 class RomanaClient:
     """``RomanaClient(url, token=None, timeout=10)``; use as a context manager or ``close()``."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10,
                  transport: httpx.BaseTransport | None = None) -> None:
-        # Accept "host:port" as people type it; httpx needs a scheme.
-        self.url = (url if "://" in url else f"http://{url}").rstrip("/")
+        self.url, socket_path = endpoint(url)
+        if socket_path is not None and transport is None:
+            transport = httpx.HTTPTransport(uds=socket_path)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
                                   transport=transport)
+        self.url = url if socket_path else self.url  # name the socket in error messages
 
     def __enter__(self) -> RomanaClient:
         return self
@@ -198,6 +238,15 @@ class RomanaClient:
     def addresses(self, host: str | None = None, tenant: str | None = None) -> AddressList:
         params = {k: v for k, v in (("host", host), ("tenant", tenant)) if v is not None}
         return cast(AddressList, self._call("GET", "/addresses", params=params))
+
+    # -- routes -----------------------------------------------------------------------
+    def routes(self, host: str | None = None, group: str | None = None) -> RouteSetJson:
+        """The route set of a host or of a group's router (give exactly one)."""
+        params = {k: v for k, v in (("host", host), ("group", group)) if v is not None}
+        return cast(RouteSetJson, self._call("GET", "/routes", params=params))
+
+    def routes_summary(self) -> RouteSummary:
+        return cast(RouteSummary, self._call("GET", "/routes/summary"))
 
     # -- operations -------------------------------------------------------------------
     def health(self) -> Health:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+from romana.serving import bind, setup_logging, unlink_unix
 
 DEFAULT_LISTEN = "127.0.0.1:9600"
 
@@ -25,29 +25,11 @@ def default_data_dir() -> Path:
     return Path(base) / "romana"
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: easy to grep by eye, easy to ship to a log pipeline."""
-
-    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message",
-                                                                             "color_message"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="romanad", description=__doc__)
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--listen", action="append", metavar="ADDRESS",
+                        help="HOST:PORT or unix:/path.sock; repeat to listen on several "
+                        f"(default {DEFAULT_LISTEN})")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
                         help="where the store lives (default %(default)s)")
     parser.add_argument("--topology", type=Path,
@@ -66,15 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    setup_logging(args.log_level)
     log = logging.getLogger("romanad")
+    listen = args.listen or [DEFAULT_LISTEN]
     try:
-        host, port = args.listen.rsplit(":", 1)
-        port_number = int(port)
-    except ValueError:
-        sys.exit(f"romanad: --listen must be HOST:PORT, not {args.listen!r}")
+        sockets = [bind(address) for address in listen]
+    except (ValueError, OSError) as exc:
+        sys.exit(f"romanad: cannot listen on {listen}: {exc}")
     token = None
     if args.token_file is not None:
         try:
@@ -110,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         await service.start()
-        log.info("serving", extra={"listen": args.listen, "data_dir": str(args.data_dir),
+        log.info("serving", extra={"listen": listen, "data_dir": str(args.data_dir),
                                    "auth": token is not None})
         yield
         await service.stop()
@@ -118,13 +98,16 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app(service, token)
     app.router.lifespan_context = lifespan
-    config = uvicorn.Config(app, host=host, port=port_number, log_config=None,
-                            access_log=False, lifespan="on")
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
     # uvicorn handles SIGTERM/SIGINT (graceful shutdown, then lifespan stop) and finally
     # re-raises the signal to the previous handler: make that a normal exit, status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    asyncio.run(uvicorn.Server(config).serve())
+    try:
+        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+    finally:
+        for address in listen:
+            unlink_unix(address)
 
 
 if __name__ == "__main__":

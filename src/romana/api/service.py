@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from romana.ipam import Engine, fact_from_json, fact_to_json
 from romana.ipam.facts import Fact
+from romana.routes import RouteTracker
 from romana.store.base import Store
 
 log = logging.getLogger("romanad")
@@ -40,6 +41,8 @@ class IpamService:
         engine = Engine.from_snapshot(snapshot) if snapshot else Engine()
         engine.apply(fact_from_json(f) for _, f in facts)
         self.engine = engine
+        self.routes = RouteTracker(lambda: engine.state)
+        engine.observers.append(self.routes.observe)
         engine.sink = self._pending_extend
         self._pending: list[Fact] = []
         self.durable_revision = engine.revision

@@ -58,7 +58,7 @@ def table(*columns: str) -> Table:
     rather than being cut with an ellipsis, so a narrow terminal hides nothing."""
     grid = Table(box=None, pad_edge=False, header_style="bold")
     for column in columns:
-        keep = column in {"IP", "CIDR", "BLOCK"}
+        keep = column in {"IP", "CIDR", "BLOCK", "PREFIX", "DEVICE", "DEFAULT", "VIA"}
         grid.add_column(column, no_wrap=keep, overflow="ellipsis" if keep else "fold")
     return grid
 

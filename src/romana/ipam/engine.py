@@ -45,6 +45,8 @@ class Engine:
     def __init__(self, sink: FactSink | None = None) -> None:
         self.state = IpamState()
         self.sink = sink
+        # Called with facts after they are applied (route tracking, metrics).
+        self.observers: list[FactSink] = []
 
     @property
     def revision(self) -> int:
@@ -68,12 +70,22 @@ class Engine:
 
     def apply(self, facts: Iterable[Fact]) -> None:
         """Apply already-durable facts (replay, or a replica tailing the log)."""
-        self.state.apply(facts)
+        if not self.observers:
+            self.state.apply(facts)
+            return
+        batch = list(facts)
+        self.state.apply(batch)
+        self._notify(batch)
 
     def commit(self, facts: list[Fact]) -> None:
         if self.sink is not None:
             self.sink(facts)
         self.state.apply(facts)
+        self._notify(facts)
+
+    def _notify(self, facts: list[Fact]) -> None:
+        for observer in self.observers:
+            observer(facts)
 
     # -- topology -------------------------------------------------------------------
     def apply_topology(self, document: Topology | Mapping[str, Any],

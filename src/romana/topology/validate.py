@@ -13,6 +13,7 @@ from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueE
 from typing import Any
 
 from romana.errors import InvalidTopology, Problem, ProblemList
+from romana.topology import routing as routing_modes
 from romana.topology.carving import child_prefix_bits
 from romana.topology.model import (
     DEFAULT_BLOCK_MASK,
@@ -243,6 +244,13 @@ class _Walker:
             if routing is not None and not isinstance(routing, str):
                 self.problems.error(f"{where}.routing", f"expected a string, got "
                                     f"{_describe(routing)}", 'e.g. "block-host-routes"')
+            elif routing is not None:
+                for token in routing_modes.unknown_tokens(routing):
+                    self.problems.error(f"{where}.routing", f'unknown routing mode "{token}"',
+                                        "known: " + ", ".join(routing_modes.KNOWN))
+                if not routing_modes.tokens(routing):
+                    self.problems.error(f"{where}.routing", "empty routing value",
+                                        'omit the field to inherit, or e.g. "block-host-routes"')
             has_hosts, has_groups = group.get("hosts") is not None, group.get("groups") is not None
             if has_hosts and has_groups:
                 self.problems.error(where, 'both "hosts" and "groups" given',

@@ -1,0 +1,37 @@
+"""Exact aggregation: the fewest CIDRs covering precisely a set of prefixes.
+
+Exact means never covering an address outside the set (rule 3 of the route rules): two
+blocks collapse only when together they fill their common parent, e.g. two /29 siblings
+become one /28, while a /29 and a non-adjacent /29 stay two routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Prefix = tuple[int, int]  # (base address as int, prefix length)
+
+
+def collapse(prefixes: Iterable[Prefix]) -> list[Prefix]:
+    """Minimal exact cover, sorted by address (overlaps and duplicates are fine)."""
+    spans = sorted((base, base + (1 << (32 - length))) for base, length in prefixes)
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out: list[Prefix] = []
+    for start, end in merged:
+        out.extend(_cover(start, end))
+    return out
+
+
+def _cover(start: int, end: int) -> Iterable[Prefix]:
+    """Decompose [start, end) into the largest aligned power-of-two pieces."""
+    while start < end:
+        size = start & -start if start else 1 << 32
+        while size > end - start:
+            size >>= 1
+        yield start, 32 - (size.bit_length() - 1)
+        start += size

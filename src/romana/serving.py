@@ -1,0 +1,87 @@
+"""What every long-running romana process shares: JSON logs and listening sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: easy to grep by eye, easy to ship to a log pipeline."""
+
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message",
+                                                                             "color_message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def bind(listen: str, mode: int = 0o660) -> socket.socket:
+    """A listening socket for ``HOST:PORT`` or ``unix:/path`` (raises ValueError/OSError).
+
+    A Unix socket is reachable from every network namespace of the machine, which is how
+    processes inside a host's namespace (agent, CNI plugin) reach a local daemon.
+    """
+    if listen.startswith("unix:"):
+        path = Path(listen.removeprefix("unix:"))
+        if path.is_socket() and not _in_use(path):
+            path.unlink()  # left over by a process that died; a live one keeps its socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, mode)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT or unix:/path, not {listen!r}")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError:
+            sock.close()
+            raise
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _in_use(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def unlink_unix(listen: str) -> None:
+    if listen.startswith("unix:"):
+        with contextlib.suppress(OSError):
+            Path(listen.removeprefix("unix:")).unlink()

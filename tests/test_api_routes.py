@@ -1,0 +1,93 @@
+"""Routes over the API and the CLI, and romanad's Unix socket, against a real romanad."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from romana.api.client import RomanaClient
+from romana.errors import InvalidRequest, NotFound
+
+from .conftest import racks_topology
+from .daemon import Daemon, running
+from .test_cli_client import romana
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("routes")
+    topology = base / "racks.json"
+    topology.write_text(json.dumps(racks_topology(2)))
+    with running(base / "data", "--topology", str(topology),
+                 "--listen", f"unix:{base / 'romanad.sock'}") as d:
+        with RomanaClient(d.url) as c:
+            for i in (1, 2, 3):
+                c.add_host(f"h{i}", f"192.168.0.{i}", {"rack": f"rack-{1 if i < 3 else 2}"})
+            c.allocate("a", "h1")
+            c.allocate("b", "h2")
+        yield d
+
+
+def test_host_routes_have_the_documented_wire_shape(daemon: Daemon) -> None:
+    with RomanaClient(daemon.url) as c:
+        result = c.routes(host="h1")
+    assert result == {"vantage": "host:h1", "default": "group:rack-1",
+                      "revision": result["revision"], "routes": [
+                          {"prefix": "10.1.0.0/29", "via": "local", "gateway": None},
+                          {"prefix": "10.1.0.8/29", "via": "host:h2",
+                           "gateway": "192.168.0.2"}]}
+
+
+def test_group_routes_accept_paths_and_the_root(daemon: Daemon) -> None:
+    with RomanaClient(daemon.url) as c:
+        assert c.routes(group="/")["routes"] == [
+            {"prefix": "10.1.0.0/17", "via": "group:rack-1", "gateway": None},
+            {"prefix": "10.1.128.0/17", "via": "group:rack-2", "gateway": None}]
+        rack = c.routes(group="rack-1")
+        assert (rack["vantage"], rack["default"]) == ("group:rack-1", "group:/")
+        assert [r["via"] for r in rack["routes"]] == ["host:h1", "host:h2"]
+        with pytest.raises(NotFound, match='no group "rack-7"'):
+            c.routes(group="rack-7")
+        with pytest.raises(NotFound, match='no host "zz"'):
+            c.routes(host="zz")
+        with pytest.raises(InvalidRequest, match="exactly one"):
+            c.routes(host="h1", group="rack-1")
+
+
+def test_unix_socket_serves_the_same_api(daemon: Daemon) -> None:
+    sock = daemon.data_dir.parent / "romanad.sock"
+    with RomanaClient(f"unix:{sock}") as c:
+        assert c.routes(host="h2")["vantage"] == "host:h2"
+        assert c.health()["status"] == "ok"
+
+
+def test_summary_counts_updates(daemon: Daemon) -> None:
+    with RomanaClient(daemon.url) as c:
+        rows = {d["vantage"]: d for d in c.routes_summary()["devices"]}
+    assert rows["host:h3"]["routes"] == 0
+    assert rows["host:h1"]["routes"] == 2 and rows["host:h1"]["next_hops"] == 2
+    assert rows["group:/"]["routes"] == 2
+
+
+def test_cli_shows_routes_and_rejects_ambiguous_requests(daemon: Daemon) -> None:
+    out = romana("routes", "--host", "h1", "--url", daemon.url)
+    assert out.returncode == 0, out.stderr
+    assert "10.1.0.8/29" in out.stdout and "192.168.0.2" in out.stdout
+    out = romana("routes", "--group", "/", "--json", "--url", daemon.url)
+    assert json.loads(out.stdout)["vantage"] == "group:/"
+    out = romana("routes", "summary", "--url", daemon.url)
+    assert "group:rack-1" in out.stdout
+    assert romana("routes", "--url", daemon.url).returncode == 2
+    out = romana("routes", "--group", "nope", "--url", daemon.url)
+    assert out.returncode == 1 and 'no group "nope"' in out.stderr
+
+
+def test_socket_file_is_removed_on_clean_stop(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    d = Daemon(tmp_path / "data", "--listen", f"unix:{sock}").start()
+    assert sock.is_socket()
+    assert d.stop() == 0
+    assert not sock.exists()

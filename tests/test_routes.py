@@ -1,0 +1,200 @@
+"""Route sets per device: aggregation rules, routing modes, and which devices a change touches."""
+
+from __future__ import annotations
+
+import itertools
+from ipaddress import IPv4Network, ip_network
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from romana.errors import InvalidTopology, NotFound
+from romana.ipam import Engine
+from romana.routes import RouteTracker, group_routes, host_routes
+from romana.routes.aggregate import collapse
+from romana.topology import routing, validate
+
+from .conftest import racks_topology
+
+
+def tracked(doc: dict[str, Any], hosts_per_rack: int = 2) -> tuple[Engine, RouteTracker]:
+    engine = Engine()
+    engine.apply_topology(doc)
+    tracker = RouteTracker(lambda: engine.state)
+    engine.observers.append(tracker.observe)
+    racks = len(doc["topologies"][0]["map"])
+    for r in range(1, racks + 1):
+        for i in range(1, hosts_per_rack + 1):
+            engine.add_host(f"r{r}h{i}", f"192.168.{r}.{10 + i}", {"rack": f"rack-{r}"})
+    return engine, tracker
+
+
+def with_routing(doc: dict[str, Any], mode: str) -> dict[str, Any]:
+    for group in doc["topologies"][0]["map"]:
+        group["routing"] = mode
+    return doc
+
+
+def prefixes(result: Any) -> list[tuple[str, str, str | None]]:
+    return [(r["prefix"], r["via"], r["gateway"]) for r in result.to_json()["routes"]]
+
+
+# -- the routing field --------------------------------------------------------------------
+def test_routing_field_accepts_the_original_comma_style_and_aliases() -> None:
+    mode = routing.parse("block-host-routes, prefix-announce-bgp")
+    assert mode.host_routes and mode.announce == {"bgp"}
+    assert routing.parse(" L3-to-host ") == routing.RoutingMode(False, frozenset({"bgp"}))
+    assert routing.parse("prefix-announce-ospf").announce == {"ospf"}
+    assert routing.parse("l2-to-host").text == "block-host-routes"
+
+
+def test_unknown_routing_mode_is_reported_with_its_path() -> None:
+    doc = with_routing(racks_topology(2), "block-host-routes,bgp-please")
+    problems = validate(doc)
+    assert [p.path for p in problems] == ["topologies[0].map[0].routing",
+                                          "topologies[0].map[1].routing"]
+    assert 'unknown routing mode "bgp-please"' in problems[0].message
+    with pytest.raises(InvalidTopology):
+        Engine().apply_topology(doc)
+
+
+# -- aggregation --------------------------------------------------------------------------
+def test_l2_racks_hosts_route_to_neighbours_and_spine_has_one_route_per_rack() -> None:
+    engine, _ = tracked(racks_topology(4))
+    for i in range(12):  # 12 addresses: one full /29 and a second block on r1h1
+        engine.allocate(f"a{i}", "r1h1")
+    engine.allocate("b", "r1h2")
+    engine.allocate("c", "r3h1")
+    assert prefixes(host_routes(engine.state, "r1h1")) == [
+        ("10.1.0.0/28", "local", None),  # two sibling /29 blocks, collapsed
+        ("10.1.0.16/29", "host:r1h2", "192.168.1.12"),
+    ]
+    assert host_routes(engine.state, "r1h1").default == "group:rack-1"
+    # Rack 2 has no blocks yet: its hosts need no routes at all.
+    assert prefixes(host_routes(engine.state, "r2h1")) == []
+    spine = group_routes(engine.state, "/")
+    assert spine.default is None
+    assert prefixes(spine) == [("10.1.0.0/18", "group:rack-1", None),
+                               ("10.1.64.0/18", "group:rack-2", None),
+                               ("10.1.128.0/18", "group:rack-3", None),
+                               ("10.1.192.0/18", "group:rack-4", None)]
+    tor = group_routes(engine.state, "rack-1")
+    assert tor.default == "group:/"
+    assert prefixes(tor) == [("10.1.0.0/28", "host:r1h1", "192.168.1.11"),
+                             ("10.1.0.16/29", "host:r1h2", "192.168.1.12")]
+
+
+def test_l3_hosts_install_no_peer_routes() -> None:
+    engine, _ = tracked(with_routing(racks_topology(2), "prefix-announce-bgp"))
+    engine.allocate("a", "r1h1")
+    engine.allocate("b", "r1h2")
+    assert prefixes(host_routes(engine.state, "r1h1")) == [("10.1.0.0/29", "local", None)]
+    assert len(group_routes(engine.state, "rack-1").routes) == 2
+
+
+def test_a_group_with_one_host_is_one_route_for_its_whole_cidr() -> None:
+    engine, _ = tracked(racks_topology(2), hosts_per_rack=1)
+    engine.allocate("a", "r1h1")
+    assert prefixes(group_routes(engine.state, "rack-1")) == [
+        ("10.1.0.0/17", "host:r1h1", "192.168.1.11")]
+
+
+def test_nested_groups_route_by_child_group_and_inherit_routing() -> None:
+    doc = {"networks": [{"name": "n", "cidr": "10.1.0.0/16"}],
+           "topologies": [{"networks": ["n"], "map": [
+               {"name": "zone-a", "routing": "l3-to-host", "groups": [
+                   {"name": "rack-1", "groups": []}, {"name": "rack-2", "groups": []}]}]}]}
+    engine = Engine()
+    engine.apply_topology(doc)
+    for i in range(4):
+        engine.add_host(f"h{i}", f"192.168.0.{i + 1}")
+        engine.allocate(f"a{i}", f"h{i}")
+    assert prefixes(group_routes(engine.state, "/")) == [
+        ("10.1.0.0/16", "group:zone-a", None)]
+    assert prefixes(group_routes(engine.state, "zone-a")) == [
+        ("10.1.0.0/17", "group:zone-a/rack-1", None),
+        ("10.1.128.0/17", "group:zone-a/rack-2", None)]
+    assert group_routes(engine.state, "/zone-a/rack-2/").vantage == "group:zone-a/rack-2"
+    # rack-1 inherits zone-a's L3 routing: its hosts carry only their own blocks.
+    assert [r.via for r in host_routes(engine.state, "h0").routes] == ["local"]
+
+
+def test_unknown_devices_are_not_found() -> None:
+    engine, _ = tracked(racks_topology(2))
+    with pytest.raises(NotFound, match='no host "nope"'):
+        host_routes(engine.state, "nope")
+    with pytest.raises(NotFound, match='no group "rack-9"'):
+        group_routes(engine.state, "rack-9")
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 3)), max_size=40))
+def test_collapse_covers_exactly_the_same_addresses_with_no_mergeable_pair(
+        picks: list[tuple[int, int]]) -> None:
+    blocks = [(0x0A000000 + (i >> s << s) * 8, 29 - s) for i, s in picks]
+    out = collapse(blocks)
+    covered = {a for b, n in blocks for a in range(b, b + (1 << (32 - n)))}
+    assert {a for b, n in out for a in range(b, b + (1 << (32 - n)))} == covered
+    assert sum(1 << (32 - n) for _, n in out) == len(covered)  # disjoint
+    nets = [ip_network((b, n)) for b, n in out]
+    for x, y in itertools.pairwise(nets):
+        if x.prefixlen == y.prefixlen and x.prefixlen > 0:
+            assert x.supernet() != y.supernet(), f"{x} and {y} should have merged"
+
+
+# -- which devices a change touches ---------------------------------------------------------
+def sets_of(tracker: RouteTracker) -> dict[str, Any]:
+    return dict(tracker.sets)
+
+
+def test_a_new_address_in_an_existing_block_changes_no_route_anywhere() -> None:
+    engine, tracker = tracked(racks_topology(4))
+    engine.allocate("first", "r1h1")
+    before, stats = sets_of(tracker), {k: v.updates for k, v in tracker.stats.items()}
+    for i in range(7):
+        engine.allocate(f"more{i}", "r1h1")  # fills the /29
+    assert sets_of(tracker) == before
+    assert {k: v.updates for k, v in tracker.stats.items()} == stats
+
+
+@pytest.mark.parametrize(("mode", "touched"), [
+    ("block-host-routes", {"host:r1h1", "host:r1h2", "group:rack-1"}),
+    ("prefix-announce-bgp", {"host:r1h1", "group:rack-1"}),
+])
+def test_a_new_block_changes_only_the_devices_that_need_it(mode: str,
+                                                           touched: set[str]) -> None:
+    engine, tracker = tracked(with_routing(racks_topology(4), mode))
+    spine_updates = tracker.stats["group:/"].updates  # racks got hosts: 4 updates
+    for host in ("r1h1", "r1h2", "r2h1", "r3h1", "r4h1"):
+        engine.allocate(f"seed-{host}", host)
+    before = sets_of(tracker)
+    engine.allocate("new-block", "r1h1", tenant="other")  # another owner: a new block
+    after = sets_of(tracker)
+    assert {v for v in after if after[v] != before[v]} == touched
+    assert tracker.stats["group:/"].updates == spine_updates  # blocks never change the spine
+
+
+def test_releasing_the_last_address_withdraws_the_block_route() -> None:
+    engine, tracker = tracked(racks_topology(2))
+    engine.allocate("a", "r1h1")
+    engine.allocate("b", "r1h2")
+    assert ("10.1.0.0/29", "host:r1h1", "192.168.1.11") in prefixes(tracker.get("host:r1h2"))
+    engine.release("a")
+    assert prefixes(tracker.get("host:r1h2")) == [("10.1.0.8/29", "local", None)]
+    assert tracker.stats["host:r1h2"].route_changes == 3  # +r1h1's, +own, -r1h1's
+    # A freed block can go to the neighbour: routes follow the new owner, collapsed.
+    engine.allocate("c", "r1h2", tenant="t2")
+    assert prefixes(tracker.get("host:r1h1")) == [("10.1.0.0/28", "host:r1h2", "192.168.1.12")]
+
+
+def test_summary_reports_routes_next_hops_and_updates() -> None:
+    engine, tracker = tracked(racks_topology(2))
+    for i in range(9):
+        engine.allocate(f"a{i}", "r1h1")
+    rows = {row["vantage"]: row for row in tracker.summary()}
+    assert rows["host:r1h2"] == {"vantage": "host:r1h2", "routes": 1, "next_hops": 1,
+                                 "default": "group:rack-1", "updates": 2,
+                                 "route_changes": 3}
+    assert rows["group:/"]["routes"] == 2  # both racks have hosts
+    assert IPv4Network("10.1.0.0/28") == ip_network(tracker.get("host:r1h1").routes[0].prefix)
