@@ -1,5 +1,134 @@
-"""romana-agent: keeps a host's kernel routes in sync with romanad (placeholder, being built)."""
+"""`romana-agent`: keeps one host's kernel routes in sync with romanad.
+
+Runs on every host (inside the host's network namespace). Its routes live in a dedicated
+table with a dedicated protocol number, so it never touches routes it did not make; policy
+rules send pod-network traffic through that table. Health and Prometheus metrics are
+served on ``--listen``. On SIGTERM it stops and leaves the routes in place (traffic keeps
+flowing while it restarts); ``--cleanup`` removes its routes and rules instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from romana.serving import bind, setup_logging, unlink_unix
+
+DEFAULT_LISTEN = "127.0.0.1:9604"
+log = logging.getLogger("romana.agent")
 
 
-def main() -> None:
-    raise SystemExit("romana-agent: not built yet")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="romana-agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", required=True, help="this host's name in romanad")
+    parser.add_argument("--url", default="http://127.0.0.1:9600",
+                        help="romanad: http://HOST:PORT or unix:/path.sock (default %(default)s)")
+    parser.add_argument("--token-file", type=Path, help="file holding romanad's bearer token")
+    parser.add_argument("--table", type=int, default=10,
+                        help="routing table the agent owns (default %(default)s)")
+    parser.add_argument("--protocol", type=int, default=82,
+                        help="route protocol number marking the agent's routes and rules "
+                        "(default %(default)s)")
+    parser.add_argument("--rule-priority", type=int, default=1000,
+                        help="priority of the policy rules (uses this and the next; "
+                        "default %(default)s)")
+    parser.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS",
+                        help="full resync period, repairs foreign edits (default %(default)s)")
+    parser.add_argument("--listen", action="append", metavar="ADDRESS",
+                        help=f"health and metrics: HOST:PORT or unix:/path (default "
+                        f"{DEFAULT_LISTEN}; repeat for several)")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="remove the agent's routes and rules, then exit")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        sys.exit(f"romana-agent: cannot read token file {path}: {exc.strerror}")
+    if not token:
+        sys.exit(f"romana-agent: token file {path} is empty")
+    return token
+
+
+def cleanup(table: int, protocol: int) -> None:
+    from romana.agent.netlink import RouteTable
+
+    with RouteTable(table, protocol) as routes:
+        removed = routes.flush()
+        routes.remove_rules()
+    log.info("cleaned up", extra={"routes_removed": removed, "table": table})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    if args.cleanup:
+        cleanup(args.table, args.protocol)
+        return
+    token = read_token(args.token_file)
+    listen = args.listen or [DEFAULT_LISTEN]
+    try:
+        sockets = [bind(address) for address in listen]
+    except (ValueError, OSError) as exc:
+        sys.exit(f"romana-agent: cannot listen on {listen}: {exc}")
+
+    import uvicorn
+
+    from romana.agent.follow import RouteAgent
+    from romana.agent.metrics import AgentMetrics
+    from romana.agent.netlink import RouteTable
+    from romana.agent.upstream import Upstream
+    from romana.agent.web import create_app
+
+    try:
+        table = RouteTable(args.table, args.protocol)
+    except (ValueError, OSError) as exc:
+        sys.exit(f"romana-agent: cannot open routing table {args.table}: {exc}")
+    metrics = AgentMetrics()
+    upstream = Upstream(args.url, token)
+    agent = RouteAgent(args.host, upstream, table, metrics, args.rule_priority,
+                       args.resync_interval)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(agent.follow(), name="follow"),
+                 asyncio.create_task(agent.resync_periodically(), name="resync")]
+        log.info("agent started", extra={"host": args.host, "romanad": args.url,
+                                         "table": args.table, "protocol": args.protocol,
+                                         "listen": listen})
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close()
+        agent.close()
+        table.close()
+        log.info("agent stopped; kernel routes left in place", extra={"host": args.host})
+
+    app = create_app(agent, metrics)
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    try:
+        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+    finally:
+        for address in listen:
+            unlink_unix(address)
+
+
+if __name__ == "__main__":
+    main()

@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app(service, token)
     app.router.lifespan_context = lifespan
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    # Watchers hold long polls open; without a bound, shutdown would wait for each to time
+    # out. After 2 s they are cut (they reconnect to the next romanad) and the store closes.
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=2)
     # uvicorn handles SIGTERM/SIGINT (graceful shutdown, then lifespan stop) and finally
     # re-raises the signal to the previous handler: make that a normal exit, status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

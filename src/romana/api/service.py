@@ -136,7 +136,10 @@ class IpamService:
         if self.durable_revision <= since:
             return self.durable_revision, []
         rows = await asyncio.to_thread(self.store.read_since, since, limit)
-        return self.durable_revision, [{"revision": r, **f} for r, f in rows]
+        # With ``limit`` cutting the batch short, the client must continue after the last
+        # fact it got, not at the head: answer the revision it has actually seen.
+        revision = rows[-1][0] if rows else self.durable_revision
+        return revision, [{"revision": r, **f} for r, f in rows]
 
 
 def _exit_process(exc: BaseException) -> None:

@@ -1,0 +1,265 @@
+"""End to end on the real kernel: romanad, four agents, two racks, routers, pinging pods.
+
+Layout (every namespace created here, removed afterwards):
+
+    spine ──172.16.0.0/30── tor-1 (bridge 192.168.1.1/24) ── h11 .11, h12 .12
+          ──172.16.0.4/30── tor-2 (bridge 192.168.2.1/24) ── h21 .11, h22 .12
+
+Racks are L2 segments (``block-host-routes``): agents install routes to their neighbours'
+blocks. Hosts default to their ToR; the ToRs' and the spine's pod routes are filled from
+``GET /routes?group=...`` (the BIRD publisher makes that dynamic). Pods are namespaces with a
+veth to their host, a /32 from romanad, and a default route via 169.254.1.1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from romana.api.client import RomanaClient
+
+from .daemon import Daemon
+from .netns import Lab, Netns, wait_until
+
+AGENT = str(Path(sys.executable).parent / "romana-agent")
+TABLE = "10"
+RACKS = {1: ("h11", "h12"), 2: ("h21", "h22")}
+TOPOLOGY = {
+    "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
+    "topologies": [{"networks": ["pods"], "map": [
+        {"name": f"rack-{r}", "routing": "block-host-routes",
+         "assignment": {"rack": f"rack-{r}"}, "groups": []} for r in RACKS]}],
+}
+
+
+def host_ip(name: str) -> str:
+    return f"192.168.{name[1]}.1{name[2]}"
+
+
+@dataclass
+class Pod:
+    name: str
+    ns: Netns
+    ip: str
+    host: str
+    link: str
+
+
+class Cluster:
+    def __init__(self, lab: Lab, romanad: Daemon, socket: Path) -> None:
+        self.lab = lab
+        self.romanad = romanad
+        self.socket = socket
+        self.client = RomanaClient(romanad.url)
+        self.spine = lab.netns("spine")
+        self.tors: dict[int, Netns] = {}
+        self.hosts: dict[str, Netns] = {}
+        self.agents: dict[str, Any] = {}
+        self.pods: dict[str, Pod] = {}
+        self._links = 0
+        self._wire()
+
+    def _wire(self) -> None:
+        for rack, names in RACKS.items():
+            tor = self.tors[rack] = self.lab.netns(f"tor{rack}")
+            uplink = 4 * (rack - 1)
+            self.lab.veth(tor, "up0", self.spine, f"down{rack}")
+            tor.ip("addr", "add", f"172.16.0.{uplink + 1}/30", "dev", "up0")
+            self.spine.ip("addr", "add", f"172.16.0.{uplink + 2}/30", "dev", f"down{rack}")
+            tor.ip("route", "add", "default", "via", f"172.16.0.{uplink + 2}")
+            ports = []
+            for name in names:
+                host = self.hosts[name] = self.lab.netns(name)
+                self.lab.veth(host, "eth0", tor, f"p{name}")
+                ports.append(f"p{name}")
+                host.ip("addr", "add", f"{host_ip(name)}/24", "dev", "eth0")
+                host.ip("route", "add", "default", "via", f"192.168.{rack}.1")
+            self.lab.bridge(tor, "br0", ports)
+            tor.ip("addr", "add", f"192.168.{rack}.1/24", "dev", "br0")
+            for name in names:
+                self.client.add_host(name, host_ip(name), {"rack": f"rack-{rack}"})
+
+    # -- agents -------------------------------------------------------------------------
+    def start_agent(self, name: str) -> None:
+        log = self.lab.workdir / f"agent-{name}.log"
+        self.agents[name] = self.lab.spawn(
+            self.hosts[name], AGENT, "--host", name, "--url", f"unix:{self.socket}",
+            "--resync-interval", "1", "--log-level", "debug", log=log)
+
+    def stop_agent(self, name: str) -> int:
+        return self.lab.stop(self.agents.pop(name))
+
+    def kernel_routes(self, name: str, proto: str = "82") -> set[tuple[str, str | None]]:
+        shown = self.hosts[name].ip("-j", "route", "show", "table", TABLE, "proto", proto,
+                                    check=False)
+        if "FIB table does not exist" in shown.stderr:  # the kernel drops empty tables
+            return set()
+        rows = json.loads(shown.stdout)
+        return {(r["dst"] if "/" in r["dst"] else r["dst"] + "/32", r.get("gateway"))
+                for r in rows}
+
+    def expected_routes(self, name: str) -> set[tuple[str, str | None]]:
+        return {(r["prefix"], r["gateway"]) for r in self.client.routes(host=name)["routes"]}
+
+    def wait_in_sync(self, timeout: float = 10.0) -> None:
+        for name in self.hosts:
+            wait_until(lambda n=name: self.kernel_routes(n) == self.expected_routes(n),
+                       timeout, message=f"{name}'s table to match romanad")
+
+    # -- routers: filled from the route sets romanad computes ----------------------------
+    def program_routers(self) -> None:
+        uplinks = {f"group:rack-{r}": f"172.16.0.{4 * (r - 1) + 1}" for r in RACKS}
+        self._program(self.spine, self.client.routes(group="/"), uplinks)
+        for rack, tor in self.tors.items():
+            self._program(tor, self.client.routes(group=f"rack-{rack}"), {})
+
+    def _program(self, ns: Netns, route_set: dict[str, Any], gateways: dict[str, str]) -> None:
+        ns.ip("route", "flush", "proto", "static", check=False)
+        for route in route_set["routes"]:
+            gateway = route["gateway"] or gateways[route["via"]]
+            ns.ip("route", "replace", route["prefix"], "via", gateway, "proto", "static")
+
+    # -- pods: what the CNI plugin will do ------------------------------------------------
+    def add_pod(self, pod: str, host: str) -> Pod:
+        ip = self.client.allocate(pod, host)["ip"]
+        self._links += 1
+        ns = self.lab.netns(f"pod{self._links}")
+        link = f"cali{self._links}"
+        self.lab.veth(self.hosts[host], link, ns, "eth0")
+        ns.ip("addr", "add", f"{ip}/32", "dev", "eth0")
+        ns.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        ns.ip("route", "add", "default", "via", "169.254.1.1")
+        self.hosts[host].sysctl(f"net.ipv4.conf.{link}.proxy_arp", "1")
+        self.hosts[host].ip("route", "add", f"{ip}/32", "dev", link, "scope", "link")
+        self.pods[pod] = Pod(pod, ns, ip, host, link)
+        return self.pods[pod]
+
+    def remove_pod(self, pod: str) -> None:
+        p = self.pods.pop(pod)
+        self.hosts[p.host].ip("link", "del", p.link)
+        self.client.release(pod)
+
+    def reaches(self, a: str, b: str) -> bool:
+        return self.pods[a].ns.ping(self.pods[b].ip, count=1, wait=1)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    topology = tmp_path / "topology.json"
+    topology.write_text(json.dumps(TOPOLOGY))
+    socket = tmp_path / "romanad.sock"
+    romanad = Daemon(tmp_path / "data", "--topology", str(topology),
+                     "--listen", f"unix:{socket}").start()
+    try:
+        with Lab("ag", tmp_path) as lab:
+            c = Cluster(lab, romanad, socket)
+            try:
+                yield c
+            finally:
+                c.client.close()
+    finally:
+        romanad.stop()
+
+
+def assert_all_reach(cluster: Cluster, pairs: list[tuple[str, str]]) -> None:
+    failed = [(a, b) for a, b in pairs if not cluster.reaches(a, b)]
+    assert not failed, f"no ping: {failed}"
+
+
+def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> None:
+    for name in cluster.hosts:
+        cluster.start_agent(name)
+    cluster.add_pod("a1", "h11")
+    cluster.add_pod("a2", "h11")
+    cluster.add_pod("b1", "h12")
+    cluster.add_pod("c1", "h21")
+    cluster.add_pod("d1", "h22")
+    cluster.program_routers()
+    cluster.wait_in_sync()
+    # h11's table: its own block unreachable, h12's block via h12; nothing for rack 2.
+    assert cluster.kernel_routes("h11") == {("10.1.0.0/29", None),
+                                             ("10.1.0.8/29", "192.168.1.12")}
+    assert_all_reach(cluster, [("a1", "a2"), ("a1", "b1"), ("b1", "a2"), ("a1", "c1"),
+                               ("c1", "a1"), ("d1", "b1"), ("c1", "d1")])
+    # Same-rack traffic goes host to host: h11 routes b1's block straight to h12.
+    via = cluster.hosts["h11"].exec("ip", "route", "get", cluster.pods["b1"].ip).stdout
+    assert "via 192.168.1.12" in via
+
+    # Release the only pod of h12's block: the block's route is withdrawn from h11.
+    cluster.remove_pod("b1")
+    wait_until(lambda: ("10.1.0.8/29", "192.168.1.12") not in cluster.kernel_routes("h11"),
+               5, message="withdrawal of the freed block on h11")
+    # Re-allocate on h12: the same lowest block comes back, routes follow, traffic flows.
+    b2 = cluster.add_pod("b2", "h12")
+    assert b2.ip == "10.1.0.8"
+    cluster.program_routers()
+    cluster.wait_in_sync()
+    assert_all_reach(cluster, [("a1", "b2"), ("c1", "b2")])
+
+    # Restart an agent: routes stay while it is down, and it resyncs when back.
+    assert cluster.stop_agent("h11") == 0
+    assert ("10.1.0.8/29", "192.168.1.12") in cluster.kernel_routes("h11")
+    assert cluster.reaches("a1", "b2")
+    cluster.start_agent("h11")
+    cluster.wait_in_sync()
+
+    # Stop romanad: agents keep routes and keep running; start it again, they follow.
+    assert cluster.romanad.stop() == 0
+    time.sleep(1.5)  # agents notice (watch fails) and back off
+    assert all(p.poll() is None for p in cluster.agents.values()), "an agent died"
+    assert cluster.reaches("a1", "c1")
+    cluster.romanad.start()
+    cluster.add_pod("e1", "h12")  # h12 already has a block with room: no new route
+    d2 = cluster.client.allocate("d2-other-tenant", "h22", tenant="blue")  # a new block
+    wait_until(lambda: (d2["block"], "192.168.2.12") in cluster.kernel_routes("h21"), 10,
+               message="h21 to learn h22's new block after romanad restarted")
+    cluster.program_routers()
+    assert_all_reach(cluster, [("e1", "a1"), ("c1", "e1")])
+
+
+def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Cluster) -> None:
+    cluster.start_agent("h11")
+    cluster.add_pod("a1", "h11")
+    h11 = cluster.hosts["h11"]
+    wait_until(lambda: cluster.kernel_routes("h11") == cluster.expected_routes("h11"), 10,
+               message="first sync")
+    # A stale route carrying the agent's protocol: removed by the periodic resync (1 s).
+    h11.ip("route", "add", "10.1.200.0/29", "via", "192.168.1.12", "table", TABLE,
+           "proto", "82")
+    # Someone else's route in the same table, and one of ours changed behind our back.
+    h11.ip("route", "add", "10.1.201.0/29", "via", "192.168.1.1", "table", TABLE,
+           "proto", "static")
+    h11.ip("route", "replace", "10.1.0.0/29", "via", "192.168.1.1", "table", TABLE,
+           "proto", "82")
+    wait_until(lambda: cluster.kernel_routes("h11") == {("10.1.0.0/29", None)}, 5,
+               message="the stale route removed and the changed one restored")
+    time.sleep(2.5)  # several resyncs later the foreign route is still there, unchanged
+    assert cluster.kernel_routes("h11", proto="static") == {("10.1.201.0/29", "192.168.1.1")}
+
+    # Health and metrics, read from inside the host's namespace.
+    health = json.loads(h11.exec(sys.executable, "-c", _GET.format(path="/healthz")).stdout)
+    assert health["synced"] and health["romanad"] == "up" and health["host"] == "h11"
+    metrics = h11.exec(sys.executable, "-c", _GET.format(path="/metrics")).stdout
+    assert "romana_agent_routes_managed 1.0" in metrics
+    assert 'romana_agent_syncs_total{reason="periodic"}' in metrics
+    deleted = [line for line in metrics.splitlines()
+               if line.startswith('romana_agent_route_changes_total{op="delete"}')]
+    assert deleted and float(deleted[0].split()[-1]) >= 1
+
+    # --cleanup removes the agent's routes and rules, and nothing else.
+    assert cluster.stop_agent("h11") == 0
+    h11.exec(AGENT, "--host", "h11", "--cleanup")
+    assert cluster.kernel_routes("h11") == set()
+    assert cluster.kernel_routes("h11", proto="static") == {("10.1.201.0/29", "192.168.1.1")}
+    assert "lookup 10" not in h11.ip("rule").stdout
+
+
+_GET = ("import urllib.request;"
+        "print(urllib.request.urlopen('http://127.0.0.1:9604{path}', timeout=5).read().decode())")
