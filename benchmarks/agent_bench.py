@@ -14,6 +14,10 @@ table and reports the median and every run:
 
 Target: apply <= 0.5 s and dump <= 0.2 s for 10,000 routes.
 
+Section "neighbour_latency": romanad and a real romana-agent (in the namespace); ``--blocks``
+times (default 100) a new block is allocated on a neighbour host and the time until its
+route is in the agent's table is measured. Target: p95 <= 200 ms.
+
 Sections are functions ``(netns, args) -> (figures, targets)``; each runs in its own fresh
 namespace and lands under its name in the one JSON object printed at the end. To add a
 measurement, write such a function and list it in ``SECTIONS``.
@@ -28,10 +32,13 @@ import platform
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 from romana.agent.netlink import RouteTable
@@ -162,8 +169,87 @@ def program_routes(netns: str, args: argparse.Namespace) -> tuple[Figures, Targe
     return figures, targets
 
 
+def neighbour_latency(netns: str, args: argparse.Namespace) -> tuple[Figures, Targets]:
+    """A new block on host h1 -> its route in the table of h2, whose agent runs in ``netns``.
+
+    Real processes: romanad (root namespace, Unix socket) and romana-agent inside the
+    namespace with periodic resync effectively off (1 hour), so only the changes feed can
+    deliver the route. Each allocation uses a new tenant, which forces a new block.
+    """
+    from romana.api.client import RomanaClient
+
+    bindir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(prefix="romana-bench-") as tmp:
+        topology = Path(tmp) / "topology.json"
+        topology.write_text(json.dumps({
+            "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
+            "topologies": [{"networks": ["pods"], "map": [
+                {"name": "rack-1", "routing": "block-host-routes", "groups": []}]}]}))
+        sock = Path(tmp) / "romanad.sock"
+        port = _free_port()
+        procs = [subprocess.Popen(
+            [str(bindir / "romanad"), "--data-dir", f"{tmp}/data", "--topology", str(topology),
+             "--listen", f"127.0.0.1:{port}", "--listen", f"unix:{sock}", "--log-level",
+             "warning"], stderr=subprocess.DEVNULL)]
+        try:
+            client = RomanaClient(f"127.0.0.1:{port}")
+            _wait(lambda: _healthy(client), "romanad")
+            client.add_host("h1", f"{GW_NET}.2")
+            client.add_host("h2", f"{GW_NET}.1")
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", netns, str(bindir / "romana-agent"), "--host", "h2",
+                 "--url", f"unix:{sock}", "--resync-interval", "3600", "--log-level",
+                 "warning", "--listen", f"unix:{tmp}/agent.sock"], stderr=subprocess.DEVNULL))
+            client.allocate("warm-up", "h1")
+            with RouteTable(10, 82, netns=netns) as table:
+                _wait(lambda: len(table.dump()) == 1, "the agent's first sync")
+                latencies = []
+                for i in range(args.blocks):
+                    started = time.perf_counter()
+                    block = ip_network(client.allocate(f"p{i}", "h1", tenant=f"t{i}")["block"])
+                    # Sibling blocks of h1 collapse: wait for any route covering the block.
+                    while not any(block.subnet_of(ip_network(p)) for p in table.dump()):
+                        if time.perf_counter() - started > 5:
+                            raise SystemExit(f"route for {block} never arrived")
+                        time.sleep(0.001)
+                    latencies.append(time.perf_counter() - started)
+            client.close()
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                proc.wait(10)
+    ordered = sorted(latencies)
+    p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
+    figures = {"blocks": args.blocks,
+               "p50_ms": round(statistics.median(ordered) * 1000, 1),
+               "p95_ms": round(p95 * 1000, 1), "max_ms": round(ordered[-1] * 1000, 1)}
+    return figures, {"new block -> neighbour route p95 <= 200 ms": p95 <= 0.2}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(client: Any) -> bool:
+    try:
+        return bool(client.health())
+    except Exception:
+        return False
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 SECTIONS: dict[str, Section] = {
     "program_routes": program_routes,
+    "neighbour_latency": neighbour_latency,
 }
 
 
@@ -172,6 +258,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--blocks", type=int, default=100,
+                        help="new blocks timed for the neighbour latency")
     args = parser.parse_args()
     result: dict[str, Any] = {"benchmark": "romana_agent", "python": platform.python_version(),
                               "kernel": platform.release()}

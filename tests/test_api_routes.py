@@ -91,3 +91,15 @@ def test_socket_file_is_removed_on_clean_stop(tmp_path: Path) -> None:
     assert sock.is_socket()
     assert d.stop() == 0
     assert not sock.exists()
+
+
+def test_watch_with_a_limit_continues_after_the_last_fact_returned(daemon: Daemon) -> None:
+    with RomanaClient(daemon.url) as c:
+        for i in range(3):
+            c.allocate(f"w{i}", "h3")
+        first = c.watch(since=0, timeout=0, limit=2)
+        assert [f["revision"] for f in first["changes"]] == [1, 2]
+        assert first["revision"] == 2  # not the head: the client would skip facts
+        rest = c.watch(since=first["revision"], timeout=0, limit=10_000)
+        assert rest["changes"][0]["revision"] == 3
+        assert rest["revision"] == rest["changes"][-1]["revision"]

@@ -60,8 +60,12 @@ def bind(listen: str, mode: int = 0o660) -> socket.socket:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected HOST:PORT or unix:/path, not {listen!r}")
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # proto=IPPROTO_TCP matters: asyncio disables Nagle only on sockets that say so,
+        # and without TCP_NODELAY every small response waits ~40 ms for a delayed ACK.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((host.strip("[]"), int(port)))
         except OSError:

@@ -30,8 +30,9 @@ from romana.errors import RomanaError
 log = logging.getLogger("romana.agent")
 T = TypeVar("T")
 
-ROUTE_FACTS = frozenset({"TopologyApplied", "HostAdded", "HostRemoved", "HostLabelsUpdated",
-                         "BlockAssigned", "BlockFreed"})
+# Fact kinds on the changes feed that can move routes (see romana.ipam.facts).
+ROUTE_FACTS = frozenset({"topology_applied", "host_added", "host_removed",
+                         "host_labels_updated", "block_assigned", "block_freed"})
 
 
 class Backoff:
