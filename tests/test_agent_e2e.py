@@ -87,11 +87,12 @@ class Cluster:
                 self.client.add_host(name, host_ip(name), {"rack": f"rack-{rack}"})
 
     # -- agents -------------------------------------------------------------------------
-    def start_agent(self, name: str) -> None:
+    def start_agent(self, name: str, resync: float = 60) -> None:
+        """Periodic resync is off by default (60 s): only the changes feed moves routes."""
         log = self.lab.workdir / f"agent-{name}.log"
         self.agents[name] = self.lab.spawn(
             self.hosts[name], AGENT, "--host", name, "--url", f"unix:{self.socket}",
-            "--resync-interval", "1", "--log-level", "debug", log=log)
+            "--resync-interval", str(resync), "--log-level", "debug", log=log)
 
     def stop_agent(self, name: str) -> int:
         return self.lab.stop(self.agents.pop(name))
@@ -225,7 +226,7 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
 
 
 def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Cluster) -> None:
-    cluster.start_agent("h11")
+    cluster.start_agent("h11", resync=1)
     cluster.add_pod("a1", "h11")
     h11 = cluster.hosts["h11"]
     wait_until(lambda: cluster.kernel_routes("h11") == cluster.expected_routes("h11"), 10,
