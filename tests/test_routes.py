@@ -145,7 +145,7 @@ def test_collapse_covers_exactly_the_same_addresses_with_no_mergeable_pair(
 
 # -- which devices a change touches ---------------------------------------------------------
 def sets_of(tracker: RouteTracker) -> dict[str, Any]:
-    return dict(tracker.sets)
+    return tracker.all_sets()
 
 
 def test_a_new_address_in_an_existing_block_changes_no_route_anywhere() -> None:

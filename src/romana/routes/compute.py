@@ -16,8 +16,7 @@ otherwise (L3-to-host) it relies on its default route to the group's router.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from romana.errors import NotFound
 from romana.ipam.groups import GroupNode
@@ -35,34 +34,57 @@ def routing_mode(node: GroupNode) -> routing.RoutingMode:
     return routing.parse(routing.DEFAULT)
 
 
-def blocks_by_host(leaf: GroupNode) -> dict[str, list[Prefix]]:
-    owned: dict[str, list[Prefix]] = defaultdict(list)
-    for block in leaf.blocks.values():
-        owned[block.host].append((block.base, block.tree.block_mask))
-    return owned
+# A device's route set is a disjoint union of *segments*, each behind one next hop: a
+# host's own blocks (``local``), one neighbour's blocks, one child group's CIDR. The
+# tracker patches single segments as blocks come and go; see tracker.py.
+SegmentKey = tuple[str, ...]
+Segments = dict[SegmentKey, tuple[Route, ...]]
+Collapsed = Callable[[str, str], tuple[Prefix, ...]]  # (network, host) -> its blocks, collapsed
 
 
-def host_routes(state: IpamState, name: str) -> RouteSet:
+def collapsed_from_state(state: IpamState) -> Collapsed:
+    """Each host's blocks in a network, collapsed, read straight from the state."""
+    def collapsed(network: str, host: str) -> tuple[Prefix, ...]:
+        record = state.hosts.get(host)
+        if record is None:
+            return ()
+        return tuple(collapse((b.base, b.tree.block_mask) for b in record.blocks.values()
+                              if b.tree.name == network))
+    return collapsed
+
+
+def local_routes(prefixes: tuple[Prefix, ...]) -> tuple[Route, ...]:
+    return tuple(Route(b, n, LOCAL, None) for b, n in prefixes)
+
+
+def routes_via_host(prefixes: tuple[Prefix, ...], host: str, ip: str) -> tuple[Route, ...]:
+    via = host_vantage(host)
+    return tuple(Route(b, n, via, ip) for b, n in prefixes)
+
+
+def host_segments(state: IpamState, name: str, collapsed: Collapsed) -> Segments:
     record = state.hosts.get(name)
     if record is None:
         raise NotFound(f'no host "{name}"', ["list hosts with GET /hosts"])
-    routes: list[Route] = []
-    default: str | None = None
-    for tree in state.trees.values():  # network definition order: the first names the default
-        leaf = record.placements.get(tree.name)
-        if leaf is None:
-            continue
-        default = default or group_vantage(leaf.path)
-        owned = blocks_by_host(leaf)
-        routes += [Route(b, n, LOCAL, None) for b, n in collapse(owned.get(name, ()))]
+    segments: Segments = {}
+    for net, leaf in record.placements.items():
+        segments[("local", net)] = local_routes(collapsed(net, name))
         if routing_mode(leaf).host_routes:
             for neighbour in leaf.hosts:
                 if neighbour != name:
-                    gateway = state.hosts[neighbour].ip
-                    via = host_vantage(neighbour)
-                    routes += [Route(b, n, via, gateway)
-                               for b, n in collapse(owned.get(neighbour, ()))]
-    return RouteSet(host_vantage(name), default, tuple(sorted(routes)))
+                    segments[("host", net, neighbour)] = routes_via_host(
+                        collapsed(net, neighbour), neighbour, state.hosts[neighbour].ip)
+    return segments
+
+
+def host_default(state: IpamState, name: str) -> str | None:
+    """The router of the host's leaf group in the first network (definition order)."""
+    record = state.hosts[name]
+    for tree in state.trees.values():
+        leaf = record.placements.get(tree.name)
+        if leaf is not None:
+            return group_vantage(leaf.path)
+    return None
 
 
 def group_nodes(state: IpamState, path: str) -> list[GroupNode]:
@@ -75,24 +97,64 @@ def group_nodes(state: IpamState, path: str) -> list[GroupNode]:
     return nodes
 
 
-def group_routes(state: IpamState, path: str) -> RouteSet:
-    nodes = group_nodes(state, path)
-    routes: list[Route] = []
-    for node in nodes:
+def group_segments(state: IpamState, path: str, collapsed: Collapsed) -> Segments:
+    segments: Segments = {}
+    for tree, node in ((t, n) for t in state.trees.values()
+                       if (n := t.group(path)) is not None):
+        net = tree.name
         if not node.is_leaf:
-            routes += [Route(c.base, c.prefixlen, group_vantage(c.path), None)
-                       for c in node.children if c.host_count > 0]
+            for child in node.children:
+                if child.host_count > 0:
+                    segments[("child", net, child.path)] = (
+                        Route(child.base, child.prefixlen, group_vantage(child.path), None),)
         elif len(node.hosts) == 1:
             (only,) = node.hosts
-            routes.append(Route(node.base, node.prefixlen, host_vantage(only),
-                                state.hosts[only].ip))
+            segments[("leaf", net)] = (Route(node.base, node.prefixlen, host_vantage(only),
+                                             state.hosts[only].ip),)
         else:
-            for host, owned in blocks_by_host(node).items():
-                gateway = state.hosts[host].ip
-                routes += [Route(b, n, host_vantage(host), gateway) for b, n in collapse(owned)]
-    parent = nodes[0].parent
-    default = group_vantage(parent.path) if parent is not None else None
-    return RouteSet(group_vantage(nodes[0].path), default, tuple(sorted(routes)))
+            for host in node.hosts:
+                segments[("host", net, host)] = routes_via_host(collapsed(net, host), host,
+                                                                state.hosts[host].ip)
+    return segments
+
+
+def group_default(state: IpamState, path: str) -> str | None:
+    parent = group_nodes(state, path)[0].parent
+    return group_vantage(parent.path) if parent is not None else None
+
+
+def canonical(state: IpamState, vantage: str) -> str:
+    """``group:/zone-a/rack-1/`` -> ``group:zone-a/rack-1``; raises NotFound if unknown."""
+    kind, _, name = vantage.partition(":")
+    if kind == "group":
+        return group_vantage(group_nodes(state, name)[0].path)
+    if kind == "host":
+        if name not in state.hosts:
+            raise NotFound(f'no host "{name}"', ["list hosts with GET /hosts"])
+        return vantage
+    raise NotFound(f'no vantage "{vantage}"', ['use "host:NAME" or "group:PATH"'])
+
+
+def segments_of(state: IpamState, vantage: str, collapsed: Collapsed) -> Segments:
+    kind, _, name = vantage.partition(":")
+    if kind == "host":
+        return host_segments(state, name, collapsed)
+    return group_segments(state, name, collapsed)
+
+
+def assemble(state: IpamState, vantage: str, segments: Segments) -> RouteSet:
+    kind, _, name = vantage.partition(":")
+    default = host_default(state, name) if kind == "host" else group_default(state, name)
+    routes = sorted(r for segment in segments.values() for r in segment)
+    return RouteSet(vantage, default, tuple(routes))
+
+
+def host_routes(state: IpamState, name: str) -> RouteSet:
+    return route_set(state, host_vantage(name))
+
+
+def group_routes(state: IpamState, path: str) -> RouteSet:
+    return route_set(state, f"group:{path}")
 
 
 def vantages(state: IpamState) -> Iterator[str]:
@@ -108,9 +170,6 @@ def vantages(state: IpamState) -> Iterator[str]:
 
 
 def route_set(state: IpamState, vantage: str) -> RouteSet:
-    kind, _, name = vantage.partition(":")
-    if kind == "host":
-        return host_routes(state, name)
-    if kind == "group":
-        return group_routes(state, name)
-    raise NotFound(f'no vantage "{vantage}"', ['use "host:NAME" or "group:PATH"'])
+    """A device's routes computed from scratch (the reference the tracker must match)."""
+    vantage = canonical(state, vantage)
+    return assemble(state, vantage, segments_of(state, vantage, collapsed_from_state(state)))

@@ -1,9 +1,15 @@
 """Keeps every device's route set current as facts arrive, and counts route updates.
 
-Only facts that move blocks or hosts can change routes: an address allocated in an
-existing block changes nothing anywhere (that is the point of blocks). A block fact
-touches its host, the host's L2 neighbours and the routers above it; host and topology
-facts rebuild everything (rare). Counting is exact because sets are compared, not guessed.
+A device's routes are a disjoint union of segments, one per next hop (see compute.py).
+A block fact changes exactly one segment: its host's collapsed blocks in that network.
+The tracker recomputes that one segment (O(the host's blocks)) and hands the same tuple to
+every device that carries it: the host itself, its L2 neighbours, its leaf's router. Route
+sets are assembled (sorted) only when asked for, and memoized until they change, so an
+allocation that opens a block costs microseconds however large the rack is.
+
+An address allocated inside an existing block changes nothing anywhere (that is the point
+of blocks). Host and topology facts are rare and rebuild everything. Counting is exact:
+segments are compared, not guessed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,17 @@ from romana.ipam.facts import (
     TopologyApplied,
 )
 from romana.ipam.state import IpamState
-from romana.routes.compute import route_set, vantages
+from romana.routes.aggregate import Prefix, collapse
+from romana.routes.compute import (
+    Segments,
+    assemble,
+    canonical,
+    local_routes,
+    routes_via_host,
+    routing_mode,
+    segments_of,
+    vantages,
+)
 from romana.routes.model import RouteSet, group_vantage, host_vantage
 
 _REBUILD = (TopologyApplied, HostAdded, HostRemoved, HostLabelsUpdated)
@@ -36,62 +52,105 @@ class DeviceStats:
 class RouteTracker:
     def __init__(self, state: Callable[[], IpamState]) -> None:
         self._state = state
-        self.sets: dict[str, RouteSet] = {}
+        self._collapsed: dict[tuple[str, str], tuple[Prefix, ...]] = {}  # (net, host)
+        self._owners: dict[tuple[str, int], str] = {}  # (net, block base) -> host
+        self._devices: dict[str, Segments] = {}
+        self._memo: dict[str, RouteSet] = {}
         self.stats: dict[str, DeviceStats] = {}
-        self.revision = 0  # state revision of the last change to any route set
-        self._refresh(None, count=False)
+        self._rebuild(count=False)
 
+    # -- reading ----------------------------------------------------------------------
     def get(self, vantage: str) -> RouteSet:
-        cached = self.sets.get(vantage)
-        return cached if cached is not None else route_set(self._state(), vantage)
-
-    def observe(self, facts: Iterable[Fact]) -> None:
-        """Called after ``facts`` were applied to the state."""
-        touched: set[str] = set()
-        for fact in facts:
-            if isinstance(fact, _REBUILD):
-                self._refresh(None)
-                return
-            if isinstance(fact, BlockAssigned | BlockFreed):
-                touched |= self._around(fact.network, fact.base)
-        if touched:
-            self._refresh(touched)
-
-    def _around(self, network: str, base: int) -> set[str]:
-        """Devices whose routes may cover a block: the hosts of its leaf (its owner, whom
-        a freed block no longer names, and L2 neighbours) and the routers above."""
-        leaf = self._state().trees[network].leaf_containing(base)
-        assert leaf is not None, "blocks always lie inside a leaf group"
-        return ({host_vantage(h) for h in leaf.hosts}
-                | {group_vantage(n.path) for n in leaf.lineage()})
-
-    def _refresh(self, only: set[str] | None, count: bool = True) -> None:
         state = self._state()
-        targets = list(vantages(state)) if only is None else sorted(only)
-        if only is None:
-            for gone in self.sets.keys() - set(targets):
-                del self.sets[gone]
-                self.stats.pop(gone, None)
-        changed = False
-        for vantage in targets:
-            new = route_set(state, vantage)
-            old = self.sets.get(vantage)
-            if old == new:
-                continue
-            changed = True
-            self.sets[vantage] = new
-            stats = self.stats.setdefault(vantage, DeviceStats())
-            if count and old is not None:  # a device's first set is no update
-                stats.updates += 1
-                stats.route_changes += len(set(old.routes) ^ set(new.routes))
-        if changed:
-            self.revision = state.revision
+        vantage = canonical(state, vantage)  # NotFound for unknown hosts and groups
+        memo = self._memo.get(vantage)
+        if memo is None:
+            memo = self._memo[vantage] = assemble(state, vantage, self._devices[vantage])
+        return memo
+
+    def all_sets(self) -> dict[str, RouteSet]:
+        return {vantage: self.get(vantage) for vantage in self._devices}
 
     def summary(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
-        for vantage, routes in self.sets.items():
+        for vantage, segments in self._devices.items():
             stats = self.stats.get(vantage, DeviceStats())
-            out.append({"vantage": vantage, "routes": len(routes.routes),
-                        "next_hops": len(routes.next_hops), "default": routes.default,
-                        "updates": stats.updates, "route_changes": stats.route_changes})
+            routes = sum(len(s) for s in segments.values())
+            hops = {s[0].via for s in segments.values() if s}
+            out.append({"vantage": vantage, "routes": routes, "next_hops": len(hops),
+                        "default": self.get(vantage).default, "updates": stats.updates,
+                        "route_changes": stats.route_changes})
         return out
+
+    # -- following facts --------------------------------------------------------------
+    def observe(self, facts: Iterable[Fact]) -> None:
+        """Called after ``facts`` were applied to the state."""
+        batch = list(facts)
+        if any(isinstance(fact, _REBUILD) for fact in batch):
+            # Checked first: the state already reflects the whole batch (a removed host's
+            # blocks are freed in the same batch that removes the host).
+            self._rebuild(count=True)
+            return
+        changed: dict[str, int] = {}  # device -> routes added + withdrawn in this batch
+        for fact in batch:
+            if isinstance(fact, BlockAssigned):
+                self._owners[(fact.network, fact.base)] = fact.host
+                self._refresh_host(fact.network, fact.host, changed)
+            elif isinstance(fact, BlockFreed):
+                host = self._owners.pop((fact.network, fact.base))
+                self._refresh_host(fact.network, host, changed)
+        for vantage, route_changes in changed.items():
+            stats = self.stats.setdefault(vantage, DeviceStats())
+            stats.updates += 1
+            stats.route_changes += route_changes
+
+    def _refresh_host(self, network: str, host: str, changed: dict[str, int]) -> None:
+        state = self._state()
+        record = state.hosts[host]
+        prefixes = tuple(collapse((b.base, b.tree.block_mask) for b in record.blocks.values()
+                                  if b.tree.name == network))
+        before = self._collapsed.get((network, host), ())
+        if prefixes == before:
+            return
+        self._collapsed[(network, host)] = prefixes
+        delta = len(set(before) ^ set(prefixes))  # the same for every device carrying it
+        leaf = record.placements[network]
+        touched = [(host_vantage(host), ("local", network), local_routes(prefixes))]
+        via_host = routes_via_host(prefixes, host, record.ip)  # one tuple, shared
+        if routing_mode(leaf).host_routes:
+            touched += [(host_vantage(n), ("host", network, host), via_host)
+                        for n in leaf.hosts if n != host]
+        if len(leaf.hosts) > 1:  # alone, the router routes the whole leaf to it (rule 1)
+            touched.append((group_vantage(leaf.path), ("host", network, host), via_host))
+        for vantage, key, routes in touched:
+            self._devices[vantage][key] = routes
+            self._memo.pop(vantage, None)
+            changed[vantage] = changed.get(vantage, 0) + delta
+
+    def _rebuild(self, count: bool) -> None:
+        state = self._state()
+        self._owners = {(b.tree.name, base): b.host for base, b in state.blocks.items()}
+        by_host: dict[tuple[str, str], list[Prefix]] = {}
+        for block in state.blocks.values():
+            by_host.setdefault((block.tree.name, block.host), []).append(
+                (block.base, block.tree.block_mask))
+        self._collapsed = {key: tuple(collapse(p)) for key, p in by_host.items()}
+
+        def collapsed(network: str, host: str) -> tuple[Prefix, ...]:
+            return self._collapsed.get((network, host), ())
+
+        old = self._devices
+        self._devices = {v: segments_of(state, v, collapsed) for v in vantages(state)}
+        self._memo.clear()
+        for gone in old.keys() - self._devices.keys():
+            self.stats.pop(gone, None)
+        if not count:
+            return
+        for vantage, segments in self._devices.items():
+            before = old.get(vantage)
+            if before is None or before == segments:
+                continue  # a new device's first set is no update
+            stats = self.stats.setdefault(vantage, DeviceStats())
+            stats.updates += 1
+            stats.route_changes += len({r for s in before.values() for r in s}
+                                       ^ {r for s in segments.values() for r in s})
