@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from romana.cli import addresses, hosts, network, routes, topology
+from romana.cli import addresses, bird, hosts, network, routes, topology
 
 app = typer.Typer(
     help="Romana: routed, overlay-free networking with a topology-aware IPAM.",
@@ -19,6 +19,7 @@ app.add_typer(network.block_app, name="block")
 app.add_typer(network.network_app, name="network")
 app.add_typer(network.blackout_app, name="blackout")
 app.add_typer(routes.app, name="routes")
+app.add_typer(bird.app, name="bird")
 
 
 @app.callback()

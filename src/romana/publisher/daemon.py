@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from romana.api.client import DEFAULT_URL, RomanaClient
-from romana.errors import RomanaError
+from romana.errors import NotFound, RomanaError
 from romana.publisher import source, templates
 from romana.publisher.announce import Policy, announced
 from romana.publisher.bird import BirdConfig, BirdError
@@ -46,6 +46,8 @@ BACKOFF_MAX = 15.0
 
 
 class Metrics:
+    """The publisher's Prometheus metrics, in a registry of their own."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -54,7 +56,8 @@ class Metrics:
         self.reloads = Counter("romana_publisher_reloads_total",
                                "Configurations installed and accepted by BIRD", registry=r)
         self.failures = Counter("romana_publisher_failures_total",
-                                "Failures by stage: template, validate, write, reload, romanad",
+                                "Failures by stage: template, validate, write, reload, romanad, "
+                                "internal",
                                 ["stage"], registry=r)
         self.last_good = Gauge("romana_publisher_last_good_timestamp_seconds",
                                "When BIRD last accepted a configuration from us", registry=r)
@@ -68,12 +71,14 @@ class Metrics:
                            registry=r)
         self.revision = Gauge("romana_publisher_revision",
                               "Last romanad revision seen on the changes feed", registry=r)
-        for stage in ("template", "validate", "write", "reload", "romanad"):
+        for stage in ("template", "validate", "write", "reload", "romanad", "internal"):
             self.failures.labels(stage)
 
 
 @dataclass
 class Options:
+    """What to publish and where: the command line, or the CLI's one-shot equivalent."""
+
     host: str | None
     router: str | None
     url: str
@@ -165,6 +170,7 @@ class Publisher:
         self.router_inputs: source.RouterInputs | None = None
         self.since: int | None = None
         self.subnet = opts.subnet
+        self._detected = False  # looked for the host's subnet on local interfaces
         self._last: object = None  # (template, variables) last rendered
         self.healthy = True
 
@@ -177,10 +183,20 @@ class Publisher:
                                                     self.opts.strict)
         else:
             assert self.opts.host is not None
-            self.host_inputs = source.read_host(self.client, self.opts.host,
-                                                self.opts.announce is Policy.GROUP)
-            if self.subnet is None:
+            try:
+                self.host_inputs = source.read_host(self.client, self.opts.host,
+                                                    self.opts.announce is Policy.GROUP)
+            except NotFound:
+                if self.host_inputs is None:
+                    raise  # never registered yet: wait for it (logged, with backoff)
+                # Removed from romanad: its blocks are freed and may go to other hosts.
+                log.warning("host no longer registered in romanad: announcing nothing",
+                            extra={"host": self.opts.host})
+                self.host_inputs = replace(self.host_inputs, placements={}, local=(),
+                                           group_sizes={})
+            if self.subnet is None and not self._detected:
                 self.subnet = detect_subnet(self.host_inputs.ip)
+                self._detected = True
         if self.since is None or since > self.since:
             self.since = since
 
@@ -194,6 +210,11 @@ class Publisher:
         """One long poll of the changes feed; a re-read if any change matters."""
         assert self.since is not None
         answer = self.client.watch(self.since, timeout=self.opts.poll)
+        if int(answer["revision"]) < self.since:
+            log.warning("romanad's revision went backwards (a new store?): re-reading",
+                        extra={"had": self.since, "now": answer["revision"]})
+            self.since = None
+            return
         relevant = [c for c in answer["changes"] if self.cares(c)]
         if relevant:
             log.info("relevant changes", extra={"kinds": sorted({c["kind"] for c in relevant}),
@@ -296,6 +317,13 @@ class Publisher:
                 self.metrics.failures.labels("romanad").inc()
                 log.error("romanad: %s", getattr(exc, "message", str(exc)),
                           extra={"retry_in": backoff})
+                if self.opts.once:
+                    return 1
+                self.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception:  # a surprise (a malformed answer, a bug): log, wait, go on
+                self.metrics.failures.labels("internal").inc()
+                log.exception("unexpected error", extra={"retry_in": backoff})
                 if self.opts.once:
                     return 1
                 self.sleep(backoff)

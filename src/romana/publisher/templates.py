@@ -1,0 +1,100 @@
+"""Finding and rendering the operator's BIRD template.
+
+One template directory can serve a whole cluster: a file named after a host's IP, or after
+its subnet's network address, overrides the generic one for that host or subnet, with no
+other configuration (the original Romana publisher's convention)::
+
+    bird.conf.192.168.1.11   this host only
+    bird.conf.192.168.1.0    every host of 192.168.1.0/24 (the host's subnet)
+    bird.conf                everyone else
+
+Templates are Jinja2 with ``StrictUndefined``: a misspelt or missing variable is a render
+error reported before BIRD sees anything, never an empty string that silently drops a
+route or a neighbour. Rendering never touches the output file; the caller decides (and
+keeps the last good configuration on any error).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+
+class TemplateError(Exception):
+    """No template file, or it does not render; the message names file and line."""
+
+
+def candidates(template: Path, host_ip: str | None = None,
+               subnet: str | None = None) -> list[Path]:
+    """The files tried, best match first: ``T.<host-ip>``, ``T.<subnet-address>``, ``T``."""
+    out: list[Path] = []
+    if host_ip:
+        out.append(template.with_name(f"{template.name}.{ipaddress.IPv4Address(host_ip)}"))
+    if subnet:
+        network = ipaddress.IPv4Network(subnet, strict=False)
+        out.append(template.with_name(f"{template.name}.{network.network_address}"))
+    out.append(template)
+    return list(dict.fromkeys(out))  # a /32 subnet names the host's own file: try it once
+
+
+def find(template: Path, host_ip: str | None = None, subnet: str | None = None) -> Path:
+    """The best-matching existing file (raises TemplateError naming every file tried)."""
+    tried = candidates(template, host_ip, subnet)
+    for path in tried:
+        if path.is_file():
+            return path
+    raise TemplateError("no template file: tried " + ", ".join(str(p) for p in tried))
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A template's file and text, read once, so a change of either is a new source."""
+
+    path: Path
+    text: str
+
+    @classmethod
+    def read(cls, path: Path) -> Source:
+        try:
+            return cls(path, path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateError(f"cannot read template {path}: {exc}") from exc
+
+
+def render(source: Source, variables: Mapping[str, Any]) -> str:
+    """Render ``source`` with ``variables``; ``{% include %}`` resolves next to the file."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(source.path.parent)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # BIRD configuration, not HTML
+    )
+    try:
+        return env.from_string(source.text).render(**variables)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{source.path}:{exc.lineno}: template syntax error: "
+                            f"{exc.message}") from exc
+    except jinja2.TemplateError as exc:  # undefined variables, missing includes, ...
+        line = _template_line(exc)
+        where = f"{source.path}:{line}" if line else str(source.path)
+        raise TemplateError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    except (TypeError, ValueError, ArithmeticError) as exc:  # e.g. a filter on a bad value
+        raise TemplateError(f"{source.path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line a runtime error came from (Jinja names it "<template>")."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

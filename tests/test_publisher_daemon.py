@@ -1,0 +1,266 @@
+"""The publisher loop against a real romanad and real `bird -p` (no BIRD daemon needed: the
+output file is what is checked): last good configuration on every error, which feed
+changes cause a re-read, resync after compaction, and surviving romanad's absence.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from romana.api.client import RomanaClient
+from romana.publisher.bird import BirdConfig
+from romana.publisher.daemon import Metrics, Options, Publisher
+
+from .conftest import racks_topology
+from .daemon import Daemon, free_port, running
+from .netns import wait_until
+
+pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2")
+
+PUBLISHER = Path(sys.executable).parent / "romana-publisher"
+TEMPLATE = """router id {{ router_id }};
+protocol device {}
+protocol static romana_networks {
+  ipv4;
+{% for net in networks %}
+  route {{ net }} blackhole;
+{% endfor %}
+}
+"""
+
+
+def seed(client: RomanaClient) -> None:
+    client.apply_topology(racks_topology(2))
+    client.add_host("h1", "192.168.1.11", {"rack": "rack-1"})
+    client.add_host("h2", "192.168.1.12", {"rack": "rack-1"})
+    client.allocate("a1", "h1", "t", "a")  # 10.1.0.0/29
+
+
+CLIENTS: list[RomanaClient] = []
+
+
+@pytest.fixture
+def romanad(tmp_path: Path) -> Iterator[Daemon]:
+    with running(tmp_path / "data") as daemon:
+        with RomanaClient(daemon.url) as client:
+            seed(client)
+        try:
+            yield daemon
+        finally:
+            while CLIENTS:
+                CLIENTS.pop().close()
+
+
+def publisher(daemon: Daemon, tmp_path: Path, **kw: object) -> tuple[Publisher, Metrics]:
+    template = tmp_path / "bird.conf.j2"
+    if not template.exists():
+        template.write_text(TEMPLATE)
+    opts = Options(host="h1", router=None, url=daemon.url, token=None, template=template,
+                   output=tmp_path / "bird.conf", bird_socket=None, subnet="192.168.1.0/24",
+                   **kw)  # type: ignore[arg-type]
+    metrics = Metrics()
+    client = RomanaClient(daemon.url)
+    CLIENTS.append(client)
+    return Publisher(opts, client, BirdConfig(opts.output), metrics), metrics
+
+
+def failures(metrics: Metrics, stage: str) -> float:
+    return metrics.registry.get_sample_value("romana_publisher_failures_total",
+                                             {"stage": stage}) or 0.0
+
+
+def test_render_errors_keep_the_last_good_config(romanad: Daemon, tmp_path: Path) -> None:
+    pub, metrics = publisher(romanad, tmp_path)
+    pub.refresh()
+    assert pub.publish()
+    out = pub.bird.output
+    assert "route 10.1.0.0/29 blackhole;" in out.read_text()
+    good = out.read_text()
+
+    # A misspelt variable: no render, the file stays, counted once however often retried.
+    pub.opts.template.write_text(TEMPLATE.replace("{{ net }}", "{{ nett }}"))  # type: ignore[union-attr]
+    assert not pub.publish() and not pub.publish()
+    assert failures(metrics, "template") == 1 and out.read_text() == good
+    assert metrics.registry.get_sample_value("romana_publisher_config_stale") == 1
+
+    # romanad moves on meanwhile: still no outage, still the old file.
+    pub.client.allocate("b1", "h1", "t", "b")  # 10.1.0.8/29, a sibling
+    pub.follow()
+    assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/28",)
+    assert not pub.publish() and out.read_text() == good
+    assert failures(metrics, "template") == 2  # new inputs, new attempt, new failure
+
+    # Renders, but BIRD would refuse it: stopped by `bird -p`.
+    pub.opts.template.write_text(TEMPLATE + "protocol nonsense;\n")  # type: ignore[union-attr]
+    assert not pub.publish()
+    assert failures(metrics, "validate") == 1 and out.read_text() == good
+
+    # Fixed: the current state goes out at once.
+    pub.opts.template.write_text(TEMPLATE)  # type: ignore[union-attr]
+    assert pub.publish()
+    assert "route 10.1.0.0/28 blackhole;" in out.read_text()
+    assert metrics.registry.get_sample_value("romana_publisher_config_stale") == 0
+    assert metrics.registry.get_sample_value("romana_publisher_reloads_total") == 2
+
+
+def test_best_matching_template_file_wins(romanad: Daemon, tmp_path: Path) -> None:
+    pub, _ = publisher(romanad, tmp_path)
+    pub.refresh()
+    assert pub.publish()
+    (tmp_path / "bird.conf.j2.192.168.1.0").write_text("# subnet\n" + TEMPLATE)
+    assert pub.publish()
+    assert pub.bird.output.read_text().startswith("# subnet")
+    (tmp_path / "bird.conf.j2.192.168.1.11").write_text("# host\n" + TEMPLATE)
+    assert pub.publish()
+    assert pub.bird.output.read_text().startswith("# host")
+
+
+def test_only_block_host_and_topology_facts_cause_a_reread(romanad: Daemon,
+                                                           tmp_path: Path) -> None:
+    pub, metrics = publisher(romanad, tmp_path)
+    pub.refresh()
+    assert pub.publish()
+    before = pub.host_inputs
+    client = pub.client
+    client.allocate("a2", "h1", "t", "a")  # inside h1's existing block: no route change
+    client.allocate("x1", "h2", "t", "a")  # h2's block: not h1's business
+    pub.follow()
+    assert pub.host_inputs is before
+    client.release("x1")  # frees h2's block
+    pub.follow()
+    assert pub.host_inputs is before
+    client.allocate("b1", "h1", "t", "b")  # a new block of h1
+    pub.follow()
+    assert pub.host_inputs is not before
+    assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/28",)
+    rendered = metrics.registry.get_sample_value("romana_publisher_renders_total")
+    assert pub.publish() and pub.publish()  # the second: nothing changed, nothing rendered
+    assert metrics.registry.get_sample_value("romana_publisher_renders_total") == \
+        (rendered or 0) + 1
+    client.release("a1")
+    client.release("a2")  # h1's first block is empty: freed, withdrawn
+    pub.follow()
+    assert pub.host_inputs.local == ("10.1.0.8/29",)
+
+
+def test_group_policy_announces_the_leaf_while_alone(romanad: Daemon, tmp_path: Path) -> None:
+    from romana.publisher.announce import Policy
+
+    client = RomanaClient(romanad.url)
+    CLIENTS.append(client)
+    client.add_host("h3", "192.168.2.13", {"rack": "rack-2"})
+    client.allocate("c1", "h3", "t", "a")
+    pub, _ = publisher(romanad, tmp_path, announce=Policy.GROUP)
+    pub.opts.host = "h3"
+    pub.refresh()
+    assert pub.publish()
+    assert "route 10.1.128.0/17 blackhole;" in pub.bird.output.read_text()
+    client.add_host("h4", "192.168.2.14", {"rack": "rack-2"})  # no longer alone
+    pub.follow()
+    assert pub.publish()
+    text = pub.bird.output.read_text()
+    assert "route 10.1.128.0/29 blackhole;" in text and "/17" not in text
+
+
+def run_publisher(daemon_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    (tmp_path / "bird.conf.j2").write_text(TEMPLATE)
+    log = (tmp_path / "publisher.log").open("ab")
+    return subprocess.Popen(
+        [str(PUBLISHER), "--host", "h1", "--url", daemon_url, "--template",
+         str(tmp_path / "bird.conf.j2"), "--output", str(tmp_path / "bird.conf"),
+         "--poll-interval", "0.5", *extra], stdout=log, stderr=log)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def test_once_mode_exit_codes(romanad: Daemon, tmp_path: Path) -> None:
+    proc = run_publisher(romanad.url, tmp_path, "--once")
+    assert proc.wait(30) == 0
+    assert "route 10.1.0.0/29 blackhole;" in (tmp_path / "bird.conf").read_text()
+    (tmp_path / "bird.conf.j2").write_text("{{ oops }")
+    result = subprocess.run([str(PUBLISHER), "--host", "h1", "--url", romanad.url,
+                             "--template", str(tmp_path / "bird.conf.j2"), "--output",
+                             str(tmp_path / "bird.conf"), "--once"], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1
+    assert "template syntax error" in result.stderr
+    assert "route 10.1.0.0/29 blackhole;" in (tmp_path / "bird.conf").read_text()
+
+
+def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = run_publisher(url, tmp_path, "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    daemon = Daemon(tmp_path / "data", "--snapshot-every", "3", "--keep-history", "0",
+                    port=port)
+    try:
+        def romanad_failures() -> float:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            m = re.search(r'^romana_publisher_failures_total\{stage="romanad"\} (\S+)$',
+                          text, re.M)
+            return float(m.group(1)) if m else 0.0
+
+        wait_until(lambda: _answers(metrics_port) and romanad_failures() >= 1, 10, 0.1,
+                   "a romanad failure counted")
+        assert proc.poll() is None  # waits, does not crash
+        daemon.start()
+        with RomanaClient(daemon.url) as client:
+            seed(client)
+            out = tmp_path / "bird.conf"
+            wait_until(lambda: out.exists() and "10.1.0.0/29" in out.read_text(), 15, 0.1,
+                       "the first configuration once romanad is up")
+            # Freeze the publisher, let romanad compact past its revision, thaw it.
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                for i in range(8):
+                    client.allocate(f"n{i}", "h2", "t", f"s{i}")
+                block = client.allocate("b1", "h1", "t", "b")["block"]
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            wait_until(lambda: f"route {block} blackhole;" in out.read_text(), 15, 0.1,
+                       "h1's new block after the resync")
+        assert proc.poll() is None
+    finally:
+        code = stop(proc)
+        daemon.stop()
+    log = (tmp_path / "publisher.log").read_text()
+    assert "re-reading" in log, log[-3000:]
+    assert code == 0
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
+    except httpx.TransportError:
+        time.sleep(0.05)
+        return False
+
+
+def test_a_removed_host_withdraws_everything(romanad: Daemon, tmp_path: Path) -> None:
+    pub, _ = publisher(romanad, tmp_path)
+    pub.refresh()
+    assert pub.publish() and "route 10.1.0.0/29" in pub.bird.output.read_text()
+    pub.client.remove_host("h1")  # its blocks are freed: another host may get them
+    pub.follow()
+    assert pub.publish()
+    assert "route " not in pub.bird.output.read_text()
