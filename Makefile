@@ -51,6 +51,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/ipam_bench.py
 	$(BIN)/python benchmarks/api_bench.py
+	$(BIN)/python benchmarks/agent_bench.py
 
 clean:
 	rm -rf $(DATA_DIR) $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
