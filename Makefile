@@ -51,6 +51,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/ipam_bench.py
 	$(BIN)/python benchmarks/api_bench.py
+	$(BIN)/python benchmarks/routes_bench.py
 	$(BIN)/python benchmarks/agent_bench.py
 
 clean:
