@@ -36,6 +36,7 @@ run: setup
 	@echo "  $(BIN)/romana host add node-1 192.168.1.11 --label my-location-tag=rack-2"
 	@echo "  $(BIN)/romana ip allocate pod-1 --host node-1 --tenant default"
 	@echo "  $(BIN)/romana block list; $(BIN)/romana ip list; $(BIN)/romana --help"
+	@echo "  $(BIN)/romana routes --host node-1; $(BIN)/romana routes --group /; $(BIN)/romana routes summary"
 	@echo
 	exec $(BIN)/romanad --listen $(LISTEN) --data-dir $(DATA_DIR) \
 	  --topology examples/datacenter-4-racks.json
