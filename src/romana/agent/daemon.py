@@ -5,6 +5,8 @@ table with a dedicated protocol number, so it never touches routes it did not ma
 rules send pod-network traffic through that table. Health and Prometheus metrics are
 served on ``--listen``. On SIGTERM it stops and leaves the routes in place (traffic keeps
 flowing while it restarts); ``--cleanup`` removes its routes and rules instead.
+With ``--cni-socket`` it also serves the CNI plugin (``romana.cni``): pods' veths,
+addresses and /32 routes, done here with the connections the agent already holds.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listen", action="append", metavar="ADDRESS",
                         help=f"health and metrics: HOST:PORT or unix:/path (default "
                         f"{DEFAULT_LISTEN}; repeat for several)")
+    parser.add_argument("--cni-socket", metavar="PATH",
+                        help="serve the CNI plugin on this Unix socket, e.g. "
+                        "/run/romana/cni.sock (the plugin's agent_socket; default: off)")
     parser.add_argument("--cleanup", action="store_true",
                         help="remove the agent's routes and rules, then exit")
     parser.add_argument("--log-level", default="info",
@@ -84,6 +89,14 @@ def main(argv: list[str] | None = None) -> None:
         sockets = [bind(address) for address in listen]
     except (ValueError, OSError) as exc:
         sys.exit(f"romana-agent: cannot listen on {listen}: {exc}")
+    cni_socket = None
+    if args.cni_socket:
+        from romana.cni.server import bind_socket
+
+        try:
+            cni_socket = bind_socket(args.cni_socket)
+        except OSError as exc:
+            sys.exit(f"romana-agent: cannot listen on {args.cni_socket}: {exc}")
 
     import uvicorn
 
@@ -101,15 +114,25 @@ def main(argv: list[str] | None = None) -> None:
     upstream = Upstream(args.url, token)
     agent = RouteAgent(args.host, upstream, table, metrics, args.rule_priority,
                        args.resync_interval)
+    cni = None
+    if cni_socket is not None:
+        from romana.cni.server import CniServer
+
+        cni = CniServer.for_agent(cni_socket, args.host, args.url, token, args.protocol,
+                                  metrics.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(agent.follow(), name="follow"),
                  asyncio.create_task(agent.resync_periodically(), name="resync")]
+        if cni is not None:
+            await cni.start()
         log.info("agent started", extra={"host": args.host, "romanad": args.url,
                                          "table": args.table, "protocol": args.protocol,
-                                         "listen": listen})
+                                         "listen": listen, "cni_socket": args.cni_socket})
         yield
+        if cni is not None:
+            await cni.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -128,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for address in listen:
             unlink_unix(address)
+        if cni_socket is not None:
+            unlink_unix(f"unix:{args.cni_socket}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""The plugin's romanad calls, with romanad's failures turned into CNI error codes.
+
+romanad unreachable -> 11 "try again later" (the runtime retries); romanad refusing (no
+such host, pool exhausted, ...) -> 100 with romanad's own message. Calls go to the
+agent's romanad (its ``--url`` and token) unless the network configuration names another
+(``romanad_url``/``token_file``); one ``romanad.RomanadClient`` per (URL, token).
+
+The segment of an allocation is the value of the host's label named by
+``segment_label``, read from romanad and cached for ``label_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from romana.cni.config import NetConf
+from romana.cni.errors import (
+    IO_FAILURE,
+    NOT_AVAILABLE,
+    ROMANAD_REFUSED,
+    TRY_AGAIN_LATER,
+    CniError,
+)
+from romana.cni.romanad import RomanadClient, Unreachable
+from romana.errors import RomanaError
+
+log = logging.getLogger("romana.cni")
+T = TypeVar("T")
+
+
+class Allocator:
+    def __init__(self, url: str, token: str | None, label_ttl: float = 10.0) -> None:
+        self.default = RomanadClient(url, token)
+        self.token = token
+        self.label_ttl = label_ttl
+        self._others: dict[tuple[str, str | None], RomanadClient] = {}
+        self._labels: dict[tuple[int, str], tuple[float, dict[str, str]]] = {}
+
+    async def close(self) -> None:
+        await self.default.close()
+        for other in self._others.values():
+            await other.close()
+        self._others.clear()
+
+    def client(self, conf: NetConf) -> RomanadClient:
+        """The agent's romanad client, or one for the romanad the configuration names."""
+        if conf.romanad_url is None and conf.token_file is None:
+            return self.default
+        url = conf.romanad_url or self.default.url
+        token = _read_token(conf.token_file) if conf.token_file else self.token
+        if url == self.default.url and token == self.token:
+            return self.default
+        key = (url, token)
+        if key not in self._others:
+            self._others[key] = RomanadClient(url, token)
+        return self._others[key]
+
+    async def allocate(self, client: RomanadClient, name: str, host: str, tenant: str,
+                       segment_label: str) -> dict[str, Any]:
+        segment = await self.segment(client, host, segment_label)
+        try:
+            return await client.allocate(name, host, tenant, segment)
+        except Unreachable as exc:
+            raise _unreachable("allocate an address", exc) from None
+        except RomanaError as exc:
+            if exc.code != "conflict":
+                raise _refused("allocate an address", exc) from None
+            # The name is taken. Names are unique per attachment and the runtime never ADDs
+            # an attachment twice without a DEL, so it is ours from an ADD whose answer got
+            # lost (the agent restarted mid-ADD): take it over if it is for this host.
+            existing = await self.lookup(client, name)
+            if existing is None or existing["host"] != host or existing["tenant"] != tenant:
+                raise _refused("allocate an address", exc) from None
+            log.warning("reusing an address left by an earlier ADD",
+                        extra={"address": name, "ip": existing["ip"]})
+            return existing
+
+    async def release(self, client: RomanadClient, name: str) -> dict[str, Any] | None:
+        """The released address, or None if it was not allocated (DEL is idempotent)."""
+        return await _ask("release an address", client.release(name))
+
+    async def lookup(self, client: RomanadClient, name: str) -> dict[str, Any] | None:
+        return await _ask("look up an address", client.address(name))
+
+    async def addresses(self, client: RomanadClient, host: str) -> list[dict[str, Any]]:
+        return await _ask("list the host's addresses", client.addresses(host))
+
+    async def segment(self, client: RomanadClient, host: str, label: str) -> str:
+        if not label:
+            return ""
+        key = (id(client), host)
+        cached = self._labels.get(key)
+        now = time.monotonic()
+        if cached is None or now - cached[0] > self.label_ttl:
+            answer = await _ask("read this host's labels", client.host(host))
+            cached = self._labels[key] = (now, dict(answer.get("labels") or {}))
+        return cached[1].get(label, "")
+
+    async def ready(self, client: RomanadClient, host: str) -> None:
+        """STATUS: romanad answers and knows this host, so an ADD can succeed."""
+        try:
+            await client.host(host)
+        except Unreachable as exc:
+            raise CniError(NOT_AVAILABLE, "romanad is unreachable", str(exc)) from None
+        except RomanaError as exc:
+            raise CniError(NOT_AVAILABLE, f"romanad cannot serve host {host}",
+                           exc.message) from None
+
+
+async def _ask(action: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except Unreachable as exc:
+        raise _unreachable(action, exc) from None
+    except RomanaError as exc:
+        raise _refused(action, exc) from None
+
+
+def _unreachable(action: str, exc: Exception) -> CniError:
+    return CniError(TRY_AGAIN_LATER, f"romanad is unreachable: cannot {action}", str(exc))
+
+
+def _refused(action: str, exc: RomanaError) -> CniError:
+    return CniError(ROMANAD_REFUSED, f"romanad refused to {action}: {exc.message}",
+                    f"romanad error code {exc.code!r}")
+
+
+def _read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"cannot read token file {path}", exc.strerror or "") from None
+    if not token:
+        raise CniError(IO_FAILURE, f"token file {path} is empty")
+    return token
