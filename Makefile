@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python benchmarks/api_bench.py
 	$(BIN)/python benchmarks/routes_bench.py
 	$(BIN)/python benchmarks/agent_bench.py
+	$(BIN)/python benchmarks/cni_bench.py
 
 clean:
 	rm -rf $(DATA_DIR) $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
