@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,9 @@ log = logging.getLogger("romana.agent")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="romana-agent", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", required=True, help="this host's name in romanad")
+    parser.add_argument("--host", default=socket.gethostname(),
+                        help="this host's name in romanad (default: the hostname, "
+                        "%(default)s)")
     parser.add_argument("--url", default="http://127.0.0.1:9600",
                         help="romanad: http://HOST:PORT or unix:/path.sock (default %(default)s)")
     parser.add_argument("--token-file", type=Path, help="file holding romanad's bearer token")
