@@ -1,4 +1,4 @@
-"""The agent's routing table in the kernel: the only module of Romana that talks netlink.
+"""The agent's routing table in the kernel, over :mod:`romana.netlink`.
 
 Ownership. The agent owns one routing table (default 10) and, inside it, only routes whose
 route protocol is its own (default 82). Everything it sends carries that protocol, deletes are
@@ -14,69 +14,59 @@ generic encoder alone costs ~77 us (0.77 s for 10k), and pipelining through pyro
 kernel needs ~60 ms for the same work. So this module:
 
 * encodes each request *shape* (operation, route kind, prefix length) once with pyroute2's
-  ``rtmsg`` and stamps per-route values (sequence number, destination, gateway) into a copy at
-  the offsets pyroute2's own decoder reports for those fields;
-* pipelines: a window of requests goes out in one ``send()`` (the kernel processes every
-  message of the datagram and acknowledges each one), then the acknowledgements are read and
-  matched to their requests by sequence number, so one bad route fails alone. The window is
-  sized from the socket's receive buffer, because acknowledgements that do not fit are dropped
-  by the kernel (``ENOBUFS``);
+  ``rtmsg`` and stamps per-route values (destination, gateway) into a copy at the offsets
+  pyroute2's own decoder reports for those fields;
+* sends them through :class:`romana.netlink.Channel`, which pipelines windows of requests
+  and matches each acknowledgement to its request, so one bad route fails alone;
 * dumps with ``NETLINK_GET_STRICT_CHK`` so the kernel filters by table and protocol, and
-  decodes only the three attributes it needs.
+  decodes only the three attributes it needs (at the offsets of ``rtmsg``'s layout).
 
-The netlink socket itself is made by pyroute2 (``pyroute2.netns.create_socket``), which also
-knows how to open it inside another network namespace. Header and field layouts come from
-pyroute2's message classes; errors are decoded by pyroute2's ``nlmsgerr`` (with the kernel's
-extended-ack text). Policy rules are few, so they use pyroute2's ``fibmsg`` both ways.
+Policy rules are few, so they use pyroute2's ``fibmsg`` both ways.
 
-One socket, synchronous, no event loop: safe to call from a worker thread of an asyncio
-daemon. A ``RouteTable`` is not safe for concurrent use by several threads.
+A ``RouteTable`` is not safe for concurrent use by several threads (see ``Channel``).
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, NamedTuple, Self
 
-from pyroute2.netlink import (
-    NETLINK_EXT_ACK,
-    NETLINK_GET_STRICT_CHK,
-    NETLINK_ROUTE,
+from romana.agent.reconcile import KernelRoute, RouteDiff, diff_routes, prefix_key
+from romana.netlink import (
+    FR_ACT_TO_TBL,
+    HEADER,
+    NLA,
+    NLA_TYPE_MASK,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
     NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    SOL_NETLINK,
-    nlmsg,
-    nlmsgerr,
-)
-from pyroute2.netlink.rtnl import (
     RTM_DELROUTE,
     RTM_DELRULE,
     RTM_GETROUTE,
     RTM_GETRULE,
     RTM_NEWROUTE,
     RTM_NEWRULE,
+    Channel,
+    Message,
+    Template,
+    build,
+    encode,
+    fibmsg,
+    layout,
+    nla_type,
     rt_scope,
     rt_type,
+    rtmsg,
 )
-from pyroute2.netlink.rtnl.fibmsg import FR_ACT_TO_TBL, fibmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-from pyroute2.netns import create_socket
-
-from romana.agent.reconcile import KernelRoute, RouteDiff, diff_routes, prefix_key
 
 __all__ = ["ApplyResult", "RouteFailure", "RouteTable"]
 
@@ -87,41 +77,13 @@ MAIN_RULE_PRIORITY = 32766  # the kernel's default "from all lookup main"
 COMPAT_TABLE = 252  # rtm_table value meaning "see RTA_TABLE" for ids above 255
 RESERVED_TABLES = frozenset({COMPAT_TABLE, 253, MAIN_TABLE, 255})  # compat/default/main/local
 NO_SUPPRESS = 0xFFFFFFFF  # FRA_SUPPRESS_PREFIXLEN of a rule without suppress_prefixlength
-RCVBUF = 1 << 20  # asked for; the kernel caps it at net.core.rmem_max (and doubles it)
-ACK_COST = 2048  # receive-buffer bytes one queued acknowledgement may take (measured ~832)
-WINDOW_MAX = 1024  # requests per send(); beyond this the kernel's work dominates anyway
-RECV_SIZE = 1 << 18  # one datagram; kernel dump datagrams stay below 32 KiB
-REPLY_TIMEOUT = 5.0  # seconds to wait for the kernel's answer to a window
-DUMP_ATTEMPTS = 5  # a dump interrupted by a concurrent change is retried this often
 
-# Layouts as pyroute2 declares them (native byte order, like the kernel's structs).
-_HEADER = struct.Struct("=" + "".join(fmt for _, fmt in nlmsg.header))
-_RTMSG = struct.Struct("=" + "".join(fmt for _, fmt in rtmsg.fields))
-_NLA = struct.Struct("=HH")
+_RTMSG = layout(rtmsg.fields)
 _U32 = struct.Struct("=I")
-_I32 = struct.Struct("=i")
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-
-
-def _field_offset(fields: Sequence[tuple[str, str]], name: str) -> int:
-    """Byte offset of a field in a pyroute2 field list such as ``nlmsg.header``."""
-    names = [field for field, _ in fields]
-    return struct.calcsize("=" + "".join(fmt for _, fmt in fields[: names.index(name)]))
-
-
-def _nla_type(msg_class: type[nlmsg], name: str) -> int:
-    """The numeric attribute type of ``name`` in a pyroute2 message class's NLA map."""
-    for index, entry in enumerate(msg_class.nla_map):
-        if entry[0] == name or (isinstance(entry[0], int) and entry[1] == name):
-            return entry[0] if isinstance(entry[0], int) else index
-    raise LookupError(f"{msg_class.__name__} has no attribute {name}")
-
-
-RTA_DST = _nla_type(rtmsg, "RTA_DST")
-RTA_GATEWAY = _nla_type(rtmsg, "RTA_GATEWAY")
-RTA_TABLE = _nla_type(rtmsg, "RTA_TABLE")
-RTA_MULTIPATH = _nla_type(rtmsg, "RTA_MULTIPATH")
-_SEQ_OFFSET = _field_offset(nlmsg.header, "sequence_number")
+RTA_DST = nla_type(rtmsg, "RTA_DST")
+RTA_GATEWAY = nla_type(rtmsg, "RTA_GATEWAY")
+RTA_TABLE = nla_type(rtmsg, "RTA_TABLE")
+RTA_MULTIPATH = nla_type(rtmsg, "RTA_MULTIPATH")
 _RTMSG_INDEX = {name: i for i, (name, _) in enumerate(rtmsg.fields)}
 _UNICAST, _UNREACHABLE = rt_type["unicast"], rt_type["unreachable"]
 
@@ -158,207 +120,9 @@ class ApplyResult:
         return not self.failures
 
 
-class _DumpInterrupted(OSError):
-    """The kernel flagged the dump NLM_F_DUMP_INTR: the table changed while being read."""
-
-
-class _Message(NamedTuple):
-    """Where one netlink message sits in a received datagram."""
-
-    data: bytes | memoryview
-    offset: int
-    length: int
-    type: int
-    flags: int
-    seq: int
-
-
-def _messages(data: bytes | memoryview, size: int) -> Iterator[_Message]:
-    """The netlink messages in the first ``size`` bytes of a datagram."""
-    offset = 0
-    while offset + _HEADER.size <= size:
-        length, msg_type, flags, seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            return
-        yield _Message(data, offset, length, msg_type, flags, seq)
-        offset += (length + 3) & ~3
-
-
-def _error_code(message: _Message) -> int:
-    """errno of an NLMSG_ERROR (0: an acknowledgement) or of an NLMSG_DONE (0: success)."""
-    if message.length < _HEADER.size + _I32.size:
-        return 0
-    return -_I32.unpack_from(message.data, message.offset + _HEADER.size)[0]
-
-
-def _error_text(message: _Message, code: int) -> str:
-    """strerror plus the kernel's extended-ack message, decoded by pyroute2's nlmsgerr."""
-    text = os.strerror(code)
-    raw = bytes(message.data[message.offset : message.offset + message.length])
-    try:
-        decoded = nlmsgerr(raw)
-        decoded.decode()
-        detail = decoded.get_attr("NLMSGERR_ATTR_MSG")
-    except Exception:  # a malformed error payload must not hide the errno itself
-        detail = None
-    return f"{text}: {detail}" if detail else text
-
-
-class _Channel:
-    """One NETLINK_ROUTE socket used synchronously: pipelined requests and dumps."""
-
-    def __init__(self, netns: str | None) -> None:
-        # flags=0: a missing namespace is an error, never silently created.
-        sock = create_socket(
-            netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE, flags=0
-        )
-        try:
-            sock.bind((0, 0))
-            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            sock.settimeout(REPLY_TIMEOUT)
-            rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-        self.window = max(1, min(WINDOW_MAX, rcvbuf // ACK_COST))
-        self._buffer = bytearray(RECV_SIZE)
-        self._view = memoryview(self._buffer)
-        self._seq = 0
-
-    def close(self) -> None:
-        self._view.release()
-        self.sock.close()
-
-    def _next_seq(self) -> int:
-        self._seq = self._seq % 0xFFFFFFFF + 1  # 1 .. 2**32-1; 0 is what notifications use
-        return self._seq
-
-    def _stamp(self, message: bytearray) -> int:
-        seq = self._next_seq()
-        _U32.pack_into(message, _SEQ_OFFSET, seq)
-        return seq
-
-    def transact(self, messages: Sequence[bytearray]) -> list[tuple[int, str]]:
-        """Send requests (each asking for an ACK) and return (errno, text) per request.
-
-        The sequence number of each message is stamped in place. errno 0 means success.
-        """
-        results: list[tuple[int, str]] = [(0, "")] * len(messages)
-        for start in range(0, len(messages), self.window):
-            window = messages[start : start + self.window]
-            pending = {self._stamp(m): start + i for i, m in enumerate(window)}
-            self.sock.send(b"".join(window))
-            self._collect(pending, results)
-        return results
-
-    def _collect(self, pending: dict[int, int], results: list[tuple[int, str]]) -> None:
-        """Read acknowledgements until every request of the window has its answer."""
-        while pending:
-            try:
-                size = self.sock.recv_into(self._buffer)
-            except TimeoutError:
-                self._give_up(pending, results, errno.ETIMEDOUT, "no reply from the kernel")
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-                self._drain(pending, results)
-                self._give_up(pending, results, errno.ENOBUFS,
-                              "reply lost (receive buffer overrun): state unknown")
-            else:
-                self._match(self._view, size, pending, results)
-
-    def _match(self, data: memoryview, size: int, pending: dict[int, int],
-               results: list[tuple[int, str]]) -> None:
-        for message in _messages(data, size):
-            if message.type != NLMSG_ERROR:
-                continue
-            index = pending.pop(message.seq, None)
-            if index is None:
-                continue  # the late answer to a window given up on earlier
-            code = _error_code(message)
-            if code:
-                results[index] = (code, _error_text(message, code))
-
-    def _drain(self, pending: dict[int, int], results: list[tuple[int, str]]) -> None:
-        """After an overrun: take what did arrive without waiting (the kernel is done)."""
-        self.sock.settimeout(0)
-        try:
-            while pending:
-                size = self.sock.recv_into(self._buffer)
-                self._match(self._view, size, pending, results)
-        except (BlockingIOError, InterruptedError):
-            pass
-        finally:
-            self.sock.settimeout(REPLY_TIMEOUT)
-
-    @staticmethod
-    def _give_up(pending: dict[int, int], results: list[tuple[int, str]],
-                 code: int, text: str) -> None:
-        for index in pending.values():
-            results[index] = (code, text)
-        pending.clear()
-
-    def dump(self, request: bytearray) -> list[_Message]:
-        """Run one dump request; return its messages (before NLMSG_DONE), with copied data."""
-        seq = self._stamp(request)
-        self.sock.send(request)
-        found: list[_Message] = []
-        interrupted = False
-        while True:
-            size = self.sock.recv_into(self._buffer)
-            data = bytes(self._view[:size])
-            for message in _messages(data, size):
-                if message.seq != seq:
-                    continue
-                interrupted = interrupted or bool(message.flags & NLM_F_DUMP_INTR)
-                if message.type in (NLMSG_DONE, NLMSG_ERROR):
-                    return self._finish_dump(message, found, interrupted)
-                found.append(message)
-
-    @staticmethod
-    def _finish_dump(last: _Message, found: list[_Message], interrupted: bool) -> list[_Message]:
-        code = _error_code(last)
-        if code:
-            raise OSError(code, _error_text(last, code))
-        if interrupted:
-            raise _DumpInterrupted(errno.EINTR, "dump interrupted by a concurrent change")
-        return found
-
-
-def _encode(msg: nlmsg, msg_type: int, flags: int) -> bytearray:
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags
-    msg.encode()
-    return bytearray(msg.data)
-
-
 def _split(prefix: str) -> tuple[bytes, int]:
     address, _, length = prefix.partition("/")
     return socket.inet_aton(address), int(length)
-
-
-class _Template:
-    """One request shape encoded by pyroute2; per-route values are stamped into copies."""
-
-    __slots__ = ("data", "dst", "gateway")
-
-    def __init__(self, msg: rtmsg, msg_type: int, flags: int) -> None:
-        self.data = bytes(_encode(msg, msg_type, flags))
-        decoded = rtmsg(self.data)
-        decoded.decode()
-        self.dst = decoded.nla("RTA_DST").offset + _NLA.size
-        gateway = decoded.get_attr("RTA_GATEWAY")
-        self.gateway = decoded.nla("RTA_GATEWAY").offset + _NLA.size if gateway else None
-
-    def render(self, dst: bytes, gateway: str | None) -> bytearray:
-        out = bytearray(self.data)
-        out[self.dst : self.dst + 4] = dst
-        if self.gateway is not None and gateway is not None:
-            out[self.gateway : self.gateway + 4] = socket.inet_aton(gateway)
-        return out
 
 
 _FLAGS: dict[Operation, tuple[int, int]] = {
@@ -392,8 +156,8 @@ class RouteTable:
         self.table = table
         self.protocol = protocol
         self.netns = netns
-        self._channel = _Channel(netns)
-        self._templates: dict[tuple[Operation, str, int], _Template] = {}
+        self._channel = Channel(netns)
+        self._templates: dict[tuple[Operation, str, int], Template] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -462,47 +226,39 @@ class RouteTable:
             raise OSError(first.errno, f"flush left {len(result.failures)} route(s): {first}")
         return result.deleted
 
-    def _dump_routes(self, protocol: int) -> list[_Message]:
-        msg = rtmsg()
-        msg["family"] = socket.AF_INET
-        msg["table"] = self.table if self.table <= 255 else COMPAT_TABLE
-        msg["proto"] = protocol  # 0: any (the kernel's strict dump filter)
-        msg["attrs"] = [("RTA_TABLE", self.table)]
-        request = _encode(msg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP)
+    def _dump_routes(self, protocol: int) -> list[Message]:
+        request = build(rtmsg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
+                        [("RTA_TABLE", self.table)], family=socket.AF_INET,
+                        table=self.table if self.table <= 255 else COMPAT_TABLE,
+                        proto=protocol)  # 0: any (the kernel's strict dump filter)
         try:
-            messages = self._dump(request)
+            messages = self._channel.dump(request)
         except FileNotFoundError:
             return []  # "FIB table does not exist": nothing was ever routed through it
         return [m for m in messages if m.type == RTM_NEWROUTE]
 
-    def _dump(self, request: bytearray) -> list[_Message]:
-        attempt = 1
-        while True:
-            try:
-                return self._channel.dump(request)
-            except _DumpInterrupted:
-                if attempt == DUMP_ATTEMPTS:
-                    raise
-                attempt += 1
-
     def _render(self, op: Operation, route: KernelRoute) -> bytearray:
         dst, length = _split(route.prefix)
-        return self._template(op, route.kind, length).render(dst, route.gateway)
+        template = self._template(op, route.kind, length)
+        if op != "delete" and route.kind == "unicast" and route.gateway is not None:
+            return template.render(dst, socket.inet_aton(route.gateway))
+        return template.render(dst)  # deletes and unreachable routes carry no gateway
 
-    def _template(self, op: Operation, kind: str, length: int) -> _Template:
+    def _template(self, op: Operation, kind: str, length: int) -> Template:
         key = (op, kind if op != "delete" else "any", length)
         template = self._templates.get(key)
         if template is None:
             template = self._templates[key] = self._build_template(*key)
         return template
 
-    def _build_template(self, op: Operation, kind: str, length: int) -> _Template:
+    def _build_template(self, op: Operation, kind: str, length: int) -> Template:
         msg = rtmsg()
         msg["family"] = socket.AF_INET
         msg["dst_len"] = length
         msg["table"] = self.table if self.table <= 255 else COMPAT_TABLE
         msg["proto"] = self.protocol
         msg["attrs"] = [("RTA_DST", "0.0.0.0"), ("RTA_TABLE", self.table)]
+        slots = ["RTA_DST"]
         if op == "delete":
             # type unspec + scope nowhere: match our route at this prefix whatever its shape;
             # the kernel still requires table, prefix and *protocol* to match.
@@ -511,7 +267,8 @@ class RouteTable:
             msg["type"], msg["scope"] = rt_type[kind], rt_scope["universe"]
             if kind == "unicast":
                 msg["attrs"].append(("RTA_GATEWAY", "0.0.0.1"))
-        return _Template(msg, *_FLAGS[op])
+                slots.append("RTA_GATEWAY")
+        return Template(msg, *_FLAGS[op], *slots)
 
     # -- policy rules ----------------------------------------------------------------------
 
@@ -540,15 +297,12 @@ class RouteTable:
         self._change_rules(RTM_DELRULE, sorted(set(self._rules())))
 
     def _rules(self) -> list[_Rule]:
-        msg = fibmsg()
-        msg["family"] = socket.AF_INET
-        request = _encode(msg, RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP)
+        request = build(fibmsg, RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, family=socket.AF_INET)
         rules = []
-        for message in self._dump(request):
+        for message in self._channel.dump(request):
             if message.type != RTM_NEWRULE:
                 continue
-            rule = fibmsg(bytes(message.data[message.offset : message.offset + message.length]))
-            rule.decode()
+            rule = message.decode(fibmsg)
             if rule.get_attr("FRA_PROTOCOL") == self.protocol:
                 rules.append(_decode_rule(rule))
         return rules
@@ -557,7 +311,7 @@ class RouteTable:
         flags = NLM_F_REQUEST | NLM_F_ACK
         if msg_type == RTM_NEWRULE:
             flags |= NLM_F_CREATE | NLM_F_EXCL
-        messages = [_encode(self._rule_msg(rule), msg_type, flags) for rule in rules]
+        messages = [encode(self._rule_msg(rule), msg_type, flags) for rule in rules]
         for rule, (code, text) in zip(rules, self._channel.transact(messages), strict=True):
             if code and not (msg_type == RTM_DELRULE and code == errno.ENOENT):
                 raise OSError(code, f"rule {rule.priority} to {rule.network}: {text}")
@@ -596,26 +350,26 @@ def _decode_rule(rule: fibmsg) -> _Rule:
     )
 
 
-def _decode_route(message: _Message) -> tuple[int, int, KernelRoute]:
+def _decode_route(message: Message) -> tuple[int, int, KernelRoute]:
     """(table, protocol, route) of one RTM_NEWROUTE, reading only what the agent needs."""
-    data, start = message.data, message.offset + _HEADER.size
+    data, start = message.data, message.offset + HEADER.size
     fields = _RTMSG.unpack_from(data, start)
     table = fields[_RTMSG_INDEX["table"]]
     dst, gateway, multipath = "0.0.0.0", None, False
     offset, end = start + _RTMSG.size, message.offset + message.length
-    while offset + _NLA.size <= end:
-        length, nla_type = _NLA.unpack_from(data, offset)
-        if length < _NLA.size:
+    while offset + NLA.size <= end:
+        length, kind = NLA.unpack_from(data, offset)
+        if length < NLA.size:
             break
-        nla_type &= _NLA_TYPE_MASK
-        value = offset + _NLA.size
-        if nla_type == RTA_DST:
+        kind &= NLA_TYPE_MASK
+        value = offset + NLA.size
+        if kind == RTA_DST:
             dst = socket.inet_ntoa(data[value : value + 4])
-        elif nla_type == RTA_GATEWAY:
+        elif kind == RTA_GATEWAY:
             gateway = socket.inet_ntoa(data[value : value + 4])
-        elif nla_type == RTA_TABLE:
+        elif kind == RTA_TABLE:
             table = _U32.unpack_from(data, value)[0]
-        elif nla_type == RTA_MULTIPATH:
+        elif kind == RTA_MULTIPATH:
             multipath = True
         offset += (length + 3) & ~3
     prefix = f"{dst}/{fields[_RTMSG_INDEX['dst_len']]}"
