@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from romana.errors import InvalidTopology, NotFound
 from romana.ipam import Engine
 from romana.routes import RouteTracker, group_routes, host_routes
-from romana.routes.aggregate import collapse
+from romana.routes.aggregate import absorb, carve, collapse
 from romana.topology import routing, validate
 
 from .conftest import racks_topology
@@ -198,3 +198,22 @@ def test_summary_reports_routes_next_hops_and_updates() -> None:
                                  "route_changes": 3}
     assert rows["group:/"]["routes"] == 2  # both racks have hosts
     assert IPv4Network("10.1.0.0/28") == ip_network(tracker.get("host:r1h1").routes[0].prefix)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 63)), max_size=60))
+def test_buddy_absorb_and_carve_keep_the_set_equal_to_a_fresh_collapse(
+        ops: list[tuple[bool, int]]) -> None:
+    held: set[int] = set()
+    live: set[tuple[int, int]] = set()
+    for add, index in ops:
+        block = (0x0A010000 + index * 8, 29)
+        if add and index not in held:
+            changes = absorb(live, block)
+            held.add(index)
+        elif not add and index in held:
+            changes = carve(live, block)
+            held.discard(index)
+        else:
+            continue
+        assert changes >= 1
+        assert sorted(live) == collapse((0x0A010000 + i * 8, 29) for i in held)

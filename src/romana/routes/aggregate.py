@@ -35,3 +35,50 @@ def _cover(start: int, end: int) -> Iterable[Prefix]:
             size >>= 1
         yield start, 32 - (size.bit_length() - 1)
         start += size
+
+
+def absorb(prefixes: set[Prefix], block: Prefix) -> int:
+    """Add an aligned block to an exactly collapsed set, merging buddies upward.
+
+    The set stays the minimal exact cover (the maximal aligned blocks it contains), like
+    :func:`collapse` would give, in O(prefix length). Returns how many prefixes changed.
+    """
+    base, length = block
+    changes = 0
+    while length > 0:
+        size = 1 << (32 - length)
+        buddy = (base ^ size, length)
+        if buddy not in prefixes:
+            break
+        prefixes.remove(buddy)
+        changes += 1
+        base &= ~size
+        length -= 1
+    prefixes.add((base, length))
+    return changes + 1
+
+
+def carve(prefixes: set[Prefix], block: Prefix) -> int:
+    """Remove an aligned block from an exactly collapsed set, splitting what held it.
+
+    Returns how many prefixes changed; raises KeyError if no prefix holds the block.
+    """
+    base, length = block
+    for held in range(length, -1, -1):
+        start = base & (0xFFFFFFFF << (32 - held)) & 0xFFFFFFFF
+        if (start, held) in prefixes:
+            break
+    else:
+        raise KeyError(f"no prefix holds block {block}")
+    prefixes.remove((start, held))
+    changes = 1
+    while held < length:  # keep the halves that do not hold the block
+        held += 1
+        half = 1 << (32 - held)
+        if base & half:
+            prefixes.add((start, held))
+            start |= half
+        else:
+            prefixes.add((start | half, held))
+        changes += 1
+    return changes

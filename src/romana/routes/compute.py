@@ -16,7 +16,8 @@ otherwise (L3-to-host) it relies on its default route to the group's router.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 
 from romana.errors import NotFound
 from romana.ipam.groups import GroupNode
@@ -35,45 +36,49 @@ def routing_mode(node: GroupNode) -> routing.RoutingMode:
 
 
 # A device's route set is a disjoint union of *segments*, each behind one next hop: a
-# host's own blocks (``local``), one neighbour's blocks, one child group's CIDR. The
-# tracker patches single segments as blocks come and go; see tracker.py.
+# host's own blocks (``local``), one neighbour's blocks, one child group's CIDR. A segment
+# holds its prefixes by reference, so the tracker can share one live collection between
+# every device that carries it (a host's blocks: the host, its L2 neighbours, its router).
+@dataclass(frozen=True, slots=True, eq=False)
+class Segment:
+    via: str
+    gateway: str | None
+    prefixes: Collection[Prefix]
+
+    def routes(self) -> Iterator[Route]:
+        for base, length in self.prefixes:
+            yield Route(base, length, self.via, self.gateway)
+
+
 SegmentKey = tuple[str, ...]
-Segments = dict[SegmentKey, tuple[Route, ...]]
-Collapsed = Callable[[str, str], tuple[Prefix, ...]]  # (network, host) -> its blocks, collapsed
+Segments = dict[SegmentKey, Segment]
+Blocks = Callable[[str, str], Collection[Prefix]]  # (network, host) -> its blocks, collapsed
 
 
-def collapsed_from_state(state: IpamState) -> Collapsed:
+def blocks_from_state(state: IpamState) -> Blocks:
     """Each host's blocks in a network, collapsed, read straight from the state."""
-    def collapsed(network: str, host: str) -> tuple[Prefix, ...]:
+    def blocks(network: str, host: str) -> tuple[Prefix, ...]:
         record = state.hosts.get(host)
         if record is None:
             return ()
         return tuple(collapse((b.base, b.tree.block_mask) for b in record.blocks.values()
                               if b.tree.name == network))
-    return collapsed
+    return blocks
 
 
-def local_routes(prefixes: tuple[Prefix, ...]) -> tuple[Route, ...]:
-    return tuple(Route(b, n, LOCAL, None) for b, n in prefixes)
-
-
-def routes_via_host(prefixes: tuple[Prefix, ...], host: str, ip: str) -> tuple[Route, ...]:
-    via = host_vantage(host)
-    return tuple(Route(b, n, via, ip) for b, n in prefixes)
-
-
-def host_segments(state: IpamState, name: str, collapsed: Collapsed) -> Segments:
+def host_segments(state: IpamState, name: str, blocks: Blocks) -> Segments:
     record = state.hosts.get(name)
     if record is None:
         raise NotFound(f'no host "{name}"', ["list hosts with GET /hosts"])
     segments: Segments = {}
     for net, leaf in record.placements.items():
-        segments[("local", net)] = local_routes(collapsed(net, name))
+        segments[("local", net)] = Segment(LOCAL, None, blocks(net, name))
         if routing_mode(leaf).host_routes:
             for neighbour in leaf.hosts:
                 if neighbour != name:
-                    segments[("host", net, neighbour)] = routes_via_host(
-                        collapsed(net, neighbour), neighbour, state.hosts[neighbour].ip)
+                    segments[("host", net, neighbour)] = Segment(
+                        host_vantage(neighbour), state.hosts[neighbour].ip,
+                        blocks(net, neighbour))
     return segments
 
 
@@ -97,7 +102,7 @@ def group_nodes(state: IpamState, path: str) -> list[GroupNode]:
     return nodes
 
 
-def group_segments(state: IpamState, path: str, collapsed: Collapsed) -> Segments:
+def group_segments(state: IpamState, path: str, blocks: Blocks) -> Segments:
     segments: Segments = {}
     for tree, node in ((t, n) for t in state.trees.values()
                        if (n := t.group(path)) is not None):
@@ -105,16 +110,17 @@ def group_segments(state: IpamState, path: str, collapsed: Collapsed) -> Segment
         if not node.is_leaf:
             for child in node.children:
                 if child.host_count > 0:
-                    segments[("child", net, child.path)] = (
-                        Route(child.base, child.prefixlen, group_vantage(child.path), None),)
+                    segments[("child", net, child.path)] = Segment(
+                        group_vantage(child.path), None, ((child.base, child.prefixlen),))
         elif len(node.hosts) == 1:
             (only,) = node.hosts
-            segments[("leaf", net)] = (Route(node.base, node.prefixlen, host_vantage(only),
-                                             state.hosts[only].ip),)
+            segments[("leaf", net)] = Segment(host_vantage(only), state.hosts[only].ip,
+                                              ((node.base, node.prefixlen),))
         else:
             for host in node.hosts:
-                segments[("host", net, host)] = routes_via_host(collapsed(net, host), host,
-                                                                state.hosts[host].ip)
+                segments[("host", net, host)] = Segment(host_vantage(host),
+                                                        state.hosts[host].ip,
+                                                        blocks(net, host))
     return segments
 
 
@@ -135,17 +141,17 @@ def canonical(state: IpamState, vantage: str) -> str:
     raise NotFound(f'no vantage "{vantage}"', ['use "host:NAME" or "group:PATH"'])
 
 
-def segments_of(state: IpamState, vantage: str, collapsed: Collapsed) -> Segments:
+def segments_of(state: IpamState, vantage: str, blocks: Blocks) -> Segments:
     kind, _, name = vantage.partition(":")
     if kind == "host":
-        return host_segments(state, name, collapsed)
-    return group_segments(state, name, collapsed)
+        return host_segments(state, name, blocks)
+    return group_segments(state, name, blocks)
 
 
 def assemble(state: IpamState, vantage: str, segments: Segments) -> RouteSet:
     kind, _, name = vantage.partition(":")
     default = host_default(state, name) if kind == "host" else group_default(state, name)
-    routes = sorted(r for segment in segments.values() for r in segment)
+    routes = sorted(r for segment in segments.values() for r in segment.routes())
     return RouteSet(vantage, default, tuple(routes))
 
 
@@ -172,4 +178,4 @@ def vantages(state: IpamState) -> Iterator[str]:
 def route_set(state: IpamState, vantage: str) -> RouteSet:
     """A device's routes computed from scratch (the reference the tracker must match)."""
     vantage = canonical(state, vantage)
-    return assemble(state, vantage, segments_of(state, vantage, collapsed_from_state(state)))
+    return assemble(state, vantage, segments_of(state, vantage, blocks_from_state(state)))

@@ -1,11 +1,12 @@
 """Keeps every device's route set current as facts arrive, and counts route updates.
 
 A device's routes are a disjoint union of segments, one per next hop (see compute.py).
-A block fact changes exactly one segment: its host's collapsed blocks in that network.
-The tracker recomputes that one segment (O(the host's blocks)) and hands the same tuple to
-every device that carries it: the host itself, its L2 neighbours, its leaf's router. Route
-sets are assembled (sorted) only when asked for, and memoized until they change, so an
-allocation that opens a block costs microseconds however large the rack is.
+A block fact changes exactly one thing: its host's collapsed blocks in that network, a set
+every device carrying that host's routes shares (the host, its L2 neighbours, its leaf's
+router). The tracker updates the set in place by buddy merging or splitting (O(prefix
+length)), then forgets the memoized route sets of those devices. Route sets are assembled
+(sorted) only when asked for, so an allocation that opens a block costs microseconds
+however large the rack is, and so does start-up.
 
 An address allocated inside an existing block changes nothing anywhere (that is the point
 of blocks). Host and topology facts are rare and rebuild everything. Counting is exact:
@@ -27,17 +28,8 @@ from romana.ipam.facts import (
     TopologyApplied,
 )
 from romana.ipam.state import IpamState
-from romana.routes.aggregate import Prefix, collapse
-from romana.routes.compute import (
-    Segments,
-    assemble,
-    canonical,
-    local_routes,
-    routes_via_host,
-    routing_mode,
-    segments_of,
-    vantages,
-)
+from romana.routes.aggregate import Prefix, absorb, carve, collapse
+from romana.routes.compute import Segments, assemble, canonical, routing_mode, segments_of, vantages
 from romana.routes.model import RouteSet, group_vantage, host_vantage
 
 _REBUILD = (TopologyApplied, HostAdded, HostRemoved, HostLabelsUpdated)
@@ -52,7 +44,7 @@ class DeviceStats:
 class RouteTracker:
     def __init__(self, state: Callable[[], IpamState]) -> None:
         self._state = state
-        self._collapsed: dict[tuple[str, str], tuple[Prefix, ...]] = {}  # (net, host)
+        self._blocks: dict[tuple[str, str], set[Prefix]] = {}  # (net, host), shared, live
         self._owners: dict[tuple[str, int], str] = {}  # (net, block base) -> host
         self._devices: dict[str, Segments] = {}
         self._memo: dict[str, RouteSet] = {}
@@ -75,8 +67,8 @@ class RouteTracker:
         out: list[dict[str, object]] = []
         for vantage, segments in self._devices.items():
             stats = self.stats.get(vantage, DeviceStats())
-            routes = sum(len(s) for s in segments.values())
-            hops = {s[0].via for s in segments.values() if s}
+            routes = sum(len(s.prefixes) for s in segments.values())
+            hops = {s.via for s in segments.values() if s.prefixes}
             out.append({"vantage": vantage, "routes": routes, "next_hops": len(hops),
                         "default": self.get(vantage).default, "updates": stats.updates,
                         "route_changes": stats.route_changes})
@@ -95,35 +87,30 @@ class RouteTracker:
         for fact in batch:
             if isinstance(fact, BlockAssigned):
                 self._owners[(fact.network, fact.base)] = fact.host
-                self._refresh_host(fact.network, fact.host, changed)
+                block = (fact.base, self._state().trees[fact.network].block_mask)
+                delta = absorb(self._host_blocks(fact.network, fact.host), block)
+                self._touch(fact.network, fact.host, delta, changed)
             elif isinstance(fact, BlockFreed):
                 host = self._owners.pop((fact.network, fact.base))
-                self._refresh_host(fact.network, host, changed)
+                delta = carve(self._host_blocks(fact.network, host), (fact.base, fact.prefixlen))
+                self._touch(fact.network, host, delta, changed)
         for vantage, route_changes in changed.items():
             stats = self.stats.setdefault(vantage, DeviceStats())
             stats.updates += 1
             stats.route_changes += route_changes
 
-    def _refresh_host(self, network: str, host: str, changed: dict[str, int]) -> None:
-        state = self._state()
-        record = state.hosts[host]
-        prefixes = tuple(collapse((b.base, b.tree.block_mask) for b in record.blocks.values()
-                                  if b.tree.name == network))
-        before = self._collapsed.get((network, host), ())
-        if prefixes == before:
-            return
-        self._collapsed[(network, host)] = prefixes
-        delta = len(set(before) ^ set(prefixes))  # the same for every device carrying it
-        leaf = record.placements[network]
-        touched = [(host_vantage(host), ("local", network), local_routes(prefixes))]
-        via_host = routes_via_host(prefixes, host, record.ip)  # one tuple, shared
+    def _host_blocks(self, network: str, host: str) -> set[Prefix]:
+        return self._blocks.setdefault((network, host), set())
+
+    def _touch(self, network: str, host: str, delta: int, changed: dict[str, int]) -> None:
+        """Forget the memoized routes of every device carrying ``host``'s blocks."""
+        leaf = self._state().hosts[host].placements[network]
+        touched = [host_vantage(host)]
         if routing_mode(leaf).host_routes:
-            touched += [(host_vantage(n), ("host", network, host), via_host)
-                        for n in leaf.hosts if n != host]
+            touched += [host_vantage(n) for n in leaf.hosts if n != host]
         if len(leaf.hosts) > 1:  # alone, the router routes the whole leaf to it (rule 1)
-            touched.append((group_vantage(leaf.path), ("host", network, host), via_host))
-        for vantage, key, routes in touched:
-            self._devices[vantage][key] = routes
+            touched.append(group_vantage(leaf.path))
+        for vantage in touched:
             self._memo.pop(vantage, None)
             changed[vantage] = changed.get(vantage, 0) + delta
 
@@ -134,13 +121,9 @@ class RouteTracker:
         for block in state.blocks.values():
             by_host.setdefault((block.tree.name, block.host), []).append(
                 (block.base, block.tree.block_mask))
-        self._collapsed = {key: tuple(collapse(p)) for key, p in by_host.items()}
-
-        def collapsed(network: str, host: str) -> tuple[Prefix, ...]:
-            return self._collapsed.get((network, host), ())
-
+        self._blocks = {key: set(collapse(p)) for key, p in by_host.items()}
         old = self._devices
-        self._devices = {v: segments_of(state, v, collapsed) for v in vantages(state)}
+        self._devices = {v: segments_of(state, v, self._host_blocks) for v in vantages(state)}
         self._memo.clear()
         for gone in old.keys() - self._devices.keys():
             self.stats.pop(gone, None)
@@ -148,9 +131,24 @@ class RouteTracker:
             return
         for vantage, segments in self._devices.items():
             before = old.get(vantage)
-            if before is None or before == segments:
+            if before is None:
                 continue  # a new device's first set is no update
-            stats = self.stats.setdefault(vantage, DeviceStats())
-            stats.updates += 1
-            stats.route_changes += len({r for s in before.values() for r in s}
-                                       ^ {r for s in segments.values() for r in s})
+            delta = _difference(before, segments)
+            if delta:
+                stats = self.stats.setdefault(vantage, DeviceStats())
+                stats.updates += 1
+                stats.route_changes += delta
+
+
+def _difference(before: Segments, after: Segments) -> int:
+    """Routes added plus withdrawn between two versions of a device's segments."""
+    delta = 0
+    for key in before.keys() | after.keys():
+        old, new = before.get(key), after.get(key)
+        if old is None or new is None:
+            delta += len((old or new).prefixes)  # type: ignore[union-attr]
+        elif (old.via, old.gateway) != (new.via, new.gateway):
+            delta += len(old.prefixes) + len(new.prefixes)
+        else:
+            delta += len(set(old.prefixes) ^ set(new.prefixes))
+    return delta
