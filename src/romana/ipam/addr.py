@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 
 def ip_to_str(ip: int) -> str:
@@ -11,7 +11,15 @@ def ip_to_str(ip: int) -> str:
 
 
 def ip_from_str(text: str) -> int:
-    return int(IPv4Address(text))
+    """Dotted-quad text from our own facts and snapshots to an int (replay parses one per
+    fact: ``inet_aton`` is ~8x faster than ``IPv4Address``). User input goes through
+    ``ipaddress`` validation elsewhere."""
+    if text.count(".") != 3:
+        raise ValueError(f"not a dotted-quad IPv4 address: {text!r}")
+    try:
+        return int.from_bytes(socket.inet_aton(text), "big")
+    except OSError as exc:
+        raise ValueError(f"not an IPv4 address: {text!r}") from exc
 
 
 def cidr_str(base: int, prefixlen: int) -> str:
