@@ -45,10 +45,6 @@ class Segment:
     gateway: str | None
     prefixes: Collection[Prefix]
 
-    def routes(self) -> Iterator[Route]:
-        for base, length in self.prefixes:
-            yield Route(base, length, self.via, self.gateway)
-
 
 SegmentKey = tuple[str, ...]
 Segments = dict[SegmentKey, Segment]
@@ -151,7 +147,10 @@ def segments_of(state: IpamState, vantage: str, blocks: Blocks) -> Segments:
 def assemble(state: IpamState, vantage: str, segments: Segments) -> RouteSet:
     kind, _, name = vantage.partition(":")
     default = host_default(state, name) if kind == "host" else group_default(state, name)
-    routes = sorted(r for segment in segments.values() for r in segment.routes())
+    # Sorting plain tuples compares in C; sorting Route dataclasses would call __lt__.
+    rows = sorted((base, length, segment.via, segment.gateway)
+                  for segment in segments.values() for base, length in segment.prefixes)
+    routes = [Route(*row) for row in rows]
     return RouteSet(vantage, default, tuple(routes))
 
 
