@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from romana.serving import bind
+from romana.serving import bind, read_token_file
 
 
 def test_tcp_connections_have_nagle_disabled() -> None:
@@ -39,3 +39,14 @@ def test_unix_socket_replaces_a_stale_file_but_not_a_live_one(tmp_path: Path) ->
 def test_bad_addresses_are_refused() -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         bind("localhost")
+
+
+def test_token_files_must_be_readable_and_not_empty(tmp_path: Path) -> None:
+    assert read_token_file("d", None) is None
+    (tmp_path / "t").write_text(" s3cret\n")
+    assert read_token_file("d", tmp_path / "t") == "s3cret"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(SystemExit, match=r"d: token file .* is empty"):
+        read_token_file("d", tmp_path / "empty")
+    with pytest.raises(SystemExit, match="d: cannot read token file"):
+        read_token_file("d", tmp_path / "missing")

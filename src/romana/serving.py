@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -89,3 +90,39 @@ def unlink_unix(listen: str) -> None:
     if listen.startswith("unix:"):
         with contextlib.suppress(OSError):
             Path(listen.removeprefix("unix:")).unlink()
+
+
+def read_token_file(program: str, path: Path | None) -> str | None:
+    """The bearer token in ``path`` (None without one); exits with a clear message if the
+    file cannot be read or is empty: a daemon must not start half-authenticated."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        sys.exit(f"{program}: cannot read token file {path}: {exc.strerror}")
+    if not token:
+        sys.exit(f"{program}: token file {path} is empty")
+    return token
+
+
+def serve(app: Any, sockets: list[socket.socket], listen: list[str],
+          graceful_timeout: float | None = None) -> None:
+    """Run an ASGI app on already bound sockets until SIGTERM/SIGINT, then exit 0.
+
+    uvicorn shuts down gracefully (then runs the lifespan's stop) and finally re-raises the
+    signal to the previous handler: make that a normal exit. Unix socket files go away.
+    """
+    import asyncio
+
+    import uvicorn
+
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=graceful_timeout)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    try:
+        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+    finally:
+        for address in listen:
+            unlink_unix(address)

@@ -15,14 +15,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from romana.serving import bind, setup_logging, unlink_unix
+from romana.serving import bind, read_token_file, serve, setup_logging
 
 DEFAULT_LISTEN = "127.0.0.1:9604"
 log = logging.getLogger("romana.agent")
@@ -59,18 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_token(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        sys.exit(f"romana-agent: cannot read token file {path}: {exc.strerror}")
-    if not token:
-        sys.exit(f"romana-agent: token file {path} is empty")
-    return token
-
-
 def cleanup(table: int, protocol: int) -> None:
     from romana.agent.netlink import RouteTable
 
@@ -86,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cleanup:
         cleanup(args.table, args.protocol)
         return
-    token = read_token(args.token_file)
+    token = read_token_file("romana-agent", args.token_file)
     listen = args.listen or [DEFAULT_LISTEN]
     try:
         sockets = [bind(address) for address in listen]
@@ -100,8 +87,6 @@ def main(argv: list[str] | None = None) -> None:
             cni_socket = bind_socket(args.cni_socket)
         except OSError as exc:
             sys.exit(f"romana-agent: cannot listen on {args.cni_socket}: {exc}")
-
-    import uvicorn
 
     from romana.agent.follow import RouteAgent
     from romana.agent.metrics import AgentMetrics
@@ -146,17 +131,8 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app(agent, metrics)
     app.router.lifespan_context = lifespan
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
-    try:
-        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
-    finally:
-        for address in listen:
-            unlink_unix(address)
-        if cni_socket is not None:
-            unlink_unix(f"unix:{args.cni_socket}")
-
+    unix = [f"unix:{args.cni_socket}"] if cni_socket is not None else []
+    serve(app, sockets, listen + unix)
 
 if __name__ == "__main__":
     main()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from romana.serving import bind, setup_logging, unlink_unix
+from romana.serving import bind, read_token_file, serve, setup_logging
 
 DEFAULT_LISTEN = "127.0.0.1:9600"
 
@@ -55,16 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         sockets = [bind(address) for address in listen]
     except (ValueError, OSError) as exc:
         sys.exit(f"romanad: cannot listen on {listen}: {exc}")
-    token = None
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            sys.exit(f"romanad: cannot read token file {args.token_file}: {exc.strerror}")
-        if not token:
-            sys.exit(f"romanad: token file {args.token_file} is empty")
-
-    import uvicorn
+    token = read_token_file("romanad", args.token_file)
 
     from romana.api.app import create_app
     from romana.api.service import IpamService
@@ -100,18 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     app.router.lifespan_context = lifespan
     # Watchers hold long polls open; without a bound, shutdown would wait for each to time
     # out. After 2 s they are cut (they reconnect to the next romanad) and the store closes.
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=2)
-    # uvicorn handles SIGTERM/SIGINT (graceful shutdown, then lifespan stop) and finally
-    # re-raises the signal to the previous handler: make that a normal exit, status 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
-    try:
-        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
-    finally:
-        for address in listen:
-            unlink_unix(address)
-
+    serve(app, sockets, listen, graceful_timeout=2)
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ from romana.publisher import source, templates
 from romana.publisher.announce import Policy, announced
 from romana.publisher.bird import BirdConfig, BirdError
 from romana.publisher.router import PeerSpec, RouterError, missing_as, pattern, router_data
+from romana.serving import read_token_file
 
 log = logging.getLogger("romana.publisher")
 
@@ -380,15 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def options(ns: argparse.Namespace) -> Options:
-    token = None
-    if ns.token_file is not None:
-        try:
-            token = ns.token_file.read_text().strip()
-        except OSError as exc:
-            raise SystemExit(f"romana-publisher: cannot read {ns.token_file}: {exc.strerror}"
-                             ) from exc
-    else:
-        token = os.environ.get("ROMANA_TOKEN") or None
+    token = (read_token_file("romana-publisher", ns.token_file)
+             or os.environ.get("ROMANA_TOKEN") or None)
     args: dict[str, str] = {}
     for item in ns.arg:
         key, sep, value = item.partition("=")

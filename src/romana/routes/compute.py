@@ -144,9 +144,13 @@ def segments_of(state: IpamState, vantage: str, blocks: Blocks) -> Segments:
     return group_segments(state, name, blocks)
 
 
-def assemble(state: IpamState, vantage: str, segments: Segments) -> RouteSet:
+def default_of(state: IpamState, vantage: str) -> str | None:
     kind, _, name = vantage.partition(":")
-    default = host_default(state, name) if kind == "host" else group_default(state, name)
+    return host_default(state, name) if kind == "host" else group_default(state, name)
+
+
+def assemble(state: IpamState, vantage: str, segments: Segments) -> RouteSet:
+    default = default_of(state, vantage)
     # Sorting plain tuples compares in C; sorting Route dataclasses would call __lt__.
     rows = sorted((base, length, segment.via, segment.gateway)
                   for segment in segments.values() for base, length in segment.prefixes)

@@ -29,7 +29,15 @@ from romana.ipam.facts import (
 )
 from romana.ipam.state import IpamState
 from romana.routes.aggregate import Prefix, absorb, carve, collapse
-from romana.routes.compute import Segments, assemble, canonical, routing_mode, segments_of, vantages
+from romana.routes.compute import (
+    Segments,
+    assemble,
+    canonical,
+    default_of,
+    routing_mode,
+    segments_of,
+    vantages,
+)
 from romana.routes.model import RouteSet, group_vantage, host_vantage
 
 _REBUILD = (TopologyApplied, HostAdded, HostRemoved, HostLabelsUpdated)
@@ -64,13 +72,15 @@ class RouteTracker:
         return {vantage: self.get(vantage) for vantage in self._devices}
 
     def summary(self) -> list[dict[str, object]]:
+        """Counts straight from the segments: building every route set is not needed."""
+        state = self._state()
         out: list[dict[str, object]] = []
         for vantage, segments in self._devices.items():
             stats = self.stats.get(vantage, DeviceStats())
             routes = sum(len(s.prefixes) for s in segments.values())
             hops = {s.via for s in segments.values() if s.prefixes}
             out.append({"vantage": vantage, "routes": routes, "next_hops": len(hops),
-                        "default": self.get(vantage).default, "updates": stats.updates,
+                        "default": default_of(state, vantage), "updates": stats.updates,
                         "route_changes": stats.route_changes})
         return out
 
