@@ -6,8 +6,9 @@ Layout (every namespace created here, removed afterwards):
           ──172.16.0.4/30── tor-2 (bridge 192.168.2.1/24) ── h21 .11, h22 .12
 
 Racks are L2 segments (``block-host-routes``): agents install routes to their neighbours'
-blocks. Hosts default to their ToR; the ToRs' and the spine's pod routes are filled from
-``GET /routes?group=...`` (the BIRD publisher makes that dynamic). Pods are namespaces with a
+areas; or L3-to-host (``prefix-announce-bgp``): hosts route only their own areas and the
+holes in them. Hosts default to their ToR; the ToRs' and the spine's pod routes are filled
+from ``GET /routes?group=...`` (the BIRD publisher makes that dynamic). Pods are namespaces with a
 veth to their host, a /32 from romanad, and a default route via 169.254.1.1.
 """
 
@@ -31,12 +32,15 @@ from .netns import Lab, Netns, wait_until
 AGENT = str(Path(sys.executable).parent / "romana-agent")
 TABLE = "10"
 RACKS = {1: ("h11", "h12"), 2: ("h21", "h22")}
-TOPOLOGY = {
-    "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
-    "topologies": [{"networks": ["pods"], "map": [
-        {"name": f"rack-{r}", "routing": "block-host-routes",
-         "assignment": {"rack": f"rack-{r}"}, "groups": []} for r in RACKS]}],
-}
+
+
+def topology(mode: str) -> dict[str, Any]:
+    return {
+        "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
+        "topologies": [{"networks": ["pods"], "map": [
+            {"name": f"rack-{r}", "routing": mode,
+             "assignment": {"rack": f"rack-{r}"}, "groups": []} for r in RACKS]}],
+    }
 
 
 def host_ip(name: str) -> str:
@@ -155,12 +159,12 @@ class Cluster:
         return ns.ping(ip, count=1, wait=1) or ns.ping(ip, count=1, wait=2)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    topology = tmp_path / "topology.json"
-    topology.write_text(json.dumps(TOPOLOGY))
+@pytest.fixture(params=["block-host-routes"])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps(topology(request.param)))
     socket = tmp_path / "romanad.sock"
-    romanad = Daemon(tmp_path / "data", "--topology", str(topology),
+    romanad = Daemon(tmp_path / "data", "--topology", str(path),
                      "--listen", f"unix:{socket}").start()
     try:
         with Lab("ag", tmp_path) as lab:
@@ -188,29 +192,27 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
     cluster.add_pod("d1", "h22")
     cluster.program_routers()
     cluster.wait_in_sync()
-    # h11's table: its own block unreachable, h12's block via h12; nothing for rack 2.
-    assert cluster.kernel_routes("h11") == {("10.1.0.0/29", None),
-                                             ("10.1.0.8/29", "192.168.1.12")}
+    # h11's table: its own area unreachable, h12's area via h12; nothing for rack 2.
+    assert cluster.kernel_routes("h11") == {("10.1.0.0/18", None),
+                                             ("10.1.64.0/18", "192.168.1.12")}
     assert_all_reach(cluster, [("a1", "a2"), ("a1", "b1"), ("b1", "a2"), ("a1", "c1"),
                                ("c1", "a1"), ("d1", "b1"), ("c1", "d1")])
     # Same-rack traffic goes host to host: h11 routes b1's block straight to h12.
     via = cluster.hosts["h11"].exec("ip", "route", "get", cluster.pods["b1"].ip).stdout
     assert "via 192.168.1.12" in via
 
-    # Release the only pod of h12's block: the block's route is withdrawn from h11.
+    # Release the only pod of h12's block: the block goes back, h12's area route stays.
     cluster.remove_pod("b1")
-    wait_until(lambda: ("10.1.0.8/29", "192.168.1.12") not in cluster.kernel_routes("h11"),
-               5, message="withdrawal of the freed block on h11")
-    # Re-allocate on h12: the same lowest block comes back, routes follow, traffic flows.
+    # Re-allocate on h12: its area gives the same block back; no route had to move.
     b2 = cluster.add_pod("b2", "h12")
-    assert b2.ip == "10.1.0.8"
-    cluster.program_routers()
+    assert b2.ip == "10.1.64.0"
     cluster.wait_in_sync()
+    assert ("10.1.64.0/18", "192.168.1.12") in cluster.kernel_routes("h11")
     assert_all_reach(cluster, [("a1", "b2"), ("c1", "b2")])
 
     # Restart an agent: routes stay while it is down, and it resyncs when back.
     assert cluster.stop_agent("h11") == 0
-    assert ("10.1.0.8/29", "192.168.1.12") in cluster.kernel_routes("h11")
+    assert ("10.1.64.0/18", "192.168.1.12") in cluster.kernel_routes("h11")
     assert cluster.reaches("a1", "b2")
     cluster.start_agent("h11")
     cluster.wait_in_sync()
@@ -222,11 +224,14 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
     assert cluster.reaches("a1", "c1")
     cluster.romanad.start()
     cluster.add_pod("e1", "h12")  # h12 already has a block with room: no new route
-    d2 = cluster.client.allocate("d2-other-tenant", "h22", tenant="blue")  # a new block
-    wait_until(lambda: (d2["block"], "192.168.2.12") in cluster.kernel_routes("h21"), 10,
-               message="h21 to learn h22's new block after romanad restarted")
+    # h22 gives up half of its rack to a newcomer: h21 learns h22's smaller area.
+    cluster.client.add_host("h23", "192.168.2.13", {"rack": "rack-2"})
+    cluster.client.allocate("newcomer", "h23")
+    h22 = cluster.client.host("h22")["groups"]["pods"]["areas"]
+    wait_until(lambda: (h22[0], "192.168.2.12") in cluster.kernel_routes("h21"), 10,
+               message="h21 to learn h22's new area after romanad restarted")
     cluster.program_routers()
-    assert_all_reach(cluster, [("e1", "a1"), ("c1", "e1")])
+    assert_all_reach(cluster, [("e1", "a1"), ("c1", "e1"), ("d1", "a1")])
 
 
 def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Cluster) -> None:
@@ -241,9 +246,9 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
     # Someone else's route in the same table, and one of ours changed behind our back.
     h11.ip("route", "add", "10.1.201.0/29", "via", "192.168.1.1", "table", TABLE,
            "proto", "static")
-    h11.ip("route", "replace", "10.1.0.0/29", "via", "192.168.1.1", "table", TABLE,
+    h11.ip("route", "replace", "10.1.0.0/17", "via", "192.168.1.1", "table", TABLE,
            "proto", "82")
-    wait_until(lambda: cluster.kernel_routes("h11") == {("10.1.0.0/29", None)}, 5,
+    wait_until(lambda: cluster.kernel_routes("h11") == {("10.1.0.0/17", None)}, 5,
                message="the stale route removed and the changed one restored")
     time.sleep(2.5)  # several resyncs later the foreign route is still there, unchanged
     assert cluster.kernel_routes("h11", proto="static") == {("10.1.201.0/29", "192.168.1.1")}
@@ -264,6 +269,39 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
     assert cluster.kernel_routes("h11") == set()
     assert cluster.kernel_routes("h11", proto="static") == {("10.1.201.0/29", "192.168.1.1")}
     assert "lookup 10" not in h11.ip("rule").stdout
+
+
+@pytest.mark.parametrize("cluster", ["prefix-announce-bgp"], indirect=True)
+def test_l3_host_sends_a_loan_inside_its_area_to_its_router(cluster: Cluster) -> None:
+    """L3-to-host: h11 routes its area as unreachable, but a block lent to h12 inside it must
+    leave through h11's default route (a ``throw`` route) to the ToR, which knows h12."""
+    for name in ("h11", "h12"):
+        cluster.start_agent(name)
+    cluster.add_pod("a1", "h11")
+    area = cluster.client.host("h11")["groups"]["pods"]["areas"][0]
+    assert area == "10.1.0.0/17"  # h11 is alone in rack-1: the whole rack is its area
+    # A pod of h12 given an address inside h11's area (a pinned IP, as a loan would be).
+    pinned = cluster.client.allocate("lent", "h12", ip="10.1.100.1")
+    ns = cluster.lab.netns("podlent")
+    cluster.lab.veth(cluster.hosts["h12"], "calilent", ns, "eth0")
+    ns.ip("addr", "add", f"{pinned['ip']}/32", "dev", "eth0")
+    ns.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+    ns.ip("route", "add", "default", "via", "169.254.1.1")
+    cluster.hosts["h12"].sysctl("net.ipv4.conf.calilent.proxy_arp", "1")
+    cluster.hosts["h12"].sysctl("net.ipv4.neigh.calilent.proxy_delay", "0")
+    cluster.hosts["h12"].ip("route", "add", f"{pinned['ip']}/32", "dev", "calilent",
+                            "scope", "link")
+    cluster.pods["lent"] = Pod("lent", ns, pinned["ip"], "h12", "calilent")
+    cluster.add_pod("b1", "h12")
+    cluster.program_routers()
+    for name in ("h11", "h12"):
+        wait_until(lambda n=name: cluster.kernel_routes(n) == cluster.expected_routes(n), 10,
+                   message=f"{name}'s table to match romanad")
+    shown = cluster.hosts["h11"].ip("route", "show", "table", TABLE).stdout
+    assert f"throw {pinned['block']}" in shown and f"unreachable {area}" in shown
+    assert_all_reach(cluster, [("a1", "lent"), ("lent", "a1"), ("a1", "b1")])
+    got = cluster.hosts["h11"].exec("ip", "route", "get", pinned["ip"]).stdout
+    assert "via 192.168.1.1" in got  # out through the ToR, not dropped by the area route
 
 
 _GET = ("import urllib.request;"

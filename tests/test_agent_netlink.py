@@ -118,6 +118,19 @@ def test_apply_adds_unicast_and_unreachable_routes(netns: str, table: RouteTable
     assert kernel_routes(netns, table=254) == {}  # nothing leaked into main
 
 
+def test_throw_routes_round_trip_and_send_lookups_on_to_main(netns: str,
+                                                              table: RouteTable) -> None:
+    ip(netns, "route", "add", "default", "via", f"{GW_NET}.254")
+    desired = by_prefix(unreachable("10.1.0.0/24"), KernelRoute("10.1.0.8/29", None, "throw"))
+    assert table.apply(diff_routes(desired, {})).ok
+    assert table.dump() == desired
+    assert diff_routes(desired, table.dump()).empty
+    table.ensure_rules(["10.1.0.0/16"])
+    hole, area = route_get(netns, "10.1.0.9"), route_get(netns, "10.1.0.17")
+    assert isinstance(hole, dict) and hole["gateway"] == f"{GW_NET}.254"  # main's default
+    assert area == "RTNETLINK answers: No route to host"
+
+
 def test_replace_changes_gateway_and_kind(netns: str, table: RouteTable) -> None:
     table.apply(diff_routes(FIVE, {}))
     desired = dict(FIVE)
@@ -389,10 +402,11 @@ def test_from_route_set_translates_and_reports_skipped_routes() -> None:
 
     desired, skipped = from_route_set(wire)
 
-    assert desired == by_prefix(unreachable("10.1.0.0/29"), unicast("10.1.0.8/29", 12))
+    # A route to a group's router (a hole in the host's area) leaves the table: ``throw``.
+    assert desired == by_prefix(unreachable("10.1.0.0/29"), unicast("10.1.0.8/29", 12),
+                                KernelRoute("10.2.0.0/24", None, "throw"))
     assert [(s.prefix, s.via) for s in skipped] == [
-        ("10.2.0.0/24", "group:rack-2"), ("10.1.0.9/29", "host:h3"),
-        ("10.1.0.8/29", "host:h4"),
+        ("10.1.0.9/29", "host:h3"), ("10.1.0.8/29", "host:h4"),
     ]
     assert all(isinstance(s, SkippedRoute) and s.reason for s in skipped)
     assert from_route_set({"vantage": "host:h9", "default": None, "routes": []}) == ({}, [])

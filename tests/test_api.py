@@ -51,7 +51,8 @@ def test_hosts_answer_with_group_path_and_cidr(client: httpx.Client) -> None:
     r = client.post("/hosts", json={"name": "h9", "ip": "192.168.0.9",
                                     "tags": {"my-location-tag": "rack-4"}})
     assert r.json()["groups"] == {"romana-network": {"group": "rack-4",
-                                                     "cidr": "10.1.192.0/18"}}
+                                                     "cidr": "10.1.192.0/18",
+                                                     "areas": []}}
     names = [h["name"] for h in client.get("/hosts").json()["hosts"]]
     assert "h9" in names
     assert err(client.put("/hosts/h9/tags", json={"my-location-tag": "rack-1"})) == (

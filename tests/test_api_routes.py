@@ -36,8 +36,8 @@ def test_host_routes_have_the_documented_wire_shape(daemon: Daemon) -> None:
         result = c.routes(host="h1")
     assert result == {"vantage": "host:h1", "default": "group:rack-1",
                       "revision": result["revision"], "routes": [
-                          {"prefix": "10.1.0.0/29", "via": "local", "gateway": None},
-                          {"prefix": "10.1.0.8/29", "via": "host:h2",
+                          {"prefix": "10.1.0.0/18", "via": "local", "gateway": None},
+                          {"prefix": "10.1.64.0/18", "via": "host:h2",
                            "gateway": "192.168.0.2"}]}
 
 
@@ -75,7 +75,7 @@ def test_summary_counts_updates(daemon: Daemon) -> None:
 def test_cli_shows_routes_and_rejects_ambiguous_requests(daemon: Daemon) -> None:
     out = romana("routes", "--host", "h1", "--url", daemon.url)
     assert out.returncode == 0, out.stderr
-    assert "10.1.0.8/29" in out.stdout and "192.168.0.2" in out.stdout
+    assert "10.1.64.0/18" in out.stdout and "192.168.0.2" in out.stdout
     out = romana("routes", "--group", "/", "--json", "--url", daemon.url)
     assert json.loads(out.stdout)["vantage"] == "group:/"
     out = romana("routes", "summary", "--url", daemon.url)
@@ -83,6 +83,21 @@ def test_cli_shows_routes_and_rejects_ambiguous_requests(daemon: Daemon) -> None
     assert romana("routes", "--url", daemon.url).returncode == 2
     out = romana("routes", "--group", "nope", "--url", daemon.url)
     assert out.returncode == 1 and 'no group "nope"' in out.stderr
+
+
+def test_verify_forwards_every_address_from_every_host(daemon: Daemon) -> None:
+    with RomanaClient(daemon.url) as c:
+        report = c.routes_verify()
+    assert report["ok"] and report["failures"] == []
+    assert report["addresses"] >= 2 and report["sources"] == 3
+    assert report["walks"] == report["blocks"] * 3
+    rows = {d["vantage"]: d for d in report["devices"]}
+    assert rows["group:rack-1"] == {"vantage": "group:rack-1", "routes": 2, "next_hops": 2}
+    out = romana("routes", "verify", "--url", daemon.url)
+    assert out.returncode == 0, out.stderr
+    assert "forwarded from 3 hosts" in out.stdout and ": ok" in out.stdout
+    out = romana("routes", "verify", "--json", "--url", daemon.url)
+    assert json.loads(out.stdout)["ok"] is True
 
 
 def test_socket_file_is_removed_on_clean_stop(tmp_path: Path) -> None:

@@ -50,8 +50,8 @@ def test_strict_router_config_names_each_hosts_blocks(daemon: Daemon) -> None:
     code, out = invoke(daemon, "router-config", "--group", "rack-1", "--strict",
                        "--local-as", "65101", "--peer-as", "65001")
     assert code == 0, out
-    assert "if net ~ [ 10.1.0.0/28{28,32} ] then accept;" in out  # h1's two blocks
-    assert "if net ~ [ 10.1.0.16/29{29,32} ] then accept;" in out  # h2's one
+    assert "if net ~ [ 10.1.0.0/18{18,32} ] then accept;" in out  # h1's area (two blocks)
+    assert "if net ~ [ 10.1.64.0/18{18,32} ] then accept;" in out  # h2's
 
 
 def test_router_config_output_is_validated_and_written(daemon: Daemon, tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_host_config_previews_what_the_publisher_writes(daemon: Daemon) -> None:
                        str(HOST_TEMPLATE), "--local-as", "65001", "--neighbor-ip",
                        "192.168.1.1", "--neighbor-as", "65101")
     assert code == 0, out
-    assert "route 10.1.0.0/28 blackhole;" in out and "local 192.168.1.11 as 65001;" in out
+    assert "route 10.1.0.0/18 blackhole;" in out and "local 192.168.1.11 as 65001;" in out
     # A variable the template needs but nobody gave: a clear error naming it.
     code, out = invoke(daemon, "host-config", "--host", "h1", "--template",
                        str(HOST_TEMPLATE))

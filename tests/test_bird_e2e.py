@@ -10,12 +10,12 @@ their default route to the ToR (infrastructure); every pod route comes from BGP.
 The publishers run in the root namespace (romanad listens on 127.0.0.1 there): they only
 write files and talk to the BIRDs' control sockets, which reach across namespaces.
 
-What it shows: ToRs hold each host's blocks collapsed, the spine exactly one route per
-rack, endpoints in different racks ping each other; a rogue host's announcements (outside
-its group, and inside a neighbour's block) are filtered at the strict ToR while traffic
-keeps reaching the rightful owners; releasing a block's last address withdraws its route;
-a broken template leaves BIRD on the previous configuration; a block change does not reset
-any BGP session.
+What it shows: ToRs hold one route per host (its area), the spine exactly one route per
+rack, also while a lone host's area is the whole rack; endpoints in different racks ping
+each other; a rogue host's announcements (outside its group, and inside a neighbour's area)
+are filtered at the strict ToR while traffic keeps reaching the rightful owners; releasing
+a block's last address moves no route; a broken template leaves BIRD on the previous
+configuration; an area change does not reset any BGP session.
 """
 
 from __future__ import annotations
@@ -246,14 +246,17 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
             f.endpoint("e1", "h1", "a")
             f.endpoint("e3", "h3", "a")
             f.start()
-            f.wait_routes("tor1", {"10.1.0.0/29": "192.168.1.11",
-                                   "10.1.0.0/17": "unreachable",
+            # h1 is alone in rack-1 with blocks: its area is the whole rack, the very
+            # prefix the ToR announces upward; its route beats the ToR's own aggregate.
+            f.wait_routes("tor1", {"10.1.0.0/17": "192.168.1.11",
                                    "10.1.128.0/17": "172.16.1.2"})
+            f.wait_routes("spine", SPINE)  # and rack-1 is still announced to the spine
             f.since = {"h1": f.birds["h1"].protocol("tor"),
                        "tor1": f.birds["tor1"].protocol("host_h1")}
             assert f.since["h1"][1] == "Established"
-            # While everything runs: h1's second block (a sibling: h1 then announces one
-            # /28), h2's first block (the strict ToR must learn it may accept it), h4's.
+            # While everything runs: h1's second block (inside its area: nothing to
+            # announce), h2's first block (h2 takes half of h1's area: both announce a /18,
+            # the strict ToR must learn what each may announce), h4's (the same in rack-2).
             f.endpoint("e1b", "h1", "b")
             f.endpoint("e2", "h2", "a")
             f.endpoint("e4", "h4", "a")
@@ -262,16 +265,16 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
             stop_birds([b.pidfile for b in f.birds.values()])
 
 
-TOR1 = {"10.1.0.0/28": "192.168.1.11", "10.1.0.16/29": "192.168.1.12",
+TOR1 = {"10.1.0.0/18": "192.168.1.11", "10.1.64.0/18": "192.168.1.12",
         "10.1.0.0/17": "unreachable", "10.1.128.0/17": "172.16.1.2"}
-TOR2 = {"10.1.128.0/29": "192.168.2.13", "10.1.128.8/29": "192.168.2.14",
+TOR2 = {"10.1.128.0/18": "192.168.2.13", "10.1.192.0/18": "192.168.2.14",
         "10.1.128.0/17": "unreachable", "10.1.0.0/17": "172.16.2.2"}
 SPINE = {"10.1.0.0/17": "172.16.1.1", "10.1.128.0/17": "172.16.2.1"}
 
 
 def test_tors_hold_collapsed_blocks_and_the_spine_one_route_per_rack(fabric: Fabric) -> None:
     assert fabric.ips == {"e1": "10.1.0.0", "e3": "10.1.128.0", "e1b": "10.1.0.8",
-                          "e2": "10.1.0.16", "e4": "10.1.128.8"}
+                          "e2": "10.1.64.0", "e4": "10.1.192.0"}
     fabric.wait_routes("tor1", TOR1)
     fabric.wait_routes("tor2", TOR2)
     fabric.wait_routes("spine", SPINE)
@@ -281,11 +284,11 @@ def test_tors_hold_collapsed_blocks_and_the_spine_one_route_per_rack(fabric: Fab
     for host in ("h1", "h2", "h3", "h4"):
         routes = pod_routes(fabric.ns[host])
         assert all(p.endswith("/32") for p in routes), routes
-    # A block change is a reconfiguration, not a restart: no BGP session was reset, on
+    # An area change is a reconfiguration, not a restart: no BGP session was reset, on
     # the host (static routes changed) nor on the strict ToR (its import filter changed).
     assert fabric.birds["h1"].protocol("tor") == fabric.since["h1"]
     assert fabric.birds["tor1"].protocol("host_h1") == fabric.since["tor1"]
-    assert "route 10.1.0.0/28 blackhole;" in fabric.birds["h1"].conf.read_text()
+    assert "route 10.1.0.0/18 blackhole;" in fabric.birds["h1"].conf.read_text()
 
 
 def test_endpoints_in_different_racks_ping_each_other(fabric: Fabric) -> None:
@@ -301,8 +304,8 @@ ROGUE = """router id 192.168.1.15;
 protocol device {}
 protocol static hijack {
   ipv4;
-  route 10.1.128.0/30 blackhole;   # inside h3's block, in rack-2: outside h5's group
-  route 10.1.0.0/30 blackhole;     # inside h1's block: h5's own group, not its block
+  route 10.1.128.0/30 blackhole;   # inside h3's area, in rack-2: outside h5's group
+  route 10.1.0.0/30 blackhole;     # inside h1's area: h5's own group, not its area
 }
 protocol bgp tor {
   local 192.168.1.15 as 65001;
@@ -330,7 +333,7 @@ def test_a_rogue_hosts_announcements_are_filtered_at_the_strict_tor(fabric: Fabr
     assert pod_routes(fabric.ns["tor1"]) == TOR1
     # BIRD's own choice for addresses inside the hijacked /30s: the rightful routes.
     best = tor.birdc("show", "route", "for", "10.1.0.1")
-    assert "10.1.0.0/28" in best and "192.168.1.11" in best and "/30" not in best
+    assert "10.1.0.0/18" in best and "192.168.1.11" in best and "/30" not in best
     best = tor.birdc("show", "route", "for", "10.1.128.1")
     assert "10.1.128.0/17" in best and "172.16.1.2" in best and "/30" not in best
     # And traffic still reaches the rightful owners (accepted, the /30s would have won by
@@ -341,13 +344,18 @@ def test_a_rogue_hosts_announcements_are_filtered_at_the_strict_tor(fabric: Fabr
     assert ns["e2"].ping(ips["e3"], count=1, wait=2)
 
 
-def test_releasing_a_blocks_last_address_withdraws_its_route(fabric: Fabric) -> None:
+def test_releasing_a_blocks_last_address_moves_no_route(fabric: Fabric) -> None:
     fabric.wait_routes("tor1", TOR1)
-    fabric.client.release("e2")  # h2's only address: its block goes back to the pool
-    fabric.wait_routes("tor1", {k: v for k, v in TOR1.items() if k != "10.1.0.16/29"})
-    assert "route 10.1.0.16/29" not in fabric.birds["h2"].conf.read_text()
-    assert not fabric.ns["e1"].ping(fabric.ips["e2"], count=1, wait=1)
-    assert fabric.ns["e1"].ping(fabric.ips["e3"], count=1, wait=2)  # nothing else moved
+    port, conf = fabric.metrics["h2"], fabric.birds["h2"].conf.read_text()
+    fabric.client.release("e2")  # h2's only address: its block goes back to the pool...
+    wait_until(lambda: metric(port, "romana_publisher_revision")
+               >= fabric.client.health()["revision"], 10, 0.1, "h2's publisher to catch up")
+    assert fabric.birds["h2"].conf.read_text() == conf  # ...but its area stays h2's
+    assert pod_routes(fabric.ns["tor1"]) == TOR1
+    again = fabric.client.allocate("e2", "h2", "a")  # the same block comes back
+    assert again["ip"] == fabric.ips["e2"]
+    assert fabric.ns["e1"].ping(fabric.ips["e2"], count=1, wait=2)
+    assert fabric.ns["e1"].ping(fabric.ips["e3"], count=1, wait=2)
 
 
 def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -> None:
@@ -362,9 +370,10 @@ def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -
     wait_until(lambda: metric(port, failures) >= 1, 10, 0.1, "a template failure")
     assert metric(port, "romana_publisher_config_stale") == 1
 
-    # A new block for h4 now cannot be announced; the old one stays (no outage).
-    address = fabric.client.allocate("e4b", "h4", "t", "b")
-    assert address["block"] == "10.1.128.16/29"
+    # A block of h4 outside its area (pinned inside h3's) now cannot be announced; the old
+    # routes stay (no outage).
+    address = fabric.client.allocate("e4b", "h4", "t", "b", ip="10.1.160.1")
+    assert address["block"] == "10.1.160.0/29"
     wait_until(lambda: metric(port, "romana_publisher_revision")
                >= fabric.client.health()["revision"], 10, 0.1, "h4's publisher to catch up")
     assert h4.conf.read_text() == good
@@ -381,7 +390,7 @@ def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -
 
     # Fixed (the host file removed): the generic template again, with the new block.
     mine.unlink()
-    fabric.wait_routes("tor2", {**TOR2, "10.1.128.16/29": "192.168.2.14"})
+    fabric.wait_routes("tor2", {**TOR2, "10.1.160.0/29": "192.168.2.14"})
     assert metric(port, "romana_publisher_config_stale") == 0
     assert metric(port, "romana_publisher_last_good_timestamp_seconds") > 0
     assert h4.protocol("tor") == since
@@ -440,8 +449,8 @@ def test_ospf_variant_hosts_and_tor_in_one_area(tmp_path: Path) -> None:
             rogue.conf.write_text(OSPF_ROGUE)
             rogue.birdc("configure")
 
-            f.wait_routes("tor1", {"10.1.0.0/28": "192.168.1.11",
-                                   "10.1.0.16/29": "192.168.1.12"}, timeout=30)
+            f.wait_routes("tor1", {"10.1.0.0/18": "192.168.1.11",
+                                   "10.1.64.0/18": "192.168.1.12"}, timeout=30)
             assert proto_of_pod_routes(tor) == {"bird"}
             assert f.ns["e1"].ping(f.ips["e2"], count=1, wait=2)
             assert f.ns["e2"].ping(f.ips["e1b"], count=1, wait=2)
@@ -449,7 +458,7 @@ def test_ospf_variant_hosts_and_tor_in_one_area(tmp_path: Path) -> None:
                 "show", "route", "filtered"), 10, 0.1, "the rogue's LSA, filtered")
             assert "10.1.128.0/30" not in pod_routes(tor)
 
-            client.release("e2")  # h2's only address: its route leaves the area
-            f.wait_routes("tor1", {"10.1.0.0/28": "192.168.1.11"}, timeout=15)
+            client.remove_host("h2")  # its area goes: its route leaves the OSPF area
+            f.wait_routes("tor1", {"10.1.0.0/18": "192.168.1.11"}, timeout=15)
         finally:
             stop_birds([b.pidfile for b in f.birds.values()])

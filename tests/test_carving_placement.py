@@ -85,8 +85,9 @@ def test_nested_groups_and_multiple_networks(example: Any) -> None:
     assert leaf_cidrs(engine, "kube-system-pods")["zone-b/rack-5"] == "10.2.12.0/23"
     # Pinned hosts were registered by the map itself, in both networks.
     a1 = engine.host("node-a1")
-    assert a1.groups == {"pods": {"group": "zone-a/rack-1", "cidr": "10.1.0.0/18"},
-                         "kube-system-pods": {"group": "zone-a/rack-1", "cidr": "10.2.0.0/22"}}
+    assert a1.groups == {
+        "pods": {"group": "zone-a/rack-1", "cidr": "10.1.0.0/18", "areas": []},
+        "kube-system-pods": {"group": "zone-a/rack-1", "cidr": "10.2.0.0/22", "areas": []}}
 
 
 def test_balanced_placement_descends_level_by_level() -> None:

@@ -81,7 +81,8 @@ def test_host_add_and_first_allocation_on_rack_2(cli: Cli) -> None:
     assert listed["addresses"] == [shown] and isinstance(listed["revision"], int)
 
     host = json.loads(ok(cli("host", "show", "r2-a", "--json")))
-    assert host["groups"] == {NET: {"group": "rack-2", "cidr": "10.1.64.0/18"}}
+    assert host["groups"] == {NET: {"group": "rack-2", "cidr": "10.1.64.0/18",
+                                    "areas": ["10.1.64.0/18"]}}
     assert host["block_count"] == 1
     hosts = json.loads(ok(cli("host", "list", "--json")))["hosts"]
     assert host in hosts

@@ -27,8 +27,8 @@ def test_owner_is_tenant_and_segment(racks: Engine) -> None:
     racks.allocate("a", "h1", "t1", "s1")
     b = racks.allocate("b", "h1", "t1", "s2")
     c = racks.allocate("c", "h1", "t2", "s1")
-    d = racks.allocate("d", "h2", "t1", "s1")  # same rack, other host: own block
-    assert [b.block, c.block, d.block] == ["10.1.0.8/29", "10.1.0.16/29", "10.1.0.24/29"]
+    d = racks.allocate("d", "h2", "t1", "s1")  # same rack, other host: its own area
+    assert [b.block, c.block, d.block] == ["10.1.0.8/29", "10.1.0.16/29", "10.1.32.0/29"]
     assert racks.allocate("e", "h1", "t1", "s1").block == "10.1.0.0/29"
 
 
@@ -40,14 +40,15 @@ def test_owned_nonfull_blocks_are_used_lowest_first(racks: Engine) -> None:
     assert racks.allocate("y", "h1", "t").ip == "10.1.0.10"
 
 
-def test_emptied_block_returns_to_pool_and_may_serve_another_host(racks: Engine) -> None:
+def test_emptied_block_returns_to_pool_and_its_area_keeps_it_for_its_host(
+        racks: Engine) -> None:
     racks.allocate("a", "h1", "t")
-    racks.allocate("b", "h2", "t")  # 10.1.0.8/29
+    racks.allocate("b", "h2", "t")  # 10.1.32.0/29: h2's area is the rack's upper half
     released = racks.release("a")
     assert released.ip == "10.1.0.0"
-    assert [b.cidr for b in racks.blocks()] == ["10.1.0.8/29"]
-    again = racks.allocate("c", "h2", "other")
-    assert (again.block, again.host) == ("10.1.0.0/29", "h2")
+    assert [b.cidr for b in racks.blocks()] == ["10.1.32.0/29"]
+    assert racks.allocate("c", "h2", "other").block == "10.1.32.8/29"
+    assert racks.allocate("d", "h1", "other").block == "10.1.0.0/29"
 
 
 def test_release_by_ip_and_unknown(racks: Engine) -> None:
@@ -127,8 +128,12 @@ def test_allocate_specific_ip() -> None:
         engine.allocate_ip("c", "h1", "10.9.0.1", "t")
     with pytest.raises(InvalidRequest, match="not an IPv4 address"):
         engine.allocate_ip("c", "h1", "10.1.0.x", "t")
-    # The automatic allocator skips the block taken by the specific request.
-    assert engine.allocate("d", "h2", "t").block == "10.1.0.0/29"
+    # The automatic allocator never hands out the block taken by the specific request: the
+    # largest free runs left beside it become the hosts' areas (10.1.32.0/19 for h2, then
+    # 10.1.16.0/20 for h1, whose requested block keeps a route of its own).
+    assert engine.allocate("d", "h2", "t").block == "10.1.32.0/29"
+    assert engine.allocate("e", "h1", "t2").block == "10.1.16.0/29"
+    assert engine.host("h1").groups["net"]["areas"] == ["10.1.16.0/20"]
 
 
 def test_blackout_is_never_handed_out(racks: Engine) -> None:
@@ -159,7 +164,7 @@ def test_blackout_refusals_and_removal(racks: Engine) -> None:
     racks.remove_blackout("net", "10.1.0.8/29")
     with pytest.raises(NotFound):
         racks.remove_blackout("net", "10.1.0.8/29")
-    assert racks.allocate("c", "h2", "t").block == "10.1.0.8/29"
+    assert racks.allocate("c", "h1", "t2").block == "10.1.0.8/29"
 
 
 def test_blackout_inside_an_assigned_block_fills_it_sooner(racks: Engine) -> None:

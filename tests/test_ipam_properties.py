@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -142,6 +143,41 @@ def check_invariants(engine: Engine) -> None:
         assert tree.root.host_count == placed
     for owned in st_.nonfull.values():
         assert owned == sorted(owned, key=lambda b: b.base) and owned
+    check_areas(engine)
+
+
+def check_areas(engine: Engine) -> None:
+    """Areas: aligned, laminar, never equal, placed hosts only, counts exact, and no area
+    wholly covered by another single host's stray blocks (their route would equal it)."""
+    for tree in engine.state.trees.values():
+        for leaf in tree.leaves.values():
+            areas = list(leaf.areas)
+            for area in areas:
+                assert area.size & (area.size - 1) == 0 and area.start % area.size == 0
+                assert area.start >= 0 and area.end <= leaf.block_count
+                assert area.host in leaf.hosts
+                mine = [b for b in leaf.blocks.values() if b.host == area.host
+                        and area.holds(b.index)]
+                assert area.count == len(mine)
+                # Another host's stray blocks (outside its own areas) never cover an area
+                # whole: collapsed, they would form a route equal to the area's.
+                inside = [leaf.blocks.get(i) for i in range(area.start, area.end)]
+                owners = {b.host for b in inside if b is not None}
+                if len(owners) == 1 and all(b is not None for b in inside):
+                    (owner,) = owners
+                    stray = all(leaf.areas.innermost(b.index).host != owner
+                                for b in inside if b is not None)
+                    if owner != area.host and stray:
+                        raise AssertionError(f"{area} wholly covered by strays of {owner}")
+            for a, b in itertools.combinations(areas, 2):
+                disjoint = a.end <= b.start or b.end <= a.start
+                nested = (a.start <= b.start and b.end <= a.end) or \
+                    (b.start <= a.start and a.end <= b.end)
+                assert disjoint or nested, f"{a} and {b} overlap"
+                assert (a.start, a.size) != (b.start, b.size)
+            for host, mine_areas in leaf.areas.by_host.items():
+                assert sorted(mine_areas, key=lambda a: (-a.size, a.start)) == mine_areas
+                assert all(a.host == host for a in mine_areas)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -44,7 +44,7 @@ def seed(client: RomanaClient) -> None:
     client.apply_topology(racks_topology(2))
     client.add_host("h1", "192.168.1.11", {"rack": "rack-1"})
     client.add_host("h2", "192.168.1.12", {"rack": "rack-1"})
-    client.allocate("a1", "h1", "t", "a")  # 10.1.0.0/29
+    client.allocate("a1", "h1", "t", "a")  # 10.1.0.0/29; h1's area: all of rack-1 (/17)
 
 
 CLIENTS: list[RomanaClient] = []
@@ -85,7 +85,7 @@ def test_render_errors_keep_the_last_good_config(romanad: Daemon, tmp_path: Path
     pub.refresh()
     assert pub.publish()
     out = pub.bird.output
-    assert "route 10.1.0.0/29 blackhole;" in out.read_text()
+    assert "route 10.1.0.0/17 blackhole;" in out.read_text()
     good = out.read_text()
 
     # A misspelt variable: no render, the file stays, counted once however often retried.
@@ -95,9 +95,9 @@ def test_render_errors_keep_the_last_good_config(romanad: Daemon, tmp_path: Path
     assert metrics.registry.get_sample_value("romana_publisher_config_stale") == 1
 
     # romanad moves on meanwhile: still no outage, still the old file.
-    pub.client.allocate("b1", "h1", "t", "b")  # 10.1.0.8/29, a sibling
+    pub.client.allocate("b1", "h2", "t", "b")  # h2 takes half of h1's area
     pub.follow()
-    assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/28",)
+    assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/18",)
     assert not pub.publish() and out.read_text() == good
     assert failures(metrics, "template") == 2  # new inputs, new attempt, new failure
 
@@ -109,7 +109,7 @@ def test_render_errors_keep_the_last_good_config(romanad: Daemon, tmp_path: Path
     # Fixed: the current state goes out at once.
     pub.opts.template.write_text(TEMPLATE)  # type: ignore[union-attr]
     assert pub.publish()
-    assert "route 10.1.0.0/28 blackhole;" in out.read_text()
+    assert "route 10.1.0.0/18 blackhole;" in out.read_text()
     assert metrics.registry.get_sample_value("romana_publisher_config_stale") == 0
     assert metrics.registry.get_sample_value("romana_publisher_reloads_total") == 2
 
@@ -126,32 +126,36 @@ def test_best_matching_template_file_wins(romanad: Daemon, tmp_path: Path) -> No
     assert pub.bird.output.read_text().startswith("# host")
 
 
-def test_only_block_host_and_topology_facts_cause_a_reread(romanad: Daemon,
-                                                           tmp_path: Path) -> None:
+def test_only_block_area_host_and_topology_facts_cause_a_reread(romanad: Daemon,
+                                                                tmp_path: Path) -> None:
     pub, metrics = publisher(romanad, tmp_path)
     pub.refresh()
     assert pub.publish()
     before = pub.host_inputs
     client = pub.client
     client.allocate("a2", "h1", "t", "a")  # inside h1's existing block: no route change
-    client.allocate("x1", "h2", "t", "a")  # h2's block: not h1's business
     pub.follow()
     assert pub.host_inputs is before
-    client.release("x1")  # frees h2's block
-    pub.follow()
-    assert pub.host_inputs is before
-    client.allocate("b1", "h1", "t", "b")  # a new block of h1
+    client.allocate("x1", "h2", "t", "a")  # h2 takes half of h1's area: h1's changes
     pub.follow()
     assert pub.host_inputs is not before
-    assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/28",)
+    assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/18",)
+    before = pub.host_inputs
+    client.allocate("x2", "h2", "t", "b")  # a new block of h2, in h2's area
+    client.release("x2")  # ... freed again
+    pub.follow()
+    assert pub.host_inputs is before  # not h1's business
+    client.allocate("b1", "h1", "t", "b")  # a new block of h1, inside its area
+    pub.follow()
+    assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/18",)
     rendered = metrics.registry.get_sample_value("romana_publisher_renders_total")
     assert pub.publish() and pub.publish()  # the second: nothing changed, nothing rendered
     assert metrics.registry.get_sample_value("romana_publisher_renders_total") == \
         (rendered or 0) + 1
     client.release("a1")
-    client.release("a2")  # h1's first block is empty: freed, withdrawn
+    client.release("a2")  # h1's first block is empty and freed: its area stays h1's
     pub.follow()
-    assert pub.host_inputs.local == ("10.1.0.8/29",)
+    assert pub.host_inputs.local == ("10.1.0.0/18",)
 
 
 def test_group_policy_announces_the_leaf_while_alone(romanad: Daemon, tmp_path: Path) -> None:
@@ -167,10 +171,11 @@ def test_group_policy_announces_the_leaf_while_alone(romanad: Daemon, tmp_path: 
     assert pub.publish()
     assert "route 10.1.128.0/17 blackhole;" in pub.bird.output.read_text()
     client.add_host("h4", "192.168.2.14", {"rack": "rack-2"})  # no longer alone
+    client.allocate("d1", "h4", "t", "a")  # and h4 takes half of h3's area
     pub.follow()
     assert pub.publish()
     text = pub.bird.output.read_text()
-    assert "route 10.1.128.0/29 blackhole;" in text and "/17" not in text
+    assert "route 10.1.128.0/18 blackhole;" in text and "/17" not in text
 
 
 def run_publisher(daemon_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -196,7 +201,7 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 def test_once_mode_exit_codes(romanad: Daemon, tmp_path: Path) -> None:
     proc = run_publisher(romanad.url, tmp_path, "--once")
     assert proc.wait(30) == 0
-    assert "route 10.1.0.0/29 blackhole;" in (tmp_path / "bird.conf").read_text()
+    assert "route 10.1.0.0/17 blackhole;" in (tmp_path / "bird.conf").read_text()
     (tmp_path / "bird.conf.j2").write_text("{{ oops }")
     result = subprocess.run([str(PUBLISHER), "--host", "h1", "--url", romanad.url,
                              "--template", str(tmp_path / "bird.conf.j2"), "--output",
@@ -204,7 +209,7 @@ def test_once_mode_exit_codes(romanad: Daemon, tmp_path: Path) -> None:
                             text=True, timeout=30)
     assert result.returncode == 1
     assert "template syntax error" in result.stderr
-    assert "route 10.1.0.0/29 blackhole;" in (tmp_path / "bird.conf").read_text()
+    assert "route 10.1.0.0/17 blackhole;" in (tmp_path / "bird.conf").read_text()
 
 
 def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -> None:
@@ -227,18 +232,19 @@ def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -
         with RomanaClient(daemon.url) as client:
             seed(client)
             out = tmp_path / "bird.conf"
-            wait_until(lambda: out.exists() and "10.1.0.0/29" in out.read_text(), 15, 0.1,
+            wait_until(lambda: out.exists() and "10.1.0.0/17" in out.read_text(), 15, 0.1,
                        "the first configuration once romanad is up")
             # Freeze the publisher, let romanad compact past its revision, thaw it.
             os.kill(proc.pid, signal.SIGSTOP)
             try:
+                client.add_host("h3", "192.168.2.13", {"rack": "rack-2"})  # not h1's business
                 for i in range(8):
-                    client.allocate(f"n{i}", "h2", "t", f"s{i}")
-                block = client.allocate("b1", "h1", "t", "b")["block"]
+                    client.allocate(f"n{i}", "h3", "t", f"s{i}")
+                client.allocate("b1", "h2", "t", "b")  # last: h2 takes half of h1's area
             finally:
                 os.kill(proc.pid, signal.SIGCONT)
-            wait_until(lambda: f"route {block} blackhole;" in out.read_text(), 15, 0.1,
-                       "h1's new block after the resync")
+            wait_until(lambda: "route 10.1.0.0/18 blackhole;" in out.read_text(), 15, 0.1,
+                       "h1's smaller area after the resync")
         assert proc.poll() is None
     finally:
         code = stop(proc)
@@ -259,7 +265,7 @@ def _answers(port: int) -> bool:
 def test_a_removed_host_withdraws_everything(romanad: Daemon, tmp_path: Path) -> None:
     pub, _ = publisher(romanad, tmp_path)
     pub.refresh()
-    assert pub.publish() and "route 10.1.0.0/29" in pub.bird.output.read_text()
+    assert pub.publish() and "route 10.1.0.0/17" in pub.bird.output.read_text()
     pub.client.remove_host("h1")  # its blocks are freed: another host may get them
     pub.follow()
     assert pub.publish()

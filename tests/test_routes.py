@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from romana.errors import InvalidTopology, NotFound
 from romana.ipam import Engine
-from romana.routes import RouteTracker, group_routes, host_routes
+from romana.routes import (
+    Route,
+    RouteSet,
+    RouteTracker,
+    blocks_of,
+    group_routes,
+    host_routes,
+    verify,
+)
 from romana.routes.aggregate import absorb, carve, collapse
 from romana.topology import routing, validate
 
@@ -65,11 +73,12 @@ def test_l2_racks_hosts_route_to_neighbours_and_spine_has_one_route_per_rack() -
     engine, _ = tracked(racks_topology(4))
     for i in range(12):  # 12 addresses: one full /29 and a second block on r1h1
         engine.allocate(f"a{i}", "r1h1")
-    engine.allocate("b", "r1h2")
+    engine.allocate("b", "r1h2")  # splits r1h1's area (the whole rack): each keeps a half
     engine.allocate("c", "r3h1")
+    # One route per host: its area, however many blocks it holds there.
     assert prefixes(host_routes(engine.state, "r1h1")) == [
-        ("10.1.0.0/28", "local", None),  # two sibling /29 blocks, collapsed
-        ("10.1.0.16/29", "host:r1h2", "192.168.1.12"),
+        ("10.1.0.0/19", "local", None),
+        ("10.1.32.0/19", "host:r1h2", "192.168.1.12"),
     ]
     assert host_routes(engine.state, "r1h1").default == "group:rack-1"
     # Rack 2 has no blocks yet: its hosts need no routes at all.
@@ -82,16 +91,34 @@ def test_l2_racks_hosts_route_to_neighbours_and_spine_has_one_route_per_rack() -
                                ("10.1.192.0/18", "group:rack-4", None)]
     tor = group_routes(engine.state, "rack-1")
     assert tor.default == "group:/"
-    assert prefixes(tor) == [("10.1.0.0/28", "host:r1h1", "192.168.1.11"),
-                             ("10.1.0.16/29", "host:r1h2", "192.168.1.12")]
+    assert prefixes(tor) == [("10.1.0.0/19", "host:r1h1", "192.168.1.11"),
+                             ("10.1.32.0/19", "host:r1h2", "192.168.1.12")]
 
 
 def test_l3_hosts_install_no_peer_routes() -> None:
     engine, _ = tracked(with_routing(racks_topology(2), "prefix-announce-bgp"))
     engine.allocate("a", "r1h1")
     engine.allocate("b", "r1h2")
-    assert prefixes(host_routes(engine.state, "r1h1")) == [("10.1.0.0/29", "local", None)]
+    assert prefixes(host_routes(engine.state, "r1h1")) == [("10.1.0.0/18", "local", None)]
     assert len(group_routes(engine.state, "rack-1").routes) == 2
+
+
+def test_a_block_outside_areas_gets_its_own_route_and_l3_owners_a_hole() -> None:
+    """A block given out of place (a pinned IP inside another host's area) is routed with a
+    more specific route; an L3-to-host area owner sends it to its router (a hole)."""
+    for mode, l2 in (("block-host-routes", True), ("prefix-announce-bgp", False)):
+        engine, _ = tracked(with_routing(racks_topology(2), mode))
+        engine.allocate("a", "r1h1")
+        engine.allocate("b", "r1h2")  # r1h1: 10.1.0.0/18, r1h2: 10.1.64.0/18 ...
+        engine.allocate_ip("pinned", "r1h1", "10.1.100.1")  # ... inside r1h2's area
+        tor = prefixes(group_routes(engine.state, "rack-1"))
+        assert ("10.1.100.0/29", "host:r1h1", "192.168.1.11") in tor
+        own = prefixes(host_routes(engine.state, "r1h2"))
+        if l2:
+            assert ("10.1.100.0/29", "host:r1h1", "192.168.1.11") in own
+        else:
+            assert own == [("10.1.64.0/18", "local", None),
+                           ("10.1.100.0/29", "group:rack-1", None)]
 
 
 def test_a_group_with_one_host_is_one_route_for_its_whole_cidr() -> None:
@@ -158,34 +185,51 @@ def test_a_new_address_in_an_existing_block_changes_no_route_anywhere() -> None:
     assert {k: v.updates for k, v in tracker.stats.items()} == stats
 
 
-@pytest.mark.parametrize(("mode", "touched"), [
-    ("block-host-routes", {"host:r1h1", "host:r1h2", "group:rack-1"}),
-    ("prefix-announce-bgp", {"host:r1h1", "group:rack-1"}),
-])
-def test_a_new_block_changes_only_the_devices_that_need_it(mode: str,
-                                                           touched: set[str]) -> None:
+@pytest.mark.parametrize("mode", ["block-host-routes", "prefix-announce-bgp"])
+def test_a_new_block_inside_its_hosts_area_changes_no_route_anywhere(mode: str) -> None:
     engine, tracker = tracked(with_routing(racks_topology(4), mode))
+    for host in ("r1h1", "r1h2", "r2h1", "r3h1", "r4h1"):
+        engine.allocate(f"seed-{host}", host)
+    before, stats = sets_of(tracker), {k: v.updates for k, v in tracker.stats.items()}
+    for i in range(20):  # twenty new blocks (other owners), all inside r1h1's area
+        engine.allocate(f"new-block-{i}", "r1h1", tenant=f"other-{i}")
+    assert len(engine.state.hosts["r1h1"].blocks) == 21
+    assert sets_of(tracker) == before
+    assert {k: v.updates for k, v in tracker.stats.items()} == stats
+
+
+@pytest.mark.parametrize(("mode", "touched"), [
+    ("block-host-routes", {"host:r1h1", "host:r1h2", "host:r1h3", "group:rack-1"}),
+    ("prefix-announce-bgp", {"host:r1h1", "host:r1h3", "group:rack-1"}),
+])
+def test_a_new_area_changes_only_the_devices_that_need_it(mode: str,
+                                                          touched: set[str]) -> None:
+    engine, tracker = tracked(with_routing(racks_topology(4), mode), hosts_per_rack=3)
     spine_updates = tracker.stats["group:/"].updates  # racks got hosts: 4 updates
     for host in ("r1h1", "r1h2", "r2h1", "r3h1", "r4h1"):
         engine.allocate(f"seed-{host}", host)
     before = sets_of(tracker)
-    engine.allocate("new-block", "r1h1", tenant="other")  # another owner: a new block
+    engine.allocate("newcomer", "r1h3")  # takes the unused half of r1h1's area
     after = sets_of(tracker)
+    assert engine.host("r1h3").groups["net"]["areas"] == ["10.1.16.0/20"]
     assert {v for v in after if after[v] != before[v]} == touched
-    assert tracker.stats["group:/"].updates == spine_updates  # blocks never change the spine
+    assert tracker.stats["group:/"].updates == spine_updates  # areas never change the spine
 
 
-def test_releasing_the_last_address_withdraws_the_block_route() -> None:
+def test_releasing_the_last_address_keeps_the_area_route() -> None:
     engine, tracker = tracked(racks_topology(2))
     engine.allocate("a", "r1h1")
     engine.allocate("b", "r1h2")
-    assert ("10.1.0.0/29", "host:r1h1", "192.168.1.11") in prefixes(tracker.get("host:r1h2"))
-    engine.release("a")
-    assert prefixes(tracker.get("host:r1h2")) == [("10.1.0.8/29", "local", None)]
-    assert tracker.stats["host:r1h2"].route_changes == 3  # +r1h1's, +own, -r1h1's
-    # A freed block can go to the neighbour: routes follow the new owner, collapsed.
-    engine.allocate("c", "r1h2", tenant="t2")
-    assert prefixes(tracker.get("host:r1h1")) == [("10.1.0.0/28", "host:r1h2", "192.168.1.12")]
+    assert ("10.1.0.0/18", "host:r1h1", "192.168.1.11") in prefixes(tracker.get("host:r1h2"))
+    changes = tracker.stats["host:r1h2"].route_changes
+    engine.release("a")  # the block goes back to the pool, the area stays r1h1's
+    assert [b.cidr for b in engine.blocks()] == ["10.1.64.0/29"]
+    assert ("10.1.0.0/18", "host:r1h1", "192.168.1.11") in prefixes(tracker.get("host:r1h2"))
+    assert tracker.stats["host:r1h2"].route_changes == changes
+    assert engine.allocate("c", "r1h1", tenant="t2").block == "10.1.0.0/29"
+    # Removing the host withdraws its area: the neighbour keeps only its own.
+    engine.remove_host("r1h1")
+    assert prefixes(tracker.get("host:r1h2")) == [("10.1.64.0/18", "local", None)]
 
 
 def test_summary_reports_routes_next_hops_and_updates() -> None:
@@ -194,10 +238,10 @@ def test_summary_reports_routes_next_hops_and_updates() -> None:
         engine.allocate(f"a{i}", "r1h1")
     rows = {row["vantage"]: row for row in tracker.summary()}
     assert rows["host:r1h2"] == {"vantage": "host:r1h2", "routes": 1, "next_hops": 1,
-                                 "default": "group:rack-1", "updates": 2,
-                                 "route_changes": 3}
+                                 "default": "group:rack-1", "updates": 1,
+                                 "route_changes": 1}
     assert rows["group:/"]["routes"] == 2  # both racks have hosts
-    assert IPv4Network("10.1.0.0/28") == ip_network(tracker.get("host:r1h1").routes[0].prefix)
+    assert IPv4Network("10.1.0.0/17") == ip_network(tracker.get("host:r1h1").routes[0].prefix)
 
 
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 63)), max_size=60))
@@ -217,3 +261,25 @@ def test_buddy_absorb_and_carve_keep_the_set_equal_to_a_fresh_collapse(
             continue
         assert changes >= 1
         assert sorted(live) == collapse((0x0A010000 + i * 8, 29) for i in held)
+
+
+def test_verify_names_every_address_that_misses_its_owner() -> None:
+    engine, tracker = tracked(racks_topology(2))
+    for host in ("r1h1", "r1h2", "r2h1"):
+        for i in range(3):
+            engine.allocate(f"{host}-{i}", host)
+    sets = tracker.all_sets()
+    report = verify(sets, blocks_of(engine.state), engine.revision)
+    assert report.ok and report.addresses == 9 and report.sources == 4
+    # Break two devices: r1h1 claims r1h2's area, rack-2's router forgets its host.
+    r1h1 = sets["host:r1h1"]
+    sets["host:r1h1"] = RouteSet(r1h1.vantage, r1h1.default, tuple(
+        Route(r.base, r.prefixlen, "local", None) for r in r1h1.routes))
+    sets["group:rack-2"] = RouteSet("group:rack-2", "group:/", ())
+    report = verify(sets, blocks_of(engine.state), engine.revision)
+    assert not report.ok and report.failed_addresses == 6
+    problems = {(f["name"], f["from"]): f["problem"] for f in report.failures}
+    assert problems[("r1h2-0", "host:r1h1")] == "delivered at host:r1h1, not host:r1h2"
+    loop = next(f for f in report.failures if f["name"] == "r2h1-0")
+    assert loop["problem"] == "forwarding loop"
+    assert loop["path"][:4] == ["host:r1h1", "group:rack-1", "group:/", "group:rack-2"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from romana.errors import RomanaError
 from romana.ipam import Engine
-from romana.routes import RouteSet, RouteTracker, route_set, vantages
+from romana.routes import Route, RouteSet, RouteTracker, route_set, vantages
 from romana.routes.compute import routing_mode
 
 from .test_ipam_properties import LABELS, topologies
@@ -49,12 +49,18 @@ OPS = st.lists(st.tuples(st.sampled_from(["alloc"] * 7 + ["release"] * 3 + ["rem
                          st.integers(0, 1000), st.integers(0, 2)), min_size=40, max_size=150)
 
 
-def lpm(routes: RouteSet, ip: int) -> str | None:
+def lpm_route(routes: RouteSet, ip: int) -> Route | None:
     best = None
     for route in routes.routes:
         if route.base <= ip < route.base + (1 << (32 - route.prefixlen)) and (
                 best is None or route.prefixlen > best.prefixlen):
+            assert best is None or route.prefixlen != best.prefixlen, "equal prefixes"
             best = route
+    return best
+
+
+def lpm(routes: RouteSet, ip: int) -> str | None:
+    best = lpm_route(routes, ip)
     return best.via if best else None
 
 
@@ -145,20 +151,44 @@ def test_every_address_is_delivered_from_every_host(doc: dict[str, Any],
             for a, b in itertools.pairwise(path):
                 assert physically_adjacent(engine, a, b), f"no link {a} -> {b} in {path}"
 
-    # Rule 3: a route never covers an allocated address owned behind another next hop.
+    # Rule 3, on every device (not only those on a path): the longest matching route of an
+    # allocated address leads towards its owner; a host's route is one of its areas, or
+    # covers only its own blocks (rule 2), or is the whole leaf of a lone host (rule 1).
     for vantage, routes in sets.items():
+        for ip, address in state.ips.items():
+            best = lpm_route(routes, ip)
+            if best is not None:
+                assert _behind(engine, vantage, best.via, address.block.host), (
+                    f"{vantage}: {best.prefix} via {best.via} takes {address.name}")
         for route in routes.routes:
-            size = 1 << (32 - route.prefixlen)
-            for ip, address in state.ips.items():
-                if route.base <= ip < route.base + size:
-                    assert _behind(engine, vantage, route.via, address.block.host), (
-                        f"{vantage}: {route.prefix} via {route.via} covers {address.name}")
+            if not route.via.startswith("group:"):
+                owner = (vantage if route.via == "local" else route.via).removeprefix("host:")
+                assert _is_host_prefix(engine, route, owner), (
+                    f"{vantage}: {route.prefix} via {route.via} is no prefix of {owner}")
 
     # Minimality, reported: routes per device against its distinct next hops.
     total = sum(len(s.routes) for s in sets.values())
     hops = sum(len(s.next_hops) for s in sets.values())
     note(f"routes {total}, distinct next hops {hops}")
     event(f"routes per next hop <= 1.5: {total <= 1.5 * hops if hops else True}")
+
+
+def _is_host_prefix(engine: Engine, route: Route, host: str) -> bool:
+    for tree in engine.state.trees.values():
+        if not tree.contains(route.base):
+            continue
+        leaf = tree.leaf_containing(route.base)
+        assert leaf is not None
+        if (route.base, route.prefixlen) == (leaf.base, leaf.prefixlen) and \
+                list(leaf.hosts) == [host]:
+            return True
+        start, size = tree.prefix_run(leaf, route.base, route.prefixlen)
+        area = leaf.areas.get(start, size)
+        if area is not None:
+            return area.host == host
+        return all((b := leaf.blocks.get(i)) is not None and b.host == host
+                   for i in range(start, start + size))
+    return False
 
 
 def _behind(engine: Engine, vantage: str, via: str, owner: str) -> bool:

@@ -31,7 +31,9 @@ def test_compatible_update_keeps_ips_hosts_and_owners() -> None:
     doc["topologies"][0]["networks"].append("extra")
     engine.apply_topology(doc)
     assert [a.to_json() for a in engine.addresses()] == before
-    assert engine.host("h1").groups["extra"] == {"group": "rack-1", "cidr": "10.9.0.0/18"}
+    assert engine.host("h1").groups["extra"] == {"group": "rack-1", "cidr": "10.9.0.0/18",
+                                                 "areas": []}
+    assert engine.host("h1").groups["net"]["areas"] == ["10.1.0.0/18"]  # areas kept too
     assert engine.allocate("c", "h1", "t").ip == "10.1.0.1"  # same block still owned
 
 
@@ -55,12 +57,33 @@ def test_block_mask_change_and_dropped_network_are_refused() -> None:
         engine.apply_topology(doc)
     assert len(info.value.details) == 2
     assert "would change size to /28" in str(info.value.details[0])
-    doc = racks_topology()
-    doc["networks"][0]["name"] = "renamed"
-    doc["topologies"][0]["networks"] = ["renamed"]
+    doc = racks_topology(cidr="10.7.0.0/16")
     with pytest.raises(TopologyConflict, match="cannot keep") as info:
         engine.apply_topology(doc)
-    assert "which the new map drops" in str(info.value.details[0])
+    assert "lies in no network of the new map" in str(info.value.details[0])
+
+
+def test_renaming_networks_and_groups_keeps_allocations_areas_and_blackouts() -> None:
+    engine = populated()
+    engine.add_blackout("net", "10.1.255.0/24")
+    before = {a.name: (a.ip, a.host, a.tenant, a.block) for a in engine.addresses()}
+    areas = {h: engine.host(h).groups["net"]["areas"] for h in ("h1", "h2")}
+    doc = racks_topology()
+    doc["networks"][0]["name"] = "pods"
+    doc["topologies"][0]["networks"] = ["pods"]
+    for group in doc["topologies"][0]["map"]:
+        group["name"] = group["name"].replace("rack-", "row-")
+    assert engine.apply_topology(doc) == []
+    after = {a.name: (a.ip, a.host, a.tenant, a.block) for a in engine.addresses()}
+    assert after == before
+    assert {a.network for a in engine.addresses()} == {"pods"}
+    assert {h: engine.host(h).groups["pods"]["areas"] for h in ("h1", "h2")} == areas
+    assert engine.host("h2").groups["pods"]["group"] == "row-2"
+    assert engine.blackouts("pods") == ["10.1.255.0/24"]
+    # Owners' blocks keep serving them under the new names; a released block goes back.
+    assert engine.allocate("c", "h1", "t").ip == "10.1.0.1"
+    engine.release("b")
+    assert engine.blocks("pods")[-1].cidr == "10.1.0.0/29"
 
 
 def test_tenant_restriction_that_excludes_an_owner_is_refused() -> None:

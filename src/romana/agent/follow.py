@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 # Fact kinds on the changes feed that can move routes (see romana.ipam.facts).
 ROUTE_FACTS = frozenset({"topology_applied", "host_added", "host_removed",
-                         "host_labels_updated", "block_assigned", "block_freed"})
+                         "host_labels_updated", "block_assigned", "block_freed",
+                         "area_reserved", "area_released"})
 
 
 class Backoff:

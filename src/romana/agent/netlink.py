@@ -85,7 +85,7 @@ RTA_GATEWAY = nla_type(rtmsg, "RTA_GATEWAY")
 RTA_TABLE = nla_type(rtmsg, "RTA_TABLE")
 RTA_MULTIPATH = nla_type(rtmsg, "RTA_MULTIPATH")
 _RTMSG_INDEX = {name: i for i, (name, _) in enumerate(rtmsg.fields)}
-_UNICAST, _UNREACHABLE = rt_type["unicast"], rt_type["unreachable"]
+_UNICAST, _UNREACHABLE, _THROW = rt_type["unicast"], rt_type["unreachable"], rt_type["throw"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +242,7 @@ class RouteTable:
         template = self._template(op, route.kind, length)
         if op != "delete" and route.kind == "unicast" and route.gateway is not None:
             return template.render(dst, socket.inet_aton(route.gateway))
-        return template.render(dst)  # deletes and unreachable routes carry no gateway
+        return template.render(dst)  # deletes, unreachable and throw routes: no gateway
 
     def _template(self, op: Operation, kind: str, length: int) -> Template:
         key = (op, kind if op != "delete" else "any", length)
@@ -380,6 +380,8 @@ def _decode_route(message: Message) -> tuple[int, int, KernelRoute]:
 def _route(prefix: str, route_type: int, gateway: str | None, multipath: bool) -> KernelRoute:
     if route_type == _UNREACHABLE:
         return KernelRoute(prefix, None, "unreachable")
+    if route_type == _THROW:
+        return KernelRoute(prefix, None, "throw")
     if route_type == _UNICAST and gateway is not None and not multipath:
         return KernelRoute(prefix, gateway, "unicast")
     return KernelRoute(prefix, None, "unicast")  # ours by protocol, but not a shape we make

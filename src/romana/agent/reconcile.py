@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-RouteKind = Literal["unicast", "unreachable"]
-KINDS: frozenset[str] = frozenset({"unicast", "unreachable"})
-LOCAL = "local"  # romanad's "via" for the host's own blocks
+RouteKind = Literal["unicast", "unreachable", "throw"]
+KINDS: frozenset[str] = frozenset({"unicast", "unreachable", "throw"})
+LOCAL = "local"  # romanad's "via" for the host's own prefixes
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +41,8 @@ class KernelRoute:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"route {self.prefix}: unknown kind {self.kind!r}")
-        if self.kind == "unreachable" and self.gateway is not None:
-            raise ValueError(f"route {self.prefix}: an unreachable route has no gateway")
+        if self.kind != "unicast" and self.gateway is not None:
+            raise ValueError(f"route {self.prefix}: an {self.kind} route has no gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +111,16 @@ def _to_kernel_route(entry: Mapping[str, Any]) -> KernelRoute | str:
         prefix = _normalise(str(entry["prefix"]))
     except ValueError as e:
         return f"bad prefix: {e}"
-    if entry.get("via") == LOCAL:
+    via = str(entry.get("via"))
+    if via == LOCAL:
         return KernelRoute(prefix, None, "unreachable")
     gateway = entry.get("gateway")
+    if gateway is None and via.startswith("group:"):
+        # Towards the host's group router: leave our table and take the host's own default
+        # route (a hole in one of our areas, lent to a host we do not route to directly).
+        return KernelRoute(prefix, None, "throw")
     if gateway is None:
-        return "no gateway: the next hop is a router this host cannot address"
+        return "no gateway: the next hop is a host this host cannot address"
     try:
         address = ipaddress.ip_address(gateway)
     except ValueError as e:
@@ -130,12 +135,14 @@ def from_route_set(
 ) -> tuple[dict[str, KernelRoute], list[SkippedRoute]]:
     """Translate romanad's route set of one host into (desired routes, skipped routes).
 
-    ``via == "local"`` (the host's own blocks) becomes ``unreachable``: addresses of those
-    blocks that no pod holds are dropped here instead of bouncing to a default route; the
-    pods' own /32s live in the main table and win through the policy rules. A route with a
-    gateway becomes unicast via it. A route with neither (``via: "group:..."`` without a
-    gateway) is skipped and returned so the caller can log it. A prefix listed twice keeps
-    its first entry; the second is skipped.
+    ``via == "local"`` (the host's own prefixes) becomes ``unreachable``: addresses there
+    that no pod holds are dropped here instead of bouncing to a default route; the pods' own
+    /32s live in the main table and win through the policy rules. A route with a gateway
+    becomes unicast via it. A route to the host's group router (``via: "group:..."``, no
+    gateway: a hole in one of its areas) becomes ``throw``: the lookup leaves our table and
+    the host's own default route takes the packet to that router. Anything else is skipped
+    and returned so the caller can log it. A prefix listed twice keeps its first entry; the
+    second is skipped.
     """
     desired: dict[str, KernelRoute] = {}
     skipped: list[SkippedRoute] = []

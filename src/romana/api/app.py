@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from romana.api.metrics import Metrics
 from romana.api.models import AddressRequest, BlackoutRequest, HostRequest
 from romana.api.service import IpamService
 from romana.errors import InvalidRequest, NotFound, RomanaError
+from romana.routes import blocks_of, verify
 from romana.store.base import Compacted
 
 MAX_BODY = 1 << 20
@@ -176,6 +178,18 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     async def routes_summary() -> Any:
         """Per device: routes, distinct next hops, and route updates caused since start."""
         return {"revision": engine.revision, "devices": service.routes.summary()}
+
+    @app.get("/routes/verify")
+    async def routes_verify() -> Any:
+        """Forward every allocated address from every host over the served route sets, hop by
+        hop with longest-prefix match; list any address that does not reach its owner."""
+        # Inputs are read on the loop (one consistent revision), the walk runs in a thread.
+        revision, sets = engine.revision, service.routes.all_sets()
+        blocks = blocks_of(engine.state)
+        devices = [{k: row[k] for k in ("vantage", "routes", "next_hops")}
+                   for row in service.routes.summary()]
+        report = await asyncio.to_thread(verify, sets, blocks, revision)
+        return report.to_json(devices)
 
     # -- operations -------------------------------------------------------------------
     @app.get("/healthz")

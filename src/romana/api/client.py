@@ -248,6 +248,9 @@ class RomanaClient:
     def routes_summary(self) -> RouteSummary:
         return cast(RouteSummary, self._call("GET", "/routes/summary"))
 
+    def routes_verify(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("GET", "/routes/verify"))
+
     # -- operations -------------------------------------------------------------------
     def health(self) -> Health:
         return cast(Health, self._call("GET", "/healthz"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -38,6 +38,39 @@ def summary_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
     """Per device: routes, distinct next hops and route updates since romanad started."""
     with connect(url, token_file) as client:
         emit(client.routes_summary(), json, _show_summary)
+
+
+@app.command("verify")
+def verify_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
+               json: JsonOpt = False) -> None:
+    """Prove the served routes: forward every allocated address from every host, hop by hop
+    with longest-prefix match; exit 1 listing any address that misses its owner."""
+    with connect(url, token_file) as client:
+        result = client.routes_verify()
+    emit(result, json, _show_verify)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _show_verify(result: dict[str, Any]) -> None:
+    verdict = "ok" if result["ok"] else f"FAILED for {result['failed_addresses']} address(es)"
+    console.print(f"revision {result['revision']}: {result['addresses']} addresses in "
+                  f"{result['blocks']} blocks forwarded from {result['sources']} hosts "
+                  f"({result['walks']} walks, {result['seconds']} s): {verdict}",
+                  highlight=False)
+    if result["failures"]:
+        grid = table("ADDRESS", "NAME", "OWNER", "FROM", "PROBLEM", "PATH")
+        for f in result["failures"]:
+            grid.add_row(f["address"], f["name"], f["owner"], f["from"], f["problem"],
+                         " -> ".join(f["path"]))
+        console.print(grid)
+    devices = result["devices"]
+    routes = sum(d["routes"] for d in devices)
+    hops = sum(d["next_hops"] for d in devices)
+    worst = max(devices, key=lambda d: d["routes"] / max(d["next_hops"], 1), default=None)
+    console.print(f"{len(devices)} devices: {routes} routes for {hops} next hops"
+                  + (f"; most per next hop: {worst['vantage']} {worst['routes']}/"
+                     f"{worst['next_hops']}" if worst else ""), highlight=False)
 
 
 def _show_routes(result: RouteSetJson) -> None:

@@ -19,6 +19,8 @@ from romana.ipam.blocks import Address, Block, first_free_in
 from romana.ipam.facts import (
     AddressAllocated,
     AddressReleased,
+    AreaReleased,
+    AreaReserved,
     BlackoutAdded,
     BlackoutRemoved,
     BlockAssigned,
@@ -29,7 +31,8 @@ from romana.ipam.facts import (
     HostRemoved,
     HostState,
 )
-from romana.ipam.groups import NetworkTree
+from romana.ipam.groups import GroupNode, NetworkTree
+from romana.ipam.placement import AreaChange, choose_block, claim, emptied
 from romana.ipam.replan import plan_topology
 from romana.ipam.state import HostRecord, IpamState, LeafUsage
 from romana.ipam.views import AddressView, BlockView, HostView
@@ -176,6 +179,11 @@ class Engine:
             net = block.tree.name
             facts += [AddressReleased(self.state.ips[ip].name, net, ip) for ip in block.used_ips()]
             facts.append(BlockFreed(net, base, block.tree.block_mask))
+        for net, leaf in record.placements.items():
+            tree = self.state.trees[net]
+            mine = leaf.areas.by_host.get(name, ())
+            facts += _area_facts(tree, leaf, [AreaChange(False, name, a.start, a.size)
+                                              for a in mine])
         facts.append(HostRemoved(name))
         self.commit(facts)
 
@@ -205,14 +213,15 @@ class Engine:
             if owned:
                 facts = [AddressAllocated(name, tree.name, owned[0].lowest_free())]
                 break
-            index = leaf.pool.lowest()
-            if index is None:
+            choice = choose_block(leaf, host)
+            if choice is None:
                 continue
-            base = leaf.base + index * tree.block_size
+            base = leaf.base + choice.index * tree.block_size
             offset = first_free_in(st.blackouts[tree.name].mask(base, tree.block_size),
                                    tree.block_size)
             assert offset is not None, "wholly blacked-out blocks are never in the pool"
-            facts = [BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment),
+            facts = [*_area_facts(tree, leaf, choice.changes),
+                     BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment),
                      AddressAllocated(name, tree.name, base + offset)]
             break
         if facts is None:
@@ -261,6 +270,8 @@ class Engine:
                                f"host {block.host}, tenant {block.tenant!r}, "
                                f"segment {block.segment!r}")
         else:
+            index = (base - leaf.base) // tree.block_size
+            facts += _area_facts(tree, leaf, claim(leaf.areas, host, index))
             facts.append(BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment))
         facts.append(AddressAllocated(name, tree.name, value))
         self.commit(facts)
@@ -275,6 +286,7 @@ class Engine:
         facts: list[Fact] = [AddressReleased(address.name, net, address.ip)]
         if block.allocated == 1:
             facts.append(BlockFreed(net, block.base, block.tree.block_mask))
+            facts += _area_facts(block.tree, block.leaf, emptied(block.leaf, block))
         self.commit(facts)
         return view
 
@@ -355,7 +367,8 @@ class Engine:
 
     def host(self, name: str) -> HostView:
         record = self._host(name)
-        groups = {net: {"group": leaf.path, "cidr": leaf.cidr}
+        groups = {net: {"group": leaf.path, "cidr": leaf.cidr,
+                        "areas": _area_cidrs(self.state.trees[net], leaf, name)}
                   for net, leaf in record.placements.items()}
         return HostView(record.name, record.ip, dict(record.labels), groups, len(record.blocks))
 
@@ -383,6 +396,20 @@ class Engine:
         """(network, leaf path, usage) for every leaf group: the metrics' raw figures."""
         return [(tree.name, leaf.path, self.state.leaf_usage(tree, leaf))
                 for tree in self._trees().values() for leaf in tree.leaves.values()]
+
+
+def _area_facts(tree: NetworkTree, leaf: GroupNode, changes: list[AreaChange]) -> list[Fact]:
+    facts: list[Fact] = []
+    for change in changes:
+        base, prefixlen = tree.run_prefix(leaf, change.start, change.size)
+        kind = AreaReserved if change.reserve else AreaReleased
+        facts.append(kind(tree.name, base, prefixlen, change.host))
+    return facts
+
+
+def _area_cidrs(tree: NetworkTree, leaf: GroupNode, host: str) -> list[str]:
+    return [cidr_str(*tree.run_prefix(leaf, a.start, a.size))
+            for a in sorted(leaf.areas.by_host.get(host, ()), key=lambda a: a.start)]
 
 
 def _block_view(b: Block) -> BlockView:

@@ -35,6 +35,22 @@ class HostState:
 
 
 @dataclass(frozen=True, slots=True)
+class AreaState:
+    """A host's area in a network (see :mod:`romana.ipam.areas`), as a CIDR."""
+
+    network: str
+    host: str
+    cidr: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"network": self.network, "host": self.host, "cidr": self.cidr}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AreaState:
+        return cls(d["network"], d["host"], d["cidr"])
+
+
+@dataclass(frozen=True, slots=True)
 class TopologyApplied:
     """A topology took effect; ``hosts`` is every host's complete new placement."""
 
@@ -42,6 +58,7 @@ class TopologyApplied:
     topology: dict[str, Any]
     hosts: tuple[HostState, ...]
     blackouts: dict[str, list[str]] = field(default_factory=dict)
+    areas: tuple[AreaState, ...] = ()  # the host areas kept (logs before areas: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,26 @@ class BlockFreed:
 
 
 @dataclass(frozen=True, slots=True)
+class AreaReserved:
+    """``host`` now holds the area ``base/prefixlen`` of its leaf group in ``network``."""
+
+    kind: ClassVar[str] = "area_reserved"
+    network: str
+    base: int
+    prefixlen: int
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class AreaReleased:
+    kind: ClassVar[str] = "area_released"
+    network: str
+    base: int
+    prefixlen: int
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
 class AddressAllocated:
     kind: ClassVar[str] = "address_allocated"
     name: str
@@ -115,13 +152,15 @@ class BlackoutRemoved:
 
 Fact = (
     TopologyApplied | HostAdded | HostLabelsUpdated | HostRemoved | BlockAssigned | BlockFreed
-    | AddressAllocated | AddressReleased | BlackoutAdded | BlackoutRemoved
+    | AreaReserved | AreaReleased | AddressAllocated | AddressReleased | BlackoutAdded
+    | BlackoutRemoved
 )
 
 FACT_TYPES: dict[str, Any] = {
     t.kind: t
     for t in (TopologyApplied, HostAdded, HostLabelsUpdated, HostRemoved, BlockAssigned,
-              BlockFreed, AddressAllocated, AddressReleased, BlackoutAdded, BlackoutRemoved)
+              BlockFreed, AreaReserved, AreaReleased, AddressAllocated, AddressReleased,
+              BlackoutAdded, BlackoutRemoved)
 }
 
 
@@ -139,6 +178,9 @@ def fact_to_json(fact: Fact) -> dict[str, Any]:
             out.update(value.to_json())
         elif f.name == "hosts":
             out["hosts"] = [h.to_json() for h in value]
+        elif f.name == "areas":
+            if value:  # facts from before areas stay byte-identical
+                out["areas"] = [a.to_json() for a in value]
         else:
             out[f.name] = value
     return out
@@ -163,6 +205,8 @@ def fact_from_json(d: dict[str, Any]) -> Fact:
             args["hosts"] = tuple(HostState.from_json(h) for h in d["hosts"])
         elif f.name == "blackouts":
             args["blackouts"] = {k: list(v) for k, v in d.get("blackouts", {}).items()}
+        elif f.name == "areas":
+            args["areas"] = tuple(AreaState.from_json(a) for a in d.get("areas", ()))
         else:
             args[f.name] = d[f.name]
     return kind(**args)  # type: ignore[no-any-return]

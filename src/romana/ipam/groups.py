@@ -14,6 +14,7 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
 
 from romana.ipam.addr import cidr_str
+from romana.ipam.areas import LeafAreas
 from romana.ipam.pool import FreeBlocks
 from romana.topology.carving import child_prefix_bits
 from romana.topology.model import HostGroup, Network
@@ -37,9 +38,12 @@ class GroupNode:
     pinned_hosts: tuple[str, ...] = ()
     host_count: int = 0
     hosts: dict[str, None] = field(default_factory=dict)  # leaf only; insertion-ordered set
-    # Leaf only: block index -> Block, and the free pool.
+    # Leaf only: block index -> Block, the free pool, the index ranges of blocks wholly
+    # blacked out (neither free nor anyone's), and the hosts' areas.
     blocks: dict[int, Block] = field(default_factory=dict)
     pool: FreeBlocks = field(default_factory=FreeBlocks)
+    dark: list[tuple[int, int]] = field(default_factory=list)
+    areas: LeafAreas = field(default_factory=lambda: LeafAreas(0))
     block_count: int = 0
 
     @property
@@ -121,6 +125,7 @@ class NetworkTree:
     def _make_leaf(self, node: GroupNode) -> None:
         node.block_count = 1 << (self.block_mask - node.prefixlen)
         node.pool = FreeBlocks([(0, node.block_count)])
+        node.areas = LeafAreas(node.block_count)
         self.leaves[node.path] = node
 
     # -- placement ------------------------------------------------------------------
@@ -158,6 +163,17 @@ class NetworkTree:
         del leaf.hosts[host]
         for node in leaf.lineage():
             node.host_count -= 1
+
+    def contains(self, ip: int) -> bool:
+        return self.base <= ip < self.base + (1 << (32 - self.prefixlen))
+
+    def run_prefix(self, leaf: GroupNode, start: int, size: int) -> tuple[int, int]:
+        """The CIDR (base, prefix length) of ``size`` blocks from block ``start`` of ``leaf``."""
+        return leaf.base + start * self.block_size, self.block_mask - (size.bit_length() - 1)
+
+    def prefix_run(self, leaf: GroupNode, base: int, prefixlen: int) -> tuple[int, int]:
+        """The inverse of :meth:`run_prefix`: (first block index, number of blocks)."""
+        return (base - leaf.base) // self.block_size, 1 << (self.block_mask - prefixlen)
 
     def leaf_containing(self, ip: int) -> GroupNode | None:
         """The leaf whose CIDR holds ``ip`` (None inside padding or outside the network)."""

@@ -52,6 +52,31 @@ class FreeBlocks:
     def lowest(self) -> int | None:
         return self._starts[0] if self._starts else None
 
+    def lowest_in(self, lo: int, hi: int) -> int | None:
+        """The lowest free index in ``[lo, hi)``, or None."""
+        i = bisect_right(self._starts, lo) - 1
+        if i >= 0 and self._ends[i] > lo:
+            return lo
+        i += 1
+        if i < len(self._starts) and self._starts[i] < hi:
+            return self._starts[i]
+        return None
+
+    def runs(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """The free intervals clipped to ``[lo, hi)``, in order."""
+        i = max(bisect_right(self._starts, lo) - 1, 0)
+        starts, ends = self._starts, self._ends
+        while i < len(starts) and starts[i] < hi:
+            a, b = max(starts[i], lo), min(ends[i], hi)
+            if a < b:
+                yield a, b
+            i += 1
+
+    def covers(self, lo: int, hi: int) -> bool:
+        """Whether every index of ``[lo, hi)`` is free."""
+        i = bisect_right(self._starts, lo) - 1
+        return i >= 0 and self._ends[i] >= hi
+
     def take(self, index: int) -> None:
         """Remove ``index`` from the pool (it must be free)."""
         i = bisect_right(self._starts, index) - 1

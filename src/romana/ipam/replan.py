@@ -1,15 +1,19 @@
 """Planning a topology change that keeps every existing allocation, or fails naming why.
 
-A host holding blocks in a network must land in the one leaf group of the new map that
-contains all of them and that it is still eligible for; block size and tenant rules must
-still hold. Hosts without blocks are placed afresh (pinned ones first, then balanced).
+Blocks follow their addresses, not names: a block stays in whichever network of the new map
+contains it, so renaming a network (same CIDR) or a group keeps everything. A host holding
+blocks in a network must land in the one leaf group of the new map that contains all of
+them and that it is still eligible for; block size and tenant rules must still hold. Hosts
+without blocks are placed afresh (pinned ones first, then balanced). Host areas are kept
+where they still lie inside their host's new leaf group, and dropped otherwise (dropping
+one only costs routes, never an address).
 """
 
 from __future__ import annotations
 
 from romana.errors import Problem, TopologyConflict
 from romana.ipam.addr import cidr_str
-from romana.ipam.facts import HostState, TopologyApplied
+from romana.ipam.facts import AreaState, HostState, TopologyApplied
 from romana.ipam.groups import GroupNode, NetworkTree
 from romana.ipam.state import HostRecord, IpamState, build_trees
 from romana.topology.model import Topology
@@ -30,11 +34,16 @@ def _pinned_hosts(topology: Topology) -> dict[str, str]:
     return found
 
 
+def _tree_of(trees: dict[str, NetworkTree], ip: int) -> NetworkTree | None:
+    return next((t for t in trees.values() if t.contains(ip)), None)
+
+
 def _keep_blocks(
-    record: HostRecord, tree: NetworkTree, problems: list[Problem]
+    record: HostRecord, tree: NetworkTree, trees: dict[str, NetworkTree],
+    problems: list[Problem]
 ) -> GroupNode | None:
     """The new leaf that keeps all of ``record``'s blocks in ``tree``'s network, if any."""
-    blocks = [b for b in record.blocks.values() if b.tree.name == tree.name]
+    blocks = [b for b in record.blocks.values() if _tree_of(trees, b.base) is tree]
     where = f"hosts.{record.name}"
     leaves: dict[str, GroupNode] = {}
     for block in blocks:
@@ -87,17 +96,17 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
             records[name] = HostRecord(name, ip, {})
     for record in records.values():
         for block in record.blocks.values():
-            if block.tree.name not in trees:
+            if _tree_of(trees, block.base) is None:
                 problems.append(Problem(f"hosts.{record.name}",
                                         f"block {cidr_str(block.base, block.tree.block_mask)} "
-                                        f"is in network {block.tree.name}, which the new map "
-                                        "drops"))
+                                        f"of network {block.tree.name} lies in no network of "
+                                        "the new map"))
     placements: dict[str, dict[str, str]] = {name: {} for name in records}
     # Pass 1: hosts held in place by their blocks or pinned by the map.
     for tree in trees.values():
         for record in records.values():
-            if any(b.tree.name == tree.name for b in record.blocks.values()):
-                leaf = _keep_blocks(record, tree, problems)
+            if any(_tree_of(trees, b.base) is tree for b in record.blocks.values()):
+                leaf = _keep_blocks(record, tree, trees, problems)
             else:
                 leaf = tree.pinned.get(record.name)
             if leaf is not None:
@@ -120,14 +129,33 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
     dropped: list[Problem] = []
     for net, blackouts in state.blackouts.items():
         for cidr in blackouts.cidrs:
-            tree = trees.get(net)
+            tree = _tree_of(trees, int(cidr.network_address))
             if tree is not None and cidr.subnet_of(tree.cidr) and cidr != tree.cidr:
-                kept.setdefault(net, []).append(str(cidr))
+                kept.setdefault(tree.name, []).append(str(cidr))
             else:
                 dropped.append(Problem(f"blackouts.{net}", f"blackout {cidr} dropped: no "
-                                       "longer inside the network", severity="warning"))
+                                       "longer inside a network", severity="warning"))
     hosts = tuple(HostState(r.name, r.ip, dict(r.labels), placements[r.name])
                   for r in records.values())
-    return TopologyApplied(topology.to_json(), hosts, kept), dropped
+    areas = _kept_areas(state, trees, placements)
+    return TopologyApplied(topology.to_json(), hosts, kept, areas), dropped
+
+
+def _kept_areas(state: IpamState, trees: dict[str, NetworkTree],
+                placements: dict[str, dict[str, str]]) -> tuple[AreaState, ...]:
+    """The areas that still lie inside their host's new leaf, at the new block size."""
+    kept = []
+    for old_tree in state.trees.values():
+        for old_leaf in old_tree.leaves.values():
+            for area in old_leaf.areas:
+                base, prefixlen = old_tree.run_prefix(old_leaf, area.start, area.size)
+                tree = _tree_of(trees, base)
+                path = placements.get(area.host, {}).get(tree.name) if tree else None
+                if tree is None or path is None or prefixlen > tree.block_mask:
+                    continue
+                leaf = tree.nodes[path]
+                if leaf.contains(base) and prefixlen >= leaf.prefixlen:
+                    kept.append(AreaState(tree.name, area.host, cidr_str(base, prefixlen)))
+    return tuple(kept)
 
 

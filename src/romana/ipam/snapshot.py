@@ -1,8 +1,9 @@
 """Versioned JSON snapshots of the IPAM state.
 
-A snapshot is the smallest set of facts that rebuilds the state (topology with hosts and
-blackouts, then blocks, then addresses) plus the revision it was taken at. Restoring goes
-through the same appliers as live changes, so it cannot disagree with them.
+A snapshot is the smallest set of facts that rebuilds the state (topology with hosts,
+blackouts and host areas, then blocks, then addresses) plus the revision it was taken at.
+Restoring goes through the same appliers as live changes, so it cannot disagree with them.
+Version 1 (before host areas) still loads: its state simply has no areas.
 """
 
 from __future__ import annotations
@@ -10,11 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from romana.ipam.addr import cidr_str, ip_from_str, ip_to_str
-from romana.ipam.facts import AddressAllocated, BlockAssigned, Fact, HostState, TopologyApplied
+from romana.ipam.facts import (
+    AddressAllocated,
+    AreaState,
+    BlockAssigned,
+    Fact,
+    HostState,
+    TopologyApplied,
+)
 from romana.ipam.state import IpamState
 
 FORMAT = "romana-ipam-snapshot"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)
 
 
 def take(state: IpamState) -> dict[str, Any]:
@@ -29,6 +38,7 @@ def take(state: IpamState) -> dict[str, Any]:
         "hosts": [r.state().to_json() for r in state.hosts.values()],
         "blackouts": {net: [str(c) for c in b.cidrs] for net, b in state.blackouts.items()
                       if b.cidrs},
+        "areas": [a.to_json() for a in state.area_states()],
         "blocks": [
             {"network": b.tree.name, "cidr": cidr_str(b.base, b.tree.block_mask),
              "host": b.host, "tenant": b.tenant, "segment": b.segment}
@@ -43,9 +53,9 @@ def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
     """The facts that rebuild ``snapshot``'s state, and the revision to resume at."""
     if snapshot.get("format") != FORMAT:
         raise ValueError("not a Romana IPAM snapshot")
-    if snapshot.get("version") != VERSION:
+    if snapshot.get("version") not in READABLE:
         raise ValueError(f"snapshot version {snapshot.get('version')} is not supported "
-                         f"(this build reads version {VERSION})")
+                         f"(this build reads versions {', '.join(map(str, READABLE))})")
     revision = int(snapshot["revision"])
     if snapshot["topology"] is None:
         return [], revision
@@ -53,6 +63,7 @@ def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
         snapshot["topology"],
         tuple(HostState.from_json(h) for h in snapshot["hosts"]),
         {k: list(v) for k, v in snapshot.get("blackouts", {}).items()},
+        tuple(AreaState.from_json(a) for a in snapshot.get("areas", ())),
     )]
     for b in snapshot["blocks"]:
         ip, prefix = b["cidr"].split("/")

@@ -14,10 +14,14 @@ from ipaddress import IPv4Network
 from operator import attrgetter
 from typing import Any
 
+from romana.ipam.addr import cidr_str, ip_from_str
 from romana.ipam.blocks import Address, Blackouts, Block
 from romana.ipam.facts import (
     AddressAllocated,
     AddressReleased,
+    AreaReleased,
+    AreaReserved,
+    AreaState,
     BlackoutAdded,
     BlackoutRemoved,
     BlockAssigned,
@@ -85,6 +89,8 @@ class IpamState:
             HostRemoved: self._host_removed,
             BlockAssigned: self._block_assigned,
             BlockFreed: self._block_freed,
+            AreaReserved: self._area_reserved,
+            AreaReleased: self._area_released,
             AddressAllocated: self._address_allocated,
             AddressReleased: self._address_released,
             BlackoutAdded: self._blackout_added,
@@ -122,17 +128,28 @@ class IpamState:
             record = old.get(state.name) or HostRecord(state.name, state.ip, {})
             record.ip, record.labels, record.placements = state.ip, dict(state.labels), {}
             self._add_record(record, state.placements)
+        # Blocks follow their addresses: a network or group renamed keeps them.
         for block in self.blocks.values():
-            tree = self.trees[block.tree.name]
+            tree = self.tree_containing(block.base)
+            assert tree is not None, "planner guarantees every block has a network"
             leaf = tree.leaf_containing(block.base)
             assert leaf is not None, "planner guarantees every block has a leaf"
             block.tree, block.leaf = tree, leaf
             block.index = (block.base - leaf.base) // tree.block_size
             block.black = self.blackouts[tree.name].mask(block.base, tree.block_size)
             leaf.blocks[block.index] = block
+        self.nonfull = {}
+        for _, block in sorted(self.blocks.items()):
+            if not block.is_full:
+                self._file(block)
         for tree in self.trees.values():
             for leaf in tree.leaves.values():
                 self.rebuild_pool(tree, leaf)
+        for area in fact.areas:
+            self._add_area(area.network, area.host, *_parse_cidr(area.cidr))
+
+    def tree_containing(self, ip: int) -> NetworkTree | None:
+        return next((t for t in self.trees.values() if t.contains(ip)), None)
 
     def leaf_usage(self, tree: NetworkTree, leaf: GroupNode) -> LeafUsage:
         black = sum(b - a for a, b in self.blackouts[tree.name].ranges(leaf.base,
@@ -141,9 +158,9 @@ class IpamState:
         return LeafUsage(len(leaf.blocks), allocated, leaf.size - black - allocated)
 
     def rebuild_pool(self, tree: NetworkTree, leaf: GroupNode) -> None:
-        taken = [(i, i + 1) for i in leaf.blocks]
-        taken += self.blackouts[tree.name].covered_indices(leaf.base, leaf.block_count,
-                                                           tree.block_size)
+        leaf.dark = self.blackouts[tree.name].covered_indices(leaf.base, leaf.block_count,
+                                                              tree.block_size)
+        taken = [(i, i + 1) for i in leaf.blocks] + leaf.dark
         leaf.pool = FreeBlocks.excluding(leaf.block_count, taken)
 
     # -- hosts ----------------------------------------------------------------------
@@ -174,6 +191,7 @@ class IpamState:
         record = self.hosts.pop(fact.name)
         del self.host_ips[record.ip]
         for net, leaf in record.placements.items():
+            assert fact.name not in leaf.areas.by_host, "areas are released before the host"
             self.trees[net].unplace(record.name, leaf)
 
     # -- blocks and addresses -------------------------------------------------------
@@ -189,6 +207,10 @@ class IpamState:
         self.blocks[fact.base] = block
         record.blocks[fact.base] = block
         self._file(block)
+        for area in leaf.areas.by_host.get(fact.host, ()):
+            if area.start <= index < area.start + area.size:
+                area.count += 1
+                break
 
     def _block_freed(self, fact: BlockFreed) -> None:
         block = self.blocks.pop(fact.base)
@@ -199,6 +221,37 @@ class IpamState:
             leaf.pool.give(block.index)
         if not block.is_full:
             self._unfile(block)
+        for area in leaf.areas.by_host.get(block.host, ()):
+            if area.start <= block.index < area.start + area.size:
+                area.count -= 1
+                break
+
+    # -- areas ----------------------------------------------------------------------
+    def _area_reserved(self, fact: AreaReserved) -> None:
+        self._add_area(fact.network, fact.host, fact.base, fact.prefixlen)
+
+    def _add_area(self, network: str, host: str, base: int, prefixlen: int) -> None:
+        tree = self.trees[network]
+        leaf = self.hosts[host].placements[network]
+        start, size = tree.prefix_run(leaf, base, prefixlen)
+        area = leaf.areas.add(start, size, host)
+        area.count = sum(1 for b in self.hosts[host].blocks.values()
+                         if b.leaf is leaf and start <= b.index < start + size)
+
+    def _area_released(self, fact: AreaReleased) -> None:
+        tree = self.trees[fact.network]
+        leaf = self.hosts[fact.host].placements[fact.network]
+        leaf.areas.remove(*tree.prefix_run(leaf, fact.base, fact.prefixlen))
+
+    def area_states(self) -> list[AreaState]:
+        """Every area as a CIDR, by network, leaf and position (snapshots, topology plans)."""
+        out = []
+        for tree in self.trees.values():
+            for leaf in tree.leaves.values():
+                for area in leaf.areas:
+                    base, prefixlen = tree.run_prefix(leaf, area.start, area.size)
+                    out.append(AreaState(tree.name, area.host, cidr_str(base, prefixlen)))
+        return out
 
     def _address_allocated(self, fact: AddressAllocated) -> None:
         ip = fact.ip
@@ -263,3 +316,8 @@ class IpamState:
         owned.remove(block)
         if not owned:
             del self.nonfull[key]
+
+
+def _parse_cidr(cidr: str) -> tuple[int, int]:
+    ip, _, prefixlen = cidr.partition("/")
+    return ip_from_str(ip), int(prefixlen)

@@ -39,7 +39,8 @@ class HostView:
     name: str
     ip: str
     labels: dict[str, str]
-    groups: dict[str, dict[str, str]]  # network -> {"group": path, "cidr": cidr}
+    # network -> {"group": path, "cidr": the group's CIDR, "areas": the host's area CIDRs}
+    groups: dict[str, dict[str, Any]]
     block_count: int
 
     def to_json(self) -> dict[str, Any]:

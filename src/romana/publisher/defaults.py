@@ -31,7 +31,9 @@ protocol kernel {
 # group, however many hosts and blocks are inside. Unreachable here: an address of the
 # group that no host announces is dropped instead of bouncing back to the parent.
 protocol static romana_group {
-  ipv4;
+  # Below every learned route: where a host's area is the whole group (a lone host), its
+  # route is the one installed here, and the one announced upward.
+  ipv4 { preference 10; };
 {% for cidr in cidrs %}
   route {{ cidr }} unreachable;
 {% endfor %}
@@ -45,7 +47,7 @@ protocol bgp upstream {
   connect retry time 1;
   ipv4 {
     import all;
-    export where proto = "romana_group";
+    export where net ~ [ {{ cidrs | join(", ") }} ];   # the group's prefix, nothing more
   };
 }
 {% endif %}

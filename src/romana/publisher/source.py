@@ -8,7 +8,7 @@ filters exactly its ``via: host:NAME`` routes: one definition of "a host's block
 collapsed" in the whole system.
 
 Addresses allocated or released inside a block change no route, so ``address_*`` facts
-are ignored; only block, host and topology facts cause a re-read.
+are ignored; only block, area, host and topology facts cause a re-read.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from romana.publisher.router import GroupInfo, group_info
 
 HOST_FACTS = frozenset({"host_added", "host_labels_updated", "host_removed"})
 BLOCK_FACTS = frozenset({"block_assigned", "block_freed"})
+AREA_FACTS = frozenset({"area_reserved", "area_released"})
 TOPOLOGY_FACTS = frozenset({"topology_applied"})
 
 
@@ -103,6 +104,9 @@ def host_cares(change: Mapping[str, Any], inputs: HostInputs, group_policy: bool
         return change.get("host") == inputs.name
     if kind == "block_freed":
         return _inside(change.get("cidr"), inputs.local)
+    if kind in AREA_FACTS:  # its own area, or one whose change moves its stray blocks
+        return change.get("host") == inputs.name or _inside(
+            change.get("cidr"), [p.cidr for p in inputs.placements.values()])
     return False
 
 
@@ -117,6 +121,6 @@ def router_cares(change: Mapping[str, Any], inputs: RouterInputs, strict: bool) 
         placements = change.get("placements") or {}
         return (change.get("name") in {h.get("name") for h in inputs.hosts}
                 or inputs.group.path in placements.values())
-    if kind in BLOCK_FACTS:
+    if kind in BLOCK_FACTS or kind in AREA_FACTS:
         return strict and _inside(change.get("cidr"), inputs.group.cidrs.values())
     return False

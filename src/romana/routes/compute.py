@@ -4,14 +4,17 @@ The rules (ARCHITECTURE.md, "Routes"):
 1. a prefix group whose hosts all sit behind one next hop gets one route for its whole
    CIDR: a parent router routes each populated child group's CIDR to that child's router,
    and a leaf's router routes the whole leaf to its host when the host is alone there;
-2. otherwise per-block routes, with the blocks behind one next hop collapsed exactly;
-3. never a route covering addresses owned behind another next hop (hence *exact*
-   collapsing: free blocks are not swallowed, because another host may get them).
+2. inside a leaf, one route per host *prefix* (:mod:`romana.routes.prefixes`): each of its
+   areas, which may cover free blocks of the area, and its stray blocks collapsed exactly;
+3. the longest matching route of every allocated address names its owner: a route covers
+   another host's addresses only beneath a more specific route to that host (a loan).
 
-A host routes its own blocks ``local`` (the agent makes them ``unreachable``: the pods'
+A host routes its own prefixes ``local`` (the agent makes them ``unreachable``: the pods'
 /32s are more specific, unused addresses are dropped instead of looping). In a group with
-``block-host-routes`` (L2-to-host) it routes each neighbour's blocks to the neighbour's IP;
-otherwise (L3-to-host) it relies on its default route to the group's router.
+``block-host-routes`` (L2-to-host) it routes each neighbour's prefixes to the neighbour's
+IP; otherwise (L3-to-host) it relies on its default route to the group's router, and routes
+its *holes* (others' prefixes inside its own) to that router explicitly, since its ``local``
+routes would otherwise swallow them (the agent programs them as ``throw``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from dataclasses import dataclass
 from romana.errors import NotFound
 from romana.ipam.groups import GroupNode
 from romana.ipam.state import IpamState
-from romana.routes.aggregate import Prefix, collapse
+from romana.routes.aggregate import Prefix
 from romana.routes.model import LOCAL, Route, RouteSet, group_vantage, host_vantage
+from romana.routes.prefixes import HostPrefixes, holes, leaf_prefixes
 from romana.topology import routing
 
 
@@ -36,9 +40,9 @@ def routing_mode(node: GroupNode) -> routing.RoutingMode:
 
 
 # A device's route set is a disjoint union of *segments*, each behind one next hop: a
-# host's own blocks (``local``), one neighbour's blocks, one child group's CIDR. A segment
+# host's own prefixes (``local``), one neighbour's prefixes, one child group's CIDR. A segment
 # holds its prefixes by reference, so the tracker can share one live collection between
-# every device that carries it (a host's blocks: the host, its L2 neighbours, its router).
+# every device that carries it (a host's prefixes: the host, its L2 neighbours, its router).
 @dataclass(frozen=True, slots=True, eq=False)
 class Segment:
     via: str
@@ -48,33 +52,59 @@ class Segment:
 
 SegmentKey = tuple[str, ...]
 Segments = dict[SegmentKey, Segment]
-Blocks = Callable[[str, str], Collection[Prefix]]  # (network, host) -> its blocks, collapsed
+# (network, host) -> the host's prefixes there, and its holes (L3-to-host groups only).
+Prefixes = Callable[[str, str], Collection[Prefix]]
 
 
-def blocks_from_state(state: IpamState) -> Blocks:
-    """Each host's blocks in a network, collapsed, read straight from the state."""
-    def blocks(network: str, host: str) -> tuple[Prefix, ...]:
-        record = state.hosts.get(host)
-        if record is None:
+class FromState:
+    """Hosts' prefixes and holes computed from the state, one leaf group at a time."""
+
+    def __init__(self, state: IpamState) -> None:
+        self.state = state
+        self._leaves: dict[tuple[str, str], dict[str, HostPrefixes]] = {}
+        self._holes: dict[tuple[str, str], dict[str, set[Prefix]]] = {}
+
+    def _leaf(self, network: str, host: str) -> tuple[str, str] | None:
+        record = self.state.hosts.get(host)
+        leaf = record.placements.get(network) if record else None
+        if leaf is None:
+            return None
+        key = (network, leaf.path)
+        if key not in self._leaves:
+            self._leaves[key] = leaf_prefixes(self.state.trees[network], leaf)
+        return key
+
+    def prefixes(self, network: str, host: str) -> Collection[Prefix]:
+        key = self._leaf(network, host)
+        return self._leaves[key].get(host, HostPrefixes()) if key else ()
+
+    def holes(self, network: str, host: str) -> Collection[Prefix]:
+        key = self._leaf(network, host)
+        if key is None:
             return ()
-        return tuple(collapse((b.base, b.tree.block_mask) for b in record.blocks.values()
-                              if b.tree.name == network))
-    return blocks
+        if key not in self._holes:
+            leaf = self.state.trees[network].nodes[key[1]]
+            self._holes[key] = holes(self._leaves[key].items(), leaf.prefixlen)
+        return self._holes[key].get(host, ())
 
 
-def host_segments(state: IpamState, name: str, blocks: Blocks) -> Segments:
+def host_segments(state: IpamState, name: str, prefixes: Prefixes,
+                  hole_prefixes: Prefixes) -> Segments:
     record = state.hosts.get(name)
     if record is None:
         raise NotFound(f'no host "{name}"', ["list hosts with GET /hosts"])
     segments: Segments = {}
     for net, leaf in record.placements.items():
-        segments[("local", net)] = Segment(LOCAL, None, blocks(net, name))
+        segments[("local", net)] = Segment(LOCAL, None, prefixes(net, name))
         if routing_mode(leaf).host_routes:
             for neighbour in leaf.hosts:
                 if neighbour != name:
                     segments[("host", net, neighbour)] = Segment(
                         host_vantage(neighbour), state.hosts[neighbour].ip,
-                        blocks(net, neighbour))
+                        prefixes(net, neighbour))
+        else:
+            segments[("holes", net)] = Segment(group_vantage(leaf.path), None,
+                                               hole_prefixes(net, name))
     return segments
 
 
@@ -98,7 +128,7 @@ def group_nodes(state: IpamState, path: str) -> list[GroupNode]:
     return nodes
 
 
-def group_segments(state: IpamState, path: str, blocks: Blocks) -> Segments:
+def group_segments(state: IpamState, path: str, prefixes: Prefixes) -> Segments:
     segments: Segments = {}
     for tree, node in ((t, n) for t in state.trees.values()
                        if (n := t.group(path)) is not None):
@@ -116,7 +146,7 @@ def group_segments(state: IpamState, path: str, blocks: Blocks) -> Segments:
             for host in node.hosts:
                 segments[("host", net, host)] = Segment(host_vantage(host),
                                                         state.hosts[host].ip,
-                                                        blocks(net, host))
+                                                        prefixes(net, host))
     return segments
 
 
@@ -137,11 +167,12 @@ def canonical(state: IpamState, vantage: str) -> str:
     raise NotFound(f'no vantage "{vantage}"', ['use "host:NAME" or "group:PATH"'])
 
 
-def segments_of(state: IpamState, vantage: str, blocks: Blocks) -> Segments:
+def segments_of(state: IpamState, vantage: str, prefixes: Prefixes,
+                hole_prefixes: Prefixes) -> Segments:
     kind, _, name = vantage.partition(":")
     if kind == "host":
-        return host_segments(state, name, blocks)
-    return group_segments(state, name, blocks)
+        return host_segments(state, name, prefixes, hole_prefixes)
+    return group_segments(state, name, prefixes)
 
 
 def default_of(state: IpamState, vantage: str) -> str | None:
@@ -181,4 +212,5 @@ def vantages(state: IpamState) -> Iterator[str]:
 def route_set(state: IpamState, vantage: str) -> RouteSet:
     """A device's routes computed from scratch (the reference the tracker must match)."""
     vantage = canonical(state, vantage)
-    return assemble(state, vantage, segments_of(state, vantage, blocks_from_state(state)))
+    source = FromState(state)
+    return assemble(state, vantage, segments_of(state, vantage, source.prefixes, source.holes))

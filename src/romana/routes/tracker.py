@@ -1,16 +1,23 @@
 """Keeps every device's route set current as facts arrive, and counts route updates.
 
-A device's routes are a disjoint union of segments, one per next hop (see compute.py).
-A block fact changes exactly one thing: its host's collapsed blocks in that network, a set
-every device carrying that host's routes shares (the host, its L2 neighbours, its leaf's
-router). The tracker updates the set in place by buddy merging or splitting (O(prefix
-length)), then forgets the memoized route sets of those devices. Route sets are assembled
-(sorted) only when asked for, so an allocation that opens a block costs microseconds
-however large the rack is, and so does start-up.
+A device's routes are a union of segments, one per next hop (see compute.py). Inside a
+leaf group, what changes is a host's *prefixes* (its areas and its stray blocks, see
+prefixes.py), a collection every device carrying that host's routes shares (the host, its
+L2 neighbours, its leaf's router). The tracker updates it in place and forgets the
+memoized route sets of those devices; route sets are assembled (sorted) only when asked
+for, so a fact costs microseconds however large the rack is, and so does start-up.
 
-An address allocated inside an existing block changes nothing anywhere (that is the point
-of blocks). Host and topology facts are rare and rebuild everything. Counting is exact:
-segments are compared, not guessed.
+- An address allocated inside an existing block changes nothing anywhere (that is the point
+  of blocks), and neither does a new block inside its host's own area (that is the point of
+  areas).
+- A stray block (lent, or from before areas) is merged into or split out of its host's
+  collapsed strays by buddy merging, in O(prefix length).
+- An area reserved or released adds or withdraws one prefix, and re-classifies the blocks
+  under it (a block may stop or start being stray).
+- In L3-to-host groups, a host's holes are recomputed when a prefix of its group changes.
+
+Host and topology facts are rare and rebuild everything. Counting is exact: segments are
+compared, not guessed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from romana.ipam.facts import (
+    AreaReleased,
+    AreaReserved,
     BlockAssigned,
     BlockFreed,
     Fact,
@@ -27,8 +36,9 @@ from romana.ipam.facts import (
     HostRemoved,
     TopologyApplied,
 )
+from romana.ipam.groups import GroupNode
 from romana.ipam.state import IpamState
-from romana.routes.aggregate import Prefix, absorb, carve, collapse
+from romana.routes.aggregate import Prefix, absorb, carve
 from romana.routes.compute import (
     Segments,
     assemble,
@@ -39,8 +49,11 @@ from romana.routes.compute import (
     vantages,
 )
 from romana.routes.model import RouteSet, group_vantage, host_vantage
+from romana.routes.prefixes import HostPrefixes, holes, is_stray, leaf_prefixes
 
 _REBUILD = (TopologyApplied, HostAdded, HostRemoved, HostLabelsUpdated)
+HostKey = tuple[str, str]  # (network, host)
+LeafKey = tuple[str, str]  # (network, leaf path)
 
 
 @dataclass(slots=True)
@@ -52,8 +65,9 @@ class DeviceStats:
 class RouteTracker:
     def __init__(self, state: Callable[[], IpamState]) -> None:
         self._state = state
-        self._blocks: dict[tuple[str, str], set[Prefix]] = {}  # (net, host), shared, live
-        self._owners: dict[tuple[str, int], str] = {}  # (net, block base) -> host
+        self._prefixes: dict[HostKey, HostPrefixes] = {}  # shared, live
+        self._holes: dict[HostKey, set[Prefix]] = {}  # shared, live (L3-to-host leaves)
+        self._strays: dict[tuple[str, int], str] = {}  # (net, block base) -> host
         self._devices: dict[str, Segments] = {}
         self._memo: dict[str, RouteSet] = {}
         self.stats: dict[str, DeviceStats] = {}
@@ -93,28 +107,102 @@ class RouteTracker:
             # blocks are freed in the same batch that removes the host).
             self._rebuild(count=True)
             return
+        state = self._state()
         changed: dict[str, int] = {}  # device -> routes added + withdrawn in this batch
+        regions: list[tuple[str, GroupNode, int, int]] = []  # areas that changed
+        dirty: dict[LeafKey, GroupNode] = {}  # leaves whose prefixes changed
         for fact in batch:
             if isinstance(fact, BlockAssigned):
-                self._owners[(fact.network, fact.base)] = fact.host
-                block = (fact.base, self._state().trees[fact.network].block_mask)
-                delta = absorb(self._host_blocks(fact.network, fact.host), block)
-                self._touch(fact.network, fact.host, delta, changed)
+                leaf = state.hosts[fact.host].placements[fact.network]
+                block = leaf.blocks[(fact.base - leaf.base) // state.trees[fact.network]
+                                    .block_size]
+                if is_stray(leaf, block):
+                    self._add_stray(fact.network, leaf, fact.host, fact.base, changed, dirty)
             elif isinstance(fact, BlockFreed):
-                host = self._owners.pop((fact.network, fact.base))
-                delta = carve(self._host_blocks(fact.network, host), (fact.base, fact.prefixlen))
-                self._touch(fact.network, host, delta, changed)
+                host = self._strays.get((fact.network, fact.base))
+                if host is not None:
+                    leaf = state.hosts[host].placements[fact.network]
+                    self._drop_stray(fact.network, leaf, host, fact.base, changed, dirty)
+            elif isinstance(fact, AreaReserved | AreaReleased):
+                tree = state.trees[fact.network]
+                leaf = state.hosts[fact.host].placements[fact.network]
+                areas = self._host_prefixes(fact.network, fact.host).areas
+                prefix = (fact.base, fact.prefixlen)
+                if isinstance(fact, AreaReserved):
+                    areas.add(prefix)
+                else:
+                    areas.discard(prefix)
+                self._touch(fact.network, leaf, fact.host, 1, changed)
+                dirty[(fact.network, leaf.path)] = leaf
+                regions.append((fact.network, leaf, *tree.prefix_run(leaf, fact.base,
+                                                                     fact.prefixlen)))
+        for network, leaf, start, size in regions:
+            self._reclassify(network, leaf, start, size, changed, dirty)
+        for (network, _), leaf in dirty.items():
+            if not routing_mode(leaf).host_routes:
+                self._refresh_holes(network, leaf, changed)
         for vantage, route_changes in changed.items():
-            stats = self.stats.setdefault(vantage, DeviceStats())
-            stats.updates += 1
-            stats.route_changes += route_changes
+            if route_changes:
+                stats = self.stats.setdefault(vantage, DeviceStats())
+                stats.updates += 1
+                stats.route_changes += route_changes
 
-    def _host_blocks(self, network: str, host: str) -> set[Prefix]:
-        return self._blocks.setdefault((network, host), set())
+    def _host_prefixes(self, network: str, host: str) -> HostPrefixes:
+        return self._prefixes.setdefault((network, host), HostPrefixes())
 
-    def _touch(self, network: str, host: str, delta: int, changed: dict[str, int]) -> None:
-        """Forget the memoized routes of every device carrying ``host``'s blocks."""
-        leaf = self._state().hosts[host].placements[network]
+    def _host_holes(self, network: str, host: str) -> set[Prefix]:
+        return self._holes.setdefault((network, host), set())
+
+    def _add_stray(self, network: str, leaf: GroupNode, host: str, base: int,
+                   changed: dict[str, int], dirty: dict[LeafKey, GroupNode]) -> None:
+        self._strays[(network, base)] = host
+        block_mask = self._state().trees[network].block_mask
+        delta = absorb(self._host_prefixes(network, host).strays, (base, block_mask))
+        self._touch(network, leaf, host, delta, changed)
+        dirty[(network, leaf.path)] = leaf
+
+    def _drop_stray(self, network: str, leaf: GroupNode, host: str, base: int,
+                    changed: dict[str, int], dirty: dict[LeafKey, GroupNode]) -> None:
+        del self._strays[(network, base)]
+        block_mask = self._state().trees[network].block_mask
+        delta = carve(self._host_prefixes(network, host).strays, (base, block_mask))
+        self._touch(network, leaf, host, delta, changed)
+        dirty[(network, leaf.path)] = leaf
+
+    def _reclassify(self, network: str, leaf: GroupNode, start: int, size: int,
+                    changed: dict[str, int], dirty: dict[LeafKey, GroupNode]) -> None:
+        """Blocks under an area that changed may stop or start being stray."""
+        cursor, end = start, start + size
+        for lo, hi in [*leaf.pool.runs(start, end), (end, end)]:
+            for index in range(cursor, lo):  # not free: a block, or blacked out
+                block = leaf.blocks.get(index)
+                if block is None:
+                    continue
+                was = (network, block.base) in self._strays
+                now = is_stray(leaf, block)
+                if now and not was:
+                    self._add_stray(network, leaf, block.host, block.base, changed, dirty)
+                elif was and not now:
+                    self._drop_stray(network, leaf, block.host, block.base, changed, dirty)
+            cursor = hi
+
+    def _refresh_holes(self, network: str, leaf: GroupNode, changed: dict[str, int]) -> None:
+        fresh = holes(((h, self._host_prefixes(network, h)) for h in leaf.hosts),
+                      leaf.prefixlen)
+        for host in leaf.hosts:
+            current = self._host_holes(network, host)
+            new = fresh.get(host, set())
+            delta = len(current ^ new)
+            if delta:
+                current.clear()
+                current.update(new)
+                vantage = host_vantage(host)
+                self._memo.pop(vantage, None)
+                changed[vantage] = changed.get(vantage, 0) + delta
+
+    def _touch(self, network: str, leaf: GroupNode, host: str, delta: int,
+               changed: dict[str, int]) -> None:
+        """Forget the memoized routes of every device carrying ``host``'s prefixes."""
         touched = [host_vantage(host)]
         if routing_mode(leaf).host_routes:
             touched += [host_vantage(n) for n in leaf.hosts if n != host]
@@ -126,14 +214,22 @@ class RouteTracker:
 
     def _rebuild(self, count: bool) -> None:
         state = self._state()
-        self._owners = {(b.tree.name, base): b.host for base, b in state.blocks.items()}
-        by_host: dict[tuple[str, str], list[Prefix]] = {}
-        for block in state.blocks.values():
-            by_host.setdefault((block.tree.name, block.host), []).append(
-                (block.base, block.tree.block_mask))
-        self._blocks = {key: set(collapse(p)) for key, p in by_host.items()}
+        self._prefixes, self._holes, self._strays = {}, {}, {}
+        for tree in state.trees.values():
+            for leaf in tree.leaves.values():
+                for host, prefixes in leaf_prefixes(tree, leaf).items():
+                    self._prefixes[(tree.name, host)] = prefixes
+                for block in leaf.blocks.values():
+                    if is_stray(leaf, block):
+                        self._strays[(tree.name, block.base)] = block.host
+                if not routing_mode(leaf).host_routes:
+                    fresh = holes(((h, self._host_prefixes(tree.name, h)) for h in leaf.hosts),
+                                  leaf.prefixlen)
+                    for host in leaf.hosts:
+                        self._holes[(tree.name, host)] = fresh.get(host, set())
         old = self._devices
-        self._devices = {v: segments_of(state, v, self._host_blocks) for v in vantages(state)}
+        self._devices = {v: segments_of(state, v, self._host_prefixes, self._host_holes)
+                         for v in vantages(state)}
         self._memo.clear()
         for gone in old.keys() - self._devices.keys():
             self.stats.pop(gone, None)
