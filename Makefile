@@ -50,9 +50,10 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/ipam_bench.py
 	$(BIN)/python benchmarks/api_bench.py
-	$(BIN)/python benchmarks/routes_bench.py
+	$(BIN)/python benchmarks/routes_bench.py --plot docs/routes-per-tor.png
 	$(BIN)/python benchmarks/agent_bench.py
 	$(BIN)/python benchmarks/cni_bench.py
 

@@ -175,6 +175,8 @@ def check_areas(engine: Engine) -> None:
                     (b.start <= a.start and a.end <= b.end)
                 assert disjoint or nested, f"{a} and {b} overlap"
                 assert (a.start, a.size) != (b.start, b.size)
+            nested = sum(1 for a in areas if leaf.areas.enclosing(a.start, a.size) is not None)
+            assert leaf.areas.loans == nested
             for host, mine_areas in leaf.areas.by_host.items():
                 assert sorted(mine_areas, key=lambda a: (-a.size, a.start)) == mine_areas
                 assert all(a.host == host for a in mine_areas)

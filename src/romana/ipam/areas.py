@@ -50,7 +50,7 @@ def _order(area: Area) -> tuple[int, int]:
 class LeafAreas:
     """The areas of one leaf group, indexed by position and by host."""
 
-    __slots__ = ("_by_key", "_ordered", "_starts", "block_count", "by_host")
+    __slots__ = ("_by_key", "_ordered", "_starts", "block_count", "by_host", "loans")
 
     def __init__(self, block_count: int) -> None:
         self.block_count = block_count
@@ -58,6 +58,7 @@ class LeafAreas:
         self._ordered: list[Area] = []  # by start, outer first
         self._starts: list[tuple[int, int]] = []  # _order() of _ordered, for bisect
         self.by_host: dict[str, list[Area]] = {}  # each host's areas, largest first
+        self.loans = 0  # areas lying inside another (0: no area needs to look inside)
 
     def __len__(self) -> int:
         return len(self._ordered)
@@ -72,6 +73,7 @@ class LeafAreas:
         area = Area(start, size, host)
         key = _key(start, size)
         assert key not in self._by_key, f"area {start}+{size} is held already"
+        self._count_loans(start, size, +1)
         self._by_key[key] = area
         position = bisect_left(self._starts, _order(area))
         self._ordered.insert(position, area)
@@ -82,6 +84,7 @@ class LeafAreas:
 
     def remove(self, start: int, size: int) -> Area:
         area = self._by_key.pop(_key(start, size))
+        self._count_loans(start, size, -1)
         position = bisect_left(self._starts, _order(area))
         del self._ordered[position], self._starts[position]
         mine = self.by_host[area.host]
@@ -90,24 +93,32 @@ class LeafAreas:
             del self.by_host[area.host]
         return area
 
+    def _count_loans(self, start: int, size: int, sign: int) -> None:
+        """An area added (or removed) inside another is (was) a loan; one added (removed) at
+        the top makes (made) loans of the outermost areas inside it."""
+        if self.enclosing(start, size) is not None:
+            self.loans += sign
+        else:
+            self.loans += sign * len(self.outermost_within(start, start + size, strictly=True))
+
     def innermost(self, index: int) -> Area | None:
         """The smallest area holding block ``index`` (None outside every area)."""
-        by_key, size = self._by_key, 1
-        while size <= self.block_count:
-            area = by_key.get(_key(index & -size, size))
-            if area is not None:
-                return area
-            size <<= 1
-        return None
+        return self._smallest_from(index, 0)
 
     def enclosing(self, start: int, size: int) -> Area | None:
         """The smallest area strictly containing the run ``[start, start + size)``."""
-        by_key, size = self._by_key, size << 1
-        while size <= self.block_count:
-            area = by_key.get(_key(start & -size, size))
+        return self._smallest_from(start, size.bit_length())
+
+    def _smallest_from(self, index: int, bits: int) -> Area | None:
+        # Probes each aligned run holding ``index`` from 2**bits blocks up (keys inlined:
+        # this runs for every block fact the route tracker sees).
+        by_key = self._by_key
+        if not by_key:
+            return None
+        for level in range(bits, self.block_count.bit_length()):
+            area = by_key.get(((index >> level << level) << 6) | level)
             if area is not None:
                 return area
-            size <<= 1
         return None
 
     def within(self, lo: int, hi: int) -> list[Area]:

@@ -127,6 +127,8 @@ def emptied(leaf: GroupNode, block: Block) -> list[AreaChange]:
 def own_free(leaf: GroupNode, area: Area) -> int | None:
     """The lowest free block of ``area`` that no loan inside it covers."""
     pool, cursor = leaf.pool, area.start
+    if not leaf.areas.loans:  # the common case: no area lies inside another
+        return pool.lowest_in(cursor, area.end)
     for loan in leaf.areas.outermost_within(area.start, area.end, strictly=True):
         if cursor < loan.start:
             index = pool.lowest_in(cursor, loan.start)
@@ -240,9 +242,9 @@ def _holding_half(leaf: GroupNode, area: Area) -> int | None:
 
 def _split(leaf: GroupNode, host: str) -> Choice | None:
     best: tuple[tuple[int, int, int], Area, int] | None = None
-    for area in leaf.areas:
-        if area.size < 2:
-            continue
+    for area in sorted(leaf.areas, key=lambda a: -a.size):  # larger halves first
+        if area.size < 2 or (best is not None and area.size >> 1 < -best[0][0]):
+            break
         half = area.size >> 1
         used = area.size - _free_count(leaf, area.start, area.end)
         if used * SPLIT_USAGE > area.size:

@@ -52,6 +52,7 @@ from romana.routes.model import RouteSet, group_vantage, host_vantage
 from romana.routes.prefixes import HostPrefixes, holes, is_stray, leaf_prefixes
 
 _REBUILD = (TopologyApplied, HostAdded, HostRemoved, HostLabelsUpdated)
+_MOVING = frozenset({*_REBUILD, BlockAssigned, BlockFreed, AreaReserved, AreaReleased})
 HostKey = tuple[str, str]  # (network, host)
 LeafKey = tuple[str, str]  # (network, leaf path)
 
@@ -102,7 +103,10 @@ class RouteTracker:
     def observe(self, facts: Iterable[Fact]) -> None:
         """Called after ``facts`` were applied to the state."""
         batch = list(facts)
-        if any(isinstance(fact, _REBUILD) for fact in batch):
+        kinds = {type(fact) for fact in batch}
+        if kinds.isdisjoint(_MOVING):
+            return  # addresses inside existing blocks: the point of blocks
+        if not kinds.isdisjoint(_REBUILD):
             # Checked first: the state already reflects the whole batch (a removed host's
             # blocks are freed in the same batch that removes the host).
             self._rebuild(count=True)
