@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from romana.agent.follow import ROUTE_FACTS, Backoff
+from romana.agent.follow import ROUTE_FACTS
+from romana.backoff import Backoff
 from romana.ipam.facts import FACT_TYPES
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from .conftest import EXAMPLES
 from .daemon import Daemon, running
+from .netns import wait_until
 
 TOPOLOGY = str(EXAMPLES / "datacenter-4-racks.json")
 
@@ -145,6 +146,10 @@ def test_topology_update_conflict_is_atomic(client: httpx.Client) -> None:
 def test_health_metrics_openapi_watch(client: httpx.Client) -> None:
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["revision"] == health["durable_revision"]
+    assert set(health["loops"]) == {"group-commit", "maintenance"}
+    assert all(loop["state"] == "running" for loop in health["loops"].values())
+    store_id = health["store_id"]
+    assert len(store_id) == 32
     client.post("/address", json={"name": "m1", "host": "h4", "tenant": "t"})
     metrics = client.get("/metrics").text
     assert 'romana_blocks_in_use{group="rack-2",network="romana-network"} 1.0' in metrics
@@ -153,7 +158,7 @@ def test_health_metrics_openapi_watch(client: httpx.Client) -> None:
     assert "/address" in client.get("/openapi.json").json()["paths"]
     since = client.get("/healthz").json()["revision"]
     empty = client.get("/watch", params={"since": since, "timeout": 0.2}).json()
-    assert empty == {"revision": since, "changes": []}
+    assert empty == {"revision": since, "store_id": store_id, "changes": []}
     client.delete("/address", params={"name": "m1"})
     feed = client.get("/watch", params={"since": since, "timeout": 5}).json()
     assert [c["kind"] for c in feed["changes"]] == ["address_released", "block_freed"]
@@ -226,6 +231,9 @@ def test_watch_behind_compaction_gets_resync_and_snapshots_restore(tmp_path: Pat
         for i in range(60):
             assert c.post("/address", json={"name": f"p{i}", "host": "h1"}).status_code == 200
         head = c.get("/healthz").json()["durable_revision"]
+        # The maintenance loop snapshots and compacts within a second or so.
+        wait_until(lambda: c.get("/watch", params={"since": 0, "timeout": 0}).status_code
+                   == 410, 10, 0.05, "the snapshot and the compaction")
         stale = c.get("/watch", params={"since": 0, "timeout": 0})
         assert err(stale) == (410, "resync")
         assert stale.json()["revision"] == head

@@ -9,13 +9,17 @@ directly with ``hypothesis.given``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
+from romana.topology import validate
+
 from .conftest import EXAMPLES
 from .daemon import running
+from .test_topology_canonical import topology_maps
 
 EXAMPLES_PER_OPERATION = 40
 
@@ -54,3 +58,29 @@ def test_no_input_makes_the_server_fail(tmp_path: Path) -> None:
         assert not failures, "\n".join(failures[:10])
         with daemon.client() as c:
             assert c.get("/healthz").json()["status"] == "ok"
+
+
+def test_odd_but_valid_maps_never_make_post_topology_fail(tmp_path: Path) -> None:
+    """Maps with odd spacing, netmasks and types, posted to a real daemon: 2xx or 4xx only,
+    and a map the validator accepts is applied (the daemon and the validator agree)."""
+    outcomes: dict[str, int] = {"applied": 0, "refused": 0}
+    with running(tmp_path / "data") as daemon, daemon.client() as c:
+
+        @given(doc=topology_maps())
+        @settings(max_examples=120, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def post(doc: dict[str, Any]) -> None:
+            response = c.post("/topology", json=doc)
+            assert response.status_code < 500, response.text
+            has_errors = any(p.severity == "error" for p in validate(doc))
+            if response.status_code == 200:
+                assert not has_errors
+                outcomes["applied"] += 1
+            else:
+                assert response.json()["error"]["code"], response.text
+                outcomes["refused"] += 1
+
+        post()
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert c.get("/topology").status_code in (200, 404)
+    assert outcomes["applied"] > 0 and outcomes["refused"] > 0, outcomes

@@ -34,8 +34,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def test_host_routes_have_the_documented_wire_shape(daemon: Daemon) -> None:
     with RomanaClient(daemon.url) as c:
         result = c.routes(host="h1")
+    assert len(result["store_id"]) == 32
     assert result == {"vantage": "host:h1", "default": "group:rack-1",
-                      "revision": result["revision"], "routes": [
+                      "revision": result["revision"], "store_id": result["store_id"],
+                      "routes": [
                           {"prefix": "10.1.0.0/18", "via": "local", "gateway": None},
                           {"prefix": "10.1.64.0/18", "via": "host:h2",
                            "gateway": "192.168.0.2"}]}

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from romana.errors import BirdError
 from romana.publisher import templates
 from romana.publisher.announce import Placement
-from romana.publisher.bird import BirdConfig, BirdControl, BirdError
+from romana.publisher.bird import BirdConfig, BirdControl
 from romana.publisher.daemon import (
     Options,
     builtin_router_template,

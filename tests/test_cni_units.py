@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 
 from romana.cni import config, leaks, result, shim
-from romana.cni.errors import CniError
 from romana.cni.install import install
 from romana.cni.podnet import Link
 from romana.cni.romanad import RomanadClient, Unreachable
 from romana.cni.server import ProtocolError, decode
-from romana.errors import RomanaError
+from romana.errors import CniError, RomanaError
 
 from .daemon import running
 
@@ -153,7 +152,7 @@ def parse(document: dict[str, Any] | bytes, mode: config.Mode = "full", **env: s
 def code_of(document: dict[str, Any] | bytes, mode: config.Mode = "full", **env: str) -> int:
     with pytest.raises(CniError) as caught:
         parse(document, mode, **env)
-    return caught.value.code
+    return caught.value.cni_code
 
 
 def test_configuration_defaults_and_names() -> None:

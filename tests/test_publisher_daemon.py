@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from romana.api.client import RomanaClient
+from romana.errors import Resync
 from romana.publisher.bird import BirdConfig
 from romana.publisher.daemon import Metrics, Options, Publisher
 
@@ -235,12 +236,17 @@ def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -
             wait_until(lambda: out.exists() and "10.1.0.0/17" in out.read_text(), 15, 0.1,
                        "the first configuration once romanad is up")
             # Freeze the publisher, let romanad compact past its revision, thaw it.
+            seen = client.health()["revision"]
+            wait_until(lambda: publisher_revision(metrics_port) >= seen, 10, 0.05,
+                       "the publisher to follow the feed")
             os.kill(proc.pid, signal.SIGSTOP)
             try:
                 client.add_host("h3", "192.168.2.13", {"rack": "rack-2"})  # not h1's business
                 for i in range(8):
                     client.allocate(f"n{i}", "h3", "t", f"s{i}")
                 client.allocate("b1", "h2", "t", "b")  # last: h2 takes half of h1's area
+                wait_until(lambda: compacted(client, seen), 10, 0.1,
+                           "romanad to compact past the publisher's revision")
             finally:
                 os.kill(proc.pid, signal.SIGCONT)
             wait_until(lambda: "route 10.1.0.0/18 blackhole;" in out.read_text(), 15, 0.1,
@@ -252,6 +258,20 @@ def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -
     log = (tmp_path / "publisher.log").read_text()
     assert "re-reading" in log, log[-3000:]
     assert code == 0
+
+
+def publisher_revision(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    m = re.search(r"^romana_publisher_revision (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def compacted(client: RomanaClient, since: int) -> bool:
+    try:
+        client.watch(since=since, timeout=0)
+    except Resync:
+        return True
+    return False
 
 
 def _answers(port: int) -> bool:

@@ -26,6 +26,7 @@ Why not pyroute2's ``IPRoute``: its generic request path costs ~240 us (routes) 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import errno
@@ -107,7 +108,7 @@ def _field_offset(fields: Sequence[tuple[str, str]], name: str) -> int:
     return layout(fields[: names.index(name)]).size
 
 
-def nla_type(msg_class: type, name: str) -> int:
+def nla_type(msg_class: type[nlmsg], name: str) -> int:
     """The numeric attribute type of ``name`` in a pyroute2 message class's NLA map."""
     for index, entry in enumerate(msg_class.nla_map):
         if entry[0] == name or (isinstance(entry[0], int) and entry[1] == name):
@@ -136,7 +137,7 @@ def make(msg_class: type[M], attrs: Sequence[tuple[str, object]] = (), /,
          **fields: int) -> M:
     """A pyroute2 message: ``fields`` of its fixed part (e.g. ``rtmsg``'s ``dst_len``), then
     ``attrs`` (pyroute2 names and values; nested ones as ``{"attrs": [...]}``)."""
-    msg = msg_class()
+    msg: M = msg_class()
     for name, value in fields.items():
         msg[name] = value
     msg["attrs"] = list(attrs)
@@ -217,9 +218,9 @@ class Message(NamedTuple):
     def raw(self) -> bytes:
         return bytes(self.data[self.offset : self.offset + self.length])
 
-    def decode(self, msg_class: type[M]) -> M:
+    def decode(self, msg_class: builtins.type[M]) -> M:
         """The message decoded by a pyroute2 message class."""
-        msg = msg_class(self.raw())
+        msg: M = msg_class(self.raw())
         msg.decode()
         return msg
 
@@ -244,12 +245,13 @@ class Message(NamedTuple):
         """errno of an NLMSG_ERROR (0: an acknowledgement) or of an NLMSG_DONE (0: success)."""
         if self.length < HEADER.size + _I32.size:
             return 0
-        return -_I32.unpack_from(self.data, self.offset + HEADER.size)[0]
+        code: int = -_I32.unpack_from(self.data, self.offset + HEADER.size)[0]
+        return code
 
     def error_text(self, code: int) -> str:
         """strerror plus the kernel's extended-ack message, decoded by pyroute2's nlmsgerr."""
         text = os.strerror(code)
-        detail = None
+        detail: str | None = None
         with contextlib.suppress(Exception):  # a malformed payload must not hide the errno
             detail = self.decode(nlmsgerr).get_attr("NLMSGERR_ATTR_MSG")
         return f"{text}: {detail}" if detail else text

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,9 @@ def bind(listen: str, mode: int = 0o660) -> socket.socket:
             raise
     else:
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"expected HOST:PORT or unix:/path, not {listen!r}")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT (port 0-65535) or unix:/path, "
+                             f"not {listen!r}")
         # proto=IPPROTO_TCP matters: asyncio disables Nagle only on sockets that say so,
         # and without TCP_NODELAY every small response waits ~40 ms for a delayed ACK.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -107,22 +109,34 @@ def read_token_file(program: str, path: Path | None) -> str | None:
 
 
 def serve(app: Any, sockets: list[socket.socket], listen: list[str],
-          graceful_timeout: float | None = None) -> None:
+          graceful_timeout: float | None = None,
+          on_stop: Callable[[], None] | None = None) -> None:
     """Run an ASGI app on already bound sockets until SIGTERM/SIGINT, then exit 0.
 
-    uvicorn shuts down gracefully (then runs the lifespan's stop) and finally re-raises the
-    signal to the previous handler: make that a normal exit. Unix socket files go away.
+    uvicorn runs on its best event loop (uvloop, with httptools parsing HTTP), shuts down
+    gracefully (then runs the lifespan's stop) and finally re-raises the signal to the
+    previous handler: make that a normal exit. ``on_stop`` is called on the loop as soon
+    as the signal arrives, before the graceful wait. Unix socket files go away.
     """
-    import asyncio
-
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if on_stop is not None and not self.should_exit:
+                with contextlib.suppress(RuntimeError):  # no loop yet: nothing to tell
+                    import asyncio
+
+                    asyncio.get_running_loop().call_soon_threadsafe(on_stop)
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout)
+                            loop="auto", http="auto",
+                            timeout_graceful_shutdown=None if graceful_timeout is None
+                            else max(1, round(graceful_timeout)))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
     try:
-        asyncio.run(uvicorn.Server(config).serve(sockets=sockets))
+        Server(config).run(sockets=sockets)
     finally:
         for address in listen:
             unlink_unix(address)

@@ -12,9 +12,9 @@ addresses and /32 routes, done here with the connections the agent already holds
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -91,15 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     from romana.agent.follow import RouteAgent
     from romana.agent.metrics import AgentMetrics
     from romana.agent.netlink import RouteTable
-    from romana.agent.upstream import Upstream
     from romana.agent.web import create_app
+    from romana.api.client import AsyncRomanaClient
+    from romana.supervise import Supervisor
 
     try:
         table = RouteTable(args.table, args.protocol)
     except (ValueError, OSError) as exc:
         sys.exit(f"romana-agent: cannot open routing table {args.table}: {exc}")
     metrics = AgentMetrics()
-    upstream = Upstream(args.url, token)
+    upstream = AsyncRomanaClient(args.url, token)
     agent = RouteAgent(args.host, upstream, table, metrics, args.rule_priority,
                        args.resync_interval)
     cni = None
@@ -109,10 +110,14 @@ def main(argv: list[str] | None = None) -> None:
         cni = CniServer.for_agent(cni_socket, args.host, args.url, token, args.protocol,
                                   metrics.registry)
 
+    supervisor = Supervisor(on_fatal=lambda exc: os._exit(70))
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(agent.follow(), name="follow"),
-                 asyncio.create_task(agent.resync_periodically(), name="resync")]
+        supervisor.start("follow", agent.follow, restart=True,
+                         stuck_after=agent.watch_timeout + 60)
+        supervisor.start("repair", agent.resync_periodically, restart=True,
+                         stuck_after=agent.resync_interval + 60)
         if cni is not None:
             await cni.start()
         log.info("agent started", extra={"host": args.host, "romanad": args.url,
@@ -121,15 +126,13 @@ def main(argv: list[str] | None = None) -> None:
         yield
         if cni is not None:
             await cni.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await supervisor.stop()
         await upstream.close()
         agent.close()
         table.close()
         log.info("agent stopped; kernel routes left in place", extra={"host": args.host})
 
-    app = create_app(agent, metrics)
+    app = create_app(agent, metrics, supervisor)
     app.router.lifespan_context = lifespan
     unix = [f"unix:{args.cni_socket}"] if cni_socket is not None else []
     serve(app, sockets, listen + unix)

@@ -6,16 +6,18 @@ can move routes (block, host, topology; an address inside an existing block cann
 every ``resync_interval`` seconds to repair what someone else changed in the table.
 
 While romanad is unreachable the kernel keeps the routes it has (traffic keeps flowing);
-the loop retries with capped exponential backoff and resyncs fully once romanad is back,
-because romanad may have restarted from an older snapshot or a different store.
+the loop retries with capped exponential backoff and resyncs fully once romanad is back.
+A romanad whose revision went back in time, or that now serves another store (an emptied
+or replaced database), is not followed: the kernel keeps the last good routes, the agent
+reports ``feed: rewound`` and keeps checking; restart the agent to accept the new store.
+Both loops run supervised (:mod:`romana.supervise`): an unexpected exception is logged
+with its traceback and the loop restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,36 +26,19 @@ from typing import Any, TypeVar
 from romana.agent.metrics import AgentMetrics
 from romana.agent.netlink import ApplyResult, RouteTable
 from romana.agent.reconcile import KernelRoute, RouteDiff, diff_routes, from_route_set
-from romana.agent.upstream import Resync, Unreachable, Upstream
-from romana.errors import RomanaError
+from romana.api.client import AsyncRomanaClient
+from romana.backoff import Backoff
+from romana.errors import FeedRewound, Resync, RomanaError, Unavailable
+from romana.supervise import Loop
+from romana.wire import ROUTE_FACTS
 
 log = logging.getLogger("romana.agent")
 T = TypeVar("T")
 
-# Fact kinds on the changes feed that can move routes (see romana.ipam.facts).
-ROUTE_FACTS = frozenset({"topology_applied", "host_added", "host_removed",
-                         "host_labels_updated", "block_assigned", "block_freed",
-                         "area_reserved", "area_released"})
-
-
-class Backoff:
-    """Capped exponential delays with jitter, so a fleet of agents does not retry in step."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first, self.cap = first, cap
-        self.current = first
-
-    def next(self) -> float:
-        delay = self.current * random.uniform(0.5, 1.0)
-        self.current = min(self.cap, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.first
 
 
 class RouteAgent:
-    def __init__(self, host: str, upstream: Upstream, table: RouteTable,
+    def __init__(self, host: str, upstream: AsyncRomanaClient, table: RouteTable,
                  metrics: AgentMetrics, rule_priority: int = 1000,
                  resync_interval: float = 30.0, watch_timeout: float = 30.0) -> None:
         self.host = host
@@ -66,6 +51,9 @@ class RouteAgent:
         self.revision = 0  # romanad revision the kernel reflects
         self.synced = asyncio.Event()  # set after the first successful sync
         self.romanad_up = False
+        self.store_id: str | None = None  # the store whose feed the kernel follows
+        self.seen = 0  # the newest revision seen from that store
+        self.rewound: str | None = None  # why the current feed is not followed
         self._outage_logged = False
         self._lock = asyncio.Lock()
         self._networks: tuple[str, ...] | None = None
@@ -83,9 +71,10 @@ class RouteAgent:
         """Make the kernel match romanad's route set for this host; returns the revision."""
         async with self._lock:
             started = time.perf_counter()
-            route_set = await self.upstream.host_routes(self.host)
-            cidrs = tuple(await self.upstream.network_cidrs())
+            route_set = await self.upstream.routes(host=self.host)
+            cidrs = tuple(n["cidr"] for n in await self.upstream.networks())
             self._mark_up()
+            self._check_feed(route_set.get("store_id"), int(route_set.get("revision", 0)))
             desired, skipped = from_route_set(route_set)
             for route in skipped:
                 log.warning("route not programmable on a host", extra={
@@ -145,12 +134,37 @@ class RouteAgent:
         self.romanad_up = False
         self.metrics.romanad_up.set(0)
 
+    def _check_feed(self, store_id: str | None, revision: int) -> None:
+        """Refuse a feed from another store, or one that went back in time."""
+        if store_id and self.store_id is None:
+            self.store_id = store_id
+        problem = None
+        if store_id and store_id != self.store_id:
+            problem = (f"romanad now serves store {store_id}, not {self.store_id} that this "
+                       "host's routes came from")
+        elif revision < self.seen:
+            problem = (f"romanad's revision went back from {self.seen} to {revision}: "
+                       "changes this agent saw were lost")
+        if problem is None:
+            if self.rewound is not None:
+                log.warning("feed consistent again; following", extra={"revision": revision})
+            self.rewound = None
+            self.seen = max(self.seen, revision)
+            return
+        if problem != self.rewound:
+            log.error(problem + "; keeping the last good routes and not following it (restart "
+                      "the agent to accept this store)", extra={"store_id": store_id})
+        self.rewound = problem
+        self.metrics.errors.labels("FeedRewound").inc()
+        raise FeedRewound(problem)
+
     # -- the loops --------------------------------------------------------------------
-    async def follow(self) -> None:
+    async def follow(self, loop: Loop) -> None:
         """Sync, then sync again on every route-moving change; never returns by itself."""
         backoff = Backoff()
         since: int | None = None
         while True:
+            loop.beat()
             try:
                 if since is None:
                     since = await self.sync("start" if not self.synced.is_set() else "resync")
@@ -158,35 +172,37 @@ class RouteAgent:
                 answer = await self.upstream.watch(since, self.watch_timeout)
                 self._mark_up()
                 revision = int(answer["revision"])
-                if revision < since:  # romanad went back in time (restored store): start over
-                    since = None
-                    continue
+                self._check_feed(answer.get("store_id"), revision)
                 since = revision
                 if any(c.get("kind") in ROUTE_FACTS for c in answer["changes"]):
                     await self.sync("watch")
             except Resync:
                 since = None
-            except Unreachable as exc:
+            except Unavailable as exc:  # unreachable, or stopping: it will be back
                 self._mark_down(exc)
                 since = None
                 await asyncio.sleep(backoff.next())
-            except (RomanaError, OSError, KeyError, ValueError) as exc:
+            except FeedRewound:
+                since = None  # keep the kernel as it is; look again later
+                await asyncio.sleep(backoff.next())
+            except (RomanaError, OSError) as exc:
                 # romanad refused (e.g. this host was removed) or the kernel did: retry later.
                 self.metrics.errors.labels(type(exc).__name__).inc()
                 log.error("sync failed; retrying", extra={"error": str(exc)})
                 since = None
                 await asyncio.sleep(backoff.next())
 
-    async def resync_periodically(self) -> None:
+    async def resync_periodically(self, loop: Loop) -> None:
+        """Repair what someone else changed in the table; romanad outages are follow()'s."""
         while True:
             await asyncio.sleep(self.resync_interval)
-            if not self.synced.is_set():
+            loop.beat()
+            if not self.synced.is_set() or self.rewound is not None:
                 continue
-            with contextlib.suppress(Unreachable):  # follow() reports outages
-                try:
-                    await self.sync("periodic")
-                except (RomanaError, OSError) as exc:
-                    if not isinstance(exc, Unreachable):
-                        self.metrics.errors.labels(type(exc).__name__).inc()
-                        log.error("periodic resync failed", extra={"error": str(exc)})
-                    raise
+            try:
+                await self.sync("periodic")
+            except (Unavailable, FeedRewound):
+                pass
+            except (RomanaError, OSError) as exc:
+                self.metrics.errors.labels(type(exc).__name__).inc()
+                log.error("periodic resync failed", extra={"error": str(exc)})

@@ -302,7 +302,7 @@ class RouteTable:
         for message in self._channel.dump(request):
             if message.type != RTM_NEWRULE:
                 continue
-            rule = message.decode(fibmsg)
+            rule: fibmsg = message.decode(fibmsg)
             if rule.get_attr("FRA_PROTOCOL") == self.protocol:
                 rules.append(_decode_rule(rule))
         return rules

@@ -19,9 +19,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from romana.wire import LOCAL_VIA
+
 RouteKind = Literal["unicast", "unreachable", "throw"]
 KINDS: frozenset[str] = frozenset({"unicast", "unreachable", "throw"})
-LOCAL = "local"  # romanad's "via" for the host's own prefixes
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ def _to_kernel_route(entry: Mapping[str, Any]) -> KernelRoute | str:
     except ValueError as e:
         return f"bad prefix: {e}"
     via = str(entry.get("via"))
-    if via == LOCAL:
+    if via == LOCAL_VIA:
         return KernelRoute(prefix, None, "unreachable")
     gateway = entry.get("gateway")
     if gateway is None and via.startswith("group:"):

@@ -12,18 +12,24 @@ from starlette.routing import Route
 
 from romana.agent.follow import RouteAgent
 from romana.agent.metrics import AgentMetrics
+from romana.supervise import Supervisor
 
 
-def create_app(agent: RouteAgent, metrics: AgentMetrics) -> Starlette:
+def create_app(agent: RouteAgent, metrics: AgentMetrics, supervisor: Supervisor) -> Starlette:
     started = time.time()
 
     async def healthz(_: Request) -> JSONResponse:
-        """Alive; also says whether routes are synced and romanad answers (a romanad outage
-        is no reason to restart the agent: the kernel keeps its routes)."""
+        """Alive (503 if a loop is failed, restarting or stuck); also says whether routes
+        are synced, romanad answers and its feed is followed (a romanad outage is no reason
+        to restart the agent: the kernel keeps its routes)."""
+        ok, loops = supervisor.health()
         return JSONResponse({
-            "status": "ok", "host": agent.host, "synced": agent.synced.is_set(),
+            "status": "ok" if ok else "degraded", "host": agent.host,
+            "synced": agent.synced.is_set(),
             "romanad": "up" if agent.romanad_up else "unreachable",
-            "revision": agent.revision, "uptime_s": round(time.time() - started, 1)})
+            "feed": "rewound" if agent.rewound else "followed", "feed_problem": agent.rewound,
+            "store_id": agent.store_id, "revision": agent.revision, "loops": loops,
+            "uptime_s": round(time.time() - started, 1)}, status_code=200 if ok else 503)
 
     async def readyz(_: Request) -> JSONResponse:
         ready = agent.synced.is_set()

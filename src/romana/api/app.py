@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import itertools
+import logging
+import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,16 +23,43 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from romana.api.metrics import Metrics
 from romana.api.models import AddressRequest, BlackoutRequest, HostRequest
 from romana.api.service import IpamService
-from romana.errors import InvalidRequest, NotFound, RomanaError
+from romana.errors import (
+    Compacted,
+    Internal,
+    InvalidRequest,
+    NotFound,
+    RomanaError,
+    TooLarge,
+    Unauthorized,
+)
 from romana.routes import blocks_of, verify
-from romana.store.base import Compacted
+from romana.topology import Topology
 
 MAX_BODY = 1 << 20
+log = logging.getLogger("romanad")
 
 
 def error(status: int, code: str, message: str, details: list[Any] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "details": details or []}},
                         status_code=status)
+
+
+def _with_topology_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version,
+                               description=app.description, routes=app.routes)
+            topology = Topology.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(topology.pop("$defs", {}))
+            schemas["Topology"] = topology
+            # The body is taken as plain JSON so the validator can report every problem at
+            # once; the spec still describes the map (clients and the fuzzer send typed maps).
+            spec["paths"]["/topology"]["post"]["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Topology"}}}}
+            app.openapi_schema = spec
+        return app.openapi_schema
+    return openapi
 
 
 def create_app(service: IpamService, token: str | None = None) -> FastAPI:
@@ -44,9 +77,17 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
 
     mutating = [Depends(authorize)]
 
+    def durable(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """A read answered from durable state only (see ``IpamService.durable_view``)."""
+        @functools.wraps(handler)
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            async with service.durable_view():
+                return await handler(*args, **kwargs)
+        return read
+
     @app.exception_handler(RomanaError)
     async def romana_error(_: Request, exc: RomanaError) -> JSONResponse:
-        return JSONResponse(exc.to_json(), status_code=exc.http_status)
+        return JSONResponse(exc.to_json(), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -63,9 +104,11 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return error(400 if malformed else 422, "invalid", message, details)
 
     app.add_middleware(LimitsAndTiming, metrics=metrics)
+    app.openapi = _with_topology_schema(app)  # type: ignore[method-assign]
 
     # -- topology ---------------------------------------------------------------------
     @app.get("/topology")
+    @durable
     async def get_topology() -> Any:
         document = engine.topology_document()
         if document is None:
@@ -74,40 +117,54 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
 
     @app.post("/topology", dependencies=mutating)
     async def post_topology(document: Annotated[dict[str, Any], Body()]) -> Any:
-        warnings = await service.run(lambda: engine.apply_topology(document))
-        return {"revision": engine.revision, "warnings": [w.to_json() for w in warnings],
-                "topology": engine.topology_document()}
+        def apply() -> dict[str, Any]:
+            warnings = engine.apply_topology(document)
+            return {"revision": engine.revision, "warnings": [w.to_json() for w in warnings],
+                    "topology": engine.topology_document()}
+
+        return await service.run(apply)
 
     # -- networks and blocks ----------------------------------------------------------
     @app.get("/networks")
+    @durable
     async def networks() -> Any:
         return engine.networks()
 
     @app.get("/networks/{name}/blocks")
+    @durable
     async def network_blocks(name: str) -> Any:
         return {"revision": engine.revision,
                 "blocks": [b.to_json() for b in engine.blocks(name)]}
 
     @app.get("/blocks")
+    @durable
     async def blocks() -> Any:
         return {"revision": engine.revision, "blocks": [b.to_json() for b in engine.blocks()]}
 
     @app.get("/networks/{name}/blackout")
+    @durable
     async def get_blackouts(name: str) -> Any:
         return {"network": name, "blackouts": engine.blackouts(name)}
 
     @app.post("/networks/{name}/blackout", dependencies=mutating)
     async def add_blackout(name: str, body: BlackoutRequest) -> Any:
-        await service.run(lambda: engine.add_blackout(name, body.cidr))
-        return {"network": name, "blackouts": engine.blackouts(name)}
+        def add() -> dict[str, Any]:
+            engine.add_blackout(name, body.cidr)
+            return {"network": name, "blackouts": engine.blackouts(name)}
+
+        return await service.run(add)
 
     @app.delete("/networks/{name}/blackout", dependencies=mutating)
     async def remove_blackout(name: str, body: BlackoutRequest) -> Any:
-        await service.run(lambda: engine.remove_blackout(name, body.cidr))
-        return {"network": name, "blackouts": engine.blackouts(name)}
+        def remove() -> dict[str, Any]:
+            engine.remove_blackout(name, body.cidr)
+            return {"network": name, "blackouts": engine.blackouts(name)}
+
+        return await service.run(remove)
 
     # -- hosts ------------------------------------------------------------------------
     @app.get("/hosts")
+    @durable
     async def hosts() -> Any:
         return {"revision": engine.revision, "hosts": [h.to_json() for h in engine.hosts()]}
 
@@ -117,14 +174,18 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return view.to_json()
 
     @app.get("/hosts/{name}")
+    @durable
     async def get_host(name: str) -> Any:
         return engine.host(name).to_json()
 
     @app.delete("/hosts/{name}", dependencies=mutating)
     async def remove_host(name: str) -> Any:
-        view = engine.host(name)
-        await service.run(lambda: engine.remove_host(name))
-        return view.to_json()
+        def remove() -> dict[str, Any]:
+            view = engine.host(name).to_json()
+            engine.remove_host(name)
+            return view
+
+        return await service.run(remove)
 
     @app.put("/hosts/{name}/tags", dependencies=mutating)
     async def put_tags(name: str, tags: Annotated[dict[str, str], Body()]) -> Any:
@@ -145,6 +206,7 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return view.to_json()
 
     @app.get("/address/{name}")
+    @durable
     async def get_address(name: str) -> Any:
         return engine.address(name).to_json()
 
@@ -160,21 +222,25 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return view.to_json()
 
     @app.get("/addresses")
+    @durable
     async def addresses(host: str | None = None, tenant: str | None = None) -> Any:
         return {"revision": engine.revision,
                 "addresses": [a.to_json() for a in engine.addresses(host, tenant)]}
 
     # -- routes -----------------------------------------------------------------------
     @app.get("/routes")
+    @durable
     async def routes(host: str | None = None, group: str | None = None) -> Any:
         """A device's route set: ``?host=NAME`` or ``?group=PATH`` (``/`` is the root)."""
         if (host is None) == (group is None):
             raise InvalidRequest("give exactly one of ?host=NAME or ?group=PATH",
                                  ["e.g. /routes?host=node-1 or /routes?group=zone-a/rack-3"])
         vantage = f"host:{host}" if host is not None else f"group:{_group_path(group or '')}"
-        return {**service.routes.get(vantage).to_json(), "revision": engine.revision}
+        return {**service.routes.get(vantage).to_json(), "revision": engine.revision,
+                "store_id": service.store_id}
 
     @app.get("/routes/summary")
+    @durable
     async def routes_summary() -> Any:
         """Per device: routes, distinct next hops, and route updates caused since start."""
         return {"revision": engine.revision, "devices": service.routes.summary()}
@@ -183,19 +249,22 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     async def routes_verify() -> Any:
         """Forward every allocated address from every host over the served route sets, hop by
         hop with longest-prefix match; list any address that does not reach its owner."""
-        # Inputs are read on the loop (one consistent revision), the walk runs in a thread.
-        revision, sets = engine.revision, service.routes.all_sets()
-        blocks = blocks_of(engine.state)
-        devices = [{k: row[k] for k in ("vantage", "routes", "next_hops")}
-                   for row in service.routes.summary()]
+        # Inputs are read on the loop (one durable revision), the walk runs in a thread.
+        async with service.durable_view():
+            revision, sets = engine.revision, service.routes.all_sets()
+            blocks = blocks_of(engine.state)
+            devices = [{k: row[k] for k in ("vantage", "routes", "next_hops")}
+                       for row in service.routes.summary()]
         report = await asyncio.to_thread(verify, sets, blocks, revision)
         return report.to_json(devices)
 
     # -- operations -------------------------------------------------------------------
     @app.get("/healthz")
     async def healthz() -> Any:
-        return {"status": "ok", "revision": engine.revision,
-                "durable_revision": service.durable_revision}
+        """Durable revisions only (``applied_revision`` is memory ahead of the store); 503
+        while a loop is failed, restarting or stuck, or romanad is stopping."""
+        ok, answer = service.health()
+        return JSONResponse(answer, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -209,9 +278,9 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         try:
             revision, changes = await service.changes(since, timeout, limit)
         except Compacted as exc:
-            return JSONResponse({**exc.to_json(), "revision": service.durable_revision},
-                                status_code=410)
-        return {"revision": revision, "changes": changes}
+            return JSONResponse({**exc.to_json(), "revision": service.durable_revision,
+                                 "store_id": service.store_id}, status_code=410)
+        return {"revision": revision, "store_id": service.store_id, "changes": changes}
 
     return app
 
@@ -221,33 +290,60 @@ def _group_path(text: str) -> str:
 
 
 class LimitsAndTiming:
-    """Refuses oversized bodies up front and times every request (pure ASGI: cheap)."""
+    """Refuses oversized bodies up front, times every request, names it (``x-request-id``)
+    and answers anything unexpected with a JSON 500 whose id is in the log with its
+    traceback (pure ASGI: cheap)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._requests = itertools.count(1)
+        self._prefix = os.urandom(3).hex()  # tells restarts apart in logs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for key, value in scope["headers"]:
-            if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
-                response = error(413, "too_large", f"request body over {MAX_BODY} bytes")
-                await response(scope, receive, send)
-                return
+        request_id = f"{self._prefix}-{next(self._requests)}"
+        started_response = False
+
+        async def named(message: Message) -> None:
+            nonlocal started_response
+            if message["type"] == "http.response.start":
+                started_response = True
+                message["headers"] = [*message.get("headers", ()),
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+
         started = time.perf_counter()
         try:
+            too_large = TooLarge(f"request body over {MAX_BODY} bytes")
+            for key, value in scope["headers"]:
+                if key == b"content-length" and (not value.isdigit()
+                                                 or int(value) > MAX_BODY):
+                    await _answer(too_large, scope, receive, named)
+                    return
             body = await _read_body(receive)
             if body is None:
-                response = error(413, "too_large", f"request body over {MAX_BODY} bytes")
-                await response(scope, receive, send)
+                await _answer(too_large, scope, receive, named)
                 return
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, _replay(body, receive), named)
+        except Exception as exc:
+            log.error("unexpected error", exc_info=exc, extra={
+                "request_id": request_id, "method": scope.get("method"),
+                "path": scope.get("path")})
+            if not started_response:
+                await _answer(Internal(f"internal error (request {request_id}); romanad's "
+                                       "log has the traceback", [request_id]),
+                              scope, receive, named)
         finally:
             route = scope.get("route")
             self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"),
                                  time.perf_counter() - started)
+
+
+async def _answer(exc: RomanaError, scope: Scope, receive: Receive, send: Send) -> None:
+    await JSONResponse(exc.to_json(), status_code=exc.status)(scope, receive, send)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -280,9 +376,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class Unauthorized(RomanaError):
-    code = "unauthorized"
-    http_status = 401
-
-    def __init__(self) -> None:
-        super().__init__("missing or wrong bearer token", ["send Authorization: Bearer TOKEN"])

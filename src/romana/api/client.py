@@ -1,29 +1,23 @@
-"""A small synchronous client of the romanad REST API.
+"""The romanad client: synchronous (CLI, publisher, tests) and asynchronous (the agent).
 
 Each method is one endpoint and returns the server's JSON unchanged (typed below), so the CLI
 can print exactly what the server said with ``--json``. Error responses come back as the
-``romana.errors`` exception the server raised, so callers handle local and remote errors alike.
-Only httpx is imported: the CLI loads this module on every remote command.
+``romana.errors`` exception the server raised (:func:`romana.errors.from_wire`, the one
+decoder every client uses, the CNI's lean one included), so callers handle local and remote
+errors alike; no answer at all is :class:`~romana.errors.Unreachable`. Only httpx is
+imported: the CLI loads this module on every remote command.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 from urllib.parse import quote
 
 import httpx
 
-from romana.errors import (
-    Conflict,
-    Exhausted,
-    InvalidRequest,
-    InvalidTopology,
-    NotFound,
-    Problem,
-    RomanaError,
-)
+from romana.errors import RomanaError, Unreachable, from_wire
 
 DEFAULT_URL = "http://127.0.0.1:9600"
 
@@ -94,8 +88,11 @@ class TopologyApplied(TypedDict):
 
 class Health(TypedDict):
     status: str
-    revision: int
+    store_id: str
+    revision: int  # durable: what a crash cannot take back
     durable_revision: int
+    applied_revision: int  # applied in memory, possibly not yet on disk
+    loops: dict[str, Any]
 
 
 class RouteJson(TypedDict):
@@ -109,6 +106,7 @@ class RouteSetJson(TypedDict):
     default: str | None
     routes: list[RouteJson]
     revision: int
+    store_id: NotRequired[str]
 
 
 class DeviceRoutes(TypedDict):
@@ -128,17 +126,7 @@ class RouteSummary(TypedDict):
 class Changes(TypedDict):
     revision: int
     changes: list[dict[str, Any]]
-
-
-# The server maps each error class to a ``code`` once (romana.errors); this is the inverse.
-# Codes without a class of their own ("unauthorized", "too_large", "resync") stay RomanaError
-# with ``code`` and ``http_status`` set on the instance.
-_ERRORS: dict[str, type[RomanaError]] = {
-    InvalidRequest.code: InvalidRequest,
-    NotFound.code: NotFound,
-    Conflict.code: Conflict,
-    Exhausted.code: Exhausted,
-}
+    store_id: NotRequired[str]
 
 
 def endpoint(url: str) -> tuple[str, str | None]:
@@ -269,62 +257,77 @@ class RomanaClient:
 
     # -- plumbing ---------------------------------------------------------------------
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        response = self._send(method, path, **kw)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise RomanaError(f"romanad at {self.url} sent invalid JSON for {method} {path}",
-                              [response.text[:200]]) from exc
+        return _json(self._send(method, path, **kw), method, path, self.url)
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kw)
-        except httpx.TimeoutException as exc:
-            raise RomanaError(f"romanad at {self.url} did not answer in time: "
-                              f"{type(exc).__name__}") from exc
         except httpx.TransportError as exc:
-            raise RomanaError(f"cannot reach romanad at {self.url}: {exc or type(exc).__name__}"
-                              ) from exc
-        if response.is_error:
-            raise _error(response)
-        return response
+            raise _unreachable(self.url, exc) from exc
+        return _checked(response, method, path, self.url)
+
+
+class AsyncRomanaClient:
+    """The agent's view of romanad, asynchronous: the same endpoints, errors and URLs."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
+                 timeout: float = 10) -> None:
+        base, socket_path = endpoint(url)
+        transport = httpx.AsyncHTTPTransport(uds=socket_path) if socket_path else None
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        self._http = httpx.AsyncClient(base_url=base, transport=transport, headers=headers,
+                                       timeout=timeout)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def routes(self, host: str | None = None, group: str | None = None) -> RouteSetJson:
+        params = {"host": host} if host is not None else {"group": group or "/"}
+        return cast(RouteSetJson, await self._call("GET", "/routes", params=params))
+
+    async def networks(self) -> list[NetworkJson]:
+        return cast(list[NetworkJson], await self._call("GET", "/networks"))
+
+    async def health(self) -> Health:
+        return cast(Health, await self._call("GET", "/healthz"))
+
+    async def watch(self, since: int = 0, timeout: float = 30.0, limit: int = 1000
+                    ) -> Changes:
+        """Long-poll facts after ``since``; a compacted history raises Resync."""
+        params = {"since": since, "timeout": timeout, "limit": limit}
+        extended = httpx.Timeout(10.0, read=timeout + 10.0)
+        return cast(Changes, await self._call("GET", "/watch", params=params,
+                                              timeout=extended))
+
+    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        return _json(_checked(response, method, path, self.url), method, path, self.url)
+
+
+def _checked(response: httpx.Response, method: str, path: str, url: str) -> httpx.Response:
+    if response.is_error:
+        raise from_wire(response.status_code, response.content, f"{method} {path} at {url}")
+    return response
+
+
+def _json(response: httpx.Response, method: str, path: str, url: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise RomanaError(f"romanad at {url} sent invalid JSON for {method} {path}",
+                          [response.text[:200]]) from exc
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> Unreachable:
+    if isinstance(exc, httpx.TimeoutException):
+        return Unreachable(f"romanad at {url} did not answer in time: {type(exc).__name__}")
+    return Unreachable(f"cannot reach romanad at {url}: {exc or type(exc).__name__}")
 
 
 def _seg(value: str) -> str:
     """Quote one path segment so a name can never change the route."""
     return quote(value, safe="")
-
-
-def _error(response: httpx.Response) -> RomanaError:
-    """Rebuild the exception the server reported from its ``{"error": {...}}`` body."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
-        # Not romanad's error shape: a proxy page, an unknown route, another server.
-        text = " ".join(response.text.split())[:200]
-        return RomanaError(f"HTTP {response.status_code} {response.reason_phrase} from "
-                           f"{response.request.method} {response.url}" + (f": {text}" if text
-                                                                           else ""))
-    code = str(error.get("code", "error"))
-    details = [_detail(d) for d in error.get("details") or []]
-    problems = [d for d in details if isinstance(d, Problem)]
-    exc: RomanaError
-    if code == InvalidRequest.code and problems and error["message"].startswith(
-            "invalid topology"):
-        exc = InvalidTopology(problems)
-    else:
-        exc = _ERRORS.get(code, RomanaError)(error["message"], details)
-    exc.code = code
-    exc.http_status = response.status_code
-    return exc
-
-
-def _detail(detail: object) -> object:
-    """Problem-shaped details (validation findings) become Problems so they print as text."""
-    if isinstance(detail, dict) and isinstance(detail.get("message"), str):
-        return Problem(str(detail.get("path", "")), detail["message"],
-                       str(detail.get("hint", "")), str(detail.get("severity", "error")))
-    return detail

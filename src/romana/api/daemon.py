@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-history", type=int, default=10_000, metavar="FACTS",
                         help="facts kept before the newest snapshot for lagging watchers "
                         "(default %(default)s)")
+    parser.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
+                        help="copy the write-ahead log into the database this often "
+                        "(default %(default)s)")
+    parser.add_argument("--accept-data-loss", action="store_true",
+                        help="start on a store that is shorter than it was or another "
+                        "store's (refused otherwise: see docs/romanad.md)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -61,12 +67,21 @@ def main(argv: list[str] | None = None) -> None:
     from romana.store.sqlite import SqliteStore
     from romana.topology import read_file
 
+    store = None
     try:
-        store = SqliteStore(args.data_dir)
+        store = SqliteStore(args.data_dir, accept_loss=args.accept_data_loss)
         service = IpamService(store, snapshot_every=max(1, args.snapshot_every),
-                              keep_history=max(0, args.keep_history))
+                              keep_history=max(0, args.keep_history),
+                              where=str(args.data_dir),
+                              checkpoint_every=max(0.0, args.checkpoint_every))
     except RomanaError as exc:
-        sys.exit(f"romanad: {exc.message}")
+        if store is not None:
+            store.close()
+        hint = f" ({'; '.join(map(str, exc.details))})" if exc.details else ""
+        sys.exit(f"romanad: {exc.message}{hint}")
+    if args.accept_data_loss:
+        log.warning("--accept-data-loss: the store was taken as it is",
+                    extra={"revision": service.engine.revision, "store_id": store.store_id})
     if service.engine.topology is None and args.topology is not None:
         try:
             document = read_file(args.topology)
@@ -87,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app(service, token)
     app.router.lifespan_context = lifespan
-    # Watchers hold long polls open; without a bound, shutdown would wait for each to time
-    # out. After 2 s they are cut (they reconnect to the next romanad) and the store closes.
-    serve(app, sockets, listen, graceful_timeout=2)
+    # Watchers hold long polls open: at the stop signal they are answered at once (503,
+    # "stopping"), so the graceful shutdown (bounded at 2 s) does not wait on them.
+    serve(app, sockets, listen, graceful_timeout=2, on_stop=service.begin_stop)
 
 if __name__ == "__main__":
     main()

@@ -51,17 +51,16 @@ def _args(items: list[str] | None) -> dict[str, str]:
 
 
 def _emit(opts: Options, url: str, token_file: Path | None, socket: str | None) -> None:
-    from romana.publisher import templates
-    from romana.publisher.bird import BirdConfig, BirdError
+    from romana.errors import BirdError, RouterError, TemplateError
+    from romana.publisher.bird import BirdConfig
     from romana.publisher.daemon import Metrics, Publisher, builtin_router_template
-    from romana.publisher.router import RouterError
 
     with connect(url, token_file) as client:
         bird = BirdConfig(opts.output, socket, opts.bird)
         publisher = Publisher(opts, client, bird, Metrics(), builtin_router_template())
         try:
             text = publisher.render_current()
-        except (templates.TemplateError, RouterError) as exc:
+        except (TemplateError, RouterError) as exc:
             fail(str(exc))
         unpeered = publisher.variables().get("unpeered")
         if unpeered:
@@ -109,8 +108,9 @@ def router_config_cmd(
     One BGP neighbour per host of the group (per child group's router for a parent
     group), each with an import filter limited to its prefix group.
     """
+    from romana.errors import RouterError
     from romana.publisher.daemon import Options
-    from romana.publisher.router import PeerSpec, RouterError
+    from romana.publisher.router import PeerSpec
 
     try:
         peers = dict(PeerSpec.parse(p) for p in peer or [])

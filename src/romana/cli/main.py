@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from romana.cli import addresses, bird, hosts, ipam, network, routes, topology
+from romana.cli import addresses, bird, hosts, ipam, network, routes, store, topology
 
 app = typer.Typer(
     help="Romana: routed, overlay-free networking with a topology-aware IPAM.",
@@ -21,6 +21,7 @@ app.add_typer(network.blackout_app, name="blackout")
 app.add_typer(routes.app, name="routes")
 app.add_typer(bird.app, name="bird")
 app.add_typer(ipam.app, name="ipam")
+app.add_typer(store.app, name="store")
 
 
 @app.callback()

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from romana.api.client import RomanaClient
 from romana.cli.output import fail
-from romana.errors import RomanaError
+from romana.errors import RomanaError, Unauthorized
 
 TOKEN_ENV = "ROMANA_TOKEN"
 _PANEL = "Connection"
@@ -47,7 +47,7 @@ def connect(url: str, token_file: Path | None) -> Iterator[RomanaClient]:
         with RomanaClient(url, token) as client:
             yield client
     except RomanaError as exc:
-        if exc.code == "unauthorized":
+        if isinstance(exc, Unauthorized):
             # The server's hint names the HTTP header; a CLI user needs the CLI's knobs.
             exc.details = [f"set ${TOKEN_ENV} or pass --token-file"]
         fail(exc)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.tree import Tree
 
-from romana.api.client import DEFAULT_URL
+from romana.api.client import DEFAULT_URL, TopologyApplied
 from romana.cli.output import console, emit, err_console, fail, print_json
 from romana.cli.remote import TokenFileOpt, UrlOpt, connect
 from romana.errors import Problem, RomanaError
@@ -119,7 +119,7 @@ def apply_cmd(file: FileArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt
         document = read_file(file)
     except RomanaError as exc:
         fail(exc)
-    def show_applied(result: dict[str, Any]) -> None:
+    def show_applied(result: TopologyApplied) -> None:
         for warning in result["warnings"]:
             console.print(str(_problem(warning)), markup=False, highlight=False)
         console.print(render_tree(result["topology"]))

@@ -25,8 +25,8 @@ from romana.cni.errors import (
     TRY_AGAIN_LATER,
     CniError,
 )
-from romana.cni.romanad import RomanadClient, Unreachable
-from romana.errors import RomanaError
+from romana.cni.romanad import RomanadClient
+from romana.errors import Conflict, RomanaError, Unreachable
 
 log = logging.getLogger("romana.cni")
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class Allocator:
         except Unreachable as exc:
             raise _unreachable("allocate an address", exc) from None
         except RomanaError as exc:
-            if exc.code != "conflict":
+            if not isinstance(exc, Conflict):
                 raise _refused("allocate an address", exc) from None
             # The name is taken. Names are unique per attachment and the runtime never ADDs
             # an attachment twice without a DEL, so it is ours from an ADD whose answer got
@@ -126,7 +126,7 @@ def _unreachable(action: str, exc: Exception) -> CniError:
 
 def _refused(action: str, exc: RomanaError) -> CniError:
     return CniError(ROMANAD_REFUSED, f"romanad refused to {action}: {exc.message}",
-                    f"romanad error code {exc.code!r}")
+                    f"romanad error code {exc.wire_code!r}")
 
 
 def _read_token(path: str) -> str:

@@ -29,8 +29,9 @@ from romana.cni.errors import (
     INVALID_ENVIRONMENT,
     CniError,
 )
+from romana.wire import CNI_VERSIONS
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+SUPPORTED_VERSIONS = CNI_VERSIONS
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 GATEWAY = "169.254.1.1"  # link-local next hop of every pod; the host side answers its ARP
 DEFAULT_SEGMENT_LABEL = "romana.io/segment"

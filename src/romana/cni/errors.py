@@ -1,4 +1,4 @@
-"""CNI error codes and the one exception the agent-side plugin raises.
+"""CNI error codes, for the one exception the agent-side plugin raises (``CniError``).
 
 The runtime reads ``{"cniVersion", "code", "msg", "details"}`` from stdout and decides by
 ``code`` alone: 11 makes it retry later, 3 tells it there is nothing to clean up. So every
@@ -27,12 +27,7 @@ CHECK_FAILED = 102  # CHECK found the container's network not as ADD left it
 INTERNAL = 199  # a bug: the agent's log has the traceback
 
 
-class CniError(Exception):
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.details = details
+# CniError itself lives in the one error tree (romana.errors); raise it with these codes.
+from romana.errors import CniError  # noqa: E402
 
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.msg}" + (f": {self.details}" if self.details else "")
+__all__ = ["CniError"]

@@ -189,7 +189,7 @@ def _addresses(found: Sequence[Message]) -> list[tuple[int, str, int]]:
     """(interface index, address, prefix length) of RTM_NEWADDR messages (IPv4)."""
     addresses = []
     for message in found:
-        msg = message.decode(ifaddrmsg)
+        msg: ifaddrmsg = message.decode(ifaddrmsg)
         address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if msg["family"] == socket.AF_INET and address:
             addresses.append((msg["index"], address, msg["prefixlen"]))
@@ -200,7 +200,7 @@ def _routes(found: Sequence[Message]) -> list[tuple[str, str | None, int | None,
     """(prefix, gateway, oif, scope) of RTM_NEWROUTE messages of the main table."""
     routes = []
     for message in found:
-        msg = message.decode(rtmsg)
+        msg: rtmsg = message.decode(rtmsg)
         table = msg.get_attr("RTA_TABLE")
         if (msg["table"] if table is None else table) != MAIN_TABLE:
             continue

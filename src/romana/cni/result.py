@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from romana.cni.config import GATEWAY
-from romana.cni.errors import CniError
 from romana.cni.podnet import Link
+from romana.errors import CniError
 
 
 def _ip(version: str, address: str, gateway: str | None = None,
@@ -51,8 +51,8 @@ def ipam_result(version: str, ip: str, routes: Sequence[dict[str, str]]) -> dict
 
 
 def error_object(version: str, error: CniError) -> dict[str, Any]:
-    return {"cniVersion": version, "code": error.code, "msg": error.msg,
-            "details": error.details}
+    return {"cniVersion": version, "code": error.cni_code, "msg": error.msg,
+            "details": error.cni_details}
 
 
 def previous_ip(prev: dict[str, Any] | None) -> str | None:

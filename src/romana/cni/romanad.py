@@ -25,16 +25,10 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from romana.errors import RomanaError
+from romana.errors import NotFound, RomanaError, Unreachable, from_wire
 
 MAX_IDLE = 16  # pooled connections kept open
 MAX_HEADER = 64 << 10
-
-
-class Unreachable(RomanaError):
-    """romanad did not answer (refused, reset, timed out): the runtime should retry."""
-
-    code = "unreachable"
 
 
 class _Connection:
@@ -96,14 +90,12 @@ class RomanadClient:
     async def _or_none(self, method: str, path: str) -> Any:
         try:
             return await self.call(method, path)
-        except RomanaError as exc:
-            if exc.code == "not_found":
-                return None
-            raise
+        except NotFound:
+            return None
 
     # -- HTTP -------------------------------------------------------------------------------
     async def call(self, method: str, path: str, body: Any = None) -> Any:
-        """One request; romanad's refusals raise RomanaError carrying romanad's ``code``."""
+        """One request; romanad's refusals raise the RomanaError it reported."""
         payload = b"" if body is None else json.dumps(body).encode()
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self._authority}\r\n{self._auth}"
                 f"Content-Length: {len(payload)}\r\n"
@@ -115,20 +107,13 @@ class RomanadClient:
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             raise Unreachable(f"cannot reach romanad at {self.url}: "
                               f"{exc or type(exc).__name__}") from exc
+        if status >= 300:
+            raise from_wire(status, data, f"{method} {path} at {self.url}")
         try:
-            answer = json.loads(data)
+            return json.loads(data)
         except ValueError:
             raise RomanaError(f"romanad answered {status} to {method} {path} with "
                               f"something that is not JSON") from None
-        if status < 300:
-            return answer
-        error = answer.get("error") if isinstance(answer, dict) else None
-        if not isinstance(error, dict):
-            raise RomanaError(f"romanad answered {status} to {method} {path}")
-        refusal = RomanaError(str(error.get("message", "")), list(error.get("details") or []))
-        refusal.code = str(error.get("code", "error"))
-        refusal.http_status = status
-        raise refusal
 
     async def _exchange(self, request: bytes) -> tuple[int, bytes]:
         while self._idle:  # a pooled connection; if the server had closed it, try the next

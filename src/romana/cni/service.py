@@ -283,7 +283,7 @@ class CniService:
                               "released": len(stale) - len(failed)})
         if failed:
             first = failed[0][1]
-            code = first.code if isinstance(first, CniError) else INTERNAL
+            code = first.cni_code if isinstance(first, CniError) else INTERNAL
             raise CniError(code, f"GC could not clean up {len(failed)} of {len(stale)} stale "
                            "attachments", "; ".join(f"{s.address_name}: {o}" for s, o in failed))
 
@@ -326,7 +326,7 @@ class CniService:
 
     def _record(self, command: str, inv: Invocation | None, answer: dict[str, Any] | None,
                 error: CniError | None, elapsed: float) -> None:
-        code = error.code if error else 0
+        code = error.cni_code if error else 0
         if self.metrics:
             self.metrics.requests.labels(command or "-", str(code)).inc()
             self.metrics.seconds.labels(command or "-").observe(elapsed)
@@ -338,7 +338,7 @@ class CniService:
         if answer and answer.get("ips"):
             entry["ip"] = answer["ips"][0]["address"]
         if error is not None:
-            entry.update(msg=error.msg, details=error.details)
+            entry.update(msg=error.msg, details=error.cni_details)
         if inv is not None and inv.conf.log_file:
             requestlog.append(inv.conf.log_file, entry)
         # "msg" is a reserved LogRecord attribute: the log line calls it "error".

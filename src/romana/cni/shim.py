@@ -27,6 +27,7 @@ import sys
 
 MAGIC = b"ROMANA-CNI/1\0"
 DEFAULT_SOCKET = "/run/romana/cni.sock"
+# romana.wire.CNI_VERSIONS: the shim imports nothing of romana; a test checks they agree.
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
 TIMEOUT = 55.0  # seconds; runtimes usually give a CNI call a few minutes

@@ -163,9 +163,9 @@ class Engine:
         placements = {net: leaf.path for net, leaf in record.placements.items()}
         for tree in self.state.trees.values():
             if tree.name not in placements:
-                leaf = tree.choose_leaf(name, labels)
-                if leaf is not None:
-                    placements[tree.name] = leaf.path
+                chosen = tree.choose_leaf(name, labels)
+                if chosen is not None:
+                    placements[tree.name] = chosen.path
         if labels != record.labels or len(placements) != len(record.placements):
             self.commit([HostLabelsUpdated(HostState(name, record.ip, labels, placements))])
         return self.host(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from romana import wire
 from romana.ipam.addr import cidr_str, ip_from_str, ip_to_str
 
 
@@ -54,7 +55,7 @@ class AreaState:
 class TopologyApplied:
     """A topology took effect; ``hosts`` is every host's complete new placement."""
 
-    kind: ClassVar[str] = "topology_applied"
+    kind: ClassVar[str] = wire.TOPOLOGY_APPLIED
     topology: dict[str, Any]
     hosts: tuple[HostState, ...]
     blackouts: dict[str, list[str]] = field(default_factory=dict)
@@ -63,7 +64,7 @@ class TopologyApplied:
 
 @dataclass(frozen=True, slots=True)
 class HostAdded:
-    kind: ClassVar[str] = "host_added"
+    kind: ClassVar[str] = wire.HOST_ADDED
     host: HostState
 
 
@@ -71,19 +72,19 @@ class HostAdded:
 class HostLabelsUpdated:
     """New labels; ``host.placements`` is the complete placement (it only ever grows)."""
 
-    kind: ClassVar[str] = "host_labels_updated"
+    kind: ClassVar[str] = wire.HOST_LABELS_UPDATED
     host: HostState
 
 
 @dataclass(frozen=True, slots=True)
 class HostRemoved:
-    kind: ClassVar[str] = "host_removed"
+    kind: ClassVar[str] = wire.HOST_REMOVED
     name: str
 
 
 @dataclass(frozen=True, slots=True)
 class BlockAssigned:
-    kind: ClassVar[str] = "block_assigned"
+    kind: ClassVar[str] = wire.BLOCK_ASSIGNED
     network: str
     base: int
     prefixlen: int
@@ -94,7 +95,7 @@ class BlockAssigned:
 
 @dataclass(frozen=True, slots=True)
 class BlockFreed:
-    kind: ClassVar[str] = "block_freed"
+    kind: ClassVar[str] = wire.BLOCK_FREED
     network: str
     base: int
     prefixlen: int
@@ -104,7 +105,7 @@ class BlockFreed:
 class AreaReserved:
     """``host`` now holds the area ``base/prefixlen`` of its leaf group in ``network``."""
 
-    kind: ClassVar[str] = "area_reserved"
+    kind: ClassVar[str] = wire.AREA_RESERVED
     network: str
     base: int
     prefixlen: int
@@ -113,7 +114,7 @@ class AreaReserved:
 
 @dataclass(frozen=True, slots=True)
 class AreaReleased:
-    kind: ClassVar[str] = "area_released"
+    kind: ClassVar[str] = wire.AREA_RELEASED
     network: str
     base: int
     prefixlen: int
@@ -122,7 +123,7 @@ class AreaReleased:
 
 @dataclass(frozen=True, slots=True)
 class AddressAllocated:
-    kind: ClassVar[str] = "address_allocated"
+    kind: ClassVar[str] = wire.ADDRESS_ALLOCATED
     name: str
     network: str
     ip: int
@@ -130,7 +131,7 @@ class AddressAllocated:
 
 @dataclass(frozen=True, slots=True)
 class AddressReleased:
-    kind: ClassVar[str] = "address_released"
+    kind: ClassVar[str] = wire.ADDRESS_RELEASED
     name: str
     network: str
     ip: int
@@ -138,14 +139,14 @@ class AddressReleased:
 
 @dataclass(frozen=True, slots=True)
 class BlackoutAdded:
-    kind: ClassVar[str] = "blackout_added"
+    kind: ClassVar[str] = wire.BLACKOUT_ADDED
     network: str
     cidr: str
 
 
 @dataclass(frozen=True, slots=True)
 class BlackoutRemoved:
-    kind: ClassVar[str] = "blackout_removed"
+    kind: ClassVar[str] = wire.BLACKOUT_REMOVED
     network: str
     cidr: str
 

@@ -129,9 +129,9 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
     dropped: list[Problem] = []
     for net, blackouts in state.blackouts.items():
         for cidr in blackouts.cidrs:
-            tree = _tree_of(trees, int(cidr.network_address))
-            if tree is not None and cidr.subnet_of(tree.cidr) and cidr != tree.cidr:
-                kept.setdefault(tree.name, []).append(str(cidr))
+            owner = _tree_of(trees, int(cidr.network_address))
+            if owner is not None and cidr.subnet_of(owner.cidr) and cidr != owner.cidr:
+                kept.setdefault(owner.name, []).append(str(cidr))
             else:
                 dropped.append(Problem(f"blackouts.{net}", f"blackout {cidr} dropped: no "
                                        "longer inside a network", severity="warning"))

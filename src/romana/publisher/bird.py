@@ -30,22 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from romana.errors import BirdError
+
 RECONFIGURED = 3
 IN_PROGRESS = 4
 QUEUED = 5
 SHUTTING_DOWN = 6
 STATUS = 13
 CONFIG_ERROR = 8002
-
-
-class BirdError(Exception):
-    """A step failed; ``stage`` is "validate", "write" or "reload"."""
-
-    def __init__(self, stage: str, message: str, retry: bool = False) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.message = message
-        self.retry = retry  # the configuration is fine; BIRD could not be told yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,11 +34,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from romana.api.client import DEFAULT_URL, RomanaClient
-from romana.errors import NotFound, RomanaError
+from romana.errors import BirdError, NotFound, RomanaError, RouterError, TemplateError
 from romana.publisher import source, templates
 from romana.publisher.announce import Policy, announced
-from romana.publisher.bird import BirdConfig, BirdError
-from romana.publisher.router import PeerSpec, RouterError, missing_as, pattern, router_data
+from romana.publisher.bird import BirdConfig
+from romana.publisher.router import PeerSpec, missing_as, pattern, router_data
 from romana.serving import read_token_file
 
 log = logging.getLogger("romana.publisher")
@@ -253,14 +253,14 @@ class Publisher:
         variables = self.variables()
         try:
             template = self.template()
-        except templates.TemplateError as exc:
+        except TemplateError as exc:
             return self._failed("template", str(exc), (str(exc), variables))
         key: object = (template, variables)
         if key == self._last and not self.bird.reload_pending:
             return self.healthy
         try:
             text = templates.render(template, variables)
-        except templates.TemplateError as exc:
+        except TemplateError as exc:
             return self._failed("template", str(exc), key)
         self.metrics.renders.inc()
         try:
@@ -309,7 +309,7 @@ class Publisher:
                     return 0 if ok else 1
                 self.follow()
                 backoff = 0.5
-            except (RomanaError, RouterError) as exc:
+            except RomanaError as exc:
                 code = getattr(exc, "code", "")
                 if code == "resync":
                     log.warning("changes feed compacted past our revision: re-reading")

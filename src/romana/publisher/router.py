@@ -27,9 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class RouterError(Exception):
-    """The group does not exist, or a peer cannot be configured (no IP, no AS)."""
+from romana.errors import RouterError
 
 
 @dataclass(frozen=True, slots=True)

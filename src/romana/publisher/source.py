@@ -18,14 +18,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from romana import wire
 from romana.api.client import RomanaClient
 from romana.publisher.announce import Placement
 from romana.publisher.router import GroupInfo, group_info
 
-HOST_FACTS = frozenset({"host_added", "host_labels_updated", "host_removed"})
-BLOCK_FACTS = frozenset({"block_assigned", "block_freed"})
-AREA_FACTS = frozenset({"area_reserved", "area_released"})
-TOPOLOGY_FACTS = frozenset({"topology_applied"})
+HOST_FACTS = frozenset({wire.HOST_ADDED, wire.HOST_LABELS_UPDATED, wire.HOST_REMOVED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +53,7 @@ def start_revision(client: RomanaClient) -> int:
 def local_networks(client: RomanaClient, host: str) -> list[str]:
     """The host's own blocks, collapsed: romanad's ``via: local`` routes for the host."""
     answer = client.routes(host=host)
-    return [str(r["prefix"]) for r in answer["routes"] if r["via"] == "local"]
+    return [str(r["prefix"]) for r in answer["routes"] if r["via"] == wire.LOCAL_VIA]
 
 
 def read_host(client: RomanaClient, name: str, group_sizes: bool) -> HostInputs:
@@ -96,15 +94,15 @@ def _inside(cidr: object, prefixes: Iterable[str]) -> bool:
 def host_cares(change: Mapping[str, Any], inputs: HostInputs, group_policy: bool) -> bool:
     """Whether ``change`` can alter what this host announces."""
     kind = change.get("kind")
-    if kind in TOPOLOGY_FACTS:
+    if kind == wire.TOPOLOGY_APPLIED:
         return True
     if kind in HOST_FACTS:
         return change.get("name") == inputs.name or group_policy
-    if kind == "block_assigned":
+    if kind == wire.BLOCK_ASSIGNED:
         return change.get("host") == inputs.name
-    if kind == "block_freed":
+    if kind == wire.BLOCK_FREED:
         return _inside(change.get("cidr"), inputs.local)
-    if kind in AREA_FACTS:  # its own area, or one whose change moves its stray blocks
+    if kind in wire.AREA_FACTS:  # its own area, or one whose change moves its stray blocks
         return change.get("host") == inputs.name or _inside(
             change.get("cidr"), [p.cidr for p in inputs.placements.values()])
     return False
@@ -113,7 +111,7 @@ def host_cares(change: Mapping[str, Any], inputs: HostInputs, group_policy: bool
 def router_cares(change: Mapping[str, Any], inputs: RouterInputs, strict: bool) -> bool:
     """Whether ``change`` can alter the router configuration of the group."""
     kind = change.get("kind")
-    if kind in TOPOLOGY_FACTS:
+    if kind == wire.TOPOLOGY_APPLIED:
         return True
     if not inputs.group.leaf:
         return False  # a parent's peers and filters follow the map only
@@ -121,6 +119,6 @@ def router_cares(change: Mapping[str, Any], inputs: RouterInputs, strict: bool) 
         placements = change.get("placements") or {}
         return (change.get("name") in {h.get("name") for h in inputs.hosts}
                 or inputs.group.path in placements.values())
-    if kind in BLOCK_FACTS or kind in AREA_FACTS:
+    if kind in wire.BLOCK_FACTS or kind in wire.AREA_FACTS:
         return strict and _inside(change.get("cidr"), inputs.group.cidrs.values())
     return False

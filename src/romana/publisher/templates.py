@@ -24,9 +24,7 @@ from typing import Any
 
 import jinja2
 
-
-class TemplateError(Exception):
-    """No template file, or it does not render; the message names file and line."""
+from romana.errors import TemplateError
 
 
 def candidates(template: Path, host_ip: str | None = None,

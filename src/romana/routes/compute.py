@@ -26,9 +26,10 @@ from romana.errors import NotFound
 from romana.ipam.groups import GroupNode
 from romana.ipam.state import IpamState
 from romana.routes.aggregate import Prefix
-from romana.routes.model import LOCAL, Route, RouteSet, group_vantage, host_vantage
+from romana.routes.model import Route, RouteSet, group_vantage, host_vantage
 from romana.routes.prefixes import HostPrefixes, holes, leaf_prefixes
 from romana.topology import routing
+from romana.wire import LOCAL_VIA
 
 
 def routing_mode(node: GroupNode) -> routing.RoutingMode:
@@ -95,7 +96,7 @@ def host_segments(state: IpamState, name: str, prefixes: Prefixes,
         raise NotFound(f'no host "{name}"', ["list hosts with GET /hosts"])
     segments: Segments = {}
     for net, leaf in record.placements.items():
-        segments[("local", net)] = Segment(LOCAL, None, prefixes(net, name))
+        segments[(LOCAL_VIA, net)] = Segment(LOCAL_VIA, None, prefixes(net, name))
         if routing_mode(leaf).host_routes:
             for neighbour in leaf.hosts:
                 if neighbour != name:

@@ -7,8 +7,6 @@ from typing import Any
 
 from romana.ipam.addr import cidr_str
 
-LOCAL = "local"  # the vantage host's own blocks: delivered (or dropped) there
-
 
 def host_vantage(name: str) -> str:
     return f"host:{name}"

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from romana.ipam.addr import cidr_str, ip_to_str
-from romana.routes.model import LOCAL, RouteSet
+from romana.routes.model import RouteSet
+from romana.wire import LOCAL_VIA
 
 if TYPE_CHECKING:
     from romana.ipam.state import IpamState
@@ -140,7 +141,7 @@ def _walk(tables: Mapping[str, _Table], verdicts: dict[str, str | None], source:
             problem = f"{device} has no route set"
             break
         via = table.next_hop(ip)
-        if via == LOCAL:
+        if via == LOCAL_VIA:
             problem = None if device == owner else f"delivered at {device}, not {owner}"
             break
         if via is None:

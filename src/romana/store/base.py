@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from romana.errors import Conflict, RomanaError
+# The store's errors are part of the one tree; re-exported for the stores' callers.
+from romana.errors import Compacted, RevisionConflict, StoreError, StoreLocked
+
+__all__ = ["Compacted", "FactJson", "RevisionConflict", "Store", "StoreError", "StoreLocked"]
 
 FactJson = dict[str, Any]
 
@@ -54,56 +57,3 @@ class Store(Protocol):
     def close(self) -> None:
         """Release the store (and its lock); further calls raise :class:`StoreError`."""
         ...
-
-
-class StoreError(RomanaError):
-    """Persistence failed or is unusable; the change was not made (HTTP 503)."""
-
-    code = "store"
-    http_status = 503
-
-
-class RevisionConflict(StoreError, Conflict):
-    """The log moved on since the writer last looked; nothing was written.
-
-    It means two writers raced (which the data-dir lock should make impossible) or the
-    caller's view is stale; the fix is to reload, never to retry blindly.
-    """
-
-    code = "conflict"
-    http_status = 409
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(
-            f"log head is at revision {actual}, not the expected {expected}; nothing was written",
-            ["another writer appended first or this view is stale: reload and retry"],
-        )
-        self.expected = expected
-        self.actual = actual
-
-
-class Compacted(StoreError):
-    """The facts a reader asked for were compacted away; it must resync from a snapshot.
-
-    ``oldest_available`` is the oldest revision still stored (head + 1 when no fact is), so
-    ``read_since(oldest_available - 1)`` is the earliest call that can succeed.
-    """
-
-    code = "resync"
-    http_status = 410
-
-    def __init__(self, revision: int, oldest_available: int) -> None:
-        super().__init__(
-            f"facts after revision {revision} were compacted; the oldest kept is revision "
-            f"{oldest_available}",
-            ["load the latest snapshot and follow the log from its revision"],
-        )
-        self.revision = revision
-        self.oldest_available = oldest_available
-
-
-class StoreLocked(StoreError):
-    """Another process holds the data directory: two daemons must never share one log."""
-
-    code = "locked"
-    http_status = 503

@@ -2,7 +2,19 @@
 
 Why SQLite: a single-node ``romanad`` needs atomic, fsynced appends and nothing to
 operate. WAL mode with ``synchronous=FULL`` makes every commit durable with one fsync of
-the write-ahead log, and readers never wait for the writer.
+the write-ahead log, and readers never wait for the writer. ``checkpoint`` moves the log
+into the database file now and then (romanad does it every few seconds), so a copy of
+``romana.db`` alone is nearly current; ``backup`` makes an exact one while romanad runs.
+
+No silent loss. Every store has an id, kept in the database and, with the newest revision
+known to be durable, in ``DATA_DIR/store.json`` (rewritten atomically every second or so
+while the log grows, and at close). At open, a database that is empty, shorter than the
+marker, or another store's (a 0-byte file, a WAL deleted after a crash, a dropped table, a
+copied-in file) is refused with :class:`~romana.errors.StoreRewound` instead of starting
+over at revision 0 under agents that followed the old log; ``accept_loss=True`` (romanad
+``--accept-data-loss``) takes the database as it is and rewrites the marker. A loss
+confined to the last second before the marker was rewritten is the one that can go
+unnoticed here; consumers also refuse a feed that goes back in time.
 
 Threads: one *write* connection (appends, snapshots, compaction) and one *read*
 connection, each used under its own lock (``check_same_thread=False``). Readers therefore
@@ -21,15 +33,29 @@ import json
 import os
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from romana.store.base import Compacted, FactJson, RevisionConflict, StoreError, StoreLocked
+from romana.errors import (
+    Compacted,
+    RevisionConflict,
+    StoreDamaged,
+    StoreError,
+    StoreLocked,
+    StoreRewound,
+)
+from romana.store.base import FactJson
 
 SCHEMA_VERSION = 1
 DB_NAME = "romana.db"
 LOCK_NAME = "lock"
+MARKER_NAME = "store.json"
+MARKER_FORMAT = "romana-store"
+DAMAGE_FIX = ("run `romana store check DATA_DIR` for every problem; restore the data "
+              "directory from a backup (`romana store restore`)")
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -52,26 +78,31 @@ def _dumps(value: Any) -> str:
 class SqliteStore:
     """A :class:`~romana.store.base.Store` in ``data_dir/romana.db``, locked to this process."""
 
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(self, data_dir: Path | str, accept_loss: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
+        self.marker = self.data_dir / MARKER_NAME
         self._closed = True
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._marked = -1
         self._lock_fd = _acquire_lock(self.data_dir)
         try:
             self._writer = self._connect()
-            self._migrate()
+            self.store_id = self._migrate(accept_loss)
             self._reader = self._connect()
             _fsync_dir(self.data_dir)  # the new database file's name must survive a crash too
+            self._closed = False
+            self.checkpoint()  # the schema and the store id belong in the database file
+            self.sync_marker()
         except BaseException:
+            self._closed = True
             for name in ("_reader", "_writer"):
                 conn = getattr(self, name, None)
                 if conn is not None:
                     conn.close()
             _release_lock(self._lock_fd)
             raise
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
-        self._closed = False
 
     # -- opening --------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -85,29 +116,60 @@ class SqliteStore:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         return conn
 
-    def _migrate(self) -> None:
-        """Create the schema, or refuse a database written by a newer Romana."""
+    def _migrate(self, accept_loss: bool) -> str:
+        """Create the schema (or refuse one from a newer Romana) and check the database is
+        the one ``store.json`` describes; returns the store id."""
+        marker = read_marker(self.data_dir)
         try:
             with self._transaction(self._writer, "BEGIN IMMEDIATE"):
                 for statement in _SCHEMA:
                     self._writer.execute(statement)
-                row = self._writer.execute(
-                    "SELECT value FROM meta WHERE key = 'schema_version'"
-                ).fetchone()
-                if row is None:
-                    self._writer.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                    return
+                meta = dict(self._writer.execute("SELECT key, value FROM meta").fetchall())
+                version = int(meta.get("schema_version", SCHEMA_VERSION))
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {version}, newer than the "
+                        f"{SCHEMA_VERSION} this build understands",
+                        ["run the Romana release that wrote it, or a newer one"])
+                store_id = meta.get("store_id")
+                head = int(self._writer.execute(_HEAD_SQL).fetchone()[0])
+                if marker is not None and not accept_loss:
+                    _check_against_marker(self.data_dir, marker, store_id, head)
+                if store_id is None or (marker is not None and accept_loss):
+                    store_id = store_id or (marker or {}).get("store_id") or uuid.uuid4().hex
+                    self._writer.execute("INSERT OR REPLACE INTO meta VALUES ('store_id', ?)",
+                                         (store_id,))
+                self._writer.execute("INSERT OR REPLACE INTO meta VALUES "
+                                     "('schema_version', ?)", (str(version),))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot initialise {self.path}: {exc}") from exc
-        version = int(row[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {version}, newer than the {SCHEMA_VERSION} "
-                "this build understands",
-                ["run the Romana release that wrote it, or a newer one"],
-            )
+        return str(store_id)
+
+    # -- keeping the store's identity and head outside the database -----------------
+    def sync_marker(self, head: int | None = None) -> bool:
+        """Record the store id and ``head`` (default: the durable head) in ``store.json``
+        if it moved; returns whether it was written. Atomic: tmp file, fsync, rename."""
+        head = self.head() if head is None else head
+        if head == self._marked:
+            return False
+        write_marker(self.data_dir, self.store_id, head)
+        self._marked = head
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file (PASSIVE: never blocks readers)."""
+        with self._writing() as conn:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: checkpoint failed: {exc}") from exc
+
+    def backup(self, dest: Path) -> int:
+        """An exact copy in ``dest`` (a new directory): database and marker; returns its
+        head. Runs beside appends (SQLite's online backup), consistent as of one instant."""
+        with self._writing() as conn:
+            head = int(conn.execute(_HEAD_SQL).fetchone()[0])
+            return copy_database(conn, dest, self.store_id, head)
 
     # -- the Store interface --------------------------------------------------------
     def load(self) -> tuple[dict[str, Any] | None, list[tuple[int, FactJson]]]:
@@ -122,7 +184,11 @@ class SqliteStore:
                     (after,),
                 )
             )
-        snapshot = None if row is None else json.loads(row[1])
+        try:
+            snapshot = None if row is None else json.loads(row[1])
+        except ValueError as exc:
+            raise StoreDamaged(f"{self.path}: the snapshot at revision {row[0]} is not JSON: "
+                               f"{exc}", [DAMAGE_FIX]) from exc
         # A gap would rebuild a wrong state silently; fail loudly instead.
         for expected, (revision, _) in enumerate(facts, start=after + 1):
             if revision != expected:
@@ -202,6 +268,9 @@ class SqliteStore:
         """Close both connections, then release the data-dir lock; idempotent."""
         if self._closed:
             return
+        with contextlib.suppress(StoreError, OSError):  # best effort: the log is durable
+            self.checkpoint()
+            self.sync_marker()
         with self._write_lock, self._read_lock:
             self._closed = True
             for conn in (self._reader, self._writer):
@@ -253,8 +322,84 @@ class SqliteStore:
             raise StoreError(f"{self.path}: {exc}") from exc
 
 
+def read_marker(data_dir: Path) -> dict[str, Any] | None:
+    """``store.json`` of ``data_dir`` (None if there is none); a damaged one is an error."""
+    path = data_dir / MARKER_NAME
+    try:
+        marker = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StoreDamaged(f"{path} cannot be read: {exc}",
+                           ["restore it from a backup, or start with --accept-data-loss"]
+                           ) from exc
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        raise StoreDamaged(f"{path} is not a Romana store marker",
+                           ["restore it from a backup, or start with --accept-data-loss"])
+    return marker
+
+
+def write_marker(data_dir: Path, store_id: str, head: int) -> None:
+    path = data_dir / MARKER_NAME
+    tmp = path.with_name(f".{MARKER_NAME}.tmp")
+    body = _dumps({"format": MARKER_FORMAT, "store_id": store_id, "head": head,
+                   "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    with open(tmp, "w") as f:
+        f.write(body + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(data_dir)
+
+
+def _check_against_marker(data_dir: Path, marker: dict[str, Any], store_id: str | None,
+                          head: int) -> None:
+    fix = ["restore the data directory from a backup (romana store restore), or start "
+           "romanad with --accept-data-loss to take the database as it is"]
+    expected, recorded = marker.get("store_id"), int(marker.get("head", 0))
+    if store_id is None and head == 0 and recorded > 0:
+        raise StoreRewound(
+            f"{data_dir / DB_NAME} holds nothing, but {data_dir / MARKER_NAME} records store "
+            f"{expected} at revision {recorded}: the database was deleted, emptied or lost",
+            fix)
+    if store_id is not None and store_id != expected:
+        raise StoreRewound(
+            f"{data_dir / DB_NAME} is store {store_id}, but {data_dir / MARKER_NAME} records "
+            f"store {expected}: another database was put in place", fix)
+    if head < recorded:
+        raise StoreRewound(
+            f"{data_dir / DB_NAME} ends at revision {head}, but {data_dir / MARKER_NAME} "
+            f"recorded revision {recorded} as durable: {recorded - head} fact(s) were lost "
+            "(a write-ahead log deleted after a crash?)", fix)
+
+
+def copy_database(conn: sqlite3.Connection, dest: Path, store_id: str, head: int) -> int:
+    """Back ``conn``'s database up into ``dest/romana.db`` with its marker; returns head."""
+    try:
+        dest.mkdir(mode=0o700, parents=True, exist_ok=False)
+    except OSError as exc:
+        raise StoreError(f"cannot create backup directory {dest}: {exc.strerror}",
+                         ["give a directory that does not exist yet"]) from exc
+    target = sqlite3.connect(dest / DB_NAME)
+    try:
+        conn.backup(target)
+        target.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        raise StoreError(f"backup into {dest} failed: {exc}") from exc
+    finally:
+        target.close()
+    write_marker(dest, store_id, head)
+    return head
+
+
 def _rows(cursor: sqlite3.Cursor) -> list[tuple[int, FactJson]]:
-    return [(revision, json.loads(text)) for revision, text in cursor]
+    rows = []
+    for revision, text in cursor:
+        try:
+            rows.append((revision, json.loads(text)))
+        except ValueError as exc:
+            raise StoreDamaged(f"fact {revision} is not JSON: {exc}", [DAMAGE_FIX]) from exc
+    return rows
 
 
 def _acquire_lock(data_dir: Path) -> int:

@@ -8,12 +8,29 @@ original format: ``tenants`` on a network and ``routing`` on a host group.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
-from typing import Any
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 DEFAULT_BLOCK_MASK = 29
+
+
+def canonical_cidr(text: str) -> str:
+    """``" 10.1.0.0/255.255.0.0"`` -> ``"10.1.0.0/16"``; host bits set are an error.
+
+    The validator and the model both parse through here, so a document the validator
+    accepts is stored exactly as the engine reads it back."""
+    return str(IPv4Network(text.strip()))
+
+
+def canonical_ip(text: str) -> str:
+    """``" 192.168.1.10"`` -> ``"192.168.1.10"`` (no prefix length, no leading zeros)."""
+    return str(IPv4Address(text.strip()))
+
+
+CidrText = Annotated[str, AfterValidator(canonical_cidr)]
+IPText = Annotated[str, AfterValidator(canonical_ip)]
 
 
 class _Strict(BaseModel):
@@ -24,7 +41,7 @@ class Host(_Strict):
     """A host pinned to a group by the map."""
 
     name: str = Field(min_length=1, description="Node name as registered in Kubernetes.")
-    ip: str = Field(description="IPv4 address of the node.")
+    ip: IPText = Field(description="IPv4 address of the node.")
 
 
 class HostGroup(_Strict):
@@ -53,7 +70,7 @@ class HostGroup(_Strict):
 
 class Network(_Strict):
     name: str = Field(min_length=1, description="Unique network name.")
-    cidr: str = Field(description="IPv4 CIDR that pod addresses come from.")
+    cidr: CidrText = Field(description="IPv4 CIDR that pod addresses come from.")
     block_mask: int | None = Field(
         default=None,
         ge=1,

@@ -22,6 +22,8 @@ from romana.topology.model import (
     Network,
     Topology,
     TopologyMapping,
+    canonical_cidr,
+    canonical_ip,
 )
 
 
@@ -131,7 +133,7 @@ class _Walker:
             return None
         where = f"{path}.cidr"
         try:
-            return IPv4Network(text.strip())
+            return IPv4Network(canonical_cidr(text))
         except (AddressValueError, NetmaskValueError):
             self.problems.error(where, f'"{text}" is not an IPv4 CIDR',
                                 'write it like "10.1.0.0/16"')
@@ -319,7 +321,7 @@ class _Walker:
         if text is None:
             return None
         try:
-            ip = IPv4Address(text.strip())
+            ip = IPv4Address(canonical_ip(text))
         except AddressValueError:
             self.problems.error(f"{where}.ip", f'"{text}" is not an IPv4 address',
                                 'write it like "192.168.1.10" (no prefix length)')
