@@ -41,13 +41,14 @@ run: setup
 	exec $(BIN)/romanad --listen $(LISTEN) --data-dir $(DATA_DIR) \
 	  --topology examples/datacenter-4-racks.json
 
-test: setup system-packages
-	$(BIN)/ruff check src tests benchmarks
+test: setup system-packages lint
 	$(BIN)/pytest
 
+# ruff (lint rules and formatting) and mypy (strict, configured in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
@@ -56,6 +57,7 @@ bench: setup
 	$(BIN)/python benchmarks/routes_bench.py --plot docs/routes-per-tor.png
 	$(BIN)/python benchmarks/agent_bench.py
 	$(BIN)/python benchmarks/cni_bench.py
+	$(BIN)/python benchmarks/store_bench.py
 
 clean:
 	rm -rf $(DATA_DIR) $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

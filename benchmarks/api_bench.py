@@ -65,10 +65,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], float]:
+def start(data_dir: Path, port: int, event_loop: str = "auto"
+          ) -> tuple[subprocess.Popen[bytes], float]:
     started = time.perf_counter()
+    # --event-loop only when asked: benchmarks/ab.py runs this against older romanads.
+    loop = [] if event_loop == "auto" else ["--event-loop", event_loop]
     proc = subprocess.Popen([str(ROMANAD), "--listen", f"127.0.0.1:{port}", "--data-dir",
-                             str(data_dir), "--log-level", "warning"])
+                             str(data_dir), "--log-level", "warning", *loop])
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"romanad exited with {proc.returncode}")
@@ -122,12 +125,12 @@ async def load(url: str, count: int, tag: str) -> dict[str, Any]:
             "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 2)}
 
 
-def phase(prefilled: int, count: int) -> dict[str, Any]:
+def phase(prefilled: int, count: int, event_loop: str = "auto") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         prefill(data, prefilled)
         port = free_port()
-        proc, startup = start(data, port)
+        proc, startup = start(data, port, event_loop)
         try:
             uvloop.run(load(f"http://127.0.0.1:{port}", 500, "warmup"))
             result = uvloop.run(load(f"http://127.0.0.1:{port}", count, "bench"))
@@ -147,10 +150,37 @@ def restart(addresses: int) -> dict[str, Any]:
         return {"addresses": addresses, "restart_s": round(seconds, 3)}
 
 
+def compare_loops(count: int, rounds: int = 2) -> dict[str, Any]:
+    """asyncio's loop against uvloop, alternating so machine noise hits both alike."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for _ in range(rounds):
+        for prefilled in (0, 50_000):
+            for loop in ("asyncio", "auto"):
+                key = f"with_{prefilled}" if prefilled else "empty_store"
+                runs.setdefault(key, {}).setdefault(loop, []).append(
+                    phase(prefilled, count, loop))
+    out: dict[str, Any] = {"benchmark": "romanad_event_loop", "clients": CLIENTS,
+                           "rounds": rounds}
+    for key, by_loop in runs.items():
+        best = {loop: max(r["allocations_per_s"] for r in results)
+                for loop, results in by_loop.items()}
+        p99 = {loop: min(r["p99_ms"] for r in results) for loop, results in by_loop.items()}
+        out[key] = {"asyncio": {"allocations_per_s": best["asyncio"], "p99_ms": p99["asyncio"]},
+                    "uvloop": {"allocations_per_s": best["auto"], "p99_ms": p99["auto"]},
+                    "uvloop_speedup": round(best["auto"] / best["asyncio"], 3)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--compare-loops", action="store_true",
+                        help="only: the same load on romanad with --event-loop asyncio and "
+                        "auto (uvloop), alternating, in one run")
     args = parser.parse_args()
+    if args.compare_loops:
+        print(json.dumps(compare_loops(args.count), indent=2))
+        return
     empty = phase(0, args.count)
     full = phase(50_000, args.count)
     again = restart(100_000)

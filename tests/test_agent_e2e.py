@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +218,11 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
 
     # Stop romanad: agents keep routes and keep running; start it again, they follow.
     assert cluster.romanad.stop() == 0
-    time.sleep(1.5)  # agents notice (watch fails) and back off
+    def all_see_romanad_gone() -> bool:  # agents notice (the watch fails) and back off
+        return all(agent_get(cluster.hosts[n], "/healthz")["romanad"] == "unreachable"
+                   for n in cluster.agents)
+
+    wait_until(all_see_romanad_gone, 10, message="every agent sees romanad gone")
     assert all(p.poll() is None for p in cluster.agents.values()), "an agent died"
     assert cluster.reaches("a1", "c1")
     cluster.romanad.start()
@@ -250,11 +253,13 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
            "proto", "82")
     wait_until(lambda: cluster.kernel_routes("h11") == {("10.1.0.0/17", None)}, 5,
                message="the stale route removed and the changed one restored")
-    time.sleep(2.5)  # several resyncs later the foreign route is still there, unchanged
+    done = periodic_syncs(h11)
+    wait_until(lambda: periodic_syncs(h11) >= done + 2, 10, message="two more resyncs")
+    # ...and the foreign route is still there, unchanged
     assert cluster.kernel_routes("h11", proto="static") == {("10.1.201.0/29", "192.168.1.1")}
 
     # Health and metrics, read from inside the host's namespace.
-    health = json.loads(h11.exec(sys.executable, "-c", _GET.format(path="/healthz")).stdout)
+    health = agent_get(h11, "/healthz")
     assert health["synced"] and health["romanad"] == "up" and health["host"] == "h11"
     metrics = h11.exec(sys.executable, "-c", _GET.format(path="/metrics")).stdout
     assert "romana_agent_routes_managed 1.0" in metrics
@@ -302,6 +307,19 @@ def test_l3_host_sends_a_loan_inside_its_area_to_its_router(cluster: Cluster) ->
     assert_all_reach(cluster, [("a1", "lent"), ("lent", "a1"), ("a1", "b1")])
     got = cluster.hosts["h11"].exec("ip", "route", "get", pinned["ip"]).stdout
     assert "via 192.168.1.1" in got  # out through the ToR, not dropped by the area route
+
+
+def agent_get(ns: Netns, path: str) -> Any:
+    """The agent's JSON answer at ``path``, read from inside the host's namespace."""
+    return json.loads(ns.exec(sys.executable, "-c", _GET.format(path=path)).stdout)
+
+
+def periodic_syncs(ns: Netns) -> float:
+    metrics = ns.exec(sys.executable, "-c", _GET.format(path="/metrics")).stdout
+    for line in metrics.splitlines():
+        if line.startswith('romana_agent_syncs_total{reason="periodic"}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 _GET = ("import urllib.request;"

@@ -20,14 +20,11 @@ from romana.errors import BirdError
 from romana.publisher import templates
 from romana.publisher.announce import Placement
 from romana.publisher.bird import BirdConfig, BirdControl
-from romana.publisher.daemon import (
-    Options,
-    builtin_router_template,
-    host_variables,
-    router_variables,
-)
+from romana.publisher.daemon import builtin_router_template
+from romana.publisher.loop import Options
 from romana.publisher.router import GroupInfo, PeerSpec
 from romana.publisher.source import HostInputs, RouterInputs
+from romana.publisher.variables import host_variables, router_variables
 
 from .netns import Lab, Netns, wait_until
 

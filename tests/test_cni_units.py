@@ -18,7 +18,7 @@ import pytest
 
 from romana.cni import config, leaks, result, shim
 from romana.cni.install import install
-from romana.cni.podnet import Link
+from romana.cni.podmsg import Link
 from romana.cni.romanad import RomanadClient, Unreachable
 from romana.cni.server import ProtocolError, decode
 from romana.errors import CniError, RomanaError

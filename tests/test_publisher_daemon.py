@@ -21,7 +21,7 @@ import pytest
 from romana.api.client import RomanaClient
 from romana.errors import Resync
 from romana.publisher.bird import BirdConfig
-from romana.publisher.daemon import Metrics, Options, Publisher
+from romana.publisher.loop import Metrics, Options, Publisher
 
 from .conftest import racks_topology
 from .daemon import Daemon, free_port, running
@@ -290,3 +290,89 @@ def test_a_removed_host_withdraws_everything(romanad: Daemon, tmp_path: Path) ->
     pub.follow()
     assert pub.publish()
     assert "route " not in pub.bird.output.read_text()
+
+
+class Stop(BaseException):
+    """Ends ``Publisher.run`` from inside a test (not an ``Exception``: never caught)."""
+
+
+def test_an_unexpected_error_restarts_the_loop_and_health_shows_it(
+        romanad: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    slept: list[float] = []
+    pub, metrics = publisher(romanad, tmp_path, poll=0.1)
+    pub.sleep = slept.append
+    real_watch = pub.client.watch
+    script: list[object] = [ValueError("malformed answer"), real_watch, Stop()]
+    seen_health: list[tuple[bool, dict[str, object]]] = []
+
+    def watch(*args: object, **kw: object) -> object:
+        step = script.pop(0)
+        if isinstance(step, BaseException):
+            seen_health.append(pub.health())
+            raise step
+        return real_watch(*args, **kw)  # type: ignore[arg-type]
+
+    pub.client.watch = watch  # type: ignore[method-assign]
+    with pytest.raises(Stop):
+        pub.run()
+    # The ValueError: logged with its traceback, counted, the loop started over.
+    assert "unexpected error; restarting the loop" in caplog.text
+    assert "ValueError: malformed answer" in caplog.text
+    assert metrics.registry.get_sample_value("romana_publisher_loop_restarts_total") == 1
+    assert len(slept) == 1
+    assert pub.loop.restarts == 1 and pub.loop.last_error == "ValueError('malformed answer')"
+    # After the restart a full round succeeded: running and healthy again.
+    ok, health = seen_health[-1]
+    assert ok and health["status"] == "ok" and health["config"] == "current"
+    assert "route 10.1.0.0/17 blackhole;" in pub.bird.output.read_text()
+
+
+def test_a_rewound_feed_keeps_the_configuration_until_restart(tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
+    first = Daemon(tmp_path / "data-a", port=port).start()
+    proc = None
+    try:
+        with RomanaClient(first.url) as client:
+            seed(client)
+        proc = run_publisher(first.url, tmp_path, "--metrics-listen",
+                             f"127.0.0.1:{http_port}")
+        out = tmp_path / "bird.conf"
+        wait_until(lambda: out.exists() and "10.1.0.0/17" in out.read_text(), 15, 0.1,
+                   "the first configuration")
+        good = out.read_text()
+        first.stop()
+        # Another store on the same address (a fresh data directory): h1 holds other blocks.
+        second = Daemon(tmp_path / "data-b", port=port).start()
+        try:
+            with RomanaClient(second.url) as client:
+                client.apply_topology(racks_topology(2))
+                client.add_host("h2", "192.168.1.12", {"rack": "rack-1"})
+                client.allocate("x", "h2", "t", "a")
+                client.add_host("h1", "192.168.1.11", {"rack": "rack-1"})
+                client.allocate("a1", "h1", "t", "a")
+
+            def health() -> dict[str, object]:
+                answer = httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2)
+                assert answer.status_code == 200  # reported, not a reason to restart it
+                return answer.json()  # type: ignore[no-any-return]
+
+            wait_until(lambda: health()["feed"] == "rewound", 15, 0.1, "feed: rewound")
+            assert "now serves store" in str(health()["feed_problem"])
+            metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+            assert "romana_publisher_feed_rewound 1.0" in metrics
+            time.sleep(1.5)  # three more polls: still the configuration of the first store
+            assert out.read_text() == good and proc.poll() is None
+            # A restart accepts the store it finds.
+            stop(proc)
+            proc = run_publisher(second.url, tmp_path, "--metrics-listen",
+                                 f"127.0.0.1:{http_port}")
+            wait_until(lambda: out.read_text() != good, 15, 0.1, "the new store's config")
+            assert "route 10.1.0.0/17" not in out.read_text()
+        finally:
+            second.stop()
+    finally:
+        if proc is not None:
+            stop(proc)
+        first.stop()
+    log = (tmp_path / "publisher.log").read_text()
+    assert "keeping the last good state" in log

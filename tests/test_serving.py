@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
 import pytest
 
 from romana.serving import bind, read_token_file
+
+from .daemon import running
 
 
 def test_tcp_connections_have_nagle_disabled() -> None:
@@ -50,3 +53,15 @@ def test_token_files_must_be_readable_and_not_empty(tmp_path: Path) -> None:
         read_token_file("d", tmp_path / "empty")
     with pytest.raises(SystemExit, match="d: cannot read token file"):
         read_token_file("d", tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop.Loop"),
+                                              ("asyncio", "asyncio.unix_events")])
+def test_romanad_runs_on_uvloop_unless_told_otherwise(tmp_path: Path, choice: str,
+                                                      loop: str) -> None:
+    with running(tmp_path / "data", "--event-loop", choice) as daemon:
+        with daemon.client() as c:
+            assert c.get("/healthz").status_code == 200
+        serving = [json.loads(line) for line in daemon.log.read_text().splitlines()
+                   if '"serving"' in line]
+    assert serving and serving[0]["event_loop"].startswith(loop), serving

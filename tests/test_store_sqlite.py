@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -445,17 +444,13 @@ def test_readers_see_consistent_prefixes_while_a_writer_appends(store: SqliteSto
     assert store.head() == total
 
 
-def test_single_fact_appends_are_fast_and_a_batch_is_one_commit(store: SqliteStore) -> None:
-    """A floor far below the measured rate (several thousand/s): catches an fsync-per-fact
-    or reconnect-per-call regression without failing on a busy CI machine."""
-    n = 2000
-    start = time.perf_counter()
+def test_single_appends_and_a_batch_read_back_in_order(store: SqliteStore) -> None:
+    """Rates are measured by benchmarks/store_bench.py, not asserted here."""
+    n = 300
     for i in range(n):
-        store.append([fact(i + 1)], i)
-    single_rate = n / (time.perf_counter() - start)
-    start = time.perf_counter()
-    store.append([fact(n + 1 + i) for i in range(1000)], n)
-    batch_seconds = time.perf_counter() - start
+        assert store.append([fact(i + 1)], i) == i + 1
+    assert store.append([fact(n + 1 + i) for i in range(1000)], n) == n + 1000
     assert store.head() == n + 1000
-    assert single_rate > 250, f"{single_rate:.0f} appends/s"
-    assert batch_seconds < 1.0, f"1000-fact batch took {batch_seconds:.3f}s"
+    rows = store.read_since(0, 2000)
+    assert [r for r, _ in rows] == list(range(1, n + 1001))
+    assert [f["n"] for _, f in rows] == list(range(1, n + 1001))

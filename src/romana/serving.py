@@ -110,7 +110,7 @@ def read_token_file(program: str, path: Path | None) -> str | None:
 
 def serve(app: Any, sockets: list[socket.socket], listen: list[str],
           graceful_timeout: float | None = None,
-          on_stop: Callable[[], None] | None = None) -> None:
+          on_stop: Callable[[], None] | None = None, loop: str = "auto") -> None:
     """Run an ASGI app on already bound sockets until SIGTERM/SIGINT, then exit 0.
 
     uvicorn runs on its best event loop (uvloop, with httptools parsing HTTP), shuts down
@@ -130,7 +130,7 @@ def serve(app: Any, sockets: list[socket.socket], listen: list[str],
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            loop="auto", http="auto",
+                            loop=loop, http="auto",
                             timeout_graceful_shutdown=None if graceful_timeout is None
                             else max(1, round(graceful_timeout)))
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -29,6 +29,7 @@ from romana.agent.reconcile import KernelRoute, RouteDiff, diff_routes, from_rou
 from romana.api.client import AsyncRomanaClient
 from romana.backoff import Backoff
 from romana.errors import FeedRewound, Resync, RomanaError, Unavailable
+from romana.feed import FeedGuard
 from romana.supervise import Loop
 from romana.wire import ROUTE_FACTS
 
@@ -51,9 +52,7 @@ class RouteAgent:
         self.revision = 0  # romanad revision the kernel reflects
         self.synced = asyncio.Event()  # set after the first successful sync
         self.romanad_up = False
-        self.store_id: str | None = None  # the store whose feed the kernel follows
-        self.seen = 0  # the newest revision seen from that store
-        self.rewound: str | None = None  # why the current feed is not followed
+        self.feed = FeedGuard(log, "this agent")  # the store and revisions the kernel follows
         self._outage_logged = False
         self._lock = asyncio.Lock()
         self._networks: tuple[str, ...] | None = None
@@ -135,28 +134,19 @@ class RouteAgent:
         self.metrics.romanad_up.set(0)
 
     def _check_feed(self, store_id: str | None, revision: int) -> None:
-        """Refuse a feed from another store, or one that went back in time."""
-        if store_id and self.store_id is None:
-            self.store_id = store_id
-        problem = None
-        if store_id and store_id != self.store_id:
-            problem = (f"romanad now serves store {store_id}, not {self.store_id} that this "
-                       "host's routes came from")
-        elif revision < self.seen:
-            problem = (f"romanad's revision went back from {self.seen} to {revision}: "
-                       "changes this agent saw were lost")
-        if problem is None:
-            if self.rewound is not None:
-                log.warning("feed consistent again; following", extra={"revision": revision})
-            self.rewound = None
-            self.seen = max(self.seen, revision)
-            return
-        if problem != self.rewound:
-            log.error(problem + "; keeping the last good routes and not following it (restart "
-                      "the agent to accept this store)", extra={"store_id": store_id})
-        self.rewound = problem
-        self.metrics.errors.labels("FeedRewound").inc()
-        raise FeedRewound(problem)
+        try:
+            self.feed.check(store_id, revision)
+        except FeedRewound:
+            self.metrics.errors.labels("FeedRewound").inc()
+            raise
+
+    @property
+    def rewound(self) -> str | None:
+        return self.feed.problem
+
+    @property
+    def store_id(self) -> str | None:
+        return self.feed.store_id
 
     # -- the loops --------------------------------------------------------------------
     async def follow(self, loop: Loop) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accept-data-loss", action="store_true",
                         help="start on a store that is shorter than it was or another "
                         "store's (refused otherwise: see docs/romanad.md)")
+    parser.add_argument("--event-loop", choices=["auto", "asyncio"], default="auto",
+                        help="auto: uvloop when installed (the default, faster); asyncio: "
+                        "the standard loop, for comparison (benchmarks/api_bench.py)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -94,8 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         await service.start()
+        loop = type(asyncio.get_running_loop())
         log.info("serving", extra={"listen": listen, "data_dir": str(args.data_dir),
-                                   "auth": token is not None})
+                                   "auth": token is not None,
+                                   "event_loop": f"{loop.__module__}.{loop.__qualname__}"})
         yield
         await service.stop()
         log.info("stopped cleanly", extra={"revision": service.engine.revision})
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     app.router.lifespan_context = lifespan
     # Watchers hold long polls open: at the stop signal they are answered at once (503,
     # "stopping"), so the graceful shutdown (bounded at 2 s) does not wait on them.
-    serve(app, sockets, listen, graceful_timeout=2, on_stop=service.begin_stop)
+    serve(app, sockets, listen, graceful_timeout=2, on_stop=service.begin_stop,
+          loop=args.event_loop)
 
 if __name__ == "__main__":
     main()

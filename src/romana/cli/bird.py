@@ -21,7 +21,7 @@ from romana.cli.output import fail
 from romana.cli.remote import TokenFileOpt, UrlOpt, connect
 
 if TYPE_CHECKING:
-    from romana.publisher.daemon import Options
+    from romana.publisher.loop import Options
 
 app = typer.Typer(help="Render BIRD configurations (route publishing) from romanad's state.",
                   no_args_is_help=True)
@@ -53,7 +53,8 @@ def _args(items: list[str] | None) -> dict[str, str]:
 def _emit(opts: Options, url: str, token_file: Path | None, socket: str | None) -> None:
     from romana.errors import BirdError, RouterError, TemplateError
     from romana.publisher.bird import BirdConfig
-    from romana.publisher.daemon import Metrics, Publisher, builtin_router_template
+    from romana.publisher.daemon import builtin_router_template
+    from romana.publisher.loop import Metrics, Publisher
 
     with connect(url, token_file) as client:
         bird = BirdConfig(opts.output, socket, opts.bird)
@@ -109,7 +110,7 @@ def router_config_cmd(
     group), each with an import filter limited to its prefix group.
     """
     from romana.errors import RouterError
-    from romana.publisher.daemon import Options
+    from romana.publisher.loop import Options
     from romana.publisher.router import PeerSpec
 
     try:
@@ -145,7 +146,7 @@ def host_config_cmd(
 ) -> None:
     """Render a host's BIRD configuration, as romana-publisher would write it."""
     from romana.publisher.announce import Policy
-    from romana.publisher.daemon import Options
+    from romana.publisher.loop import Options
 
     if announce not in {p.value for p in Policy}:
         raise typer.BadParameter("expected blocks or group", param_hint="--announce")

@@ -74,7 +74,7 @@ def check_cmd(
 def _check(client: RomanaClient, host: str, valid: set[tuple[str, str]] | None,
            network: str | None) -> dict[str, Any]:
     from romana.cni import leaks
-    from romana.cni.podnet import live_addresses
+    from romana.cni.namespaces import live_addresses
 
     addresses = client.addresses(host=host)["addresses"]
     live, namespaces = live_addresses()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from romana.cni.config import GATEWAY
-from romana.cni.podnet import Link
+from romana.cni.podmsg import Link
 from romana.errors import CniError
 
 

@@ -43,11 +43,11 @@ class RouterInputs:
     routes: tuple[Mapping[str, Any], ...]  # romanad's route set of the group
 
 
-def start_revision(client: RomanaClient) -> int:
-    """Read before the state: watching from here can repeat a change, never miss one."""
+def start_revision(client: RomanaClient) -> tuple[str | None, int]:
+    """The store id and durable revision, read before the state: watching from there can
+    repeat a change, never miss one."""
     health = client.health()
-    return min(int(health["revision"]), int(health.get("durable_revision",
-                                                       health["revision"])))
+    return health.get("store_id"), int(health["revision"])
 
 
 def local_networks(client: RomanaClient, host: str) -> list[str]:
