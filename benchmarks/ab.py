@@ -29,25 +29,44 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def base_tree(revision: str) -> Iterator[tuple[str, Path]]:
     """(short revision, its ``src`` directory) checked out in a temporary git worktree."""
-    rev = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.strip()
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", revision],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="romana-ab-") as tmp:
         tree = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT,
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), rev],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         try:
             yield rev, tree / "src"
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
-                           check=False, capture_output=True)
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(tree)],
+                cwd=ROOT,
+                check=False,
+                capture_output=True,
+            )
 
 
 def run(script: str, args: list[str], pythonpath: str | None) -> dict[str, Any]:
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, script, *args], env=env, cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, script, *args],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)  # type: ignore[no-any-return]
 
 
@@ -57,8 +76,11 @@ def numeric(result: Any, prefix: str = "") -> dict[str, float]:
         return {}
     if isinstance(result, int | float):
         return {prefix: result}
-    items = result.items() if isinstance(result, dict) else (
-        enumerate(result) if isinstance(result, list) else ())
+    items = (
+        result.items()
+        if isinstance(result, dict)
+        else (enumerate(result) if isinstance(result, list) else ())
+    )
     out: dict[str, float] = {}
     for key, value in items:
         out.update(numeric(value, f"{prefix}.{key}" if prefix else str(key)))
@@ -66,8 +88,9 @@ def numeric(result: Any, prefix: str = "") -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", required=True, help="git revision to compare against")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="", help="keep fields whose path contains this")
@@ -79,15 +102,28 @@ def main() -> None:
         for _ in range(opts.runs):
             runs["base"].append(numeric(run(opts.script, opts.args, str(base_src))))
             runs["current"].append(numeric(run(opts.script, opts.args, None)))
-    fields = sorted(f for f in set(runs["base"][0]) & set(runs["current"][0])
-                    if opts.only in f)
-    medians = {side: {f: statistics.median(r[f] for r in rs) for f in fields}
-               for side, rs in runs.items()}
-    ratio = {f: round(medians["current"][f] / medians["base"][f], 3)
-             for f in fields if medians["base"][f]}
+    fields = sorted(f for f in set(runs["base"][0]) & set(runs["current"][0]) if opts.only in f)
+    medians = {
+        side: {f: statistics.median(r[f] for r in rs) for f in fields} for side, rs in runs.items()
+    }
+    ratio = {
+        f: round(medians["current"][f] / medians["base"][f], 3)
+        for f in fields
+        if medians["base"][f]
+    }
     runs = {side: [{f: r[f] for f in fields} for r in rs] for side, rs in runs.items()}
-    print(json.dumps({"benchmark": opts.script, "base": base_rev, "runs": runs,
-                      "median": medians, "current_over_base": ratio}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": opts.script,
+                "base": base_rev,
+                "runs": runs,
+                "median": medians,
+                "current_over_base": ratio,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,10 +56,13 @@ def temporary_netns(purpose: str) -> Iterator[str]:
     name = f"romana-bench-{purpose}-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        for command in (["link", "set", "lo", "up"],
-                        ["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
-                        ["link", "set", "veth0", "up"], ["link", "set", "veth1", "up"],
-                        ["addr", "add", f"{GW_NET}.1/24", "dev", "veth0"]):
+        for command in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
+            ["link", "set", "veth0", "up"],
+            ["link", "set", "veth1", "up"],
+            ["addr", "add", f"{GW_NET}.1/24", "dev", "veth0"],
+        ):
             subprocess.run(["ip", "-n", name, *command], check=True)
         yield name
     finally:
@@ -70,8 +73,11 @@ def routes(count: int) -> dict[str, KernelRoute]:
     out = {}
     for i in range(count):
         prefix = socket.inet_ntoa((0x0A000000 + 8 * i).to_bytes(4, "big")) + "/29"
-        out[prefix] = (KernelRoute(prefix, None, "unreachable") if i % 5 == 0
-                       else KernelRoute(prefix, f"{GW_NET}.{2 + i % 50}", "unicast"))
+        out[prefix] = (
+            KernelRoute(prefix, None, "unreachable")
+            if i % 5 == 0
+            else KernelRoute(prefix, f"{GW_NET}.{2 + i % 50}", "unicast")
+        )
     return out
 
 
@@ -109,17 +115,23 @@ def apply_once(netns: str, table: int, desired: dict[str, KernelRoute]) -> tuple
 
 def ip_batch_once(netns: str, table: int, desired: dict[str, KernelRoute]) -> float:
     lines = [
-        f"route add unreachable {r.prefix} table {table} proto 82" if r.kind == "unreachable"
+        f"route add unreachable {r.prefix} table {table} proto 82"
+        if r.kind == "unreachable"
         else f"route add {r.prefix} via {r.gateway} table {table} proto 82"
         for r in desired.values()
     ]
     with tempfile.NamedTemporaryFile("w", suffix=".batch") as batch:
         batch.write("\n".join(lines) + "\n")
         batch.flush()
-        seconds, _ = timed(lambda: subprocess.run(
-            ["ip", "-netns", netns, "-batch", batch.name], check=True))
-    loaded = subprocess.run(["ip", "-n", netns, "route", "show", "table", str(table)],
-                            capture_output=True, text=True, check=True).stdout
+        seconds, _ = timed(
+            lambda: subprocess.run(["ip", "-netns", netns, "-batch", batch.name], check=True)
+        )
+    loaded = subprocess.run(
+        ["ip", "-n", netns, "route", "show", "table", str(table)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     if len(loaded.splitlines()) != len(desired):
         raise SystemExit("ip -batch did not load every route")
     return seconds
@@ -181,25 +193,68 @@ def neighbour_latency(netns: str, args: argparse.Namespace) -> tuple[Figures, Ta
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(prefix="romana-bench-") as tmp:
         topology = Path(tmp) / "topology.json"
-        topology.write_text(json.dumps({
-            "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
-            "topologies": [{"networks": ["pods"], "map": [
-                {"name": "rack-1", "routing": "block-host-routes", "groups": []}]}]}))
+        topology.write_text(
+            json.dumps(
+                {
+                    "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
+                    "topologies": [
+                        {
+                            "networks": ["pods"],
+                            "map": [
+                                {"name": "rack-1", "routing": "block-host-routes", "groups": []}
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
         sock = Path(tmp) / "romanad.sock"
         port = _free_port()
-        procs = [subprocess.Popen(
-            [str(bindir / "romanad"), "--data-dir", f"{tmp}/data", "--topology", str(topology),
-             "--listen", f"127.0.0.1:{port}", "--listen", f"unix:{sock}", "--log-level",
-             "warning"], stderr=subprocess.DEVNULL)]
+        procs = [
+            subprocess.Popen(
+                [
+                    str(bindir / "romanad"),
+                    "--data-dir",
+                    f"{tmp}/data",
+                    "--topology",
+                    str(topology),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--listen",
+                    f"unix:{sock}",
+                    "--log-level",
+                    "warning",
+                ],
+                stderr=subprocess.DEVNULL,
+            )
+        ]
         try:
             client = RomanaClient(f"127.0.0.1:{port}")
             _wait(lambda: _healthy(client), "romanad")
             client.add_host("h1", f"{GW_NET}.2")
             client.add_host("h2", f"{GW_NET}.1")
-            procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", netns, str(bindir / "romana-agent"), "--host", "h2",
-                 "--url", f"unix:{sock}", "--resync-interval", "3600", "--log-level",
-                 "warning", "--listen", f"unix:{tmp}/agent.sock"], stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        netns,
+                        str(bindir / "romana-agent"),
+                        "--host",
+                        "h2",
+                        "--url",
+                        f"unix:{sock}",
+                        "--resync-interval",
+                        "3600",
+                        "--log-level",
+                        "warning",
+                        "--listen",
+                        f"unix:{tmp}/agent.sock",
+                    ],
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             client.allocate("warm-up", "h1")
             with RouteTable(10, 82, netns=netns) as table:
                 _wait(lambda: len(table.dump()) == 1, "the agent's first sync")
@@ -220,9 +275,12 @@ def neighbour_latency(netns: str, args: argparse.Namespace) -> tuple[Figures, Ta
                 proc.wait(10)
     ordered = sorted(latencies)
     p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
-    figures = {"blocks": args.blocks,
-               "p50_ms": round(statistics.median(ordered) * 1000, 1),
-               "p95_ms": round(p95 * 1000, 1), "max_ms": round(ordered[-1] * 1000, 1)}
+    figures = {
+        "blocks": args.blocks,
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p95_ms": round(p95 * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
     return figures, {"new block -> neighbour route p95 <= 200 ms": p95 <= 0.2}
 
 
@@ -254,15 +312,20 @@ SECTIONS: dict[str, Section] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
-    parser.add_argument("--blocks", type=int, default=100,
-                        help="new blocks timed for the neighbour latency")
+    parser.add_argument(
+        "--blocks", type=int, default=100, help="new blocks timed for the neighbour latency"
+    )
     args = parser.parse_args()
-    result: dict[str, Any] = {"benchmark": "romana_agent", "python": platform.python_version(),
-                              "kernel": platform.release()}
+    result: dict[str, Any] = {
+        "benchmark": "romana_agent",
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
     targets: Targets = {}
     for name, section in SECTIONS.items():
         with temporary_netns(name.replace("_", "")[:12]) as netns:

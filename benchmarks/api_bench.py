@@ -35,10 +35,13 @@ CLIENTS = 16
 
 
 def topology() -> dict[str, Any]:
-    racks = [{"name": f"rack-{r}", "assignment": {"rack": f"rack-{r}"}, "groups": []}
-             for r in range(4)]
-    return {"networks": [{"name": "pods", "cidr": "10.0.0.0/8", "block_mask": 29}],
-            "topologies": [{"networks": ["pods"], "map": racks}]}
+    racks = [
+        {"name": f"rack-{r}", "assignment": {"rack": f"rack-{r}"}, "groups": []} for r in range(4)
+    ]
+    return {
+        "networks": [{"name": "pods", "cidr": "10.0.0.0/8", "block_mask": 29}],
+        "topologies": [{"networks": ["pods"], "map": racks}],
+    }
 
 
 def prefill(data_dir: Path, addresses: int) -> None:
@@ -65,13 +68,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(data_dir: Path, port: int, event_loop: str = "auto"
-          ) -> tuple[subprocess.Popen[bytes], float]:
+def start(
+    data_dir: Path, port: int, event_loop: str = "auto"
+) -> tuple[subprocess.Popen[bytes], float]:
     started = time.perf_counter()
     # --event-loop only when asked: benchmarks/ab.py runs this against older romanads.
     loop = [] if event_loop == "auto" else ["--event-loop", event_loop]
-    proc = subprocess.Popen([str(ROMANAD), "--listen", f"127.0.0.1:{port}", "--data-dir",
-                             str(data_dir), "--log-level", "warning", *loop])
+    proc = subprocess.Popen(
+        [
+            str(ROMANAD),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+            *loop,
+        ]
+    )
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"romanad exited with {proc.returncode}")
@@ -82,12 +96,15 @@ def start(data_dir: Path, port: int, event_loop: str = "auto"
             time.sleep(0.02)
 
 
-async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
-               body: bytes) -> tuple[int, bytes]:
+async def post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: bytes
+) -> tuple[int, bytes]:
     """One HTTP/1.1 keep-alive request: a load generator as lean as wrk, so the client's
     own CPU (this machine has two cores) does not hide the server's speed."""
-    writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -106,8 +123,13 @@ async def load(url: str, count: int, tag: str) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             for i in counter:
-                body = json.dumps({"name": f"{tag}-{i}", "host": f"host-{i % HOSTS}",
-                                   "tenant": f"tenant-{i % 20}"}).encode()
+                body = json.dumps(
+                    {
+                        "name": f"{tag}-{i}",
+                        "host": f"host-{i % HOSTS}",
+                        "tenant": f"tenant-{i % 20}",
+                    }
+                ).encode()
                 t0 = time.perf_counter()
                 status, answer = await post(reader, writer, "/address", body)
                 latencies.append(time.perf_counter() - t0)
@@ -120,9 +142,12 @@ async def load(url: str, count: int, tag: str) -> dict[str, Any]:
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
     elapsed = time.perf_counter() - t0
     latencies.sort()
-    return {"allocations": count, "allocations_per_s": round(count / elapsed),
-            "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 2),
-            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 2)}
+    return {
+        "allocations": count,
+        "allocations_per_s": round(count / elapsed),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 2),
+    }
 
 
 def phase(prefilled: int, count: int, event_loop: str = "auto") -> dict[str, Any]:
@@ -157,26 +182,30 @@ def compare_loops(count: int, rounds: int = 2) -> dict[str, Any]:
         for prefilled in (0, 50_000):
             for loop in ("asyncio", "auto"):
                 key = f"with_{prefilled}" if prefilled else "empty_store"
-                runs.setdefault(key, {}).setdefault(loop, []).append(
-                    phase(prefilled, count, loop))
-    out: dict[str, Any] = {"benchmark": "romanad_event_loop", "clients": CLIENTS,
-                           "rounds": rounds}
+                runs.setdefault(key, {}).setdefault(loop, []).append(phase(prefilled, count, loop))
+    out: dict[str, Any] = {"benchmark": "romanad_event_loop", "clients": CLIENTS, "rounds": rounds}
     for key, by_loop in runs.items():
-        best = {loop: max(r["allocations_per_s"] for r in results)
-                for loop, results in by_loop.items()}
+        best = {
+            loop: max(r["allocations_per_s"] for r in results) for loop, results in by_loop.items()
+        }
         p99 = {loop: min(r["p99_ms"] for r in results) for loop, results in by_loop.items()}
-        out[key] = {"asyncio": {"allocations_per_s": best["asyncio"], "p99_ms": p99["asyncio"]},
-                    "uvloop": {"allocations_per_s": best["auto"], "p99_ms": p99["auto"]},
-                    "uvloop_speedup": round(best["auto"] / best["asyncio"], 3)}
+        out[key] = {
+            "asyncio": {"allocations_per_s": best["asyncio"], "p99_ms": p99["asyncio"]},
+            "uvloop": {"allocations_per_s": best["auto"], "p99_ms": p99["auto"]},
+            "uvloop_speedup": round(best["auto"] / best["asyncio"], 3),
+        }
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=10_000)
-    parser.add_argument("--compare-loops", action="store_true",
-                        help="only: the same load on romanad with --event-loop asyncio and "
-                        "auto (uvloop), alternating, in one run")
+    parser.add_argument(
+        "--compare-loops",
+        action="store_true",
+        help="only: the same load on romanad with --event-loop asyncio and "
+        "auto (uvloop), alternating, in one run",
+    )
     args = parser.parse_args()
     if args.compare_loops:
         print(json.dumps(compare_loops(args.count), indent=2))
@@ -184,9 +213,14 @@ def main() -> None:
     empty = phase(0, args.count)
     full = phase(50_000, args.count)
     again = restart(100_000)
-    result = {"benchmark": "romanad_api", "clients": CLIENTS, "durable": "sqlite WAL, "
-              "synchronous=FULL, group commit", "empty_store": empty, "with_50000": full,
-              "restart": again}
+    result = {
+        "benchmark": "romanad_api",
+        "clients": CLIENTS,
+        "durable": "sqlite WAL, synchronous=FULL, group commit",
+        "empty_store": empty,
+        "with_50000": full,
+        "restart": again,
+    }
     result["targets_met"] = {
         "empty: allocations_per_s>=2000": empty["allocations_per_s"] >= 2000,
         "empty: p99_ms<=20": empty["p99_ms"] <= 20,

@@ -45,8 +45,12 @@ BIN = Path(sys.executable).parent
 REFERENCE_DIR = Path("/usr/lib/cni")
 TOPOLOGY = {
     "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 26}],
-    "topologies": [{"networks": ["pods"], "map": [
-        {"name": "rack-1", "assignment": {"rack": "rack-1"}, "groups": []}]}],
+    "topologies": [
+        {
+            "networks": ["pods"],
+            "map": [{"name": "rack-1", "assignment": {"rack": "rack-1"}, "groups": []}],
+        }
+    ],
 }
 
 
@@ -56,27 +60,39 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 2), "p95": round(percentile(values, 0.95), 2),
-            "min": round(min(values), 2), "max": round(max(values), 2)}
+    return {
+        "p50": round(statistics.median(values), 2),
+        "p95": round(percentile(values, 0.95), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+    }
 
 
 def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): "
-                           f"{result.stderr.strip()[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()[-3000:]}"
+        )
     return result
 
 
 # -- measurement (runs inside the host namespace) ----------------------------------------------
-def invoke(plugin: str, command: str, conf: str, container: str, netns: str,
-           cni_path: str) -> tuple[float, subprocess.CompletedProcess[str]]:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": netns,
-           "CNI_IFNAME": "eth0", "CNI_PATH": cni_path,
-           "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={container}"}
+def invoke(
+    plugin: str, command: str, conf: str, container: str, netns: str, cni_path: str
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": cni_path,
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={container}",
+    }
     started = time.perf_counter()
-    result = subprocess.run([plugin], input=conf, env=env, capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [plugin], input=conf, env=env, capture_output=True, text=True, check=False
+    )
     elapsed = (time.perf_counter() - started) * 1000
     if result.returncode != 0:
         raise RuntimeError(f"{plugin} {command} {container}: {result.stdout} {result.stderr}")
@@ -85,18 +101,21 @@ def invoke(plugin: str, command: str, conf: str, container: str, netns: str,
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     plugins = spec["plugins"]  # name -> {plugin, conf, cni_path, netns: [...]}
-    times: dict[str, dict[str, list[float]]] = {n: {"ADD": [], "DEL": [], "VERSION": []}
-                                                for n in plugins}
+    times: dict[str, dict[str, list[float]]] = {
+        n: {"ADD": [], "DEL": [], "VERSION": []} for n in plugins
+    }
     for _ in range(spec["pods"]):
         for name, p in plugins.items():
-            times[name]["VERSION"].append(invoke(p["plugin"], "VERSION", p["conf"], "v",
-                                                 "", p["cni_path"])[0])
+            times[name]["VERSION"].append(
+                invoke(p["plugin"], "VERSION", p["conf"], "v", "", p["cni_path"])[0]
+            )
     for command in ("ADD", "DEL"):
         for i in range(spec["pods"]):
             for name, p in plugins.items():
                 time.sleep(spec["gap_ms"] / 1000)  # let the previous call's aftermath settle
-                elapsed, result = invoke(p["plugin"], command, p["conf"], f"{name}{i}",
-                                         p["netns"][i], p["cni_path"])
+                elapsed, result = invoke(
+                    p["plugin"], command, p["conf"], f"{name}{i}", p["netns"][i], p["cni_path"]
+                )
                 if command == "ADD" and '"ips"' not in result.stdout:
                     raise RuntimeError(f"{name} ADD gave no address: {result.stdout}")
                 times[name][command].append(elapsed)
@@ -162,38 +181,103 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         run("ip", "-n", host_ns, "link", "set", "lo", "up")
         (tmp / "topology.json").write_text(json.dumps(TOPOLOGY))
         romanad_sock, cni_sock = tmp / "romanad.sock", tmp / "cni.sock"
-        stack.enter_context(process(
-            [str(BIN / "romanad"), "--listen", f"unix:{romanad_sock}", "--data-dir",
-             str(tmp / "data"), "--topology", str(tmp / "topology.json"), "--log-level",
-             "warning"], tmp / "romanad.log", romanad_sock))
+        stack.enter_context(
+            process(
+                [
+                    str(BIN / "romanad"),
+                    "--listen",
+                    f"unix:{romanad_sock}",
+                    "--data-dir",
+                    str(tmp / "data"),
+                    "--topology",
+                    str(tmp / "topology.json"),
+                    "--log-level",
+                    "warning",
+                ],
+                tmp / "romanad.log",
+                romanad_sock,
+            )
+        )
         with RomanaClient(f"unix:{romanad_sock}") as client:
             client.add_host("bench-host", "192.168.1.11", {"rack": "rack-1"})
-        stack.enter_context(process(
-            ["ip", "netns", "exec", host_ns, str(BIN / "romana-agent"), "--host", "bench-host",
-             "--url", f"unix:{romanad_sock}", "--cni-socket", str(cni_sock), "--listen",
-             f"unix:{tmp / 'agent.sock'}", "--log-level", "warning"],
-            tmp / "agent.log", cni_sock))
+        stack.enter_context(
+            process(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    host_ns,
+                    str(BIN / "romana-agent"),
+                    "--host",
+                    "bench-host",
+                    "--url",
+                    f"unix:{romanad_sock}",
+                    "--cni-socket",
+                    str(cni_sock),
+                    "--listen",
+                    f"unix:{tmp / 'agent.sock'}",
+                    "--log-level",
+                    "warning",
+                ],
+                tmp / "agent.log",
+                cni_sock,
+            )
+        )
         bin_dir = tmp / "bin"
         run(str(BIN / "romana-cni"), "install", "--bin-dir", str(bin_dir))
         for plugin in ("ptp", "host-local"):
             (bin_dir / plugin).symlink_to(REFERENCE_DIR / plugin)
         log_file = tmp / "cni.log"
-        spec = {"pods": args.pods, "gap_ms": args.gap_ms, "plugins": {
-            "reference": {"plugin": str(bin_dir / "ptp"), "cni_path": str(bin_dir),
-                          "netns": [f"/var/run/netns/{n}" for n in ref_pods],
-                          "conf": json.dumps({
-                              "cniVersion": "1.0.0", "name": "refnet", "type": "ptp",
-                              "ipMasq": False, "ipam": {"type": "host-local",
-                                                        "subnet": "10.99.0.0/16",
-                                                        "dataDir": str(tmp / "host-local")}})},
-            "romana": {"plugin": str(bin_dir / "romana"), "cni_path": str(bin_dir),
-                       "netns": [f"/var/run/netns/{n}" for n in our_pods],
-                       "conf": json.dumps({"cniVersion": "1.0.0", "name": "romana",
-                                           "type": "romana", "agent_socket": str(cni_sock),
-                                           "log_file": str(log_file)})}}}
+        spec = {
+            "pods": args.pods,
+            "gap_ms": args.gap_ms,
+            "plugins": {
+                "reference": {
+                    "plugin": str(bin_dir / "ptp"),
+                    "cni_path": str(bin_dir),
+                    "netns": [f"/var/run/netns/{n}" for n in ref_pods],
+                    "conf": json.dumps(
+                        {
+                            "cniVersion": "1.0.0",
+                            "name": "refnet",
+                            "type": "ptp",
+                            "ipMasq": False,
+                            "ipam": {
+                                "type": "host-local",
+                                "subnet": "10.99.0.0/16",
+                                "dataDir": str(tmp / "host-local"),
+                            },
+                        }
+                    ),
+                },
+                "romana": {
+                    "plugin": str(bin_dir / "romana"),
+                    "cni_path": str(bin_dir),
+                    "netns": [f"/var/run/netns/{n}" for n in our_pods],
+                    "conf": json.dumps(
+                        {
+                            "cniVersion": "1.0.0",
+                            "name": "romana",
+                            "type": "romana",
+                            "agent_socket": str(cni_sock),
+                            "log_file": str(log_file),
+                        }
+                    ),
+                },
+            },
+        }
         (tmp / "spec.json").write_text(json.dumps(spec))
-        child = run("ip", "netns", "exec", host_ns, sys.executable, __file__, "--measure",
-                    str(tmp / "spec.json"), timeout=600)
+        child = run(
+            "ip",
+            "netns",
+            "exec",
+            host_ns,
+            sys.executable,
+            __file__,
+            "--measure",
+            str(tmp / "spec.json"),
+            timeout=600,
+        )
         times = json.loads(child.stdout)
         with RomanaClient(f"unix:{romanad_sock}") as client:
             left = client.addresses(host="bench-host")["addresses"]
@@ -206,42 +290,66 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     return report(args, times, agent, len(left), veths)
 
 
-def report(args: argparse.Namespace, times: dict[str, dict[str, list[float]]],
-           agent: dict[str, list[float]], left: int, veths: int) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace,
+    times: dict[str, dict[str, list[float]]],
+    agent: dict[str, list[float]],
+    left: int,
+    veths: int,
+) -> dict[str, Any]:
     ref, ours = times["reference"], times["romana"]
     add_ratio = statistics.median(ours["ADD"]) / statistics.median(ref["ADD"])
     del_ratio = statistics.median(ours["DEL"]) / statistics.median(ref["DEL"])
     return {
-        "benchmark": "cni", "pods": args.pods, "gap_ms": args.gap_ms,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "kernel": platform.release()},
-        "reference": {"plugin": "ptp + host-local (containernetworking-plugins, Go)",
-                      "add_ms": summary(ref["ADD"]), "del_ms": summary(ref["DEL"]),
-                      "version_ms": summary(ref["VERSION"])},
-        "romana": {"plugin": "romana shim -> romana-agent -> romanad",
-                   "add_ms": summary(ours["ADD"]), "del_ms": summary(ours["DEL"]),
-                   "version_ms": summary(ours["VERSION"]),
-                   "agent_add_ms": summary(agent["ADD"]), "agent_del_ms": summary(agent["DEL"])},
-        "ratio": {"add_p50": round(add_ratio, 2), "del_p50": round(del_ratio, 2),
-                  "add_p95": round(percentile(ours["ADD"], 0.95)
-                                   / percentile(ref["ADD"], 0.95), 2),
-                  "del_p95": round(percentile(ours["DEL"], 0.95)
-                                   / percentile(ref["DEL"], 0.95), 2)},
+        "benchmark": "cni",
+        "pods": args.pods,
+        "gap_ms": args.gap_ms,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+        },
+        "reference": {
+            "plugin": "ptp + host-local (containernetworking-plugins, Go)",
+            "add_ms": summary(ref["ADD"]),
+            "del_ms": summary(ref["DEL"]),
+            "version_ms": summary(ref["VERSION"]),
+        },
+        "romana": {
+            "plugin": "romana shim -> romana-agent -> romanad",
+            "add_ms": summary(ours["ADD"]),
+            "del_ms": summary(ours["DEL"]),
+            "version_ms": summary(ours["VERSION"]),
+            "agent_add_ms": summary(agent["ADD"]),
+            "agent_del_ms": summary(agent["DEL"]),
+        },
+        "ratio": {
+            "add_p50": round(add_ratio, 2),
+            "del_p50": round(del_ratio, 2),
+            "add_p95": round(percentile(ours["ADD"], 0.95) / percentile(ref["ADD"], 0.95), 2),
+            "del_p95": round(percentile(ours["DEL"], 0.95) / percentile(ref["DEL"], 0.95), 2),
+        },
         "after_del": {"addresses_left_in_romanad": left, "romana_veths_left": veths},
-        "targets_met": {"add_p50_le_2x_reference": add_ratio <= 2.0,
-                        "del_p50_le_reference": del_ratio <= 1.0,
-                        "nothing_left": left == 0 and veths == 0},
+        "targets_met": {
+            "add_p50_le_2x_reference": add_ratio <= 2.0,
+            "del_p50_le_reference": del_ratio <= 1.0,
+            "nothing_left": left == 0 and veths == 0,
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pods", type=int, default=100, help="pods per plugin (default 100)")
-    parser.add_argument("--gap-ms", type=float, default=25.0,
-                        help="pause before each invocation, so one call's aftermath (the "
-                        "veth romana deletes after answering DEL, romanad's changes feed "
-                        "waking the agent) never overlaps the next measured call "
-                        "(default %(default)s)")
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=25.0,
+        help="pause before each invocation, so one call's aftermath (the "
+        "veth romana deletes after answering DEL, romanad's changes feed "
+        "waking the agent) never overlaps the next measured call "
+        "(default %(default)s)",
+    )
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the inner run
     args = parser.parse_args()
     if args.measure is not None:
@@ -250,8 +358,10 @@ def main() -> None:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         sys.exit("cni_bench: run as root, with iproute2 installed")
     if not (REFERENCE_DIR / "ptp").exists():
-        sys.exit(f"cni_bench: no reference plugins in {REFERENCE_DIR} "
-                 "(apt-get install containernetworking-plugins)")
+        sys.exit(
+            f"cni_bench: no reference plugins in {REFERENCE_DIR} "
+            "(apt-get install containernetworking-plugins)"
+        )
     print(json.dumps(bench(args), indent=2))
 
 

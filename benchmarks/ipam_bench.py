@@ -24,12 +24,17 @@ RACKS, LEAVES, HOSTS, TENANTS = 4, 32, 1024, 20
 
 def topology() -> dict[str, Any]:
     racks = [
-        {"name": f"rack-{r}", "assignment": {"rack": f"rack-{r}"},
-         "groups": [{"name": f"leaf-{g}", "groups": []} for g in range(LEAVES)]}
+        {
+            "name": f"rack-{r}",
+            "assignment": {"rack": f"rack-{r}"},
+            "groups": [{"name": f"leaf-{g}", "groups": []} for g in range(LEAVES)],
+        }
         for r in range(RACKS)
     ]
-    return {"networks": [{"name": "pods", "cidr": "10.0.0.0/8", "block_mask": 29}],
-            "topologies": [{"networks": ["pods"], "map": racks}]}
+    return {
+        "networks": [{"name": "pods", "cidr": "10.0.0.0/8", "block_mask": 29}],
+        "topologies": [{"networks": ["pods"], "map": racks}],
+    }
 
 
 def build() -> tuple[Engine, list[str]]:
@@ -55,10 +60,10 @@ def run(count: int) -> dict[str, Any]:
     for name, host, tenant in plan[:window]:
         allocate(name, host, tenant)
     t1 = time.perf_counter()
-    for name, host, tenant in plan[window:count - window]:
+    for name, host, tenant in plan[window : count - window]:
         allocate(name, host, tenant)
     t2 = time.perf_counter()
-    for name, host, tenant in plan[count - window:]:
+    for name, host, tenant in plan[count - window :]:
         allocate(name, host, tenant)
     t3 = time.perf_counter()
     blocks = len(engine.state.blocks)
@@ -105,8 +110,14 @@ def main() -> None:
     result = {
         "benchmark": "ipam_engine",
         "python": platform.python_version(),
-        "setup": {"network": "10.0.0.0/8", "racks": RACKS, "leaf_groups_per_rack": LEAVES,
-                  "hosts": HOSTS, "tenants": TENANTS, "block_mask": 29},
+        "setup": {
+            "network": "10.0.0.0/8",
+            "racks": RACKS,
+            "leaf_groups_per_rack": LEAVES,
+            "hosts": HOSTS,
+            "tenants": TENANTS,
+            "block_mask": 29,
+        },
         **best,
         "releases_per_s": max(r["releases_per_s"] for r in runs),
         "last_over_first": min(r["last_over_first"] for r in runs),

@@ -48,9 +48,20 @@ def instructions(script: Path, phase: str, count: int, src: Path | None) -> int:
         env["PYTHONPATH"] = str(src)
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
-             sys.executable, str(script), phase, str(count)],
-            env=env, capture_output=True, text=True, check=True).stderr
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/cg.out",
+                sys.executable,
+                str(script),
+                phase,
+                str(count),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
     match = re.search(r"Collected : (\d+)", out)
     assert match, out[-2000:]
     return int(match.group(1))
@@ -65,8 +76,9 @@ def per_operation(counts: dict[str, int], count: int, hosts: int) -> dict[str, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", required=True, help="git revision to compare against")
     parser.add_argument("--count", type=int, default=20_000)
     opts = parser.parse_args()
@@ -77,13 +89,24 @@ def main() -> None:
         with base_tree(opts.base) as (rev, src):
             base = {p: instructions(script, p, opts.count, src) for p in PHASES}
         current = {p: instructions(script, p, opts.count, None) for p in PHASES}
-    figures = {"base": per_operation(base, opts.count, hosts),
-               "current": per_operation(current, opts.count, hosts)}
+    figures = {
+        "base": per_operation(base, opts.count, hosts),
+        "current": per_operation(current, opts.count, hosts),
+    }
     ratio = {k: round(figures["current"][k] / figures["base"][k], 3) for k in figures["base"]}
-    print(json.dumps({"benchmark": "ipam_instructions", "base": rev, "count": opts.count,
-                      "instructions_per_operation": figures, "current_over_base": ratio,
-                      "targets_met": {"allocation within 10%": ratio["allocation"] <= 1.10}},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ipam_instructions",
+                "base": rev,
+                "count": opts.count,
+                "instructions_per_operation": figures,
+                "current_over_base": ratio,
+                "targets_met": {"allocation within 10%": ratio["allocation"] <= 1.10},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,10 +55,14 @@ RACKS, HOSTS_PER_RACK, TENANTS = 4, 16, 20
 
 # -- part 1: the cluster ----------------------------------------------------------------
 def topology(mode: str) -> dict[str, Any]:
-    racks = [{"name": f"rack-{r}", "routing": mode, "assignment": {"rack": f"rack-{r}"},
-              "groups": []} for r in range(RACKS)]
-    return {"networks": [{"name": "pods", "cidr": "10.0.0.0/8", "block_mask": 29}],
-            "topologies": [{"networks": ["pods"], "map": racks}]}
+    racks = [
+        {"name": f"rack-{r}", "routing": mode, "assignment": {"rack": f"rack-{r}"}, "groups": []}
+        for r in range(RACKS)
+    ]
+    return {
+        "networks": [{"name": "pods", "cidr": "10.0.0.0/8", "block_mask": 29}],
+        "topologies": [{"networks": ["pods"], "map": racks}],
+    }
 
 
 def cluster(mode: str, tracked: bool) -> tuple[Engine, RouteTracker | None]:
@@ -69,8 +73,9 @@ def cluster(mode: str, tracked: bool) -> tuple[Engine, RouteTracker | None]:
         tracker = RouteTracker(lambda: engine.state)
         engine.observers.append(tracker.observe)
     for h in range(RACKS * HOSTS_PER_RACK):
-        engine.add_host(f"host-{h}", f"192.168.{h % RACKS}.{h // RACKS + 1}",
-                        {"rack": f"rack-{h % RACKS}"})
+        engine.add_host(
+            f"host-{h}", f"192.168.{h % RACKS}.{h // RACKS + 1}", {"rack": f"rack-{h % RACKS}"}
+        )
     return engine, tracker
 
 
@@ -96,8 +101,9 @@ def cluster_report(mode: str, addresses: int, churn: int) -> dict[str, Any]:
     churn_rate = allocate(engine, addresses, churn)
     classes: dict[str, dict[str, list[int]]] = {}
     for row in tracker.summary():
-        entry = classes.setdefault(device_class(str(row["vantage"])),
-                                   {"routes": [], "next_hops": [], "updates": []})
+        entry = classes.setdefault(
+            device_class(str(row["vantage"])), {"routes": [], "next_hops": [], "updates": []}
+        )
         entry["routes"].append(int(str(row["routes"])))
         entry["next_hops"].append(int(str(row["next_hops"])))
         entry["updates"].append(int(str(row["updates"])) - before[str(row["vantage"])])
@@ -112,19 +118,26 @@ def cluster_report(mode: str, addresses: int, churn: int) -> dict[str, Any]:
     return {
         "mode": mode,
         "blocks": len(engine.state.blocks),
-        "devices": {name: {
-            "count": len(v["routes"]),
-            "routes_mean": round(statistics.mean(v["routes"]), 1),
-            "routes_max": max(v["routes"]),
-            "next_hops_mean": round(statistics.mean(v["next_hops"]), 1),
-            "next_hops_max": max(v["next_hops"]),
-            f"updates_during_{churn}_allocations_max": max(v["updates"]),
-        } for name, v in sorted(classes.items())},
+        "devices": {
+            name: {
+                "count": len(v["routes"]),
+                "routes_mean": round(statistics.mean(v["routes"]), 1),
+                "routes_max": max(v["routes"]),
+                "next_hops_mean": round(statistics.mean(v["next_hops"]), 1),
+                "next_hops_max": max(v["next_hops"]),
+                f"updates_during_{churn}_allocations_max": max(v["updates"]),
+            }
+            for name, v in sorted(classes.items())
+        },
         "allocations_per_s_tracked": round(rate_tracked),
         "allocations_per_s_untracked": round(rate_plain),
         "churn_allocations_per_s_tracked": round(churn_rate),
-        "verify": {"addresses": report.addresses, "blocks": report.blocks,
-                   "walks": report.walks, "seconds": round(verify_s, 2)},
+        "verify": {
+            "addresses": report.addresses,
+            "blocks": report.blocks,
+            "walks": report.walks,
+            "seconds": round(verify_s, 2),
+        },
     }
 
 
@@ -151,9 +164,12 @@ class Romana:
 
     def __init__(self) -> None:
         self.engine = Engine()
-        self.engine.apply_topology({
-            "networks": [{"name": "pods", "cidr": "10.0.0.0/18", "block_mask": 29}],
-            "topologies": [{"networks": ["pods"], "map": [{"name": "rack", "groups": []}]}]})
+        self.engine.apply_topology(
+            {
+                "networks": [{"name": "pods", "cidr": "10.0.0.0/18", "block_mask": 29}],
+                "topologies": [{"networks": ["pods"], "map": [{"name": "rack", "groups": []}]}],
+            }
+        )
         self.tracker = RouteTracker(lambda: self.engine.state)
         self.engine.observers.append(self.tracker.observe)
         self.count = 0
@@ -173,8 +189,7 @@ class Romana:
         self.engine.release(pod)
 
     def routes(self) -> Counter[str]:
-        return Counter(r.via.removeprefix("host:")
-                       for r in self.tracker.get("group:rack").routes)
+        return Counter(r.via.removeprefix("host:") for r in self.tracker.get("group:rack").routes)
 
     def updates(self) -> int:
         stats = self.tracker.stats.get("group:rack")
@@ -264,8 +279,12 @@ class LowestFree(BlockModel):
         super().__init__(BLOCK)
 
     def routes(self) -> Counter[str]:
-        return Counter({host: len(collapse((b * BLOCK, 29) for b in blocks))
-                        for host, blocks in self.blocks_by_host().items()})
+        return Counter(
+            {
+                host: len(collapse((b * BLOCK, 29) for b in blocks))
+                for host, blocks in self.blocks_by_host().items()
+            }
+        )
 
 
 class RomanaV1(BlockModel):
@@ -372,7 +391,7 @@ def arrivals(sequence: str, seed: int) -> Iterator[tuple[str, str, list[str]]]:
         if i == 0:
             new = list(joined)
         if sequence == "late" and i == int(0.3 * RACK_ADDRESSES):
-            new = hosts[HOSTS_PER_RACK // 2:]
+            new = hosts[HOSTS_PER_RACK // 2 :]
             joined = hosts
         host = joined[i % len(joined)] if sequence == "round-robin" else rng.choice(joined)
         yield host, f"t{i % TENANTS}", new
@@ -386,8 +405,9 @@ def per_host(routes: Counter[str]) -> tuple[float, int]:
     return round(sum(routes.values()) / len(holders), 3), max(routes.values())
 
 
-def grow(placement: Placement, sequence: str, seed: int, until: float | None = None
-         ) -> tuple[list[str], list[str], list[dict[str, Any]], float | None]:
+def grow(
+    placement: Placement, sequence: str, seed: int, until: float | None = None
+) -> tuple[list[str], list[str], list[dict[str, Any]], float | None]:
     """Feed the arrival sequence until the first failure (or ``until`` of the addresses):
     (pods, hosts joined, samples every 128 pods, share allocated when allocation failed)."""
     samples: list[dict[str, Any]] = []
@@ -411,10 +431,14 @@ def grow(placement: Placement, sequence: str, seed: int, until: float | None = N
 def sample(placement: Placement, pods: int) -> dict[str, Any]:
     routes = placement.routes()
     mean, most = per_host(routes)
-    return {"addresses": pods / RACK_ADDRESSES, "blocks": placement.reserved(),
-            "tor_routes": sum(routes.values()),
-            "next_hops": sum(1 for v in routes.values() if v),
-            "per_host_mean": mean, "per_host_max": most}
+    return {
+        "addresses": pods / RACK_ADDRESSES,
+        "blocks": placement.reserved(),
+        "tor_routes": sum(routes.values()),
+        "next_hops": sum(1 for v in routes.values() if v),
+        "per_host_mean": mean,
+        "per_host_max": most,
+    }
 
 
 def rack_run(make: type, sequence: str, seed: int) -> dict[str, Any]:
@@ -428,7 +452,8 @@ def rack_run(make: type, sequence: str, seed: int) -> dict[str, Any]:
         "worst_up_to_90pct_of_blocks": {
             "per_host_mean": max((x["per_host_mean"] for x in upto), default=0),
             "per_host_max": max((x["per_host_max"] for x in upto), default=0),
-            "addresses_then": round(max((x["addresses"] for x in upto), default=0), 3)},
+            "addresses_then": round(max((x["addresses"] for x in upto), default=0), 3),
+        },
         "at_addresses": {f"{mark:.0%}": _sample_at(samples, mark) for mark in (0.5, 0.8, 0.9)},
         "exhausted_at": round(exhausted_at or 1.0, 3),
         "churn_at_80pct": churn(churned, pods, joined, seed),
@@ -446,8 +471,7 @@ def _sample_at(samples: list[dict[str, Any]], share: float) -> dict[str, Any] | 
     return None
 
 
-def churn(placement: Placement, pods: list[str], hosts: list[str],
-          seed: int) -> dict[str, Any]:
+def churn(placement: Placement, pods: list[str], hosts: list[str], seed: int) -> dict[str, Any]:
     """Release and re-allocate 10% of the pods ten times (anywhere, tenants round-robin)."""
     rng = random.Random(seed + 1)
     before = placement.updates()
@@ -465,10 +489,15 @@ def churn(placement: Placement, pods: list[str], hosts: list[str],
                 moved += 1
     updates = placement.updates() - before
     after = sample(placement, len(pods))
-    return {"pods_churned": moved, "tor_route_set_updates": updates,
-            "updates_per_1000_pods": round(1000 * updates / max(moved, 1), 1),
-            "after": {k: after[k] for k in ("blocks", "tor_routes", "next_hops",
-                                            "per_host_mean", "per_host_max")}}
+    return {
+        "pods_churned": moved,
+        "tor_route_set_updates": updates,
+        "updates_per_1000_pods": round(1000 * updates / max(moved, 1), 1),
+        "after": {
+            k: after[k]
+            for k in ("blocks", "tor_routes", "next_hops", "per_host_mean", "per_host_max")
+        },
+    }
 
 
 def rack_report(seed: int) -> dict[str, Any]:
@@ -501,17 +530,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--addresses", type=int, default=100_000)
     parser.add_argument("--churn", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot", type=Path, help="write the ToR routes plot (PNG) here")
     parser.add_argument("--skip-cluster", action="store_true", help="part 2 only")
     args = parser.parse_args()
-    results = [] if args.skip_cluster else [
-        cluster_report(mode, args.addresses, args.churn)
-        for mode in ("block-host-routes", "prefix-announce-bgp")]
+    results = (
+        []
+        if args.skip_cluster
+        else [
+            cluster_report(mode, args.addresses, args.churn)
+            for mode in ("block-host-routes", "prefix-announce-bgp")
+        ]
+    )
     rack = rack_report(args.seed)
     if args.plot:
         plot(rack, args.plot)
@@ -520,19 +555,32 @@ def main() -> None:
             run["curve"] = run["curve"][::4]  # keep the JSON readable
     targets: dict[str, bool] = {}
     if results:
-        spine_updates = [r["devices"]["spine"][f"updates_during_{args.churn}_allocations_max"]
-                         for r in results]
+        spine_updates = [
+            r["devices"]["spine"][f"updates_during_{args.churn}_allocations_max"] for r in results
+        ]
         targets["spine: one route per rack"] = all(
-            r["devices"]["spine"]["routes_max"] == RACKS for r in results)
+            r["devices"]["spine"]["routes_max"] == RACKS for r in results
+        )
         targets["spine never changes during churn"] = not any(spine_updates)
     for sequence, runs in rack.items():
         worst = runs["romana"]["worst_up_to_90pct_of_blocks"]
-        targets[f"{sequence}: <= 1.25 routes per host and <= 2 for any, up to 90% of the "
-                "blocks"] = worst["per_host_mean"] <= 1.25 and worst["per_host_max"] <= 2
-    print(json.dumps({"benchmark": "romana_routes", "racks": RACKS,
-                      "hosts_per_rack": HOSTS_PER_RACK, "addresses": args.addresses,
-                      "results": results, "rack_comparison": rack, "targets_met": targets},
-                     indent=2))
+        targets[
+            f"{sequence}: <= 1.25 routes per host and <= 2 for any, up to 90% of the blocks"
+        ] = worst["per_host_mean"] <= 1.25 and worst["per_host_max"] <= 2
+    print(
+        json.dumps(
+            {
+                "benchmark": "romana_routes",
+                "racks": RACKS,
+                "hosts_per_rack": HOSTS_PER_RACK,
+                "addresses": args.addresses,
+                "results": results,
+                "rack_comparison": rack,
+                "targets_met": targets,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

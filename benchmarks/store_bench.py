@@ -30,11 +30,20 @@ def main() -> None:
             batch_s = time.perf_counter() - start
         finally:
             store.close()
-    print(json.dumps({
-        "benchmark": "store_appends", "single_fact_appends_per_s": round(single_rate),
-        "batch_1000_facts_s": round(batch_s, 4),
-        "targets_met": {"single_appends_per_s>250": single_rate > 250,
-                        "batch_1000_s<1": batch_s < 1.0}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "store_appends",
+                "single_fact_appends_per_s": round(single_rate),
+                "batch_1000_facts_s": round(batch_s, 4),
+                "targets_met": {
+                    "single_appends_per_s>250": single_rate > 250,
+                    "batch_1000_s<1": batch_s < 1.0,
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

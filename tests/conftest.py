@@ -14,14 +14,20 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def racks_topology(racks: int = 4, cidr: str = "10.1.0.0/16", block_mask: int = 29,
-                   label: str = "rack") -> dict[str, Any]:
+def racks_topology(
+    racks: int = 4, cidr: str = "10.1.0.0/16", block_mask: int = 29, label: str = "rack"
+) -> dict[str, Any]:
     return {
         "networks": [{"name": "net", "cidr": cidr, "block_mask": block_mask}],
-        "topologies": [{"networks": ["net"], "map": [
-            {"name": f"rack-{r}", "assignment": {label: f"rack-{r}"}, "groups": []}
-            for r in range(1, racks + 1)
-        ]}],
+        "topologies": [
+            {
+                "networks": ["net"],
+                "map": [
+                    {"name": f"rack-{r}", "assignment": {label: f"rack-{r}"}, "groups": []}
+                    for r in range(1, racks + 1)
+                ],
+            }
+        ],
     }
 
 

@@ -35,13 +35,23 @@ class Daemon:
     def start(self, timeout: float = 15.0) -> Daemon:
         log = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [str(ROMANAD), "--listen", f"127.0.0.1:{self.port}", "--data-dir",
-             str(self.data_dir), *self.extra], stdout=log, stderr=log)
+            [
+                str(ROMANAD),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra,
+            ],
+            stdout=log,
+            stderr=log,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"romanad exited with {self.proc.returncode}: "
-                                   f"{self.log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"romanad exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self

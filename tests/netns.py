@@ -22,8 +22,10 @@ from typing import IO, Any
 def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): "
-                           f"{result.stderr.strip() or result.stdout.strip()}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({result.returncode}): "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
     return result
 
 
@@ -44,16 +46,18 @@ class Netns:
         out = run("ip", "-j", "-n", self.name, *args).stdout
         return json.loads(out) if out.strip() else []  # type: ignore[no-any-return]
 
-    def exec(self, *cmd: str, check: bool = True, timeout: float = 30
-             ) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, *cmd: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return run("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
 
     def sysctl(self, key: str, value: str) -> None:
         self.exec("sysctl", "-q", "-w", f"{key}={value}")
 
     def ping(self, address: str, count: int = 1, wait: float = 1.0) -> bool:
-        result = self.exec("ping", "-n", "-q", "-c", str(count), "-W", str(wait), address,
-                           check=False)
+        result = self.exec(
+            "ping", "-n", "-q", "-c", str(count), "-W", str(wait), address, check=False
+        )
         return result.returncode == 0
 
     def routes(self, table: str = "main") -> list[dict[str, Any]]:
@@ -73,8 +77,9 @@ class Lab:
     def __enter__(self) -> Lab:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def netns(self, name: str) -> Netns:
@@ -101,8 +106,9 @@ class Lab:
             ns.ip("link", "set", port, "master", name)
         ns.ip("link", "set", name, "up")
 
-    def spawn(self, ns: Netns | None, *cmd: str, log: Path | None = None
-              ) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, ns: Netns | None, *cmd: str, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a process (inside ``ns`` when given); stopped by PID when the lab closes."""
         argv = ["ip", "netns", "exec", ns.name, *cmd] if ns else list(cmd)
         out: IO[bytes] | int = log.open("ab") if log else subprocess.DEVNULL
@@ -161,8 +167,9 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05,
-               message: str = "condition") -> None:
+def wait_until(
+    predicate: Any, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

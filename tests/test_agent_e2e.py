@@ -36,9 +36,20 @@ RACKS = {1: ("h11", "h12"), 2: ("h21", "h22")}
 def topology(mode: str) -> dict[str, Any]:
     return {
         "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
-        "topologies": [{"networks": ["pods"], "map": [
-            {"name": f"rack-{r}", "routing": mode,
-             "assignment": {"rack": f"rack-{r}"}, "groups": []} for r in RACKS]}],
+        "topologies": [
+            {
+                "networks": ["pods"],
+                "map": [
+                    {
+                        "name": f"rack-{r}",
+                        "routing": mode,
+                        "assignment": {"rack": f"rack-{r}"},
+                        "groups": [],
+                    }
+                    for r in RACKS
+                ],
+            }
+        ],
     }
 
 
@@ -94,28 +105,41 @@ class Cluster:
         """Periodic resync is off by default (60 s): only the changes feed moves routes."""
         log = self.lab.workdir / f"agent-{name}.log"
         self.agents[name] = self.lab.spawn(
-            self.hosts[name], AGENT, "--host", name, "--url", f"unix:{self.socket}",
-            "--resync-interval", str(resync), "--log-level", "debug", log=log)
+            self.hosts[name],
+            AGENT,
+            "--host",
+            name,
+            "--url",
+            f"unix:{self.socket}",
+            "--resync-interval",
+            str(resync),
+            "--log-level",
+            "debug",
+            log=log,
+        )
 
     def stop_agent(self, name: str) -> int:
         return self.lab.stop(self.agents.pop(name))
 
     def kernel_routes(self, name: str, proto: str = "82") -> set[tuple[str, str | None]]:
-        shown = self.hosts[name].ip("-j", "route", "show", "table", TABLE, "proto", proto,
-                                    check=False)
+        shown = self.hosts[name].ip(
+            "-j", "route", "show", "table", TABLE, "proto", proto, check=False
+        )
         if "FIB table does not exist" in shown.stderr:  # the kernel drops empty tables
             return set()
         rows = json.loads(shown.stdout)
-        return {(r["dst"] if "/" in r["dst"] else r["dst"] + "/32", r.get("gateway"))
-                for r in rows}
+        return {(r["dst"] if "/" in r["dst"] else r["dst"] + "/32", r.get("gateway")) for r in rows}
 
     def expected_routes(self, name: str) -> set[tuple[str, str | None]]:
         return {(r["prefix"], r["gateway"]) for r in self.client.routes(host=name)["routes"]}
 
     def wait_in_sync(self, timeout: float = 10.0) -> None:
         for name in self.hosts:
-            wait_until(lambda n=name: self.kernel_routes(n) == self.expected_routes(n),
-                       timeout, message=f"{name}'s table to match romanad")
+            wait_until(
+                lambda n=name: self.kernel_routes(n) == self.expected_routes(n),
+                timeout,
+                message=f"{name}'s table to match romanad",
+            )
 
     # -- routers: filled from the route sets romanad computes ----------------------------
     def program_routers(self) -> None:
@@ -163,8 +187,9 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     path = tmp_path / "topology.json"
     path.write_text(json.dumps(topology(request.param)))
     socket = tmp_path / "romanad.sock"
-    romanad = Daemon(tmp_path / "data", "--topology", str(path),
-                     "--listen", f"unix:{socket}").start()
+    romanad = Daemon(
+        tmp_path / "data", "--topology", str(path), "--listen", f"unix:{socket}"
+    ).start()
     try:
         with Lab("ag", tmp_path) as lab:
             c = Cluster(lab, romanad, socket)
@@ -192,10 +217,19 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
     cluster.program_routers()
     cluster.wait_in_sync()
     # h11's table: its own area unreachable, h12's area via h12; nothing for rack 2.
-    assert cluster.kernel_routes("h11") == {("10.1.0.0/18", None),
-                                             ("10.1.64.0/18", "192.168.1.12")}
-    assert_all_reach(cluster, [("a1", "a2"), ("a1", "b1"), ("b1", "a2"), ("a1", "c1"),
-                               ("c1", "a1"), ("d1", "b1"), ("c1", "d1")])
+    assert cluster.kernel_routes("h11") == {("10.1.0.0/18", None), ("10.1.64.0/18", "192.168.1.12")}
+    assert_all_reach(
+        cluster,
+        [
+            ("a1", "a2"),
+            ("a1", "b1"),
+            ("b1", "a2"),
+            ("a1", "c1"),
+            ("c1", "a1"),
+            ("d1", "b1"),
+            ("c1", "d1"),
+        ],
+    )
     # Same-rack traffic goes host to host: h11 routes b1's block straight to h12.
     via = cluster.hosts["h11"].exec("ip", "route", "get", cluster.pods["b1"].ip).stdout
     assert "via 192.168.1.12" in via
@@ -218,9 +252,12 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
 
     # Stop romanad: agents keep routes and keep running; start it again, they follow.
     assert cluster.romanad.stop() == 0
+
     def all_see_romanad_gone() -> bool:  # agents notice (the watch fails) and back off
-        return all(agent_get(cluster.hosts[n], "/healthz")["romanad"] == "unreachable"
-                   for n in cluster.agents)
+        return all(
+            agent_get(cluster.hosts[n], "/healthz")["romanad"] == "unreachable"
+            for n in cluster.agents
+        )
 
     wait_until(all_see_romanad_gone, 10, message="every agent sees romanad gone")
     assert all(p.poll() is None for p in cluster.agents.values()), "an agent died"
@@ -231,8 +268,11 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
     cluster.client.add_host("h23", "192.168.2.13", {"rack": "rack-2"})
     cluster.client.allocate("newcomer", "h23")
     h22 = cluster.client.host("h22")["groups"]["pods"]["areas"]
-    wait_until(lambda: (h22[0], "192.168.2.12") in cluster.kernel_routes("h21"), 10,
-               message="h21 to learn h22's new area after romanad restarted")
+    wait_until(
+        lambda: (h22[0], "192.168.2.12") in cluster.kernel_routes("h21"),
+        10,
+        message="h21 to learn h22's new area after romanad restarted",
+    )
     cluster.program_routers()
     assert_all_reach(cluster, [("e1", "a1"), ("c1", "e1"), ("d1", "a1")])
 
@@ -241,18 +281,21 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
     cluster.start_agent("h11", resync=1)
     cluster.add_pod("a1", "h11")
     h11 = cluster.hosts["h11"]
-    wait_until(lambda: cluster.kernel_routes("h11") == cluster.expected_routes("h11"), 10,
-               message="first sync")
+    wait_until(
+        lambda: cluster.kernel_routes("h11") == cluster.expected_routes("h11"),
+        10,
+        message="first sync",
+    )
     # A stale route carrying the agent's protocol: removed by the periodic resync (1 s).
-    h11.ip("route", "add", "10.1.200.0/29", "via", "192.168.1.12", "table", TABLE,
-           "proto", "82")
+    h11.ip("route", "add", "10.1.200.0/29", "via", "192.168.1.12", "table", TABLE, "proto", "82")
     # Someone else's route in the same table, and one of ours changed behind our back.
-    h11.ip("route", "add", "10.1.201.0/29", "via", "192.168.1.1", "table", TABLE,
-           "proto", "static")
-    h11.ip("route", "replace", "10.1.0.0/17", "via", "192.168.1.1", "table", TABLE,
-           "proto", "82")
-    wait_until(lambda: cluster.kernel_routes("h11") == {("10.1.0.0/17", None)}, 5,
-               message="the stale route removed and the changed one restored")
+    h11.ip("route", "add", "10.1.201.0/29", "via", "192.168.1.1", "table", TABLE, "proto", "static")
+    h11.ip("route", "replace", "10.1.0.0/17", "via", "192.168.1.1", "table", TABLE, "proto", "82")
+    wait_until(
+        lambda: cluster.kernel_routes("h11") == {("10.1.0.0/17", None)},
+        5,
+        message="the stale route removed and the changed one restored",
+    )
     done = periodic_syncs(h11)
     wait_until(lambda: periodic_syncs(h11) >= done + 2, 10, message="two more resyncs")
     # ...and the foreign route is still there, unchanged
@@ -264,8 +307,11 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
     metrics = h11.exec(sys.executable, "-c", _GET.format(path="/metrics")).stdout
     assert "romana_agent_routes_managed 1.0" in metrics
     assert 'romana_agent_syncs_total{reason="periodic"}' in metrics
-    deleted = [line for line in metrics.splitlines()
-               if line.startswith('romana_agent_route_changes_total{op="delete"}')]
+    deleted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('romana_agent_route_changes_total{op="delete"}')
+    ]
     assert deleted and float(deleted[0].split()[-1]) >= 1
 
     # --cleanup removes the agent's routes and rules, and nothing else.
@@ -294,14 +340,18 @@ def test_l3_host_sends_a_loan_inside_its_area_to_its_router(cluster: Cluster) ->
     ns.ip("route", "add", "default", "via", "169.254.1.1")
     cluster.hosts["h12"].sysctl("net.ipv4.conf.calilent.proxy_arp", "1")
     cluster.hosts["h12"].sysctl("net.ipv4.neigh.calilent.proxy_delay", "0")
-    cluster.hosts["h12"].ip("route", "add", f"{pinned['ip']}/32", "dev", "calilent",
-                            "scope", "link")
+    cluster.hosts["h12"].ip(
+        "route", "add", f"{pinned['ip']}/32", "dev", "calilent", "scope", "link"
+    )
     cluster.pods["lent"] = Pod("lent", ns, pinned["ip"], "h12", "calilent")
     cluster.add_pod("b1", "h12")
     cluster.program_routers()
     for name in ("h11", "h12"):
-        wait_until(lambda n=name: cluster.kernel_routes(n) == cluster.expected_routes(n), 10,
-                   message=f"{name}'s table to match romanad")
+        wait_until(
+            lambda n=name: cluster.kernel_routes(n) == cluster.expected_routes(n),
+            10,
+            message=f"{name}'s table to match romanad",
+        )
     shown = cluster.hosts["h11"].ip("route", "show", "table", TABLE).stdout
     assert f"throw {pinned['block']}" in shown and f"unreachable {area}" in shown
     assert_all_reach(cluster, [("a1", "lent"), ("lent", "a1"), ("a1", "b1")])
@@ -322,5 +372,7 @@ def periodic_syncs(ns: Netns) -> float:
     return 0.0
 
 
-_GET = ("import urllib.request;"
-        "print(urllib.request.urlopen('http://127.0.0.1:9604{path}', timeout=5).read().decode())")
+_GET = (
+    "import urllib.request;"
+    "print(urllib.request.urlopen('http://127.0.0.1:9604{path}', timeout=5).read().decode())"
+)

@@ -33,8 +33,7 @@ GW_NET = "192.168.1"  # veth0 in every test namespace holds 192.168.1.1/24
 
 
 def ip(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True,
-                          check=check)
+    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=check)
 
 
 def ip_json(netns: str, *args: str) -> Any:
@@ -81,8 +80,11 @@ def by_prefix(*routes: KernelRoute) -> dict[str, KernelRoute]:
 
 
 FIVE = by_prefix(
-    unicast("10.1.0.8/29", 12), unicast("10.1.0.16/29", 13), unicast("10.1.1.0/24", 14),
-    unreachable("10.1.0.0/29"), unreachable("10.1.0.24/29"),
+    unicast("10.1.0.8/29", 12),
+    unicast("10.1.0.16/29", 13),
+    unicast("10.1.1.0/24", 14),
+    unreachable("10.1.0.0/29"),
+    unreachable("10.1.0.24/29"),
 )
 
 
@@ -117,8 +119,7 @@ def test_apply_adds_unicast_and_unreachable_routes(netns: str, table: RouteTable
     assert kernel_routes(netns, table=254) == {}  # nothing leaked into main
 
 
-def test_throw_routes_round_trip_and_send_lookups_on_to_main(netns: str,
-                                                              table: RouteTable) -> None:
+def test_throw_routes_round_trip_and_send_lookups_on_to_main(netns: str, table: RouteTable) -> None:
     ip(netns, "route", "add", "default", "via", f"{GW_NET}.254")
     desired = by_prefix(unreachable("10.1.0.0/24"), KernelRoute("10.1.0.8/29", None, "throw"))
     assert table.apply(diff_routes(desired, {})).ok
@@ -191,10 +192,30 @@ def test_bad_routes_fail_alone_and_are_reported(netns: str, table: RouteTable) -
 
 
 def test_foreign_routes_in_our_table_are_never_touched(netns: str, table: RouteTable) -> None:
-    ip(netns, "route", "add", "10.1.0.8/29", "via", f"{GW_NET}.50", "table", "10",
-       "proto", "static")
-    ip(netns, "route", "add", "10.9.0.0/16", "via", f"{GW_NET}.51", "table", "10",
-       "proto", "static")
+    ip(
+        netns,
+        "route",
+        "add",
+        "10.1.0.8/29",
+        "via",
+        f"{GW_NET}.50",
+        "table",
+        "10",
+        "proto",
+        "static",
+    )
+    ip(
+        netns,
+        "route",
+        "add",
+        "10.9.0.0/16",
+        "via",
+        f"{GW_NET}.51",
+        "table",
+        "10",
+        "proto",
+        "static",
+    )
     before = ip_json(netns, "route", "show", "table", "10", "proto", "static")
 
     assert table.dump() == {}
@@ -224,13 +245,15 @@ def test_routes_of_our_protocol_in_other_tables_are_not_ours(netns: str) -> None
     assert set(kernel_routes(netns, table=254)) == {"10.7.0.0/16"}
 
 
-def test_a_route_of_ours_in_an_unexpected_shape_is_reconciled(netns: str,
-                                                              table: RouteTable) -> None:
+def test_a_route_of_ours_in_an_unexpected_shape_is_reconciled(
+    netns: str, table: RouteTable
+) -> None:
     ip(netns, "route", "add", "blackhole", "10.1.0.8/29", "table", "10", "proto", "82")
     ip(netns, "route", "add", "10.1.0.16/29", "dev", "veth0", "table", "10", "proto", "82")
 
-    assert table.dump() == by_prefix(KernelRoute("10.1.0.8/29", None, "unicast"),
-                                     KernelRoute("10.1.0.16/29", None, "unicast"))
+    assert table.dump() == by_prefix(
+        KernelRoute("10.1.0.8/29", None, "unicast"), KernelRoute("10.1.0.16/29", None, "unicast")
+    )
     result = table.apply(diff_routes(FIVE, table.dump()))
 
     assert (result.replaced, result.added, result.ok) == (2, 3, True)
@@ -254,15 +277,19 @@ def test_ten_thousand_routes_round_trip_in_windows(netns: str, table: RouteTable
     assert windows <= -(-10_000 // channel.window) + 1, (windows, channel.window)
     assert channel.window >= 64  # a receive buffer too small to pipeline would show here
 
-    changed = {p: (unicast(p, 200) if i % 10 == 1 else r)
-               for i, (p, r) in enumerate(desired.items()) if i % 10 != 2}
+    changed = {
+        p: (unicast(p, 200) if i % 10 == 1 else r)
+        for i, (p, r) in enumerate(desired.items())
+        if i % 10 != 2
+    }
     result = table.apply(diff_routes(changed, dumped))
     assert (result.replaced, result.deleted, result.added, result.ok) == (1000, 1000, 0, True)
     assert table.dump() == changed
 
 
-def test_lost_acknowledgements_are_reported_not_misattributed(netns: str,
-                                                              table: RouteTable) -> None:
+def test_lost_acknowledgements_are_reported_not_misattributed(
+    netns: str, table: RouteTable
+) -> None:
     # Shrink the receive buffer far below what the window needs: the kernel drops ACKs
     # (ENOBUFS). Those routes must be reported as "state unknown", never as done.
     channel = table._channel
@@ -283,13 +310,16 @@ def test_missing_namespace_is_an_error_not_created() -> None:
     name = f"rmn-nl-missing-{os.getpid()}"
     with pytest.raises(FileNotFoundError):
         RouteTable(netns=name)
-    assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                      text=True, check=True).stdout
+    assert (
+        name
+        not in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def test_reserved_tables_and_bad_protocols_are_refused() -> None:
-    for bad in ({"table": 254}, {"table": 255}, {"table": 0}, {"protocol": 0},
-                {"protocol": 256}):
+    for bad in ({"table": 254}, {"table": 255}, {"table": 0}, {"protocol": 0}, {"protocol": 256}):
         with pytest.raises(ValueError):
             RouteTable(**bad)  # type: ignore[arg-type]
 
@@ -300,14 +330,13 @@ def test_reserved_tables_and_bad_protocols_are_refused() -> None:
 def our_rules(netns: str) -> list[tuple[int, str, str, int | None]]:
     rules = ip_json(netns, "rule", "show")
     return sorted(
-        (r["priority"], f"{r['dst']}/{r['dstlen']}", str(r["table"]),
-         r.get("suppress_prefixlen"))
-        for r in rules if r.get("protocol") == "82"
+        (r["priority"], f"{r['dst']}/{r['dstlen']}", str(r["table"]), r.get("suppress_prefixlen"))
+        for r in rules
+        if r.get("protocol") == "82"
     )
 
 
-def test_ensure_rules_installs_idempotently_and_reconciles(netns: str,
-                                                           table: RouteTable) -> None:
+def test_ensure_rules_installs_idempotently_and_reconciles(netns: str, table: RouteTable) -> None:
     ip(netns, "rule", "add", "priority", "1001", "to", "10.3.0.0/16", "lookup", "10")
     foreign = [r for r in ip_json(netns, "rule", "show") if r.get("dst") == "10.3.0.0"]
 
@@ -315,16 +344,20 @@ def test_ensure_rules_installs_idempotently_and_reconciles(netns: str,
     first = our_rules(netns)
     table.ensure_rules(["10.2.0.0/16", "10.1.0.0/16"])
 
-    assert our_rules(netns) == first == [
-        (1000, "10.1.0.0/16", "main", 0), (1000, "10.2.0.0/16", "main", 0),
-        (1001, "10.1.0.0/16", "10", None), (1001, "10.2.0.0/16", "10", None),
-    ]
+    assert (
+        our_rules(netns)
+        == first
+        == [
+            (1000, "10.1.0.0/16", "main", 0),
+            (1000, "10.2.0.0/16", "main", 0),
+            (1001, "10.1.0.0/16", "10", None),
+            (1001, "10.2.0.0/16", "10", None),
+        ]
+    )
     table.ensure_rules(["10.1.0.0/16"])
-    assert our_rules(netns) == [(1000, "10.1.0.0/16", "main", 0),
-                                (1001, "10.1.0.0/16", "10", None)]
+    assert our_rules(netns) == [(1000, "10.1.0.0/16", "main", 0), (1001, "10.1.0.0/16", "10", None)]
     table.ensure_rules(["10.1.0.0/16"], priority=2000)  # moved: old priority goes
-    assert our_rules(netns) == [(2000, "10.1.0.0/16", "main", 0),
-                                (2001, "10.1.0.0/16", "10", None)]
+    assert our_rules(netns) == [(2000, "10.1.0.0/16", "main", 0), (2001, "10.1.0.0/16", "10", None)]
     with pytest.raises(ValueError):
         table.ensure_rules(["10.1.0.0/16"], priority=32765)  # would follow main's rule
     table.remove_rules()
@@ -340,19 +373,20 @@ def route_get(netns: str, address: str) -> dict[str, Any] | str:
     return json.loads(done.stdout)[0]  # type: ignore[no-any-return]
 
 
-def test_rules_let_main_pod_routes_and_our_neighbour_routes_win(netns: str,
-                                                                table: RouteTable) -> None:
+def test_rules_let_main_pod_routes_and_our_neighbour_routes_win(
+    netns: str, table: RouteTable
+) -> None:
     ip(netns, "route", "add", "default", "via", f"{GW_NET}.254")
     ip(netns, "route", "add", "10.1.0.3/32", "dev", "veth1", "scope", "link")  # a pod (CNI)
-    table.apply(diff_routes(by_prefix(unreachable("10.1.0.0/29"),
-                                      unicast("10.1.0.8/29", 12)), {}))
+    table.apply(diff_routes(by_prefix(unreachable("10.1.0.0/29"), unicast("10.1.0.8/29", 12)), {}))
 
     without = route_get(netns, "10.1.0.9")
     assert isinstance(without, dict) and without["gateway"] == f"{GW_NET}.254"  # rules matter
 
     table.ensure_rules(["10.1.0.0/16"])
-    pod, unused, neighbour, outside = (route_get(netns, a) for a in
-                                       ("10.1.0.3", "10.1.0.4", "10.1.0.9", "10.2.0.1"))
+    pod, unused, neighbour, outside = (
+        route_get(netns, a) for a in ("10.1.0.3", "10.1.0.4", "10.1.0.9", "10.2.0.1")
+    )
     assert isinstance(pod, dict) and pod["dev"] == "veth1" and "gateway" not in pod
     assert unused == "RTNETLINK answers: No route to host"  # our unreachable block
     assert isinstance(neighbour, dict) and neighbour["gateway"] == f"{GW_NET}.12"
@@ -363,11 +397,19 @@ def test_rules_let_main_pod_routes_and_our_neighbour_routes_win(netns: str,
 
 
 def test_diff_routes_sorts_by_address_and_classifies() -> None:
-    actual = by_prefix(unicast("10.1.0.16/29", 1), unicast("10.1.0.8/29", 2),
-                       unreachable("10.1.0.0/29"), unicast("10.10.0.0/29", 3))
-    desired = by_prefix(unicast("10.1.0.8/29", 2), unicast("10.1.0.16/29", 9),
-                        unicast("10.2.0.0/29", 4), unicast("10.1.1.0/29", 5),
-                        unreachable("10.0.0.0/29"))
+    actual = by_prefix(
+        unicast("10.1.0.16/29", 1),
+        unicast("10.1.0.8/29", 2),
+        unreachable("10.1.0.0/29"),
+        unicast("10.10.0.0/29", 3),
+    )
+    desired = by_prefix(
+        unicast("10.1.0.8/29", 2),
+        unicast("10.1.0.16/29", 9),
+        unicast("10.2.0.0/29", 4),
+        unicast("10.1.1.0/29", 5),
+        unreachable("10.0.0.0/29"),
+    )
 
     diff = diff_routes(desired, actual)
 
@@ -387,7 +429,8 @@ def test_kernel_route_rejects_inconsistent_values() -> None:
 
 def test_from_route_set_translates_and_reports_skipped_routes() -> None:
     wire = {
-        "vantage": "host:h1", "default": "group:rack-1",
+        "vantage": "host:h1",
+        "default": "group:rack-1",
         "routes": [
             {"prefix": "10.1.0.0/29", "via": "local", "gateway": None},
             {"prefix": "10.1.0.8/29", "via": "host:h2", "gateway": "192.168.1.12"},
@@ -400,10 +443,14 @@ def test_from_route_set_translates_and_reports_skipped_routes() -> None:
     desired, skipped = from_route_set(wire)
 
     # A route to a group's router (a hole in the host's area) leaves the table: ``throw``.
-    assert desired == by_prefix(unreachable("10.1.0.0/29"), unicast("10.1.0.8/29", 12),
-                                KernelRoute("10.2.0.0/24", None, "throw"))
+    assert desired == by_prefix(
+        unreachable("10.1.0.0/29"),
+        unicast("10.1.0.8/29", 12),
+        KernelRoute("10.2.0.0/24", None, "throw"),
+    )
     assert [(s.prefix, s.via) for s in skipped] == [
-        ("10.1.0.9/29", "host:h3"), ("10.1.0.8/29", "host:h4"),
+        ("10.1.0.9/29", "host:h3"),
+        ("10.1.0.8/29", "host:h4"),
     ]
     assert all(isinstance(s, SkippedRoute) and s.reason for s in skipped)
     assert from_route_set({"vantage": "host:h9", "default": None, "routes": []}) == ({}, [])

@@ -28,8 +28,10 @@ def test_no_input_makes_the_server_fail(tmp_path: Path) -> None:
     topology = str(EXAMPLES / "datacenter-4-racks.json")
     with running(tmp_path / "data", "--topology", topology) as daemon:
         with daemon.client() as c:
-            c.post("/hosts", json={"name": "h1", "ip": "192.168.0.1",
-                                   "tags": {"my-location-tag": "rack-1"}})
+            c.post(
+                "/hosts",
+                json={"name": "h1", "ip": "192.168.0.1", "tags": {"my-location-tag": "rack-1"}},
+            )
         schema = schemathesis.openapi.from_url(f"{daemon.url}/openapi.json")
         failures: list[str] = []
         operations = 0
@@ -38,9 +40,13 @@ def test_no_input_makes_the_server_fail(tmp_path: Path) -> None:
             operations += 1
 
             @given(case=operation.as_strategy())
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck),
-                      phases=[Phase.explicit, Phase.generate])
+            @settings(
+                max_examples=EXAMPLES_PER_OPERATION,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.generate],
+            )
             def fuzz(case: schemathesis.Case) -> None:
                 if case.path == "/watch" and isinstance(case.query, dict):
                     case.query["timeout"] = 0.05  # a long poll may legitimately wait 300 s
@@ -50,8 +56,10 @@ def test_no_input_makes_the_server_fail(tmp_path: Path) -> None:
                     failures.append(f"{case.method} {case.formatted_path}: {exc}")
                     return
                 if response.status_code >= 500:
-                    failures.append(f"{case.method} {case.formatted_path} "
-                                    f"{case.body!r} -> {response.status_code} {response.text}")
+                    failures.append(
+                        f"{case.method} {case.formatted_path} "
+                        f"{case.body!r} -> {response.status_code} {response.text}"
+                    )
 
             fuzz()
         assert operations >= 18, "every endpoint should be in the spec"
@@ -67,8 +75,9 @@ def test_odd_but_valid_maps_never_make_post_topology_fail(tmp_path: Path) -> Non
     with running(tmp_path / "data") as daemon, daemon.client() as c:
 
         @given(doc=topology_maps())
-        @settings(max_examples=120, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def post(doc: dict[str, Any]) -> None:
             response = c.post("/topology", json=doc)
             assert response.status_code < 500, response.text

@@ -21,8 +21,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     base = tmp_path_factory.mktemp("routes")
     topology = base / "racks.json"
     topology.write_text(json.dumps(racks_topology(2)))
-    with running(base / "data", "--topology", str(topology),
-                 "--listen", f"unix:{base / 'romanad.sock'}") as d:
+    with running(
+        base / "data", "--topology", str(topology), "--listen", f"unix:{base / 'romanad.sock'}"
+    ) as d:
         with RomanaClient(d.url) as c:
             for i in (1, 2, 3):
                 c.add_host(f"h{i}", f"192.168.0.{i}", {"rack": f"rack-{1 if i < 3 else 2}"})
@@ -35,19 +36,24 @@ def test_host_routes_have_the_documented_wire_shape(daemon: Daemon) -> None:
     with RomanaClient(daemon.url) as c:
         result = c.routes(host="h1")
     assert len(result["store_id"]) == 32
-    assert result == {"vantage": "host:h1", "default": "group:rack-1",
-                      "revision": result["revision"], "store_id": result["store_id"],
-                      "routes": [
-                          {"prefix": "10.1.0.0/18", "via": "local", "gateway": None},
-                          {"prefix": "10.1.64.0/18", "via": "host:h2",
-                           "gateway": "192.168.0.2"}]}
+    assert result == {
+        "vantage": "host:h1",
+        "default": "group:rack-1",
+        "revision": result["revision"],
+        "store_id": result["store_id"],
+        "routes": [
+            {"prefix": "10.1.0.0/18", "via": "local", "gateway": None},
+            {"prefix": "10.1.64.0/18", "via": "host:h2", "gateway": "192.168.0.2"},
+        ],
+    }
 
 
 def test_group_routes_accept_paths_and_the_root(daemon: Daemon) -> None:
     with RomanaClient(daemon.url) as c:
         assert c.routes(group="/")["routes"] == [
             {"prefix": "10.1.0.0/17", "via": "group:rack-1", "gateway": None},
-            {"prefix": "10.1.128.0/17", "via": "group:rack-2", "gateway": None}]
+            {"prefix": "10.1.128.0/17", "via": "group:rack-2", "gateway": None},
+        ]
         rack = c.routes(group="rack-1")
         assert (rack["vantage"], rack["default"]) == ("group:rack-1", "group:/")
         assert [r["via"] for r in rack["routes"]] == ["host:h1", "host:h2"]

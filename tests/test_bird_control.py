@@ -62,8 +62,10 @@ def _alive(pid: int) -> bool:
 
 def config(*routes: str) -> str:
     body = "".join(f"  route {r} blackhole;\n" for r in routes)
-    return ("router id 10.255.0.1;\nprotocol device {}\n"
-            f"protocol static blocks {{\n  ipv4;\n{body}}}\n")
+    return (
+        "router id 10.255.0.1;\nprotocol device {}\n"
+        f"protocol static blocks {{\n  ipv4;\n{body}}}\n"
+    )
 
 
 class Bird:
@@ -74,8 +76,7 @@ class Bird:
         self.pidfile = workdir / "bird.pid"
 
     def start(self) -> None:
-        self.ns.exec("bird", "-c", str(self.conf), "-s", str(self.sock), "-P",
-                     str(self.pidfile))
+        self.ns.exec("bird", "-c", str(self.conf), "-s", str(self.sock), "-P", str(self.pidfile))
         wait_until(self.sock.exists, 5, message="BIRD control socket")
 
     def routes(self) -> set[str]:
@@ -173,8 +174,10 @@ def test_bird_not_running_yet_keeps_the_new_file_and_retries(bird: Bird) -> None
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "examples" / "bird"
 LEAF = GroupInfo("rack-1", {"pods": "10.1.0.0/17"}, True)
-HOSTS = [{"name": n, "ip": ip, "groups": {"pods": {"group": "rack-1", "cidr": "10.1.0.0/17"}}}
-         for n, ip in (("h1", "192.168.1.11"), ("h2", "192.168.1.12"))]
+HOSTS = [
+    {"name": n, "ip": ip, "groups": {"pods": {"group": "rack-1", "cidr": "10.1.0.0/17"}}}
+    for n, ip in (("h1", "192.168.1.11"), ("h2", "192.168.1.12"))
+]
 ROUTES = [{"prefix": "10.1.0.0/28", "via": "host:h1", "gateway": "192.168.1.11"}]
 
 
@@ -184,13 +187,25 @@ def render(name: str, variables: dict[str, object]) -> str:
 
 @pytest.mark.parametrize("name", ["host-bgp.conf.j2", "host-ospf.conf.j2"])
 @pytest.mark.parametrize("local", [(), ("10.1.0.0/28", "10.1.0.32/29")])
-def test_shipped_host_templates_render_configs_bird_accepts(tmp_path: Path, name: str,
-                                                            local: tuple[str, ...]) -> None:
-    opts = Options(host="h1", router=None, url="", token=None, template=None,
-                   output=tmp_path / "bird.conf", bird_socket=None, local_as=65001,
-                   neighbor_ip="192.168.1.1", neighbor_as=65101, args={"log": "/dev/null"})
-    inputs = HostInputs("h1", "192.168.1.11", {}, {"pods": Placement("rack-1", "10.1.0.0/17")},
-                        local, {"pods": 2})
+def test_shipped_host_templates_render_configs_bird_accepts(
+    tmp_path: Path, name: str, local: tuple[str, ...]
+) -> None:
+    opts = Options(
+        host="h1",
+        router=None,
+        url="",
+        token=None,
+        template=None,
+        output=tmp_path / "bird.conf",
+        bird_socket=None,
+        local_as=65001,
+        neighbor_ip="192.168.1.1",
+        neighbor_as=65101,
+        args={"log": "/dev/null"},
+    )
+    inputs = HostInputs(
+        "h1", "192.168.1.11", {}, {"pods": Placement("rack-1", "10.1.0.0/17")}, local, {"pods": 2}
+    )
     text = render(name, host_variables(opts, inputs))
     BirdConfig(tmp_path / "bird.conf").check(text)
     assert all(f"route {n} blackhole;" in text for n in local)
@@ -199,15 +214,24 @@ def test_shipped_host_templates_render_configs_bird_accepts(tmp_path: Path, name
 
 @pytest.mark.parametrize("name", ["router-bgp.conf.j2", "router-ospf.conf.j2"])
 @pytest.mark.parametrize("upstream", [True, False])
-def test_shipped_router_templates_render_configs_bird_accepts(tmp_path: Path, name: str,
-                                                              upstream: bool) -> None:
-    up: dict[str, object] = {"neighbor_ip": "172.16.1.2", "neighbor_as": 65000} \
-        if upstream else {}
-    opts = Options(host=None, router="rack-1", url="", token=None, template=None,
-                   output=tmp_path / "bird.conf", bird_socket=None, local_as=65101,
-                   peer_as=65001, strict=True, **up)  # type: ignore[arg-type]
-    text = render(name, router_variables(opts, RouterInputs(LEAF, tuple(HOSTS),
-                                                            tuple(ROUTES))))
+def test_shipped_router_templates_render_configs_bird_accepts(
+    tmp_path: Path, name: str, upstream: bool
+) -> None:
+    up: dict[str, object] = {"neighbor_ip": "172.16.1.2", "neighbor_as": 65000} if upstream else {}
+    opts = Options(
+        host=None,
+        router="rack-1",
+        url="",
+        token=None,
+        template=None,
+        output=tmp_path / "bird.conf",
+        bird_socket=None,
+        local_as=65101,
+        peer_as=65001,
+        strict=True,
+        **up,
+    )  # type: ignore[arg-type]
+    text = render(name, router_variables(opts, RouterInputs(LEAF, tuple(HOSTS), tuple(ROUTES))))
     BirdConfig(tmp_path / "bird.conf").check(text)
     assert ("route 10.1.0.0/17 unreachable;" in text) == upstream
     if name.startswith("router-bgp"):
@@ -219,15 +243,29 @@ def test_shipped_router_templates_render_configs_bird_accepts(tmp_path: Path, na
 
 
 def test_builtin_router_template_configures_a_spine(tmp_path: Path) -> None:
-    spine = GroupInfo("/", {"pods": "10.1.0.0/16"}, False, (
-        GroupInfo("rack-1", {"pods": "10.1.0.0/17"}, True),
-        GroupInfo("rack-2", {"pods": "10.1.128.0/17"}, True)))
-    opts = Options(host=None, router="/", url="", token=None, template=None,
-                   output=tmp_path / "bird.conf", bird_socket=None, local_as=65000,
-                   peers={"rack-1": PeerSpec("172.16.1.1", 65101),
-                          "rack-2": PeerSpec("172.16.2.1", 65102)})
-    text = templates.render(builtin_router_template(),
-                            router_variables(opts, RouterInputs(spine, (), ())))
+    spine = GroupInfo(
+        "/",
+        {"pods": "10.1.0.0/16"},
+        False,
+        (
+            GroupInfo("rack-1", {"pods": "10.1.0.0/17"}, True),
+            GroupInfo("rack-2", {"pods": "10.1.128.0/17"}, True),
+        ),
+    )
+    opts = Options(
+        host=None,
+        router="/",
+        url="",
+        token=None,
+        template=None,
+        output=tmp_path / "bird.conf",
+        bird_socket=None,
+        local_as=65000,
+        peers={"rack-1": PeerSpec("172.16.1.1", 65101), "rack-2": PeerSpec("172.16.2.1", 65102)},
+    )
+    text = templates.render(
+        builtin_router_template(), router_variables(opts, RouterInputs(spine, (), ()))
+    )
     BirdConfig(tmp_path / "bird.conf").check(text)
     assert "neighbor 172.16.2.1 as 65102;" in text
     assert "if net ~ [ 10.1.128.0/17{17,32} ] then accept;" in text

@@ -41,8 +41,9 @@ from .daemon import Daemon, free_port, running
 from .netns import Lab, Netns, run, wait_until
 from .test_bird_control import stop_birds
 
-pytestmark = pytest.mark.skipif(shutil.which("bird") is None or shutil.which("ping") is None,
-                                reason="needs bird2 and ping")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bird") is None or shutil.which("ping") is None, reason="needs bird2 and ping"
+)
 
 PUBLISHER = Path(sys.executable).parent / "romana-publisher"
 TEMPLATES = ROOT / "examples" / "bird"
@@ -56,13 +57,29 @@ def rack_as(rack: int) -> int:
 
 TOPOLOGY = {
     "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
-    "topologies": [{"networks": ["pods"], "map": [
-        {"name": f"rack-{r}", "assignment": {"rack": f"rack-{r}"},
-         "routing": "prefix-announce-bgp", "groups": []} for r in (1, 2)]}],
+    "topologies": [
+        {
+            "networks": ["pods"],
+            "map": [
+                {
+                    "name": f"rack-{r}",
+                    "assignment": {"rack": f"rack-{r}"},
+                    "routing": "prefix-announce-bgp",
+                    "groups": [],
+                }
+                for r in (1, 2)
+            ],
+        }
+    ],
 }
 # name -> (rack, IP); h5 is a registered host of rack-1 that turns rogue.
-HOSTS = {"h1": (1, "192.168.1.11"), "h2": (1, "192.168.1.12"), "h5": (1, "192.168.1.15"),
-         "h3": (2, "192.168.2.13"), "h4": (2, "192.168.2.14")}
+HOSTS = {
+    "h1": (1, "192.168.1.11"),
+    "h2": (1, "192.168.1.12"),
+    "h5": (1, "192.168.1.15"),
+    "h3": (2, "192.168.2.13"),
+    "h4": (2, "192.168.2.14"),
+}
 
 
 class Bird:
@@ -78,8 +95,7 @@ class Bird:
 
     def start(self, text: str) -> None:
         self.conf.write_text(text)
-        self.ns.exec("bird", "-c", str(self.conf), "-s", str(self.sock), "-P",
-                     str(self.pidfile))
+        self.ns.exec("bird", "-c", str(self.conf), "-s", str(self.sock), "-P", str(self.pidfile))
         wait_until(self.sock.exists, 5, message=f"BIRD socket {self.sock}")
 
     def birdc(self, *args: str) -> str:
@@ -111,9 +127,11 @@ def pod_routes(ns: Netns) -> dict[str, str]:
 
 
 def proto_of_pod_routes(ns: Netns) -> set[str]:
-    return {r.get("protocol", "?") for r in ns.routes()
-            if r.get("dst", "default") != "default"
-            and ipaddress.IPv4Network(r["dst"]).subnet_of(POD)}
+    return {
+        r.get("protocol", "?")
+        for r in ns.routes()
+        if r.get("dst", "default") != "default" and ipaddress.IPv4Network(r["dst"]).subnet_of(POD)
+    }
 
 
 def metric(port: int, name: str, labels: str = "") -> float:
@@ -180,16 +198,38 @@ class Fabric:
     def publisher(self, name: str, *args: str) -> None:
         port = self.metrics[name] = free_port()
         bird = self.birds[name]
-        self.lab.spawn(None, str(PUBLISHER), "--url", self.daemon.url, "--output",
-                       str(bird.conf), "--bird-socket", str(bird.sock), "--poll-interval",
-                       "1", "--metrics-listen", f"127.0.0.1:{port}", *args,
-                       log=self.work / f"publisher-{name}.log")
+        self.lab.spawn(
+            None,
+            str(PUBLISHER),
+            "--url",
+            self.daemon.url,
+            "--output",
+            str(bird.conf),
+            "--bird-socket",
+            str(bird.sock),
+            "--poll-interval",
+            "1",
+            "--metrics-listen",
+            f"127.0.0.1:{port}",
+            *args,
+            log=self.work / f"publisher-{name}.log",
+        )
 
     def router_config(self, name: str, *args: str) -> None:
         bird = self.birds[name]
-        result = CliRunner().invoke(bird_app, [
-            "router-config", "--url", self.daemon.url, "--output", str(bird.conf),
-            "--bird-socket", str(bird.sock), *args])
+        result = CliRunner().invoke(
+            bird_app,
+            [
+                "router-config",
+                "--url",
+                self.daemon.url,
+                "--output",
+                str(bird.conf),
+                "--bird-socket",
+                str(bird.sock),
+                *args,
+            ],
+        )
         assert result.exit_code == 0, result.output
 
     def start(self) -> None:
@@ -197,22 +237,63 @@ class Fabric:
             if name == "h5":
                 continue  # the rogue runs a hand-written configuration, later
             self.bird(name, ip)
-            self.publisher(name, "--host", name, "--template", str(self.template),
-                           "--local-as", str(HOST_AS), "--neighbor-ip", f"192.168.{rack}.1",
-                           "--neighbor-as", str(rack_as(rack)))
+            self.publisher(
+                name,
+                "--host",
+                name,
+                "--template",
+                str(self.template),
+                "--local-as",
+                str(HOST_AS),
+                "--neighbor-ip",
+                f"192.168.{rack}.1",
+                "--neighbor-as",
+                str(rack_as(rack)),
+            )
         for r in (1, 2):
             self.bird(f"tor{r}", f"172.16.{r}.1")
         self.bird("spine", "172.16.0.1")
-        up = ["--local-as", str(rack_as(1)), "--peer-as", str(HOST_AS), "--neighbor-ip",
-              "172.16.1.2", "--neighbor-as", str(SPINE_AS), "--router-id", "172.16.1.1"]
+        up = [
+            "--local-as",
+            str(rack_as(1)),
+            "--peer-as",
+            str(HOST_AS),
+            "--neighbor-ip",
+            "172.16.1.2",
+            "--neighbor-as",
+            str(SPINE_AS),
+            "--router-id",
+            "172.16.1.1",
+        ]
         self.publisher("tor1", "--router", "rack-1", "--strict", *up)
-        self.router_config("tor2", "--group", "rack-2", "--local-as", str(rack_as(2)),
-                           "--peer-as", str(HOST_AS), "--neighbor-ip", "172.16.2.2",
-                           "--neighbor-as", str(SPINE_AS), "--router-id", "172.16.2.1")
-        self.router_config("spine", "--group", "/", "--local-as", str(SPINE_AS),
-                           "--peer", f"rack-1=172.16.1.1@{rack_as(1)}",
-                           "--peer", f"rack-2=172.16.2.1@{rack_as(2)}",
-                           "--router-id", "172.16.0.1")
+        self.router_config(
+            "tor2",
+            "--group",
+            "rack-2",
+            "--local-as",
+            str(rack_as(2)),
+            "--peer-as",
+            str(HOST_AS),
+            "--neighbor-ip",
+            "172.16.2.2",
+            "--neighbor-as",
+            str(SPINE_AS),
+            "--router-id",
+            "172.16.2.1",
+        )
+        self.router_config(
+            "spine",
+            "--group",
+            "/",
+            "--local-as",
+            str(SPINE_AS),
+            "--peer",
+            f"rack-1=172.16.1.1@{rack_as(1)}",
+            "--peer",
+            f"rack-2=172.16.2.1@{rack_as(2)}",
+            "--router-id",
+            "172.16.0.1",
+        )
 
     def wait_routes(self, name: str, expected: dict[str, str], timeout: float = 15) -> None:
         last: dict[str, Any] = {}
@@ -224,8 +305,10 @@ class Fabric:
         try:
             wait_until(check, timeout, 0.1, f"{name}'s pod routes")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}: have {last['routes']}, want {expected}\n"
-                                 + self.birds[name].birdc("show", "protocols")) from None
+            raise AssertionError(
+                f"{exc}: have {last['routes']}, want {expected}\n"
+                + self.birds[name].birdc("show", "protocols")
+            ) from None
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +317,11 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
     template = work / "templates" / "bird.conf"
     template.parent.mkdir()
     shutil.copy(TEMPLATES / "host-bgp.conf.j2", template)
-    with running(work / "romanad") as daemon, RomanaClient(daemon.url) as client, \
-            Lab("bgp", work) as lab:
+    with (
+        running(work / "romanad") as daemon,
+        RomanaClient(daemon.url) as client,
+        Lab("bgp", work) as lab,
+    ):
         f = Fabric(lab, daemon, client, work, template)
         try:
             client.apply_topology(TOPOLOGY)
@@ -248,11 +334,12 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
             f.start()
             # h1 is alone in rack-1 with blocks: its area is the whole rack, the very
             # prefix the ToR announces upward; its route beats the ToR's own aggregate.
-            f.wait_routes("tor1", {"10.1.0.0/17": "192.168.1.11",
-                                   "10.1.128.0/17": "172.16.1.2"})
+            f.wait_routes("tor1", {"10.1.0.0/17": "192.168.1.11", "10.1.128.0/17": "172.16.1.2"})
             f.wait_routes("spine", SPINE)  # and rack-1 is still announced to the spine
-            f.since = {"h1": f.birds["h1"].protocol("tor"),
-                       "tor1": f.birds["tor1"].protocol("host_h1")}
+            f.since = {
+                "h1": f.birds["h1"].protocol("tor"),
+                "tor1": f.birds["tor1"].protocol("host_h1"),
+            }
             assert f.since["h1"][1] == "Established"
             # While everything runs: h1's second block (inside its area: nothing to
             # announce), h2's first block (h2 takes half of h1's area: both announce a /18,
@@ -265,16 +352,29 @@ def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
             stop_birds([b.pidfile for b in f.birds.values()])
 
 
-TOR1 = {"10.1.0.0/18": "192.168.1.11", "10.1.64.0/18": "192.168.1.12",
-        "10.1.0.0/17": "unreachable", "10.1.128.0/17": "172.16.1.2"}
-TOR2 = {"10.1.128.0/18": "192.168.2.13", "10.1.192.0/18": "192.168.2.14",
-        "10.1.128.0/17": "unreachable", "10.1.0.0/17": "172.16.2.2"}
+TOR1 = {
+    "10.1.0.0/18": "192.168.1.11",
+    "10.1.64.0/18": "192.168.1.12",
+    "10.1.0.0/17": "unreachable",
+    "10.1.128.0/17": "172.16.1.2",
+}
+TOR2 = {
+    "10.1.128.0/18": "192.168.2.13",
+    "10.1.192.0/18": "192.168.2.14",
+    "10.1.128.0/17": "unreachable",
+    "10.1.0.0/17": "172.16.2.2",
+}
 SPINE = {"10.1.0.0/17": "172.16.1.1", "10.1.128.0/17": "172.16.2.1"}
 
 
 def test_tors_hold_collapsed_blocks_and_the_spine_one_route_per_rack(fabric: Fabric) -> None:
-    assert fabric.ips == {"e1": "10.1.0.0", "e3": "10.1.128.0", "e1b": "10.1.0.8",
-                          "e2": "10.1.64.0", "e4": "10.1.192.0"}
+    assert fabric.ips == {
+        "e1": "10.1.0.0",
+        "e3": "10.1.128.0",
+        "e1b": "10.1.0.8",
+        "e2": "10.1.64.0",
+        "e4": "10.1.192.0",
+    }
     fabric.wait_routes("tor1", TOR1)
     fabric.wait_routes("tor2", TOR2)
     fabric.wait_routes("spine", SPINE)
@@ -295,8 +395,14 @@ def test_endpoints_in_different_racks_ping_each_other(fabric: Fabric) -> None:
     fabric.wait_routes("tor1", TOR1)
     fabric.wait_routes("tor2", TOR2)
     ns, ips = fabric.ns, fabric.ips
-    for a, b in [("e1", "e3"), ("e3", "e1"), ("e1b", "e4"), ("e2", "e3"), ("e4", "e2"),
-                 ("e1", "e2")]:
+    for a, b in [
+        ("e1", "e3"),
+        ("e3", "e1"),
+        ("e1b", "e4"),
+        ("e2", "e3"),
+        ("e4", "e2"),
+        ("e1", "e2"),
+    ]:
         assert ns[a].ping(ips[b], count=1, wait=2), f"{a} cannot reach {b} ({ips[b]})"
 
 
@@ -326,8 +432,12 @@ def test_a_rogue_hosts_announcements_are_filtered_at_the_strict_tor(fabric: Fabr
     def filtered() -> str:
         return tor.birdc("show", "route", "filtered", "protocol", "host_h5")
 
-    wait_until(lambda: "10.1.128.0/30" in filtered() and "10.1.0.0/30" in filtered(), 10,
-               0.1, "the rogue's routes in the ToR's filtered table")
+    wait_until(
+        lambda: "10.1.128.0/30" in filtered() and "10.1.0.0/30" in filtered(),
+        10,
+        0.1,
+        "the rogue's routes in the ToR's filtered table",
+    )
     assert rogue.protocol("tor")[1] == "Established"
     # Rejected, not installed: the kernel table is exactly what it was.
     assert pod_routes(fabric.ns["tor1"]) == TOR1
@@ -348,8 +458,12 @@ def test_releasing_a_blocks_last_address_moves_no_route(fabric: Fabric) -> None:
     fabric.wait_routes("tor1", TOR1)
     port, conf = fabric.metrics["h2"], fabric.birds["h2"].conf.read_text()
     fabric.client.release("e2")  # h2's only address: its block goes back to the pool...
-    wait_until(lambda: metric(port, "romana_publisher_revision")
-               >= fabric.client.health()["revision"], 10, 0.1, "h2's publisher to catch up")
+    wait_until(
+        lambda: metric(port, "romana_publisher_revision") >= fabric.client.health()["revision"],
+        10,
+        0.1,
+        "h2's publisher to catch up",
+    )
     assert fabric.birds["h2"].conf.read_text() == conf  # ...but its area stays h2's
     assert pod_routes(fabric.ns["tor1"]) == TOR1
     again = fabric.client.allocate("e2", "h2", "a")  # the same block comes back
@@ -374,16 +488,24 @@ def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -
     # routes stay (no outage).
     address = fabric.client.allocate("e4b", "h4", "t", "b", ip="10.1.160.1")
     assert address["block"] == "10.1.160.0/29"
-    wait_until(lambda: metric(port, "romana_publisher_revision")
-               >= fabric.client.health()["revision"], 10, 0.1, "h4's publisher to catch up")
+    wait_until(
+        lambda: metric(port, "romana_publisher_revision") >= fabric.client.health()["revision"],
+        10,
+        0.1,
+        "h4's publisher to catch up",
+    )
     assert h4.conf.read_text() == good
     assert pod_routes(fabric.ns["tor2"]) == TOR2
     assert h4.protocol("tor") == since
 
     # A template that renders but that BIRD refuses: caught by `bird -p`, never loaded.
     mine.write_text(fabric.template.read_text() + "this is not BIRD;\n")
-    wait_until(lambda: metric(port, 'romana_publisher_failures_total{stage="validate"}')
-               >= 1, 10, 0.1, "a validation failure")
+    wait_until(
+        lambda: metric(port, 'romana_publisher_failures_total{stage="validate"}') >= 1,
+        10,
+        0.1,
+        "a validation failure",
+    )
     assert h4.conf.read_text() == good
     assert "this is not BIRD" in h4.conf.with_name("bird.conf.rejected").read_text()
     assert fabric.ns["e3"].ping(fabric.ips["e4"], count=1, wait=2)
@@ -400,9 +522,20 @@ def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -
 
 OSPF_TOPOLOGY = {
     "networks": [{"name": "pods", "cidr": "10.1.0.0/16", "block_mask": 29}],
-    "topologies": [{"networks": ["pods"], "map": [
-        {"name": f"rack-{r}", "assignment": {"rack": f"rack-{r}"},
-         "routing": "prefix-announce-ospf", "groups": []} for r in (1, 2)]}],
+    "topologies": [
+        {
+            "networks": ["pods"],
+            "map": [
+                {
+                    "name": f"rack-{r}",
+                    "assignment": {"rack": f"rack-{r}"},
+                    "routing": "prefix-announce-ospf",
+                    "groups": [],
+                }
+                for r in (1, 2)
+            ],
+        }
+    ],
 }
 OSPF_ROGUE = """router id 192.168.1.15;
 protocol device {}
@@ -421,8 +554,11 @@ def test_ospf_variant_hosts_and_tor_in_one_area(tmp_path: Path) -> None:
     template.parent.mkdir()
     shutil.copy(TEMPLATES / "host-ospf.conf.j2", template)
     hosts = {"h1": "192.168.1.11", "h2": "192.168.1.12", "h5": "192.168.1.15"}
-    with running(tmp_path / "romanad") as daemon, RomanaClient(daemon.url) as client, \
-            Lab("ospf", tmp_path) as lab:
+    with (
+        running(tmp_path / "romanad") as daemon,
+        RomanaClient(daemon.url) as client,
+        Lab("ospf", tmp_path) as lab,
+    ):
         f = Fabric(lab, daemon, client, tmp_path, template)
         try:
             client.apply_topology(OSPF_TOPOLOGY)
@@ -440,22 +576,35 @@ def test_ospf_variant_hosts_and_tor_in_one_area(tmp_path: Path) -> None:
             f.endpoint("e2", "h2", "a")
             for name in ("h1", "h2"):
                 f.bird(name, hosts[name])
-                f.publisher(name, "--host", name, "--template", str(template),
-                            "--arg", "interface=eth0")
+                f.publisher(
+                    name, "--host", name, "--template", str(template), "--arg", "interface=eth0"
+                )
             f.bird("tor1", "192.168.1.1")
-            f.publisher("tor1", "--router", "rack-1", "--template",
-                        str(TEMPLATES / "router-ospf.conf.j2"), "--arg", "interface=br0")
+            f.publisher(
+                "tor1",
+                "--router",
+                "rack-1",
+                "--template",
+                str(TEMPLATES / "router-ospf.conf.j2"),
+                "--arg",
+                "interface=br0",
+            )
             rogue = f.bird("h5", "192.168.1.15")
             rogue.conf.write_text(OSPF_ROGUE)
             rogue.birdc("configure")
 
-            f.wait_routes("tor1", {"10.1.0.0/18": "192.168.1.11",
-                                   "10.1.64.0/18": "192.168.1.12"}, timeout=30)
+            f.wait_routes(
+                "tor1", {"10.1.0.0/18": "192.168.1.11", "10.1.64.0/18": "192.168.1.12"}, timeout=30
+            )
             assert proto_of_pod_routes(tor) == {"bird"}
             assert f.ns["e1"].ping(f.ips["e2"], count=1, wait=2)
             assert f.ns["e2"].ping(f.ips["e1b"], count=1, wait=2)
-            wait_until(lambda: "10.1.128.0/30" in f.birds["tor1"].birdc(
-                "show", "route", "filtered"), 10, 0.1, "the rogue's LSA, filtered")
+            wait_until(
+                lambda: "10.1.128.0/30" in f.birds["tor1"].birdc("show", "route", "filtered"),
+                10,
+                0.1,
+                "the rogue's LSA, filtered",
+            )
             assert "10.1.128.0/30" not in pod_routes(tor)
 
             client.remove_host("h2")  # its area goes: its route leaves the OSPF area

@@ -29,8 +29,14 @@ def romana(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in {"ROMANA_URL", "ROMANA_TOKEN"}}
     # A wide terminal keeps table rows on one line, so assertions can look at single lines.
     base["COLUMNS"] = "200"
-    return subprocess.run([str(ROMANA), *args], capture_output=True, text=True, timeout=60,
-                          check=False, env={**base, **env})
+    return subprocess.run(
+        [str(ROMANA), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**base, **env},
+    )
 
 
 def line_with(text: str, output: str) -> str:
@@ -49,8 +55,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 @pytest.fixture
 def cli(daemon: Daemon) -> Cli:
     """`romana` pointed at the module's daemon through ROMANA_URL."""
+
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return romana(*args, ROMANA_URL=daemon.url, **env)
+
     return run
 
 
@@ -75,14 +83,22 @@ def test_host_add_and_first_allocation_on_rack_2(cli: Cli) -> None:
     assert "10.1.64.0/29" in row
 
     shown = json.loads(ok(cli("ip", "show", "pod-a", "--json")))
-    assert shown == {"name": "pod-a", "ip": "10.1.64.0", "network": NET, "host": "r2-a",
-                     "tenant": "", "segment": "", "block": "10.1.64.0/29"}
+    assert shown == {
+        "name": "pod-a",
+        "ip": "10.1.64.0",
+        "network": NET,
+        "host": "r2-a",
+        "tenant": "",
+        "segment": "",
+        "block": "10.1.64.0/29",
+    }
     listed = json.loads(ok(cli("ip", "list", "--host", "r2-a", "--json")))
     assert listed["addresses"] == [shown] and isinstance(listed["revision"], int)
 
     host = json.loads(ok(cli("host", "show", "r2-a", "--json")))
-    assert host["groups"] == {NET: {"group": "rack-2", "cidr": "10.1.64.0/18",
-                                    "areas": ["10.1.64.0/18"]}}
+    assert host["groups"] == {
+        NET: {"group": "rack-2", "cidr": "10.1.64.0/18", "areas": ["10.1.64.0/18"]}
+    }
     assert host["block_count"] == 1
     hosts = json.loads(ok(cli("host", "list", "--json")))["hosts"]
     assert host in hosts
@@ -90,12 +106,30 @@ def test_host_add_and_first_allocation_on_rack_2(cli: Cli) -> None:
 
 def test_allocate_json_tenant_segment_and_duplicate_name(cli: Cli) -> None:
     ok(cli("host", "add", "r1-a", "192.168.1.1", "-l", "my-location-tag=rack-1"))
-    address = json.loads(ok(cli("ip", "allocate", "web-1", "--host", "r1-a", "--tenant", "t1",
-                                "--segment", "front", "--json")))
+    address = json.loads(
+        ok(
+            cli(
+                "ip",
+                "allocate",
+                "web-1",
+                "--host",
+                "r1-a",
+                "--tenant",
+                "t1",
+                "--segment",
+                "front",
+                "--json",
+            )
+        )
+    )
     assert address["ip"] == "10.1.0.0" and (address["tenant"], address["segment"]) == (
-        "t1", "front")
-    assert [a["name"] for a in json.loads(
-        ok(cli("ip", "list", "--tenant", "t1", "--json")))["addresses"]] == ["web-1"]
+        "t1",
+        "front",
+    )
+    assert [
+        a["name"]
+        for a in json.loads(ok(cli("ip", "list", "--tenant", "t1", "--json")))["addresses"]
+    ] == ["web-1"]
 
     again = cli("ip", "allocate", "web-1", "--host", "r1-a")
     assert again.returncode == 1 and again.stdout == ""
@@ -131,8 +165,15 @@ def test_block_and_network_list(cli: Cli) -> None:
     row = line_with("10.1.192.0/29", ok(cli("block", "list")))
     assert row.split() == ["10.1.192.0/29", NET, "rack-4", "r4-a", "-", "-", "2"]
     blocks = json.loads(ok(cli("block", "list", "--network", NET, "--json")))["blocks"]
-    assert {"cidr": "10.1.192.0/29", "network": NET, "group": "rack-4", "host": "r4-a",
-            "tenant": "", "segment": "", "allocated_ip_count": 2} in blocks
+    assert {
+        "cidr": "10.1.192.0/29",
+        "network": NET,
+        "group": "rack-4",
+        "host": "r4-a",
+        "tenant": "",
+        "segment": "",
+        "allocated_ip_count": 2,
+    } in blocks
     unknown = cli("block", "list", "--network", "nope")
     assert unknown.returncode == 1 and 'network "nope" not found' in unknown.stderr
 
@@ -145,14 +186,17 @@ def test_block_and_network_list(cli: Cli) -> None:
 def test_blackout_add_list_remove(cli: Cli) -> None:
     assert ok(cli("blackout", "add", NET, "10.1.250.0/24")).split() == ["10.1.250.0/24"]
     assert json.loads(ok(cli("blackout", "list", NET, "--json"))) == {
-        "network": NET, "blackouts": ["10.1.250.0/24"]}
+        "network": NET,
+        "blackouts": ["10.1.250.0/24"],
+    }
     ok(cli("host", "add", "r4-b", "192.168.4.2", "-l", "my-location-tag=rack-4"))
     blocked = cli("ip", "allocate", "bo-1", "--host", "r4-b", "--ip", "10.1.250.9")
     assert blocked.returncode == 1
     assert "10.1.250.9 is blacked out in network romana-network" in blocked.stderr
 
     assert ok(cli("blackout", "remove", NET, "10.1.250.0/24")).strip() == (
-        f"no blackouts in network {NET}")
+        f"no blackouts in network {NET}"
+    )
     assert json.loads(ok(cli("blackout", "list", NET, "--json")))["blackouts"] == []
     again = cli("blackout", "remove", NET, "10.1.250.0/24")
     assert again.returncode == 1 and "is not blacked out" in again.stderr
@@ -162,15 +206,17 @@ def test_blackout_add_list_remove(cli: Cli) -> None:
 
 def test_host_label_and_remove(cli: Cli) -> None:
     ok(cli("host", "add", "r1-l", "192.168.1.50", "-l", "my-location-tag=rack-1"))
-    host = json.loads(ok(cli("host", "label", "r1-l", "my-location-tag=rack-1", "zone=a",
-                             "--json")))
+    host = json.loads(
+        ok(cli("host", "label", "r1-l", "my-location-tag=rack-1", "zone=a", "--json"))
+    )
     assert host["labels"] == {"my-location-tag": "rack-1", "zone": "a"}
     assert "my-location-tag=rack-1, zone=a" in line_with("r1-l", ok(cli("host", "list")))
 
     moved = cli("host", "label", "r1-l", "my-location-tag=rack-2")
     assert moved.returncode == 1
-    assert 'new labels of host "r1-l" do not fit its current groups' in (
-        moved.stderr.splitlines()[0])
+    assert (
+        'new labels of host "r1-l" do not fit its current groups' in (moved.stderr.splitlines()[0])
+    )
 
     ok(cli("ip", "allocate", "lbl-1", "--host", "r1-l"))
     assert ok(cli("host", "remove", "r1-l")).strip() == "removed host r1-l (192.168.1.50)"
@@ -182,8 +228,11 @@ def test_topology_get(cli: Cli) -> None:
     doc = json.loads(ok(cli("topology", "get", "--json")))
     groups = doc["topologies"][0]["map"]
     assert [(g["name"], g["cidr"]) for g in groups] == [
-        ("rack-1", "10.1.0.0/18"), ("rack-2", "10.1.64.0/18"),
-        ("rack-3", "10.1.128.0/18"), ("rack-4", "10.1.192.0/18")]
+        ("rack-1", "10.1.0.0/18"),
+        ("rack-2", "10.1.64.0/18"),
+        ("rack-3", "10.1.128.0/18"),
+        ("rack-4", "10.1.192.0/18"),
+    ]
     assert "rack-3 10.1.128.0/18 (16384 addresses)" in ok(cli("topology", "get"))
 
 
@@ -204,22 +253,43 @@ def test_bearer_token(tmp_path: Path) -> None:
     with running(tmp_path / "data", "--token-file", str(token)) as d:
         denied = romana("topology", "apply", str(RACKS), "--url", d.url)
         assert denied.returncode == 1
-        assert denied.stderr.splitlines() == ["error: missing or wrong bearer token",
-                                              "  set $ROMANA_TOKEN or pass --token-file"]
-        assert romana("host", "add", "h", "192.168.9.1", "--url", d.url, "--token-file",
-                      str(wrong)).returncode == 1
+        assert denied.stderr.splitlines() == [
+            "error: missing or wrong bearer token",
+            "  set $ROMANA_TOKEN or pass --token-file",
+        ]
+        assert (
+            romana(
+                "host", "add", "h", "192.168.9.1", "--url", d.url, "--token-file", str(wrong)
+            ).returncode
+            == 1
+        )
         # Reads need no token.
         empty = romana("topology", "get", "--url", d.url)
         assert empty.returncode == 1 and "no topology applied yet" in empty.stderr
 
         out = ok(romana("topology", "apply", str(RACKS), "--url", d.url, ROMANA_TOKEN="s3cret"))
         assert "rack-2 10.1.64.0/18" in out and "applied" in out
-        host = json.loads(ok(romana("host", "add", "h", "192.168.9.1", "-l",
-                                    "my-location-tag=rack-2", "--json", "--url", d.url,
-                                    "--token-file", str(token))))
+        host = json.loads(
+            ok(
+                romana(
+                    "host",
+                    "add",
+                    "h",
+                    "192.168.9.1",
+                    "-l",
+                    "my-location-tag=rack-2",
+                    "--json",
+                    "--url",
+                    d.url,
+                    "--token-file",
+                    str(token),
+                )
+            )
+        )
         assert host["groups"][NET]["cidr"] == "10.1.64.0/18"
-        unreadable = romana("host", "remove", "h", "--url", d.url, "--token-file",
-                            str(tmp_path / "absent"))
+        unreadable = romana(
+            "host", "remove", "h", "--url", d.url, "--token-file", str(tmp_path / "absent")
+        )
         assert unreadable.returncode == 1 and "cannot read token file" in unreadable.stderr
 
 

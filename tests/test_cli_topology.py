@@ -13,8 +13,9 @@ ROMANA = Path(sys.executable).parent / "romana"
 
 
 def romana(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROMANA), *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [str(ROMANA), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_validate_valid_file() -> None:
@@ -34,8 +35,7 @@ def test_validate_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert lines == [
         'networks[0].cidr: "10.1.0.7/16" has host bits set; did you mean "10.1.0.0/16"?',
-        'topologies[0].map[1]: both "hosts" and "groups" given; a host group has one or the '
-        "other",
+        'topologies[0].map[1]: both "hosts" and "groups" given; a host group has one or the other',
         'topologies[0].map[1].hosts[0].ip: "nope" is not an IPv4 address; write it like '
         '"192.168.1.10" (no prefix length)',
         f"{path}: 3 error(s)",
@@ -45,12 +45,14 @@ def test_validate_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_validate_service_cidr_and_yaml(tmp_path: Path) -> None:
-    result = romana("topology", "validate", "--service-cidr", "10.1.0.0/24",
-                    str(EXAMPLES / "spine-leaf.yaml"))
+    result = romana(
+        "topology", "validate", "--service-cidr", "10.1.0.0/24", str(EXAMPLES / "spine-leaf.yaml")
+    )
     assert result.returncode == 1
     assert "overlaps the service CIDR 10.1.0.0/24" in result.stderr
-    bad = romana("topology", "validate", "--service-cidr", "nonsense",
-                 str(EXAMPLES / "spine-leaf.yaml"))
+    bad = romana(
+        "topology", "validate", "--service-cidr", "nonsense", str(EXAMPLES / "spine-leaf.yaml")
+    )
     assert bad.returncode == 1 and "--service-cidr" in bad.stderr
 
 
@@ -61,8 +63,10 @@ def test_show_json_annotates_every_group() -> None:
     zone_a = doc["topologies"][0]["map"][0]
     assert zone_a["cidr"] == {"pods": "10.1.0.0/17", "kube-system-pods": "10.2.0.0/21"}
     rack1 = zone_a["groups"][0]
-    assert rack1["hosts"] == [{"name": "node-a1", "ip": "192.168.1.11"},
-                              {"name": "node-a2", "ip": "192.168.1.12"}]
+    assert rack1["hosts"] == [
+        {"name": "node-a1", "ip": "192.168.1.11"},
+        {"name": "node-a2", "ip": "192.168.1.12"},
+    ]
     assert doc["networks"][1]["block_mask"] == 29  # the default, filled in
 
 

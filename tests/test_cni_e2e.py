@@ -34,16 +34,27 @@ from .netns import Lab, Netns, run, wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ping") is None or not Path("/usr/lib/cni/bridge").exists(),
-    reason="needs iputils-ping and containernetworking-plugins")
+    reason="needs iputils-ping and containernetworking-plugins",
+)
 
 BIN = Path(sys.executable).parent
 REFERENCE = Path("/usr/lib/cni")
 GATEWAY = "169.254.1.1"
 TOPOLOGY = {
     "networks": [{"name": "pods", "cidr": "10.77.0.0/16", "block_mask": 26}],
-    "topologies": [{"networks": ["pods"], "map": [
-        {"name": "rack-1", "routing": "block-host-routes", "assignment": {"rack": "rack-1"},
-         "groups": []}]}],
+    "topologies": [
+        {
+            "networks": ["pods"],
+            "map": [
+                {
+                    "name": "rack-1",
+                    "routing": "block-host-routes",
+                    "assignment": {"rack": "rack-1"},
+                    "groups": [],
+                }
+            ],
+        }
+    ],
 }
 HOSTS = {"h1": "192.168.7.11", "h2": "192.168.7.12"}
 
@@ -87,43 +98,84 @@ class Cluster:
 
     def start_agent(self, name: str) -> None:
         self.agents[name] = self.lab.spawn(
-            self.hosts[name], str(BIN / "romana-agent"), "--host", name, "--url",
-            self.romanad_url, "--cni-socket", str(self.socket(name)), "--listen",
-            f"unix:{self.workdir / f'agent-{name}.sock'}", "--resync-interval", "1",
-            log=self.workdir / f"agent-{name}.log")
+            self.hosts[name],
+            str(BIN / "romana-agent"),
+            "--host",
+            name,
+            "--url",
+            self.romanad_url,
+            "--cni-socket",
+            str(self.socket(name)),
+            "--listen",
+            f"unix:{self.workdir / f'agent-{name}.sock'}",
+            "--resync-interval",
+            "1",
+            log=self.workdir / f"agent-{name}.log",
+        )
         wait_until(self.socket(name).is_socket, 15, message=f"{name}'s agent CNI socket")
 
     def pod(self) -> Netns:
         self._pods += 1
         return self.lab.netns(f"pod{self._pods}")
 
-    def conf(self, host: str, network: str = "net", version: str = "1.0.0",
-             **fields: Any) -> dict[str, Any]:
-        return {"cniVersion": version, "name": network, "type": "romana",
-                "agent_socket": str(self.socket(host)), **fields}
+    def conf(
+        self, host: str, network: str = "net", version: str = "1.0.0", **fields: Any
+    ) -> dict[str, Any]:
+        return {
+            "cniVersion": version,
+            "name": network,
+            "type": "romana",
+            "agent_socket": str(self.socket(host)),
+            **fields,
+        }
 
-    def cni(self, host: str, command: str, conf: dict[str, Any] | str, cid: str = "",
-            netns: str = "", ifname: str = "eth0", plugin: str = "romana",
-            args: str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a") -> Reply:
+    def cni(
+        self,
+        host: str,
+        command: str,
+        conf: dict[str, Any] | str,
+        cid: str = "",
+        netns: str = "",
+        ifname: str = "eth0",
+        plugin: str = "romana",
+        args: str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a",
+    ) -> Reply:
         return self.finish(self.start(host, command, conf, cid, netns, ifname, plugin, args))
 
-    def start(self, host: str, command: str, conf: dict[str, Any] | str, cid: str = "",
-              netns: str = "", ifname: str = "eth0", plugin: str = "romana",
-              args: str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a"
-              ) -> subprocess.Popen[str]:
+    def start(
+        self,
+        host: str,
+        command: str,
+        conf: dict[str, Any] | str,
+        cid: str = "",
+        netns: str = "",
+        ifname: str = "eth0",
+        plugin: str = "romana",
+        args: str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a",
+    ) -> subprocess.Popen[str]:
         """Start the plugin as a runtime does: environment, config on stdin, in HOST's ns."""
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
-               "CNI_IFNAME": ifname, "CNI_PATH": str(self.bin), "CNI_ARGS": args,
-               "PATH": os.environ["PATH"]}
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": cid,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": str(self.bin),
+            "CNI_ARGS": args,
+            "PATH": os.environ["PATH"],
+        }
         env = {k: v for k, v in env.items() if v}
         self._calls += 1
         stdin = self.workdir / f"stdin-{self._calls}.json"
         stdin.write_text(conf if isinstance(conf, str) else json.dumps(conf))
         with stdin.open() as config:
-            return subprocess.Popen(["ip", "netns", "exec", self.hosts[host].name,
-                                     str(self.bin / plugin)], stdin=config,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=env)
+            return subprocess.Popen(
+                ["ip", "netns", "exec", self.hosts[host].name, str(self.bin / plugin)],
+                stdin=config,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
 
     @staticmethod
     def finish(proc: subprocess.Popen[str]) -> Reply:
@@ -143,12 +195,19 @@ class Cluster:
         shown = ns.ip("-j", "addr", "show", "dev", ifname, check=False)
         if shown.returncode != 0:
             return []
-        return [f"{a['local']}/{a['prefixlen']}" for link in json.loads(shown.stdout)
-                for a in link["addr_info"] if a["family"] == "inet"]
+        return [
+            f"{a['local']}/{a['prefixlen']}"
+            for link in json.loads(shown.stdout)
+            for a in link["addr_info"]
+            if a["family"] == "inet"
+        ]
 
     def veths(self, host: str) -> set[str]:
-        return {link["ifname"] for link in self.hosts[host].ip_json("link", "show")
-                if link["ifname"].startswith("rmn")}
+        return {
+            link["ifname"]
+            for link in self.hosts[host].ip_json("link", "show")
+            if link["ifname"].startswith("rmn")
+        }
 
     def host_route(self, host: str, ip: str) -> dict[str, Any] | None:
         routes = [r for r in self.hosts[host].routes() if r["dst"] == ip]
@@ -168,8 +227,13 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cni")
     (workdir / "topology.json").write_text(json.dumps(TOPOLOGY))
-    romanad = Daemon(workdir / "data", "--topology", str(workdir / "topology.json"),
-                     "--listen", f"unix:{workdir / 'romanad.sock'}").start()
+    romanad = Daemon(
+        workdir / "data",
+        "--topology",
+        str(workdir / "topology.json"),
+        "--listen",
+        f"unix:{workdir / 'romanad.sock'}",
+    ).start()
     try:
         with Lab("cn", workdir) as lab:
             c = Cluster(lab, romanad, workdir)
@@ -211,9 +275,16 @@ def test_pods_on_two_hosts_ping_check_and_delete(cluster: Cluster) -> None:
     # The kernel: the /32 in the pod, its routes via the link-local gateway, the host route.
     assert c.pod_addresses(a1_ns) == [f"{a1}/32"]
     assert {(r["dst"], r.get("gateway")) for r in a1_ns.routes()} == {
-        ("default", GATEWAY), (GATEWAY, None)}
-    assert c.host_route("h1", a1) == {"dst": a1, "dev": host_if["name"], "protocol": "82",
-                                      "scope": "link", "flags": []}
+        ("default", GATEWAY),
+        (GATEWAY, None),
+    }
+    assert c.host_route("h1", a1) == {
+        "dst": a1,
+        "dev": host_if["name"],
+        "protocol": "82",
+        "scope": "link",
+        "flags": [],
+    }
 
     b1_ns, b1 = c.add("h2", "b1")
     a2_ns, a2 = c.add("h1", "a2")
@@ -259,16 +330,32 @@ def test_fifty_parallel_adds_then_dels(cluster: Cluster) -> None:
         assert c.pod_addresses(ns) == [f"{ip}/32"]
     # Every pod answers its host, and the other host (through the agents' block routes).
     for host in ("h1", "h2"):
-        pings = [subprocess.Popen(["ip", "netns", "exec", c.hosts[host].name, "ping", "-n",
-                                   "-q", "-c", "1", "-W", "3", ip], stdout=subprocess.DEVNULL)
-                 for ip in ips]
+        pings = [
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    c.hosts[host].name,
+                    "ping",
+                    "-n",
+                    "-q",
+                    "-c",
+                    "1",
+                    "-W",
+                    "3",
+                    ip,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            for ip in ips
+        ]
         unreachable = [ip for ip, p in zip(ips, pings, strict=True) if p.wait() != 0]
         assert not unreachable, f"from {host}: {unreachable}"
 
     procs = [c.start("h1", "DEL", c.conf("h1"), f"p{i}", ns.path) for i, ns in enumerate(pods)]
     assert [c.finish(p) for p in procs] == [Reply(0, "")] * 50
-    left = [a for a in c.client.addresses(host="h1")["addresses"]
-            if a["name"].startswith("net:p")]
+    left = [a for a in c.client.addresses(host="h1")["addresses"] if a["name"].startswith("net:p")]
     assert left == []
     assert all(c.host_route("h1", ip) is None for ip in ips)
     wait_until(lambda: not c.veths("h1"), 5, message="every veth of h1 deleted")
@@ -338,8 +425,13 @@ def test_failures_leave_nothing_behind(cluster: Cluster) -> None:
 
 def test_reference_bridge_plugin_with_romana_ipam(cluster: Cluster) -> None:
     c = cluster
-    conf = {"cniVersion": "1.0.0", "name": "brnet", "type": "bridge", "bridge": "rbr0",
-            "ipam": {"type": "romana-ipam", "agent_socket": str(c.socket("h1"))}}
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "brnet",
+        "type": "bridge",
+        "bridge": "rbr0",
+        "ipam": {"type": "romana-ipam", "agent_socket": str(c.socket("h1"))},
+    }
     ns = c.pod()
     reply = c.cni("h1", "ADD", conf, "br1", ns.path, plugin="bridge")
     assert reply.rc == 0, reply.stdout
@@ -393,8 +485,22 @@ def test_ipam_check_reports_and_releases_leaked_addresses(cluster: Cluster) -> N
     run("ip", "netns", "del", leaked_ns.name)  # the runtime lost the pod without a DEL
 
     def check(*extra: str) -> dict[str, Any]:
-        out = c.hosts["h1"].exec(sys.executable, "-m", "romana.cli.ipam", "check", "--host",
-                                 "h1", "--url", c.romanad_url, "--json", *extra).stdout
+        out = (
+            c.hosts["h1"]
+            .exec(
+                sys.executable,
+                "-m",
+                "romana.cli.ipam",
+                "check",
+                "--host",
+                "h1",
+                "--url",
+                c.romanad_url,
+                "--json",
+                *extra,
+            )
+            .stdout
+        )
         return json.loads(out)  # type: ignore[no-any-return]
 
     report = check()
@@ -424,8 +530,13 @@ def test_versions_errors_log_file_and_segments(cluster: Cluster) -> None:
     assert old.rc == 0 and old.json["cniVersion"] == "0.4.0"
     assert old.json["ips"][0]["version"] == "4"
     new_ns = c.pod()
-    new = c.cni("h1", "ADD", c.conf("h1", version="1.1.0", mtu=1400, log_file=str(log_file)),
-                "v2", new_ns.path)
+    new = c.cni(
+        "h1",
+        "ADD",
+        c.conf("h1", version="1.1.0", mtu=1400, log_file=str(log_file)),
+        "v2",
+        new_ns.path,
+    )
     assert new.rc == 0, new.stdout
     assert [i["mtu"] for i in new.json["interfaces"]] == [1400, 1400]
     assert new_ns.ip_json("link", "show", "dev", "eth0")[0]["mtu"] == 1400
@@ -433,18 +544,19 @@ def test_versions_errors_log_file_and_segments(cluster: Cluster) -> None:
     assert [(e["command"], e["container"], e["code"]) for e in logged] == [("ADD", "v2", 0)]
     assert logged[0]["ip"] == new.json["ips"][0]["address"]
 
-    assert error_of(c.cni("h1", "ADD", c.conf("h1", version="9.9.9"), "v3",
-                          c.pod().path))["code"] == 1
+    assert (
+        error_of(c.cni("h1", "ADD", c.conf("h1", version="9.9.9"), "v3", c.pod().path))["code"] == 1
+    )
     # Cut short: the shim still finds its socket, the agent cannot decode the rest.
-    truncated = json.dumps({"agent_socket": str(c.socket("h1")), "cniVersion": "1.0.0",
-                            "name": "net"})[:-3]
+    truncated = json.dumps(
+        {"agent_socket": str(c.socket("h1")), "cniVersion": "1.0.0", "name": "net"}
+    )[:-3]
     assert error_of(c.cni("h1", "ADD", truncated, "v3", c.pod().path))["code"] == 6
     bad_mtu = error_of(c.cni("h1", "ADD", c.conf("h1", mtu="big"), "v3", c.pod().path))
     assert bad_mtu["code"] == 7 and "mtu" in bad_mtu["msg"]
     assert error_of(c.cni("h1", "ADD", c.conf("h1"), "bad/id", c.pod().path))["code"] == 4
     assert error_of(c.cni("h1", "CHECK", c.conf("h1"), "v1", old_ns.path))["code"] == 7
-    assert not [a for a in c.client.addresses(host="h1")["addresses"]
-                if a["name"] == "net:v3:eth0"]
+    assert not [a for a in c.client.addresses(host="h1")["addresses"] if a["name"] == "net:v3:eth0"]
     for cid, ns in (("v1", old_ns), ("v2", new_ns)):
         assert c.cni("h1", "DEL", c.conf("h1"), cid, ns.path).rc == 0
 

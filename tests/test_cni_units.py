@@ -27,24 +27,30 @@ from .daemon import running
 
 
 # -- the shim ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "expected"), [
-    ('{"cniVersion": "1.0.0", "agent_socket": "/run/a.sock"}', "/run/a.sock"),
-    ('{"cniVersion":"1.0.0","ipam":{"type":"romana-ipam","agent_socket" :\n "/x"}}', "/x"),
-    ('{"agent_socket": "/with \\"quote\\".sock"}', '/with "quote".sock'),  # json fallback
-    ('{"ipam": {"agent_socket": "/e\\u0073c"}}', "/esc"),
-    ('{"type": "agent_socket", "name": "n"}', None),  # the key only as a value
-    ('{"cniVersion": "1.0.0"}', None),
-    ('{"agent_socket": 5}', None),
-])
-def test_shim_finds_the_agent_socket_without_a_json_parser(text: str, expected: str | None
-                                                            ) -> None:
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"cniVersion": "1.0.0", "agent_socket": "/run/a.sock"}', "/run/a.sock"),
+        ('{"cniVersion":"1.0.0","ipam":{"type":"romana-ipam","agent_socket" :\n "/x"}}', "/x"),
+        ('{"agent_socket": "/with \\"quote\\".sock"}', '/with "quote".sock'),  # json fallback
+        ('{"ipam": {"agent_socket": "/e\\u0073c"}}', "/esc"),
+        ('{"type": "agent_socket", "name": "n"}', None),  # the key only as a value
+        ('{"cniVersion": "1.0.0"}', None),
+        ('{"agent_socket": 5}', None),
+    ],
+)
+def test_shim_finds_the_agent_socket_without_a_json_parser(text: str, expected: str | None) -> None:
     assert shim.string_field(text.encode(), "agent_socket") == expected
 
 
 def test_shim_error_objects_are_json_with_any_message() -> None:
     raw = shim.error_object("1.0.0", 11, 'agent "down"\\', "line\nbreak\ttab é")
-    assert json.loads(raw) == {"cniVersion": "1.0.0", "code": 11, "msg": 'agent "down"\\',
-                               "details": "line\nbreak\ttab é"}
+    assert json.loads(raw) == {
+        "cniVersion": "1.0.0",
+        "code": 11,
+        "msg": 'agent "down"\\',
+        "details": "line\nbreak\ttab é",
+    }
 
 
 def shim_request(mode: str, env: dict[str, str], stdin: bytes) -> bytes:
@@ -91,35 +97,46 @@ def agent_stub(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
     server.close()
 
 
-def run_plugin(plugin: Path, env: dict[str, str], stdin: str, *python_flags: str
-               ) -> subprocess.CompletedProcess[str]:
+def run_plugin(
+    plugin: Path, env: dict[str, str], stdin: str, *python_flags: str
+) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-IS", *python_flags, str(plugin)] if python_flags else [str(plugin)]
-    return subprocess.run(argv, input=stdin, env=env, capture_output=True, text=True,
-                          timeout=30, check=False)
+    return subprocess.run(
+        argv, input=stdin, env=env, capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 def test_installed_plugin_forwards_and_imports_nothing_heavy(
-        tmp_path: Path, agent_stub: tuple[Path, list[bytes]]) -> None:
+    tmp_path: Path, agent_stub: tuple[Path, list[bytes]]
+) -> None:
     path, seen = agent_stub
-    installed = install(tmp_path / "bin", sys.executable, {"full": "romana",
-                                                           "ipam": "romana-ipam"})
+    installed = install(tmp_path / "bin", sys.executable, {"full": "romana", "ipam": "romana-ipam"})
     assert [p.name for p in installed] == ["romana", "romana-ipam"]
     assert all(os.access(p, os.X_OK) for p in installed)
     config_text = json.dumps({"cniVersion": "1.0.0", "name": "n", "agent_socket": str(path)})
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "HOME": "/nowhere"}
     answer = run_plugin(tmp_path / "bin" / "romana-ipam", env, config_text)
     assert (answer.returncode, answer.stdout) == (0, "{}\n")
-    assert seen[-1] == shim_request("ipam", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1"},
-                                    config_text.encode())  # HOME is not forwarded
+    assert seen[-1] == shim_request(
+        "ipam", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1"}, config_text.encode()
+    )  # HOME is not forwarded
     # What the plugin imports beyond a bare interpreter: the shim and _socket, nothing else.
-    baseline = subprocess.run([sys.executable, "-IS", "-X", "importtime", "-c", "pass"],
-                              capture_output=True, text=True, check=True).stderr
+    baseline = subprocess.run(
+        [sys.executable, "-IS", "-X", "importtime", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
     traced = run_plugin(tmp_path / "bin" / "romana", env, config_text, "-X", "importtime")
     assert traced.returncode == 0
 
     def modules(trace: str) -> set[str]:
-        return {line.rsplit("|", 1)[-1].strip() for line in trace.splitlines()
-                if line.startswith("import time:") and "|" in line} - {"imported package"}
+        return {
+            line.rsplit("|", 1)[-1].strip()
+            for line in trace.splitlines()
+            if line.startswith("import time:") and "|" in line
+        } - {"imported package"}
+
     assert modules(traced.stderr) - modules(baseline) == {"shim", "_socket"}
 
 
@@ -129,8 +146,10 @@ def test_shim_answers_version_and_unreachable_agent_by_itself(tmp_path: Path) ->
     conf = json.dumps({"cniVersion": "0.4.0", "agent_socket": str(tmp_path / "none.sock")})
     version = run_plugin(plugin, {"CNI_COMMAND": "VERSION"}, conf)
     assert version.returncode == 0
-    assert json.loads(version.stdout) == {"cniVersion": "0.4.0", "supportedVersions": list(
-        config.SUPPORTED_VERSIONS)}
+    assert json.loads(version.stdout) == {
+        "cniVersion": "0.4.0",
+        "supportedVersions": list(config.SUPPORTED_VERSIONS),
+    }
     for command, code in (("ADD", 11), ("DEL", 11), ("STATUS", 50), ("", 4)):
         answer = run_plugin(plugin, {"CNI_COMMAND": command}, conf)
         error = json.loads(answer.stdout)
@@ -139,12 +158,18 @@ def test_shim_answers_version_and_unreachable_agent_by_itself(tmp_path: Path) ->
 
 
 # -- configuration ----------------------------------------------------------------------------
-ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/p",
-       "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;junk"}
+ENV = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "abc123",
+    "CNI_NETNS": "/var/run/netns/p",
+    "CNI_IFNAME": "eth0",
+    "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;junk",
+}
 
 
-def parse(document: dict[str, Any] | bytes, mode: config.Mode = "full", **env: str
-          ) -> config.Invocation:
+def parse(
+    document: dict[str, Any] | bytes, mode: config.Mode = "full", **env: str
+) -> config.Invocation:
     stdin = document if isinstance(document, bytes) else json.dumps(document).encode()
     return config.parse(mode, {**ENV, **env}, stdin)
 
@@ -160,7 +185,10 @@ def test_configuration_defaults_and_names() -> None:
     assert inv.address_name == "k8s-pod-network:abc123:eth0"
     assert inv.tenant == "shop" and inv.args["IgnoreUnknown"] == "1"
     assert (inv.conf.mtu, inv.conf.segment_label, inv.conf.host) == (
-        1500, "romana.io/segment", None)
+        1500,
+        "romana.io/segment",
+        None,
+    )
     assert len(inv.host_ifname) == 14 and inv.host_ifname.startswith("rmn")
     other = parse({"cniVersion": "1.0.0", "name": "k8s-pod-network"}, CNI_IFNAME="net1")
     assert other.host_ifname != inv.host_ifname  # per attachment, not per container
@@ -189,20 +217,30 @@ def test_configuration_errors_carry_the_specs_codes() -> None:
 def test_gc_needs_the_attachment_list() -> None:
     good = {"cniVersion": "1.1.0", "name": "net"}
     assert code_of(good, CNI_COMMAND="GC") == 7
-    inv = parse({**good, "cni.dev/attachments": [{"containerID": "c", "ifname": "eth0"}]},
-                CNI_COMMAND="GC")
+    inv = parse(
+        {**good, "cni.dev/attachments": [{"containerID": "c", "ifname": "eth0"}]}, CNI_COMMAND="GC"
+    )
     assert inv.conf.valid_attachments == {("c", "eth0")}
     assert code_of({**good, "cni.dev/valid-attachments": [{"id": "c"}]}, CNI_COMMAND="GC") == 7
 
 
 def test_ipam_mode_reads_its_section() -> None:
-    bridge = {"cniVersion": "1.0.0", "name": "br", "type": "bridge", "bridge": "cbr0",
-              "mtu": 9000, "ipam": {"type": "romana-ipam", "host": "node-7"}}
+    bridge = {
+        "cniVersion": "1.0.0",
+        "name": "br",
+        "type": "bridge",
+        "bridge": "cbr0",
+        "mtu": 9000,
+        "ipam": {"type": "romana-ipam", "host": "node-7"},
+    }
     conf = parse(bridge, "ipam").conf
     assert (conf.host, conf.mtu, conf.host_route_dev) == ("node-7", 1500, "cbr0")
     assert conf.routes == ({"dst": "0.0.0.0/0"},)
-    ptp = {**bridge, "type": "ptp", "ipam": {"routes": [{"dst": "10.0.0.0/8", "gw": "10.1.1.1"}],
-                                             "host_route_dev": ""}}
+    ptp = {
+        **bridge,
+        "type": "ptp",
+        "ipam": {"routes": [{"dst": "10.0.0.0/8", "gw": "10.1.1.1"}], "host_route_dev": ""},
+    }
     conf = parse(ptp, "ipam").conf
     assert conf.host_route_dev is None
     assert conf.routes == ({"dst": "10.0.0.0/8", "gw": "10.1.1.1"},)
@@ -214,16 +252,24 @@ def test_results_follow_the_requested_version() -> None:
     host = Link("rmn0123456789a", 7, "aa:bb:cc:00:00:01", True)
     pod = Link("eth0", 2, "aa:bb:cc:00:00:02", True)
     old = result.add_result("0.3.1", "10.1.0.5", host, pod, "/var/run/netns/p", 1500)
-    assert old["ips"] == [{"address": "10.1.0.5/32", "version": "4", "gateway": "169.254.1.1",
-                           "interface": 1}]
+    assert old["ips"] == [
+        {"address": "10.1.0.5/32", "version": "4", "gateway": "169.254.1.1", "interface": 1}
+    ]
     assert "mtu" not in old["interfaces"][1]
     new = result.add_result("1.1.0", "10.1.0.5", host, pod, "/var/run/netns/p", 1450)
     assert "version" not in new["ips"][0]
-    assert new["interfaces"][1] == {"name": "eth0", "mac": pod.mac, "sandbox": "/var/run/netns/p",
-                                    "mtu": 1450}
+    assert new["interfaces"][1] == {
+        "name": "eth0",
+        "mac": pod.mac,
+        "sandbox": "/var/run/netns/p",
+        "mtu": 1450,
+    }
     assert result.ipam_result("1.0.0", "10.1.0.5", ({"dst": "0.0.0.0/0"},)) == {
-        "cniVersion": "1.0.0", "ips": [{"address": "10.1.0.5/32"}],
-        "routes": [{"dst": "0.0.0.0/0"}], "dns": {}}
+        "cniVersion": "1.0.0",
+        "ips": [{"address": "10.1.0.5/32"}],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dns": {},
+    }
     assert result.previous_ip(new) == "10.1.0.5"
     assert result.previous_mac(new, "eth0", "/var/run/netns/p") == pod.mac
     assert result.previous_mac(new, "eth0", "/var/run/netns/other") is None
@@ -244,14 +290,20 @@ def test_leak_verdicts_need_both_witnesses() -> None:
     checked, found = leaks.classify(addresses, live, valid, network="net")
     assert checked == 4
     assert {(f.verdict, f.container_id) for f in found} == {
-        ("leaked", "gone"), ("stale", "forgot"), ("unconfigured", "adding")}
+        ("leaked", "gone"),
+        ("stale", "forgot"),
+        ("unconfigured", "adding"),
+    }
     checked, found = leaks.classify(addresses, live, None)  # no list: the kernel decides
     assert checked == 5
     assert {(f.verdict, f.name) for f in found} == {
-        ("leaked", "net:gone:eth0"), ("leaked", "net:adding:eth0"), ("leaked", "other:gone:eth0")}
-    assert leaks.read_valid_attachments('{"cni.dev/valid-attachments": '
-                                        '[{"containerID": "a", "ifname": "eth0"}]}') == {
-        ("a", "eth0")}
+        ("leaked", "net:gone:eth0"),
+        ("leaked", "net:adding:eth0"),
+        ("leaked", "other:gone:eth0"),
+    }
+    assert leaks.read_valid_attachments(
+        '{"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}'
+    ) == {("a", "eth0")}
     with pytest.raises(ValueError):
         leaks.read_valid_attachments('[{"containerID": "a"}]')
 
@@ -259,11 +311,17 @@ def test_leak_verdicts_need_both_witnesses() -> None:
 # -- the romanad client -------------------------------------------------------------------------
 def test_romanad_client_against_romanad(tmp_path: Path) -> None:
     topology = tmp_path / "topology.json"
-    topology.write_text(json.dumps({
-        "networks": [{"name": "n", "cidr": "10.9.0.0/16", "block_mask": 29}],
-        "topologies": [{"networks": ["n"], "map": [{"name": "g", "groups": []}]}]}))
+    topology.write_text(
+        json.dumps(
+            {
+                "networks": [{"name": "n", "cidr": "10.9.0.0/16", "block_mask": 29}],
+                "topologies": [{"networks": ["n"], "map": [{"name": "g", "groups": []}]}],
+            }
+        )
+    )
     sock = tmp_path / "romanad.sock"
     with running(tmp_path / "data", "--topology", str(topology), "--listen", f"unix:{sock}"):
+
         async def scenario() -> None:
             client = RomanadClient(f"unix:{sock}")
             await client.call("POST", "/hosts", {"name": "h", "ip": "192.168.0.1", "tags": {}})
@@ -280,6 +338,7 @@ def test_romanad_client_against_romanad(tmp_path: Path) -> None:
             await client.close()
             with pytest.raises(Unreachable):
                 await RomanadClient(f"unix:{tmp_path / 'absent.sock'}").host("h")
+
         asyncio.run(scenario())
 
 
@@ -287,17 +346,19 @@ def test_romanad_client_retries_a_connection_closed_while_idle() -> None:
     """A server that closes every keep-alive connection after one answer (as uvicorn does
     after 5 idle seconds): each later request finds its pooled connection dead, and must
     go through on a new one, without being sent twice."""
+
     async def scenario() -> None:
         requests: list[bytes] = []
 
-        async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                              ) -> None:
+        async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
             requests.append(head.split(b"\r\n")[0] + await reader.readexactly(length))
             body = json.dumps({"n": len(requests)}).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
             await writer.drain()
             writer.close()
 

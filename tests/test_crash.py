@@ -29,8 +29,9 @@ def storm(url: str, prefix: str, acked: dict[str, str], stop: threading.Event) -
                 return
             name = f"{prefix}-{i}"
             try:
-                r = client.post("/address", json={"name": name, "host": f"h{i % 4}",
-                                                  "tenant": f"t{i % 7}"})
+                r = client.post(
+                    "/address", json={"name": name, "host": f"h{i % 4}", "tenant": f"t{i % 7}"}
+                )
             except httpx.TransportError:
                 return
             if r.status_code == 200:
@@ -51,13 +52,20 @@ def test_kill_9_mid_storm_keeps_every_acknowledged_allocation(tmp_path: Path) ->
     try:
         with daemon.client() as c:
             for i in range(4):
-                c.post("/hosts", json={"name": f"h{i}", "ip": f"192.168.0.{i + 1}",
-                                       "tags": {"my-location-tag": f"rack-{i + 1}"}})
+                c.post(
+                    "/hosts",
+                    json={
+                        "name": f"h{i}",
+                        "ip": f"192.168.0.{i + 1}",
+                        "tags": {"my-location-tag": f"rack-{i + 1}"},
+                    },
+                )
         for round_ in range(ROUNDS):
             stop = threading.Event()
-            threads = [threading.Thread(target=storm, args=(daemon.url, f"r{round_}c{k}",
-                                                            acked, stop))
-                       for k in range(CLIENTS)]
+            threads = [
+                threading.Thread(target=storm, args=(daemon.url, f"r{round_}c{k}", acked, stop))
+                for k in range(CLIENTS)
+            ]
             for t in threads:
                 t.start()
             time.sleep(0.6 + 0.2 * round_)

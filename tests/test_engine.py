@@ -13,7 +13,12 @@ from .conftest import racks_topology
 def test_first_block_of_the_hosts_group_and_lowest_address(racks: Engine) -> None:
     a = racks.allocate("a", "h3", "t1")  # h3 is in rack-2 = 10.1.64.0/18
     assert (a.ip, a.block, a.network, a.host, a.tenant) == (
-        "10.1.64.0", "10.1.64.0/29", "net", "h3", "t1")
+        "10.1.64.0",
+        "10.1.64.0/29",
+        "net",
+        "h3",
+        "t1",
+    )
     assert racks.allocate("b", "h3", "t1").ip == "10.1.64.1"
 
 
@@ -40,8 +45,7 @@ def test_owned_nonfull_blocks_are_used_lowest_first(racks: Engine) -> None:
     assert racks.allocate("y", "h1", "t").ip == "10.1.0.10"
 
 
-def test_emptied_block_returns_to_pool_and_its_area_keeps_it_for_its_host(
-        racks: Engine) -> None:
+def test_emptied_block_returns_to_pool_and_its_area_keeps_it_for_its_host(racks: Engine) -> None:
     racks.allocate("a", "h1", "t")
     racks.allocate("b", "h2", "t")  # 10.1.32.0/29: h2's area is the rack's upper half
     released = racks.release("a")
@@ -95,8 +99,9 @@ def test_tenant_restricted_networks_first_then_open_in_definition_order() -> Non
             {"name": "open2", "cidr": "10.2.0.0/24"},
             {"name": "system", "cidr": "10.3.0.0/24", "tenants": ["kube-system"]},
         ],
-        "topologies": [{"networks": ["open1", "open2", "system"],
-                        "map": [{"name": "all", "groups": []}]}],
+        "topologies": [
+            {"networks": ["open1", "open2", "system"], "map": [{"name": "all", "groups": []}]}
+        ],
     }
     engine = Engine()
     engine.apply_topology(doc)
@@ -122,7 +127,7 @@ def test_allocate_specific_ip() -> None:
         engine.allocate_ip("c", "h1", "10.1.0.21", "t")
     with pytest.raises(Conflict, match="owned by host h1"):
         engine.allocate_ip("c", "h2", "10.1.0.22", "t")
-    with pytest.raises(Conflict, match="outside host \"h1\"'s group"):
+    with pytest.raises(Conflict, match='outside host "h1"\'s group'):
         engine.allocate_ip("c", "h1", "10.1.64.1", "t")
     with pytest.raises(InvalidRequest, match="in no network"):
         engine.allocate_ip("c", "h1", "10.9.0.1", "t")
@@ -206,16 +211,26 @@ def test_listing_filters(racks: Engine) -> None:
     assert [a.name for a in racks.addresses(host="h3")] == ["b"]
     assert [a.name for a in racks.addresses(tenant="t1")] == ["a"]
     blocks = racks.blocks("net")
-    assert blocks[1].to_json() == {"cidr": "10.1.64.0/29", "network": "net", "group": "rack-2",
-                                   "host": "h3", "tenant": "t2", "segment": "",
-                                   "allocated_ip_count": 1}
+    assert blocks[1].to_json() == {
+        "cidr": "10.1.64.0/29",
+        "network": "net",
+        "group": "rack-2",
+        "host": "h3",
+        "tenant": "t2",
+        "segment": "",
+        "allocated_ip_count": 1,
+    }
     net = racks.networks()[0]
     assert (net["blocks"], net["allocated"], net["free"]) == (2, 2, 65536 - 2)
 
 
 def test_errors_share_one_hierarchy_with_codes() -> None:
-    for cls, code, status in ((NotFound, "not_found", 404), (Conflict, "conflict", 409),
-                              (Exhausted, "exhausted", 409), (InvalidRequest, "invalid", 422)):
+    for cls, code, status in (
+        (NotFound, "not_found", 404),
+        (Conflict, "conflict", 409),
+        (Exhausted, "exhausted", 409),
+        (InvalidRequest, "invalid", 422),
+    ):
         err = cls("m", ["d"])
         assert isinstance(err, RomanaError)
         assert (err.code, err.http_status) == (code, status)

@@ -33,20 +33,39 @@ def busy_engine() -> tuple[Engine, list[Fact]]:
 def test_every_fact_kind_round_trips_through_json() -> None:
     _, facts = busy_engine()
     kinds = {f.kind for f in facts}
-    assert kinds == {"topology_applied", "host_added", "host_labels_updated", "host_removed",
-                     "block_assigned", "block_freed", "area_reserved", "area_released",
-                     "address_allocated", "address_released", "blackout_added"}
+    assert kinds == {
+        "topology_applied",
+        "host_added",
+        "host_labels_updated",
+        "host_removed",
+        "block_assigned",
+        "block_freed",
+        "area_reserved",
+        "area_released",
+        "address_allocated",
+        "address_released",
+        "blackout_added",
+    }
     for fact in facts:
         wire = json.loads(json.dumps(fact_to_json(fact)))
         assert fact_from_json(wire) == fact
     assert fact_to_json(facts[-1]) == {"kind": "host_removed", "name": "h3"}
     assigned = next(f for f in facts if f.kind == "block_assigned")
-    assert fact_to_json(assigned) == {"kind": "block_assigned", "network": "net",
-                                      "cidr": "10.1.64.0/29", "host": "h2", "tenant": "t0",
-                                      "segment": "s"}
+    assert fact_to_json(assigned) == {
+        "kind": "block_assigned",
+        "network": "net",
+        "cidr": "10.1.64.0/29",
+        "host": "h2",
+        "tenant": "t0",
+        "segment": "s",
+    }
     area = next(f for f in facts if f.kind == "area_reserved")
-    assert fact_to_json(area) == {"kind": "area_reserved", "network": "net",
-                                  "cidr": "10.1.64.0/18", "host": "h2"}
+    assert fact_to_json(area) == {
+        "kind": "area_reserved",
+        "network": "net",
+        "cidr": "10.1.64.0/18",
+        "host": "h2",
+    }
     # The fact before areas existed keeps its exact wire form (old logs read the same).
     assert "areas" not in fact_to_json(facts[0])
 
@@ -68,15 +87,19 @@ def test_snapshot_is_versioned_json_and_restores_exactly() -> None:
     engine, _ = busy_engine()
     snap = json.loads(json.dumps(engine.snapshot()))
     assert (snap["format"], snap["version"], snap["revision"]) == (
-        "romana-ipam-snapshot", 2, engine.revision)
+        "romana-ipam-snapshot",
+        2,
+        engine.revision,
+    )
     # h1 gave up half its area to h3, which left: the half stays free for either to use.
-    assert snap["areas"] == [{"network": "net", "host": "h1", "cidr": "10.1.0.0/19"},
-                             {"network": "net", "host": "h2", "cidr": "10.1.64.0/18"}]
+    assert snap["areas"] == [
+        {"network": "net", "host": "h1", "cidr": "10.1.0.0/19"},
+        {"network": "net", "host": "h2", "cidr": "10.1.64.0/18"},
+    ]
     restored = Engine.from_snapshot(snap)
     assert restored.snapshot() == snap
     assert restored.revision == engine.revision
-    assert [a.to_json() for a in restored.addresses()] == [a.to_json() for a in
-                                                           engine.addresses()]
+    assert [a.to_json() for a in restored.addresses()] == [a.to_json() for a in engine.addresses()]
     assert restored.host("h2").labels == {"rack": "rack-2", "gpu": "yes"}
     assert restored.blackouts("net") == ["10.1.2.0/24"]
 
@@ -88,8 +111,7 @@ def test_version_1_snapshots_from_before_areas_still_load() -> None:
     snap = json.loads(json.dumps(engine.snapshot()))
     old = {**{k: v for k, v in snap.items() if k != "areas"}, "version": 1}
     restored = Engine.from_snapshot(old)
-    assert [a.to_json() for a in restored.addresses()] == [a.to_json() for a in
-                                                           engine.addresses()]
+    assert [a.to_json() for a in restored.addresses()] == [a.to_json() for a in engine.addresses()]
     assert restored.host("h1").groups["net"]["areas"] == []
     fresh = restored.allocate("new", "h1", "t9", "s")
     assert fresh.block not in {b.cidr for b in engine.blocks()}

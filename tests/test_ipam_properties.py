@@ -14,8 +14,16 @@ from romana.ipam import Engine, fact_from_json, fact_to_json
 from romana.ipam.facts import Fact
 from romana.topology.carving import child_prefix_bits
 
-LABELS = st.sampled_from([{}, {"zone": "a"}, {"zone": "b"}, {"zone": "a", "rack": "1"},
-                          {"zone": "b", "rack": "2"}, {"rack": "1"}])
+LABELS = st.sampled_from(
+    [
+        {},
+        {"zone": "a"},
+        {"zone": "b"},
+        {"zone": "a", "rack": "1"},
+        {"zone": "b", "rack": "2"},
+        {"rack": "1"},
+    ]
+)
 
 
 @st.composite
@@ -23,8 +31,9 @@ def group_lists(draw: st.DrawFn, depth: int) -> list[dict[str, Any]]:
     groups = []
     for i in range(draw(st.integers(1, 4))):
         group: dict[str, Any] = {"name": f"g{i}"}
-        assignment = draw(st.sampled_from([None, {"zone": "a"}, {"zone": "b"}, {"rack": "1"},
-                                           {"rack": "2"}]))
+        assignment = draw(
+            st.sampled_from([None, {"zone": "a"}, {"zone": "b"}, {"rack": "1"}, {"rack": "2"}])
+        )
         if assignment:
             group["assignment"] = assignment
         if depth > 0 and draw(st.booleans()):
@@ -49,16 +58,30 @@ def topologies(draw: st.DrawFn) -> dict[str, Any]:
     networks = [{"name": "main", "cidr": f"10.1.0.0/{prefix}", "block_mask": block_mask}]
     names = ["main"]
     if draw(st.booleans()):  # a second network, restricted to tenant t0
-        networks.append({"name": "sys", "cidr": "10.2.0.0/22", "tenants": ["t0"],
-                         "block_mask": min(32, max(23, 22 + bits) + draw(st.integers(0, 2)))})
+        networks.append(
+            {
+                "name": "sys",
+                "cidr": "10.2.0.0/22",
+                "tenants": ["t0"],
+                "block_mask": min(32, max(23, 22 + bits) + draw(st.integers(0, 2))),
+            }
+        )
         names.append("sys")
     return {"networks": networks, "topologies": [{"networks": names, "map": groups}]}
 
 
-ALLOC = st.tuples(st.just("alloc"), st.integers(0, 40), st.integers(0, 7), st.integers(0, 2),
-                  st.integers(0, 1))
+ALLOC = st.tuples(
+    st.just("alloc"), st.integers(0, 40), st.integers(0, 7), st.integers(0, 2), st.integers(0, 1)
+)
 OPS = st.one_of(
-    ALLOC, ALLOC, ALLOC, ALLOC, ALLOC, ALLOC, ALLOC, ALLOC,
+    ALLOC,
+    ALLOC,
+    ALLOC,
+    ALLOC,
+    ALLOC,
+    ALLOC,
+    ALLOC,
+    ALLOC,
     st.tuples(st.just("add"), st.integers(0, 7), LABELS),
     st.tuples(st.just("remove"), st.integers(0, 7)),
     st.tuples(st.just("labels"), st.integers(0, 7), LABELS),
@@ -156,8 +179,9 @@ def check_areas(engine: Engine) -> None:
                 assert area.size & (area.size - 1) == 0 and area.start % area.size == 0
                 assert area.start >= 0 and area.end <= leaf.block_count
                 assert area.host in leaf.hosts
-                mine = [b for b in leaf.blocks.values() if b.host == area.host
-                        and area.holds(b.index)]
+                mine = [
+                    b for b in leaf.blocks.values() if b.host == area.host and area.holds(b.index)
+                ]
                 assert area.count == len(mine)
                 # Another host's stray blocks (outside its own areas) never cover an area
                 # whole: collapsed, they would form a route equal to the area's.
@@ -165,14 +189,16 @@ def check_areas(engine: Engine) -> None:
                 owners = {b.host for b in inside if b is not None}
                 if len(owners) == 1 and all(b is not None for b in inside):
                     (owner,) = owners
-                    stray = all(leaf.areas.innermost(b.index).host != owner
-                                for b in inside if b is not None)
+                    stray = all(
+                        leaf.areas.innermost(b.index).host != owner for b in inside if b is not None
+                    )
                     if owner != area.host and stray:
                         raise AssertionError(f"{area} wholly covered by strays of {owner}")
             for a, b in itertools.combinations(areas, 2):
                 disjoint = a.end <= b.start or b.end <= a.start
-                nested = (a.start <= b.start and b.end <= a.end) or \
-                    (b.start <= a.start and a.end <= b.end)
+                nested = (a.start <= b.start and b.end <= a.end) or (
+                    b.start <= a.start and a.end <= b.end
+                )
                 assert disjoint or nested, f"{a} and {b} overlap"
                 assert (a.start, a.size) != (b.start, b.size)
             nested = sum(1 for a in areas if leaf.areas.enclosing(a.start, a.size) is not None)
@@ -183,11 +209,14 @@ def check_areas(engine: Engine) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=topologies(), labels=st.lists(LABELS, min_size=6, max_size=6),
-       ops=st.lists(OPS, min_size=20, max_size=80))
-def test_random_operations_keep_every_invariant(doc: dict[str, Any],
-                                                labels: list[dict[str, str]],
-                                                ops: list[tuple[Any, ...]]) -> None:
+@given(
+    doc=topologies(),
+    labels=st.lists(LABELS, min_size=6, max_size=6),
+    ops=st.lists(OPS, min_size=20, max_size=80),
+)
+def test_random_operations_keep_every_invariant(
+    doc: dict[str, Any], labels: list[dict[str, str]], ops: list[tuple[Any, ...]]
+) -> None:
     facts: list[Fact] = []
     engine = Engine(sink=facts.extend)
     engine.apply_topology(doc)
@@ -225,8 +254,9 @@ def test_random_operations_keep_every_invariant(doc: dict[str, Any],
 
 @settings(max_examples=60, deadline=None)
 @given(doc=topologies(), hosts=st.lists(LABELS, min_size=1, max_size=12))
-def test_placement_is_deterministic_and_balanced(doc: dict[str, Any],
-                                                 hosts: list[dict[str, str]]) -> None:
+def test_placement_is_deterministic_and_balanced(
+    doc: dict[str, Any], hosts: list[dict[str, str]]
+) -> None:
     def place() -> list[dict[str, Any]]:
         engine = Engine()
         engine.apply_topology(doc)

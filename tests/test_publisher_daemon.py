@@ -67,9 +67,17 @@ def publisher(daemon: Daemon, tmp_path: Path, **kw: object) -> tuple[Publisher, 
     template = tmp_path / "bird.conf.j2"
     if not template.exists():
         template.write_text(TEMPLATE)
-    opts = Options(host="h1", router=None, url=daemon.url, token=None, template=template,
-                   output=tmp_path / "bird.conf", bird_socket=None, subnet="192.168.1.0/24",
-                   **kw)  # type: ignore[arg-type]
+    opts = Options(
+        host="h1",
+        router=None,
+        url=daemon.url,
+        token=None,
+        template=template,
+        output=tmp_path / "bird.conf",
+        bird_socket=None,
+        subnet="192.168.1.0/24",
+        **kw,
+    )  # type: ignore[arg-type]
     metrics = Metrics()
     client = RomanaClient(daemon.url)
     CLIENTS.append(client)
@@ -77,8 +85,10 @@ def publisher(daemon: Daemon, tmp_path: Path, **kw: object) -> tuple[Publisher, 
 
 
 def failures(metrics: Metrics, stage: str) -> float:
-    return metrics.registry.get_sample_value("romana_publisher_failures_total",
-                                             {"stage": stage}) or 0.0
+    return (
+        metrics.registry.get_sample_value("romana_publisher_failures_total", {"stage": stage})
+        or 0.0
+    )
 
 
 def test_render_errors_keep_the_last_good_config(romanad: Daemon, tmp_path: Path) -> None:
@@ -127,8 +137,9 @@ def test_best_matching_template_file_wins(romanad: Daemon, tmp_path: Path) -> No
     assert pub.bird.output.read_text().startswith("# host")
 
 
-def test_only_block_area_host_and_topology_facts_cause_a_reread(romanad: Daemon,
-                                                                tmp_path: Path) -> None:
+def test_only_block_area_host_and_topology_facts_cause_a_reread(
+    romanad: Daemon, tmp_path: Path
+) -> None:
     pub, metrics = publisher(romanad, tmp_path)
     pub.refresh()
     assert pub.publish()
@@ -151,8 +162,9 @@ def test_only_block_area_host_and_topology_facts_cause_a_reread(romanad: Daemon,
     assert pub.host_inputs is not None and pub.host_inputs.local == ("10.1.0.0/18",)
     rendered = metrics.registry.get_sample_value("romana_publisher_renders_total")
     assert pub.publish() and pub.publish()  # the second: nothing changed, nothing rendered
-    assert metrics.registry.get_sample_value("romana_publisher_renders_total") == \
-        (rendered or 0) + 1
+    assert (
+        metrics.registry.get_sample_value("romana_publisher_renders_total") == (rendered or 0) + 1
+    )
     client.release("a1")
     client.release("a2")  # h1's first block is empty and freed: its area stays h1's
     pub.follow()
@@ -183,9 +195,23 @@ def run_publisher(daemon_url: str, tmp_path: Path, *extra: str) -> subprocess.Po
     (tmp_path / "bird.conf.j2").write_text(TEMPLATE)
     log = (tmp_path / "publisher.log").open("ab")
     return subprocess.Popen(
-        [str(PUBLISHER), "--host", "h1", "--url", daemon_url, "--template",
-         str(tmp_path / "bird.conf.j2"), "--output", str(tmp_path / "bird.conf"),
-         "--poll-interval", "0.5", *extra], stdout=log, stderr=log)
+        [
+            str(PUBLISHER),
+            "--host",
+            "h1",
+            "--url",
+            daemon_url,
+            "--template",
+            str(tmp_path / "bird.conf.j2"),
+            "--output",
+            str(tmp_path / "bird.conf"),
+            "--poll-interval",
+            "0.5",
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
@@ -204,10 +230,23 @@ def test_once_mode_exit_codes(romanad: Daemon, tmp_path: Path) -> None:
     assert proc.wait(30) == 0
     assert "route 10.1.0.0/17 blackhole;" in (tmp_path / "bird.conf").read_text()
     (tmp_path / "bird.conf.j2").write_text("{{ oops }")
-    result = subprocess.run([str(PUBLISHER), "--host", "h1", "--url", romanad.url,
-                             "--template", str(tmp_path / "bird.conf.j2"), "--output",
-                             str(tmp_path / "bird.conf"), "--once"], capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [
+            str(PUBLISHER),
+            "--host",
+            "h1",
+            "--url",
+            romanad.url,
+            "--template",
+            str(tmp_path / "bird.conf.j2"),
+            "--output",
+            str(tmp_path / "bird.conf"),
+            "--once",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert "template syntax error" in result.stderr
     assert "route 10.1.0.0/17 blackhole;" in (tmp_path / "bird.conf").read_text()
@@ -217,40 +256,59 @@ def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -
     port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     proc = run_publisher(url, tmp_path, "--metrics-listen", f"127.0.0.1:{metrics_port}")
-    daemon = Daemon(tmp_path / "data", "--snapshot-every", "3", "--keep-history", "0",
-                    port=port)
+    daemon = Daemon(tmp_path / "data", "--snapshot-every", "3", "--keep-history", "0", port=port)
     try:
+
         def romanad_failures() -> float:
             text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-            m = re.search(r'^romana_publisher_failures_total\{stage="romanad"\} (\S+)$',
-                          text, re.M)
+            m = re.search(r'^romana_publisher_failures_total\{stage="romanad"\} (\S+)$', text, re.M)
             return float(m.group(1)) if m else 0.0
 
-        wait_until(lambda: _answers(metrics_port) and romanad_failures() >= 1, 10, 0.1,
-                   "a romanad failure counted")
+        wait_until(
+            lambda: _answers(metrics_port) and romanad_failures() >= 1,
+            10,
+            0.1,
+            "a romanad failure counted",
+        )
         assert proc.poll() is None  # waits, does not crash
         daemon.start()
         with RomanaClient(daemon.url) as client:
             seed(client)
             out = tmp_path / "bird.conf"
-            wait_until(lambda: out.exists() and "10.1.0.0/17" in out.read_text(), 15, 0.1,
-                       "the first configuration once romanad is up")
+            wait_until(
+                lambda: out.exists() and "10.1.0.0/17" in out.read_text(),
+                15,
+                0.1,
+                "the first configuration once romanad is up",
+            )
             # Freeze the publisher, let romanad compact past its revision, thaw it.
             seen = client.health()["revision"]
-            wait_until(lambda: publisher_revision(metrics_port) >= seen, 10, 0.05,
-                       "the publisher to follow the feed")
+            wait_until(
+                lambda: publisher_revision(metrics_port) >= seen,
+                10,
+                0.05,
+                "the publisher to follow the feed",
+            )
             os.kill(proc.pid, signal.SIGSTOP)
             try:
                 client.add_host("h3", "192.168.2.13", {"rack": "rack-2"})  # not h1's business
                 for i in range(8):
                     client.allocate(f"n{i}", "h3", "t", f"s{i}")
                 client.allocate("b1", "h2", "t", "b")  # last: h2 takes half of h1's area
-                wait_until(lambda: compacted(client, seen), 10, 0.1,
-                           "romanad to compact past the publisher's revision")
+                wait_until(
+                    lambda: compacted(client, seen),
+                    10,
+                    0.1,
+                    "romanad to compact past the publisher's revision",
+                )
             finally:
                 os.kill(proc.pid, signal.SIGCONT)
-            wait_until(lambda: "route 10.1.0.0/18 blackhole;" in out.read_text(), 15, 0.1,
-                       "h1's smaller area after the resync")
+            wait_until(
+                lambda: "route 10.1.0.0/18 blackhole;" in out.read_text(),
+                15,
+                0.1,
+                "h1's smaller area after the resync",
+            )
         assert proc.poll() is None
     finally:
         code = stop(proc)
@@ -297,7 +355,8 @@ class Stop(BaseException):
 
 
 def test_an_unexpected_error_restarts_the_loop_and_health_shows_it(
-        romanad: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    romanad: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     slept: list[float] = []
     pub, metrics = publisher(romanad, tmp_path, poll=0.1)
     pub.sleep = slept.append
@@ -334,11 +393,14 @@ def test_a_rewound_feed_keeps_the_configuration_until_restart(tmp_path: Path) ->
     try:
         with RomanaClient(first.url) as client:
             seed(client)
-        proc = run_publisher(first.url, tmp_path, "--metrics-listen",
-                             f"127.0.0.1:{http_port}")
+        proc = run_publisher(first.url, tmp_path, "--metrics-listen", f"127.0.0.1:{http_port}")
         out = tmp_path / "bird.conf"
-        wait_until(lambda: out.exists() and "10.1.0.0/17" in out.read_text(), 15, 0.1,
-                   "the first configuration")
+        wait_until(
+            lambda: out.exists() and "10.1.0.0/17" in out.read_text(),
+            15,
+            0.1,
+            "the first configuration",
+        )
         good = out.read_text()
         first.stop()
         # Another store on the same address (a fresh data directory): h1 holds other blocks.
@@ -364,8 +426,7 @@ def test_a_rewound_feed_keeps_the_configuration_until_restart(tmp_path: Path) ->
             assert out.read_text() == good and proc.poll() is None
             # A restart accepts the store it finds.
             stop(proc)
-            proc = run_publisher(second.url, tmp_path, "--metrics-listen",
-                                 f"127.0.0.1:{http_port}")
+            proc = run_publisher(second.url, tmp_path, "--metrics-listen", f"127.0.0.1:{http_port}")
             wait_until(lambda: out.read_text() != good, 15, 0.1, "the new store's config")
             assert "route 10.1.0.0/17" not in out.read_text()
         finally:

@@ -28,14 +28,22 @@ from .conftest import EXAMPLES, ROOT, racks_topology
 def test_lookup_order_host_then_subnet_then_generic(tmp_path: Path) -> None:
     t = tmp_path / "bird.conf"
     assert templates.candidates(t, "192.168.1.11", "192.168.1.0/24") == [
-        tmp_path / "bird.conf.192.168.1.11", tmp_path / "bird.conf.192.168.1.0", t]
+        tmp_path / "bird.conf.192.168.1.11",
+        tmp_path / "bird.conf.192.168.1.0",
+        t,
+    ]
     # A subnet given as the host's address with its prefix still names the network.
-    assert templates.candidates(t, "192.168.1.11", "192.168.1.11/24")[1].name == \
-        "bird.conf.192.168.1.0"
+    assert (
+        templates.candidates(t, "192.168.1.11", "192.168.1.11/24")[1].name
+        == "bird.conf.192.168.1.0"
+    )
     assert templates.candidates(t) == [t]
 
-    with pytest.raises(templates.TemplateError, match=r"bird\.conf\.192\.168\.1\.11.*"
-                       r"bird\.conf\.192\.168\.1\.0.*bird\.conf"):
+    with pytest.raises(
+        templates.TemplateError,
+        match=r"bird\.conf\.192\.168\.1\.11.*"
+        r"bird\.conf\.192\.168\.1\.0.*bird\.conf",
+    ):
         templates.find(t, "192.168.1.11", "192.168.1.0/24")
     t.write_text("generic")
     assert templates.find(t, "192.168.1.11", "192.168.1.0/24") == t
@@ -57,8 +65,10 @@ def src(tmp_path: Path, text: str, name: str = "t.conf") -> templates.Source:
 
 def test_render_is_strict_and_names_file_and_line(tmp_path: Path) -> None:
     ok = src(tmp_path, "{% for n in networks %}route {{ n }} blackhole;\n{% endfor %}")
-    assert templates.render(ok, {"networks": ["10.1.0.0/28", "10.1.0.16/29"]}) == \
-        "route 10.1.0.0/28 blackhole;\nroute 10.1.0.16/29 blackhole;\n"
+    assert (
+        templates.render(ok, {"networks": ["10.1.0.0/28", "10.1.0.16/29"]})
+        == "route 10.1.0.0/28 blackhole;\nroute 10.1.0.16/29 blackhole;\n"
+    )
 
     # A misspelt variable is an error, never an empty string (a silently dropped neighbour).
     typo = src(tmp_path, "router id 1.2.3.4;\nneighbor {{ neighbour_ip }} as 65000;\n")
@@ -73,8 +83,7 @@ def test_render_is_strict_and_names_file_and_line(tmp_path: Path) -> None:
         templates.render(broken, {"networks": []})
 
     # Optional variables: `is defined` and `default` work under StrictUndefined.
-    opt = src(tmp_path, "{% if args.log is defined %}log;{% endif %}"
-              "{{ args.hold | default(90) }}")
+    opt = src(tmp_path, "{% if args.log is defined %}log;{% endif %}{{ args.hold | default(90) }}")
     assert templates.render(opt, {"args": {}}) == "90"
     assert templates.render(opt, {"args": {"log": "x", "hold": "3"}}) == "log;3"
 
@@ -82,8 +91,7 @@ def test_render_is_strict_and_names_file_and_line(tmp_path: Path) -> None:
 def test_include_resolves_next_to_the_template(tmp_path: Path) -> None:
     (tmp_path / "common.inc").write_text("protocol device {}\n")
     main = src(tmp_path, '{% include "common.inc" %}router id {{ ip }};\n')
-    assert templates.render(main, {"ip": "1.2.3.4"}) == \
-        "protocol device {}\nrouter id 1.2.3.4;\n"
+    assert templates.render(main, {"ip": "1.2.3.4"}) == "protocol device {}\nrouter id 1.2.3.4;\n"
 
 
 # -- announce policy ----------------------------------------------------------------------
@@ -94,10 +102,13 @@ ONE = {"net": Placement("rack-1", "10.1.0.0/18")}
 def test_collapse_merges_siblings_only() -> None:
     assert collapse(["10.1.0.8/29", "10.1.0.0/29"]) == ["10.1.0.0/28"]
     assert collapse(["10.1.0.0/29", "10.1.0.16/29"]) == ["10.1.0.0/29", "10.1.0.16/29"]
-    assert collapse(["10.1.0.0/29", "10.1.0.8/29", "10.1.0.16/29", "10.1.0.24/29"]) == \
-        ["10.1.0.0/27"]
-    assert sort_cidrs(["10.1.0.16/29", "10.1.0.0/28", "10.1.0.0/28"]) == \
-        ["10.1.0.0/28", "10.1.0.16/29"]
+    assert collapse(["10.1.0.0/29", "10.1.0.8/29", "10.1.0.16/29", "10.1.0.24/29"]) == [
+        "10.1.0.0/27"
+    ]
+    assert sort_cidrs(["10.1.0.16/29", "10.1.0.0/28", "10.1.0.0/28"]) == [
+        "10.1.0.0/28",
+        "10.1.0.16/29",
+    ]
 
 
 def test_blocks_policy_announces_own_blocks_sorted() -> None:
@@ -114,18 +125,17 @@ def test_group_policy_only_while_alone_in_the_leaf() -> None:
     # A neighbour joined: back to the blocks (the leaf would attract its traffic).
     assert announced(ONE, local, {"net": 2}, Policy.GROUP) == local
     # Several networks: alone in one, shared in the other.
-    two = {"pods": Placement("rack-1", "10.1.0.0/18"),
-           "sys": Placement("rack-1", "10.2.0.0/22")}
-    mixed = announced(two, ["10.1.0.0/28", "10.2.0.8/29"], {"pods": 1, "sys": 3},
-                      Policy.GROUP)
+    two = {"pods": Placement("rack-1", "10.1.0.0/18"), "sys": Placement("rack-1", "10.2.0.0/22")}
+    mixed = announced(two, ["10.1.0.0/28", "10.2.0.8/29"], {"pods": 1, "sys": 3}, Policy.GROUP)
     assert mixed == ["10.1.0.0/18", "10.2.0.8/29"]
 
 
 # -- router data --------------------------------------------------------------------------
 
 
-def annotated(document: dict[str, Any], hosts: list[tuple[str, str, dict[str, str]]]
-              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def annotated(
+    document: dict[str, Any], hosts: list[tuple[str, str, dict[str, str]]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """romanad's annotated map and host objects for ``document`` with ``hosts`` added."""
     engine = Engine()
     engine.apply_topology(document)
@@ -142,19 +152,22 @@ def test_index_groups_on_a_two_network_spine_leaf_map(example: Any) -> None:
     assert groups["/"].cidrs == {"pods": "10.1.0.0/16", "kube-system-pods": "10.2.0.0/20"}
     assert [c.path for c in groups["/"].children] == ["zone-a", "zone-b"]
     rack3 = group_info(doc, "zone-b/rack-3")
-    assert rack3.leaf and rack3.cidrs == {"pods": "10.1.128.0/19",
-                                          "kube-system-pods": "10.2.8.0/23"}
+    assert rack3.leaf and rack3.cidrs == {
+        "pods": "10.1.128.0/19",
+        "kube-system-pods": "10.2.8.0/23",
+    }
     zone_b = group_info(doc, "/zone-b/")  # slashes around a path are forgiven
     assert not zone_b.leaf
-    assert [c.path for c in zone_b.children] == ["zone-b/rack-3", "zone-b/rack-4",
-                                                 "zone-b/rack-5"]
+    assert [c.path for c in zone_b.children] == ["zone-b/rack-3", "zone-b/rack-4", "zone-b/rack-5"]
     with pytest.raises(RouterError, match='no group "zone-c"'):
         group_info(doc, "zone-c")
 
 
-RACK_HOSTS = [("h1", "192.168.1.11", {"rack": "rack-1"}),
-              ("h2", "192.168.1.12", {"rack": "rack-1"}),
-              ("h3", "192.168.2.13", {"rack": "rack-2"})]
+RACK_HOSTS = [
+    ("h1", "192.168.1.11", {"rack": "rack-1"}),
+    ("h2", "192.168.1.12", {"rack": "rack-1"}),
+    ("h3", "192.168.2.13", {"rack": "rack-2"}),
+]
 
 
 def test_leaf_router_filters_each_host_to_its_group() -> None:
@@ -162,7 +175,9 @@ def test_leaf_router_filters_each_host_to_its_group() -> None:
     data = router_data(group_info(doc, "rack-1"), hosts, peer_as=65001)
     assert data.cidrs == ("10.1.0.0/17",)
     assert [(p.name, p.ip, p.asn, p.proto) for p in data.peers] == [
-        ("h1", "192.168.1.11", 65001, "host_h1"), ("h2", "192.168.1.12", 65001, "host_h2")]
+        ("h1", "192.168.1.11", 65001, "host_h1"),
+        ("h2", "192.168.1.12", 65001, "host_h2"),
+    ]
     # h3 is in another rack: not a neighbour of this router.
     assert all(p.allowed == ("10.1.0.0/17{17,32}",) for p in data.peers)
 
@@ -182,19 +197,23 @@ def test_strict_router_accepts_only_each_hosts_blocks() -> None:
     no_blocks = router_data(group_info(doc, "rack-1"), hosts, routes[:2], strict=True)
     assert {p.name: p.allowed for p in no_blocks.peers}["h2"] == ()
     # Alone in its leaf, romanad routes the whole leaf to the host: accepted as a whole.
-    alone = router_data(group_info(doc, "rack-2"), hosts,
-                        [{"prefix": "10.1.128.0/17", "via": "host:h3"}], strict=True)
+    alone = router_data(
+        group_info(doc, "rack-2"),
+        hosts,
+        [{"prefix": "10.1.128.0/17", "via": "host:h3"}],
+        strict=True,
+    )
     assert alone.peers[0].allowed == ("10.1.128.0/17{17,32}",)
 
 
 def test_parent_router_peers_with_children_given_by_the_operator() -> None:
     doc, hosts = annotated(racks_topology(4), RACK_HOSTS)
-    peers = dict(PeerSpec.parse(p) for p in ["rack-1=172.16.1.1@65101",
-                                             "rack-2=172.16.2.1"])
+    peers = dict(PeerSpec.parse(p) for p in ["rack-1=172.16.1.1@65101", "rack-2=172.16.2.1"])
     data = router_data(group_info(doc, "/"), hosts, peers=peers, peer_as=65100)
     assert [(p.name, p.ip, p.asn, p.allowed) for p in data.peers] == [
         ("rack-1", "172.16.1.1", 65101, ("10.1.0.0/18{18,32}",)),
-        ("rack-2", "172.16.2.1", 65100, ("10.1.64.0/18{18,32}",))]
+        ("rack-2", "172.16.2.1", 65100, ("10.1.64.0/18{18,32}",)),
+    ]
     assert data.unpeered == ("rack-3", "rack-4")
     with pytest.raises(RouterError, match="NAME=IP"):
         PeerSpec.parse("172.16.1.1")
@@ -203,8 +222,13 @@ def test_parent_router_peers_with_children_given_by_the_operator() -> None:
 
 
 def test_peer_names_are_unique_bird_identifiers() -> None:
-    doc, hosts = annotated(racks_topology(1), [("node-1.dc", "192.168.1.1", {"rack": "rack-1"}),
-                                               ("node_1_dc", "192.168.1.2", {"rack": "rack-1"})])
+    doc, hosts = annotated(
+        racks_topology(1),
+        [
+            ("node-1.dc", "192.168.1.1", {"rack": "rack-1"}),
+            ("node_1_dc", "192.168.1.2", {"rack": "rack-1"}),
+        ],
+    )
     names = [p.proto for p in router_data(group_info(doc, "rack-1"), hosts).peers]
     assert names == ["host_node_1_dc", "host_node_1_dc_2"]
     assert pattern("10.1.0.0/29") == "10.1.0.0/29{29,32}"

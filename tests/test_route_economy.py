@@ -47,11 +47,17 @@ class Leaf:
 
     def __post_init__(self) -> None:
         self.engine = Engine()
-        self.engine.apply_topology({
-            "networks": [{"name": "pods", "cidr": f"10.1.0.0/{self.prefix}",
-                          "block_mask": 29}],
-            "topologies": [{"networks": ["pods"], "map": [
-                {"name": LEAF, "routing": self.mode, "groups": []}]}]})
+        self.engine.apply_topology(
+            {
+                "networks": [{"name": "pods", "cidr": f"10.1.0.0/{self.prefix}", "block_mask": 29}],
+                "topologies": [
+                    {
+                        "networks": ["pods"],
+                        "map": [{"name": LEAF, "routing": self.mode, "groups": []}],
+                    }
+                ],
+            }
+        )
         self.tracker = RouteTracker(lambda: self.engine.state)
         self.engine.observers.append(self.tracker.observe)
         self.rng = random.Random(self.seed)
@@ -86,8 +92,9 @@ class Leaf:
     def fill_to(self, target: float, demand: str = "random") -> None:
         while self.fill < target:
             self.allocated += 1
-            self.engine.allocate(f"p{self.allocated}", self.pick(demand),
-                                 f"t{self.allocated % self.tenants}")
+            self.engine.allocate(
+                f"p{self.allocated}", self.pick(demand), f"t{self.allocated % self.tenants}"
+            )
             if self.allocated % 8 == 0:
                 self.measure()
 
@@ -121,19 +128,22 @@ class Leaf:
             assert mine == Counter({v: n for v, n in tor.items() if v != f"host:{host}"})
             if len(holders) >= 8:
                 assert sum(mine.values()) / len(holders - {host}) <= 1.25
-        report = verify(self.tracker.all_sets(), blocks_of(self.engine.state),
-                        self.engine.revision)
+        report = verify(self.tracker.all_sets(), blocks_of(self.engine.state), self.engine.revision)
         assert report.ok, report.failures[:3]
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hosts=st.sampled_from([2, 4, 8, 16]), late=st.integers(0, 8),
-       demand=st.sampled_from(["round-robin", "random", "skewed"]),
-       tenants=st.sampled_from([1, 2, 4, 8, 16]),
-       churn=st.lists(st.floats(0.05, 0.5), max_size=3), seed=st.integers(0, 10_000))
-def test_about_one_route_per_host_at_every_fill_level(hosts: int, late: int, demand: str,
-                                                      tenants: int, churn: list[float],
-                                                      seed: int) -> None:
+@given(
+    hosts=st.sampled_from([2, 4, 8, 16]),
+    late=st.integers(0, 8),
+    demand=st.sampled_from(["round-robin", "random", "skewed"]),
+    tenants=st.sampled_from([1, 2, 4, 8, 16]),
+    churn=st.lists(st.floats(0.05, 0.5), max_size=3),
+    seed=st.integers(0, 10_000),
+)
+def test_about_one_route_per_host_at_every_fill_level(
+    hosts: int, late: int, demand: str, tenants: int, churn: list[float], seed: int
+) -> None:
     late = min(late, hosts - 1)
     tenants = min(tenants, 64 // hosts)  # 1,024 blocks: at least 16 per (host, tenant)
     cluster = Leaf(seed=seed, tenants=tenants, prefix=19)
@@ -147,8 +157,10 @@ def test_about_one_route_per_host_at_every_fill_level(hosts: int, late: int, dem
     try:
         cluster.assert_targets()
     except AssertionError as exc:  # name the case (hypothesis shows it only when shrunk)
-        raise AssertionError(f"{exc} with hosts={hosts} late={late} demand={demand} "
-                             f"tenants={tenants} churn={churn} seed={seed}") from exc
+        raise AssertionError(
+            f"{exc} with hosts={hosts} late={late} demand={demand} "
+            f"tenants={tenants} churn={churn} seed={seed}"
+        ) from exc
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -231,8 +243,9 @@ def test_a_group_is_exhausted_only_when_every_block_is_taken() -> None:
     assert (block.index, got.host) == (last, taker) and not cluster.leaf.pool
     tor = {r.prefix: r.via for r in cluster.tracker.get(f"group:{LEAF}").routes}
     assert tor[got.block] == f"host:{taker}"  # a more specific route of its own...
-    report = verify(cluster.tracker.all_sets(), blocks_of(cluster.engine.state),
-                    cluster.engine.revision)
+    report = verify(
+        cluster.tracker.all_sets(), blocks_of(cluster.engine.state), cluster.engine.revision
+    )
     assert report.ok  # ...that longest-prefix match picks over the area's
     for i in range(7):  # the block's other addresses serve the same owner
         cluster.engine.allocate(f"last{i}", taker, "t-new")

@@ -61,8 +61,10 @@ def test_routing_field_accepts_the_original_comma_style_and_aliases() -> None:
 def test_unknown_routing_mode_is_reported_with_its_path() -> None:
     doc = with_routing(racks_topology(2), "block-host-routes,bgp-please")
     problems = validate(doc)
-    assert [p.path for p in problems] == ["topologies[0].map[0].routing",
-                                          "topologies[0].map[1].routing"]
+    assert [p.path for p in problems] == [
+        "topologies[0].map[0].routing",
+        "topologies[0].map[1].routing",
+    ]
     assert 'unknown routing mode "bgp-please"' in problems[0].message
     with pytest.raises(InvalidTopology):
         Engine().apply_topology(doc)
@@ -85,14 +87,18 @@ def test_l2_racks_hosts_route_to_neighbours_and_spine_has_one_route_per_rack() -
     assert prefixes(host_routes(engine.state, "r2h1")) == []
     spine = group_routes(engine.state, "/")
     assert spine.default is None
-    assert prefixes(spine) == [("10.1.0.0/18", "group:rack-1", None),
-                               ("10.1.64.0/18", "group:rack-2", None),
-                               ("10.1.128.0/18", "group:rack-3", None),
-                               ("10.1.192.0/18", "group:rack-4", None)]
+    assert prefixes(spine) == [
+        ("10.1.0.0/18", "group:rack-1", None),
+        ("10.1.64.0/18", "group:rack-2", None),
+        ("10.1.128.0/18", "group:rack-3", None),
+        ("10.1.192.0/18", "group:rack-4", None),
+    ]
     tor = group_routes(engine.state, "rack-1")
     assert tor.default == "group:/"
-    assert prefixes(tor) == [("10.1.0.0/19", "host:r1h1", "192.168.1.11"),
-                             ("10.1.32.0/19", "host:r1h2", "192.168.1.12")]
+    assert prefixes(tor) == [
+        ("10.1.0.0/19", "host:r1h1", "192.168.1.11"),
+        ("10.1.32.0/19", "host:r1h2", "192.168.1.12"),
+    ]
 
 
 def test_l3_hosts_install_no_peer_routes() -> None:
@@ -117,32 +123,46 @@ def test_a_block_outside_areas_gets_its_own_route_and_l3_owners_a_hole() -> None
         if l2:
             assert ("10.1.100.0/29", "host:r1h1", "192.168.1.11") in own
         else:
-            assert own == [("10.1.64.0/18", "local", None),
-                           ("10.1.100.0/29", "group:rack-1", None)]
+            assert own == [("10.1.64.0/18", "local", None), ("10.1.100.0/29", "group:rack-1", None)]
 
 
 def test_a_group_with_one_host_is_one_route_for_its_whole_cidr() -> None:
     engine, _ = tracked(racks_topology(2), hosts_per_rack=1)
     engine.allocate("a", "r1h1")
     assert prefixes(group_routes(engine.state, "rack-1")) == [
-        ("10.1.0.0/17", "host:r1h1", "192.168.1.11")]
+        ("10.1.0.0/17", "host:r1h1", "192.168.1.11")
+    ]
 
 
 def test_nested_groups_route_by_child_group_and_inherit_routing() -> None:
-    doc = {"networks": [{"name": "n", "cidr": "10.1.0.0/16"}],
-           "topologies": [{"networks": ["n"], "map": [
-               {"name": "zone-a", "routing": "l3-to-host", "groups": [
-                   {"name": "rack-1", "groups": []}, {"name": "rack-2", "groups": []}]}]}]}
+    doc = {
+        "networks": [{"name": "n", "cidr": "10.1.0.0/16"}],
+        "topologies": [
+            {
+                "networks": ["n"],
+                "map": [
+                    {
+                        "name": "zone-a",
+                        "routing": "l3-to-host",
+                        "groups": [
+                            {"name": "rack-1", "groups": []},
+                            {"name": "rack-2", "groups": []},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     engine = Engine()
     engine.apply_topology(doc)
     for i in range(4):
         engine.add_host(f"h{i}", f"192.168.0.{i + 1}")
         engine.allocate(f"a{i}", f"h{i}")
-    assert prefixes(group_routes(engine.state, "/")) == [
-        ("10.1.0.0/16", "group:zone-a", None)]
+    assert prefixes(group_routes(engine.state, "/")) == [("10.1.0.0/16", "group:zone-a", None)]
     assert prefixes(group_routes(engine.state, "zone-a")) == [
         ("10.1.0.0/17", "group:zone-a/rack-1", None),
-        ("10.1.128.0/17", "group:zone-a/rack-2", None)]
+        ("10.1.128.0/17", "group:zone-a/rack-2", None),
+    ]
     assert group_routes(engine.state, "/zone-a/rack-2/").vantage == "group:zone-a/rack-2"
     # rack-1 inherits zone-a's L3 routing: its hosts carry only their own blocks.
     assert [r.via for r in host_routes(engine.state, "h0").routes] == ["local"]
@@ -158,7 +178,8 @@ def test_unknown_devices_are_not_found() -> None:
 
 @given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 3)), max_size=40))
 def test_collapse_covers_exactly_the_same_addresses_with_no_mergeable_pair(
-        picks: list[tuple[int, int]]) -> None:
+    picks: list[tuple[int, int]],
+) -> None:
     blocks = [(0x0A000000 + (i >> s << s) * 8, 29 - s) for i, s in picks]
     out = collapse(blocks)
     covered = {a for b, n in blocks for a in range(b, b + (1 << (32 - n)))}
@@ -198,12 +219,14 @@ def test_a_new_block_inside_its_hosts_area_changes_no_route_anywhere(mode: str) 
     assert {k: v.updates for k, v in tracker.stats.items()} == stats
 
 
-@pytest.mark.parametrize(("mode", "touched"), [
-    ("block-host-routes", {"host:r1h1", "host:r1h2", "host:r1h3", "group:rack-1"}),
-    ("prefix-announce-bgp", {"host:r1h1", "host:r1h3", "group:rack-1"}),
-])
-def test_a_new_area_changes_only_the_devices_that_need_it(mode: str,
-                                                          touched: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "touched"),
+    [
+        ("block-host-routes", {"host:r1h1", "host:r1h2", "host:r1h3", "group:rack-1"}),
+        ("prefix-announce-bgp", {"host:r1h1", "host:r1h3", "group:rack-1"}),
+    ],
+)
+def test_a_new_area_changes_only_the_devices_that_need_it(mode: str, touched: set[str]) -> None:
     engine, tracker = tracked(with_routing(racks_topology(4), mode), hosts_per_rack=3)
     spine_updates = tracker.stats["group:/"].updates  # racks got hosts: 4 updates
     for host in ("r1h1", "r1h2", "r2h1", "r3h1", "r4h1"):
@@ -237,16 +260,22 @@ def test_summary_reports_routes_next_hops_and_updates() -> None:
     for i in range(9):
         engine.allocate(f"a{i}", "r1h1")
     rows = {row["vantage"]: row for row in tracker.summary()}
-    assert rows["host:r1h2"] == {"vantage": "host:r1h2", "routes": 1, "next_hops": 1,
-                                 "default": "group:rack-1", "updates": 1,
-                                 "route_changes": 1}
+    assert rows["host:r1h2"] == {
+        "vantage": "host:r1h2",
+        "routes": 1,
+        "next_hops": 1,
+        "default": "group:rack-1",
+        "updates": 1,
+        "route_changes": 1,
+    }
     assert rows["group:/"]["routes"] == 2  # both racks have hosts
     assert IPv4Network("10.1.0.0/17") == ip_network(tracker.get("host:r1h1").routes[0].prefix)
 
 
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 63)), max_size=60))
 def test_buddy_absorb_and_carve_keep_the_set_equal_to_a_fresh_collapse(
-        ops: list[tuple[bool, int]]) -> None:
+    ops: list[tuple[bool, int]],
+) -> None:
     held: set[int] = set()
     live: set[tuple[int, int]] = set()
     for add, index in ops:
@@ -273,8 +302,11 @@ def test_verify_names_every_address_that_misses_its_owner() -> None:
     assert report.ok and report.addresses == 9 and report.sources == 4
     # Break two devices: r1h1 claims r1h2's area, rack-2's router forgets its host.
     r1h1 = sets["host:r1h1"]
-    sets["host:r1h1"] = RouteSet(r1h1.vantage, r1h1.default, tuple(
-        Route(r.base, r.prefixlen, "local", None) for r in r1h1.routes))
+    sets["host:r1h1"] = RouteSet(
+        r1h1.vantage,
+        r1h1.default,
+        tuple(Route(r.base, r.prefixlen, "local", None) for r in r1h1.routes),
+    )
     sets["group:rack-2"] = RouteSet("group:rack-2", "group:/", ())
     report = verify(sets, blocks_of(engine.state), engine.revision)
     assert not report.ok and report.failed_addresses == 6

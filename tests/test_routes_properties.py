@@ -25,8 +25,15 @@ from romana.routes.compute import routing_mode
 
 from .test_ipam_properties import LABELS, topologies
 
-MODES = st.sampled_from([None, "block-host-routes", "prefix-announce-bgp",
-                         "block-host-routes, prefix-announce-bgp", "l3-to-host"])
+MODES = st.sampled_from(
+    [
+        None,
+        "block-host-routes",
+        "prefix-announce-bgp",
+        "block-host-routes, prefix-announce-bgp",
+        "l3-to-host",
+    ]
+)
 
 
 @st.composite
@@ -45,15 +52,23 @@ def routed_topologies(draw: st.DrawFn) -> dict[str, Any]:
 
 
 # (kind, index, tenant); kinds weighted so that addresses accumulate.
-OPS = st.lists(st.tuples(st.sampled_from(["alloc"] * 7 + ["release"] * 3 + ["remove"]),
-                         st.integers(0, 1000), st.integers(0, 2)), min_size=40, max_size=150)
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["alloc"] * 7 + ["release"] * 3 + ["remove"]),
+        st.integers(0, 1000),
+        st.integers(0, 2),
+    ),
+    min_size=40,
+    max_size=150,
+)
 
 
 def lpm_route(routes: RouteSet, ip: int) -> Route | None:
     best = None
     for route in routes.routes:
         if route.base <= ip < route.base + (1 << (32 - route.prefixlen)) and (
-                best is None or route.prefixlen > best.prefixlen):
+            best is None or route.prefixlen > best.prefixlen
+        ):
             assert best is None or route.prefixlen != best.prefixlen, "equal prefixes"
             best = route
     return best
@@ -87,16 +102,23 @@ def physically_adjacent(engine: Engine, a: str, b: str) -> bool:
     kind_a, name_a = a.split(":", 1)
     kind_b, name_b = b.split(":", 1)
     if kind_a == "host" and kind_b == "host":  # only across a shared L2 segment
-        return any(leaf is state.hosts[name_b].placements.get(net)
-                   and routing_mode(leaf).host_routes
-                   for net, leaf in state.hosts[name_a].placements.items())
+        return any(
+            leaf is state.hosts[name_b].placements.get(net) and routing_mode(leaf).host_routes
+            for net, leaf in state.hosts[name_a].placements.items()
+        )
     if kind_a == "host" or kind_b == "host":
         host, group = (name_a, name_b) if kind_a == "host" else (name_b, name_a)
         return any(leaf.path == group for leaf in state.hosts[host].placements.values())
-    parents = {n.parent.path for t in state.trees.values()
-               if (n := t.group(name_a)) is not None and n.parent is not None}
-    children = {n.parent.path for t in state.trees.values()
-                if (n := t.group(name_b)) is not None and n.parent is not None}
+    parents = {
+        n.parent.path
+        for t in state.trees.values()
+        if (n := t.group(name_a)) is not None and n.parent is not None
+    }
+    children = {
+        n.parent.path
+        for t in state.trees.values()
+        if (n := t.group(name_b)) is not None and n.parent is not None
+    }
     return name_b in parents or name_a in children
 
 
@@ -125,9 +147,9 @@ def run_ops(engine: Engine, ops: list[tuple[str, int, int]]) -> None:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=routed_topologies(), labels=st.lists(LABELS, min_size=8, max_size=8), ops=OPS)
-def test_every_address_is_delivered_from_every_host(doc: dict[str, Any],
-                                                    labels: list[dict[str, str]],
-                                                    ops: list[tuple[str, int, int]]) -> None:
+def test_every_address_is_delivered_from_every_host(
+    doc: dict[str, Any], labels: list[dict[str, str]], ops: list[tuple[str, int, int]]
+) -> None:
     engine = Engine()
     engine.apply_topology(doc)
     tracker = RouteTracker(lambda: engine.state)
@@ -159,12 +181,14 @@ def test_every_address_is_delivered_from_every_host(doc: dict[str, Any],
             best = lpm_route(routes, ip)
             if best is not None:
                 assert _behind(engine, vantage, best.via, address.block.host), (
-                    f"{vantage}: {best.prefix} via {best.via} takes {address.name}")
+                    f"{vantage}: {best.prefix} via {best.via} takes {address.name}"
+                )
         for route in routes.routes:
             if not route.via.startswith("group:"):
                 owner = (vantage if route.via == "local" else route.via).removeprefix("host:")
                 assert _is_host_prefix(engine, route, owner), (
-                    f"{vantage}: {route.prefix} via {route.via} is no prefix of {owner}")
+                    f"{vantage}: {route.prefix} via {route.via} is no prefix of {owner}"
+                )
 
     # Minimality, reported: routes per device against its distinct next hops.
     total = sum(len(s.routes) for s in sets.values())
@@ -179,15 +203,18 @@ def _is_host_prefix(engine: Engine, route: Route, host: str) -> bool:
             continue
         leaf = tree.leaf_containing(route.base)
         assert leaf is not None
-        if (route.base, route.prefixlen) == (leaf.base, leaf.prefixlen) and \
-                list(leaf.hosts) == [host]:
+        if (route.base, route.prefixlen) == (leaf.base, leaf.prefixlen) and list(leaf.hosts) == [
+            host
+        ]:
             return True
         start, size = tree.prefix_run(leaf, route.base, route.prefixlen)
         area = leaf.areas.get(start, size)
         if area is not None:
             return area.host == host
-        return all((b := leaf.blocks.get(i)) is not None and b.host == host
-                   for i in range(start, start + size))
+        return all(
+            (b := leaf.blocks.get(i)) is not None and b.host == host
+            for i in range(start, start + size)
+        )
     return False
 
 
@@ -197,14 +224,17 @@ def _behind(engine: Engine, vantage: str, via: str, owner: str) -> bool:
     if via.startswith("host:"):
         return via == f"host:{owner}"
     path = via.removeprefix("group:")
-    return any(leaf.path == path or leaf.path.startswith(path + "/")
-               for leaf in engine.state.hosts[owner].placements.values())
+    return any(
+        leaf.path == path or leaf.path.startswith(path + "/")
+        for leaf in engine.state.hosts[owner].placements.values()
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=routed_topologies(), labels=st.lists(LABELS, min_size=8, max_size=8), ops=OPS)
 def test_routers_above_leaves_hold_one_route_per_populated_child(
-        doc: dict[str, Any], labels: list[dict[str, str]], ops: list[tuple[str, int, int]]) -> None:
+    doc: dict[str, Any], labels: list[dict[str, str]], ops: list[tuple[str, int, int]]
+) -> None:
     engine = Engine()
     engine.apply_topology(doc)
     add_hosts(engine, labels)
@@ -214,8 +244,7 @@ def test_routers_above_leaves_hold_one_route_per_populated_child(
             if node.is_leaf:
                 continue
             routes = route_set(engine.state, f"group:{node.path}")
-            mine = [r for r in routes.routes
-                    if IPv4Network(r.prefix).subnet_of(tree.cidr)]
+            mine = [r for r in routes.routes if IPv4Network(r.prefix).subnet_of(tree.cidr)]
             populated = [c for c in node.children if c.host_count]
             assert sorted(r.prefix for r in mine) == sorted(c.cidr for c in populated)
             assert Counter(r.via for r in mine) == Counter(f"group:{c.path}" for c in populated)

@@ -55,13 +55,16 @@ def test_token_files_must_be_readable_and_not_empty(tmp_path: Path) -> None:
         read_token_file("d", tmp_path / "missing")
 
 
-@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop.Loop"),
-                                              ("asyncio", "asyncio.unix_events")])
-def test_romanad_runs_on_uvloop_unless_told_otherwise(tmp_path: Path, choice: str,
-                                                      loop: str) -> None:
+@pytest.mark.parametrize(
+    ("choice", "loop"), [("auto", "uvloop.Loop"), ("asyncio", "asyncio.unix_events")]
+)
+def test_romanad_runs_on_uvloop_unless_told_otherwise(
+    tmp_path: Path, choice: str, loop: str
+) -> None:
     with running(tmp_path / "data", "--event-loop", choice) as daemon:
         with daemon.client() as c:
             assert c.get("/healthz").status_code == 200
-        serving = [json.loads(line) for line in daemon.log.read_text().splitlines()
-                   if '"serving"' in line]
+        serving = [
+            json.loads(line) for line in daemon.log.read_text().splitlines() if '"serving"' in line
+        ]
     assert serving and serving[0]["event_loop"].startswith(loop), serving

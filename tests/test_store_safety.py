@@ -44,9 +44,12 @@ def snapshots(data: Path) -> int:
 
 def start(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """romanad on ``data``, expected to refuse to start: its exit and one-line message."""
-    return subprocess.run([str(ROMANAD), "--listen", f"127.0.0.1:{free_port()}",
-                           "--data-dir", str(data), *extra],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [str(ROMANAD), "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -62,30 +65,27 @@ def facts_db(data: Path) -> sqlite3.Connection:
 
 
 DAMAGES = {
-    "not JSON": "UPDATE facts SET fact = '{\"kind\": \"block_ass' WHERE revision = {r}",
-    "unknown kind": "UPDATE facts SET fact = json_set(fact, '$.kind', 'nope') "
-                    "WHERE revision = {r}",
-    "missing field": "UPDATE facts SET fact = json_remove(fact, '$.cidr') "
-                     "WHERE revision = {r}",
+    "not JSON": 'UPDATE facts SET fact = \'{"kind": "block_ass\' WHERE revision = {r}',
+    "unknown kind": "UPDATE facts SET fact = json_set(fact, '$.kind', 'nope') WHERE revision = {r}",
+    "missing field": "UPDATE facts SET fact = json_remove(fact, '$.cidr') WHERE revision = {r}",
     "impossible state": "UPDATE facts SET fact = json_set(fact, '$.host', 'ghost') "
-                        "WHERE revision = {r}",
+    "WHERE revision = {r}",
 }
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_a_damaged_fact_stops_start_up_with_one_clear_line(tmp_path: Path,
-                                                           damage: str) -> None:
+def test_a_damaged_fact_stops_start_up_with_one_clear_line(tmp_path: Path, damage: str) -> None:
     data = tmp_path / "data"
     populate(data)
     with facts_db(data) as conn:
-        revision = conn.execute("SELECT min(revision) FROM facts WHERE "
-                                "json_extract(fact, '$.kind') = 'block_assigned'").fetchone()[0]
+        revision = conn.execute(
+            "SELECT min(revision) FROM facts WHERE json_extract(fact, '$.kind') = 'block_assigned'"
+        ).fetchone()[0]
         conn.execute(DAMAGES[damage].replace("{r}", str(revision)))
     line = one_line(start(data))
     assert f"fact {revision}" in line and "romana store check" in line
     # The offline check names the same damage and exits 1.
-    check = subprocess.run([ROMANA, "store", "check", str(data)], capture_output=True,
-                           text=True)
+    check = subprocess.run([ROMANA, "store", "check", str(data)], capture_output=True, text=True)
     assert check.returncode == 1 and f"fact {revision}" in check.stdout
     assert "Traceback" not in check.stderr
 
@@ -104,8 +104,9 @@ def test_check_passes_on_a_healthy_store_even_while_romanad_runs(tmp_path: Path)
     data = tmp_path / "data"
     revision = populate(data)
     with running(data):
-        out = subprocess.run([ROMANA, "store", "check", str(data), "--json"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [ROMANA, "store", "check", str(data), "--json"], capture_output=True, text=True
+        )
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["ok"], out
     assert (report["head"], report["hosts"], report["addresses"]) == (revision, 1, 20)
@@ -131,11 +132,17 @@ def replaced(data: Path) -> None:
             (data / name).write_bytes((other / name).read_bytes())
 
 
-@pytest.mark.parametrize(("loss", "says"), [
-    (emptied, "holds nothing"), (dropped, "fact(s) were lost"),
-    (replaced, "another database was put in place")])
+@pytest.mark.parametrize(
+    ("loss", "says"),
+    [
+        (emptied, "holds nothing"),
+        (dropped, "fact(s) were lost"),
+        (replaced, "another database was put in place"),
+    ],
+)
 def test_a_store_that_lost_its_data_is_refused_not_restarted_empty(
-        tmp_path: Path, loss, says: str) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, loss, says: str
+) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
     populate(data)
     loss(data)
@@ -158,8 +165,12 @@ def test_a_write_ahead_log_lost_after_kill_9_is_detected(tmp_path: Path) -> None
             for i in range(30):
                 client.allocate(f"a{i}", "h1")
             head = client.health()["revision"]
-        wait_until(lambda: json.loads((data / "store.json").read_text())["head"] == head, 10,
-                   0.05, "the marker to record the head")
+        wait_until(
+            lambda: json.loads((data / "store.json").read_text())["head"] == head,
+            10,
+            0.05,
+            "the marker to record the head",
+        )
     finally:
         daemon.stop(signal.SIGKILL)
     (data / "romana.db-wal").unlink()
@@ -174,16 +185,19 @@ def test_backup_while_serving_and_restore(tmp_path: Path) -> None:
         client.add_host("h1", "192.168.0.1", {"rack": "rack-1"})
         for i in range(10):
             client.allocate(f"a{i}", "h1")
-        backup = subprocess.run([ROMANA, "store", "backup", str(data), str(copy)],
-                                capture_output=True, text=True)
+        backup = subprocess.run(
+            [ROMANA, "store", "backup", str(data), str(copy)], capture_output=True, text=True
+        )
         assert backup.returncode == 0, backup.stderr
         saved = {a["name"]: a["ip"] for a in client.addresses()["addresses"]}
         client.allocate("after-backup", "h1")
-        refused = subprocess.run([ROMANA, "store", "restore", str(copy), str(data)],
-                                 capture_output=True, text=True)
+        refused = subprocess.run(
+            [ROMANA, "store", "restore", str(copy), str(data)], capture_output=True, text=True
+        )
         assert refused.returncode == 1 and "stop romanad" in refused.stderr
-    restore = subprocess.run([ROMANA, "store", "restore", str(copy), str(data)],
-                             capture_output=True, text=True)
+    restore = subprocess.run(
+        [ROMANA, "store", "restore", str(copy), str(data)], capture_output=True, text=True
+    )
     assert restore.returncode == 0, restore.stderr
     assert list(tmp_path.glob("data.replaced-*"))  # the newer store is kept aside
     with running(data) as daemon, RomanaClient(daemon.url) as client:
@@ -236,8 +250,9 @@ def test_a_clean_stop_answers_watchers_and_logs_no_error(tmp_path: Path) -> None
     answers: list[httpx.Response] = []
     with httpx.Client(base_url=daemon.url, timeout=30) as http:
         head = http.get("/healthz").json()["revision"]
-        watcher = threading.Thread(target=lambda: answers.append(http.get(
-            "/watch", params={"since": head, "timeout": 25})))
+        watcher = threading.Thread(
+            target=lambda: answers.append(http.get("/watch", params={"since": head, "timeout": 25}))
+        )
         watcher.start()
         time.sleep(0.3)  # the long poll is waiting
         began = time.monotonic()
@@ -246,14 +261,20 @@ def test_a_clean_stop_answers_watchers_and_logs_no_error(tmp_path: Path) -> None
     assert time.monotonic() - began < 5
     assert answers[0].status_code == 503
     assert answers[0].json()["error"]["code"] == "unavailable"
-    levels = {json.loads(line).get("level") for line in daemon.log.read_text().splitlines()
-              if line.startswith("{")}
+    levels = {
+        json.loads(line).get("level")
+        for line in daemon.log.read_text().splitlines()
+        if line.startswith("{")
+    }
     assert not levels & {"error", "critical"}, daemon.log.read_text()
 
 
 def test_a_bad_listen_address_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([str(ROMANAD), "--listen", "127.0.0.1:99999", "--data-dir",
-                             str(tmp_path / "data")], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [str(ROMANAD), "--listen", "127.0.0.1:99999", "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     line = one_line(result)
     assert "127.0.0.1:99999" in line and "port 0-65535" in line

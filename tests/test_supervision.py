@@ -42,7 +42,8 @@ def service_on(store: Any, fatal: list[BaseException], **kw: Any) -> IpamService
 
 
 def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def scenario() -> None:
         store = FailingStore(MemoryStore())
         fatal: list[BaseException] = []
@@ -124,6 +125,7 @@ class HeldStore(MemoryStore):
 
 def test_reads_wait_for_durable_state() -> None:
     """A read never shows a change that is not durable yet (a crash would undo it)."""
+
     async def scenario() -> None:
         store = HeldStore()
         service = service_on(store, [])
@@ -193,8 +195,9 @@ def test_an_unexpected_error_restarts_the_follow_loop(caplog: pytest.LogCaptureF
         await until(lambda: supervisor.loops["follow"].restarts == 1)
         upstream.route_list = [LOCAL, NEIGHBOUR]
         upstream.revision = 5
-        upstream.script = [{"revision": 5, "store_id": "store-a",
-                            "changes": [{"kind": "block_assigned"}]}]
+        upstream.script = [
+            {"revision": 5, "store_id": "store-a", "changes": [{"kind": "block_assigned"}]}
+        ]
         await until(lambda: "10.1.1.0/24" in table.routes, timeout=10)
         await supervisor.stop()
         agent.close()
@@ -222,8 +225,13 @@ def test_the_agent_refuses_a_rewound_feed_and_keeps_its_routes(change: str) -> N
             upstream.store_id = "store-b"
         else:
             upstream.revision = 40
-        upstream.script = [{"revision": upstream.revision, "store_id": upstream.store_id,
-                            "changes": [{"kind": "topology_applied"}]}]
+        upstream.script = [
+            {
+                "revision": upstream.revision,
+                "store_id": upstream.store_id,
+                "changes": [{"kind": "topology_applied"}],
+            }
+        ]
         await until(lambda: agent.rewound is not None)
         await asyncio.sleep(0.2)
         assert table.routes == good  # the last good state stays

@@ -55,22 +55,38 @@ BLOCK_MASKS = st.one_of(
     st.none(), st.integers(0, 34), st.sampled_from(["29", 29.0, True, "", None])
 )
 ROUTING = st.lists(
-    st.sampled_from(["block-host-routes", "Block-Host-Routes", "prefix-announce-bgp",
-                     "L3-TO-HOST", "l2-to-host", " prefix-announce-ospf ", "bogus", ""]),
+    st.sampled_from(
+        [
+            "block-host-routes",
+            "Block-Host-Routes",
+            "prefix-announce-bgp",
+            "L3-TO-HOST",
+            "l2-to-host",
+            " prefix-announce-ospf ",
+            "bogus",
+            "",
+        ]
+    ),
     max_size=3,
 ).map(",".join)
 NAMES = st.text(alphabet="aZ09-_. /", min_size=0, max_size=6)
-LABELS = st.dictionaries(st.sampled_from(["rack", "zone", "Rack", ""]),
-                         st.one_of(st.sampled_from(["1", "a", " a "]), st.integers(0, 3)),
-                         max_size=2)
+LABELS = st.dictionaries(
+    st.sampled_from(["rack", "zone", "Rack", ""]),
+    st.one_of(st.sampled_from(["1", "a", " a "]), st.integers(0, 3)),
+    max_size=2,
+)
 
 
 @st.composite
 def hosts(draw: st.DrawFn) -> list[dict[str, Any]]:
     count = draw(st.integers(0, 3))
-    return [{"name": draw(padded(st.sampled_from(["h1", "h2", "h3"]))),
-             "ip": draw(padded(ip_texts(first=draw(st.sampled_from([10, 192])))))}
-            for _ in range(count)]
+    return [
+        {
+            "name": draw(padded(st.sampled_from(["h1", "h2", "h3"]))),
+            "ip": draw(padded(ip_texts(first=draw(st.sampled_from([10, 192]))))),
+        }
+        for _ in range(count)
+    ]
 
 
 @st.composite
@@ -105,8 +121,10 @@ def topology_maps(draw: st.DrawFn) -> dict[str, Any]:
         if mask is not None or draw(st.booleans()):
             net["block_mask"] = mask
         networks.append(net)
-    return {"networks": networks,
-            "topologies": [{"networks": [n["name"] for n in networks], "map": draw(groups())}]}
+    return {
+        "networks": networks,
+        "topologies": [{"networks": [n["name"] for n in networks], "map": draw(groups())}],
+    }
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -148,10 +166,18 @@ def _all_groups(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_spaced_cidr_and_pinned_ip_are_stored_canonical() -> None:
-    doc = {"networks": [{"name": "n", "cidr": " 10.1.0.0/255.255.0.0 "}],
-           "topologies": [{"networks": ["n"], "map": [
-               {"name": "r1", "hosts": [{"name": "h1", "ip": " 192.168.0.1\t"}]},
-               {"name": "r2", "groups": []}]}]}
+    doc = {
+        "networks": [{"name": "n", "cidr": " 10.1.0.0/255.255.0.0 "}],
+        "topologies": [
+            {
+                "networks": ["n"],
+                "map": [
+                    {"name": "r1", "hosts": [{"name": "h1", "ip": " 192.168.0.1\t"}]},
+                    {"name": "r2", "groups": []},
+                ],
+            }
+        ],
+    }
     assert [p for p in validate(doc) if p.severity == "error"] == []
     engine = Engine()
     engine.apply_topology(doc)
@@ -168,13 +194,28 @@ def test_spaced_cidr_and_pinned_ip_are_stored_canonical() -> None:
 
 
 def test_duplicate_pinned_ips_differing_only_in_spacing_are_one_error() -> None:
-    doc = {"networks": [{"name": "n", "cidr": "10.1.0.0/16"}],
-           "topologies": [{"networks": ["n"], "map": [
-               {"name": "r1", "hosts": [{"name": "h1", "ip": "192.168.0.1"},
-                                        {"name": "h2", "ip": " 192.168.0.1"}]}]}]}
+    doc = {
+        "networks": [{"name": "n", "cidr": "10.1.0.0/16"}],
+        "topologies": [
+            {
+                "networks": ["n"],
+                "map": [
+                    {
+                        "name": "r1",
+                        "hosts": [
+                            {"name": "h1", "ip": "192.168.0.1"},
+                            {"name": "h2", "ip": " 192.168.0.1"},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     found = [str(p) for p in validate(doc) if p.severity == "error"]
-    assert found == ['topologies[0].map[0].hosts[1].ip: duplicate host IP 192.168.0.1; '
-                     'already used by host "h1" at topologies[0].map[0].hosts[0]']
+    assert found == [
+        "topologies[0].map[0].hosts[1].ip: duplicate host IP 192.168.0.1; "
+        'already used by host "h1" at topologies[0].map[0].hosts[0]'
+    ]
 
 
 def test_canonical_helpers_refuse_what_ipaddress_refuses() -> None:

@@ -31,8 +31,11 @@ def test_compatible_update_keeps_ips_hosts_and_owners() -> None:
     doc["topologies"][0]["networks"].append("extra")
     engine.apply_topology(doc)
     assert [a.to_json() for a in engine.addresses()] == before
-    assert engine.host("h1").groups["extra"] == {"group": "rack-1", "cidr": "10.9.0.0/18",
-                                                 "areas": []}
+    assert engine.host("h1").groups["extra"] == {
+        "group": "rack-1",
+        "cidr": "10.9.0.0/18",
+        "areas": [],
+    }
     assert engine.host("h1").groups["net"]["areas"] == ["10.1.0.0/18"]  # areas kept too
     assert engine.allocate("c", "h1", "t").ip == "10.1.0.1"  # same block still owned
 
@@ -93,7 +96,8 @@ def test_tenant_restriction_that_excludes_an_owner_is_refused() -> None:
     with pytest.raises(TopologyConflict) as info:
         engine.apply_topology(doc)
     assert "belongs to tenant 't', which network net would no longer allow" in str(
-        info.value.details[0])
+        info.value.details[0]
+    )
 
 
 def test_hosts_without_blocks_are_placed_afresh_and_blackouts_kept() -> None:
@@ -115,9 +119,13 @@ def test_hosts_without_blocks_are_placed_afresh_and_blackouts_kept() -> None:
 def test_update_with_pinned_host_conflicting_ip() -> None:
     engine = populated()
     doc = racks_topology()
-    doc["topologies"][0]["map"][0] = {"name": "rack-1", "assignment": {"rack": "rack-1"},
-                                      "hosts": [{"name": "h1", "ip": "192.168.0.50"}]}
+    doc["topologies"][0]["map"][0] = {
+        "name": "rack-1",
+        "assignment": {"rack": "rack-1"},
+        "hosts": [{"name": "h1", "ip": "192.168.0.50"}],
+    }
     with pytest.raises(TopologyConflict, match="cannot keep") as info:
         engine.apply_topology(doc)
     assert "pins it with IP 192.168.0.50 but it exists with IP 192.168.0.1" in str(
-        info.value.details[0])
+        info.value.details[0]
+    )

@@ -27,8 +27,9 @@ def test_every_problem_is_reported_in_one_pass() -> None:
             {"name": "a", "cidr": "10.1.0.1/16", "block_mask": 29},
             {"name": "a", "cidr": "10.2.0.0/16", "blok_mask": 29},
         ],
-        "topologies": [{"networks": ["a", "nope"],
-                        "map": [{"name": "x", "hosts": [], "groups": []}]}],
+        "topologies": [
+            {"networks": ["a", "nope"], "map": [{"name": "x", "hosts": [], "groups": []}]}
+        ],
     }
     found = errors(doc)
     assert found == [
@@ -37,8 +38,7 @@ def test_every_problem_is_reported_in_one_pass() -> None:
         'networks[1].name: duplicate network name "a"; already used by networks[0]; '
         "names must be unique",
         'topologies[0].networks[1]: network "nope" is not defined; define it under networks',
-        'topologies[0].map[0]: both "hosts" and "groups" given; a host group has one or '
-        "the other",
+        'topologies[0].map[0]: both "hosts" and "groups" given; a host group has one or the other',
     ]
 
 
@@ -50,29 +50,51 @@ def test_every_problem_is_reported_in_one_pass() -> None:
         (lambda d: d.update(topologies=[]), "topologies: must not be empty"),
         (lambda d: d["networks"][0].pop("name"), "networks[0].name: required field missing"),
         (lambda d: d["networks"][0].update(name=""), "networks[0].name: must not be empty"),
-        (lambda d: d["networks"][0].update(cidr="10.1.0.0/33"),
-         'networks[0].cidr: "10.1.0.0/33" is not an IPv4 CIDR'),
-        (lambda d: d["networks"][0].update(cidr="fd00::/64"),
-         'networks[0].cidr: "fd00::/64" is not an IPv4 CIDR'),
-        (lambda d: d["networks"][0].update(block_mask=16),
-         "networks[0].block_mask: block_mask 16 is not in (16, 32]"),
-        (lambda d: d["networks"][0].update(block_mask=33),
-         "networks[0].block_mask: block_mask 33 is not in (16, 32]"),
-        (lambda d: d["networks"][0].update(block_mask="29"),
-         "networks[0].block_mask: expected an integer, got a string"),
+        (
+            lambda d: d["networks"][0].update(cidr="10.1.0.0/33"),
+            'networks[0].cidr: "10.1.0.0/33" is not an IPv4 CIDR',
+        ),
+        (
+            lambda d: d["networks"][0].update(cidr="fd00::/64"),
+            'networks[0].cidr: "fd00::/64" is not an IPv4 CIDR',
+        ),
+        (
+            lambda d: d["networks"][0].update(block_mask=16),
+            "networks[0].block_mask: block_mask 16 is not in (16, 32]",
+        ),
+        (
+            lambda d: d["networks"][0].update(block_mask=33),
+            "networks[0].block_mask: block_mask 33 is not in (16, 32]",
+        ),
+        (
+            lambda d: d["networks"][0].update(block_mask="29"),
+            "networks[0].block_mask: expected an integer, got a string",
+        ),
         (lambda d: d["topologies"][0].update(map=[]), "topologies[0].map: must not be empty"),
-        (lambda d: d["topologies"][0]["map"][0].pop("groups"),
-         'topologies[0].map[0]: neither "hosts" nor "groups" given'),
-        (lambda d: d["topologies"][0]["map"][1].update(name="rack-1"),
-         'topologies[0].map[1].name: duplicate group name "rack-1" among siblings'),
-        (lambda d: d["topologies"][0]["map"][0].update(assignment={"rack": 1}),
-         "topologies[0].map[0].assignment.rack: expected a string label value"),
-        (lambda d: d["topologies"][0]["map"][0].update(routng="x"),
-         'topologies[0].map[0].routng: unknown field "routng"; did you mean "routing"?'),
-        (lambda d: d["topologies"][0]["map"][0].update(routing=5),
-         "topologies[0].map[0].routing: expected a string"),
-        (lambda d: d["networks"][0].update(tenants=[]),
-         "networks[0].tenants: expected a non-empty list of tenant names"),
+        (
+            lambda d: d["topologies"][0]["map"][0].pop("groups"),
+            'topologies[0].map[0]: neither "hosts" nor "groups" given',
+        ),
+        (
+            lambda d: d["topologies"][0]["map"][1].update(name="rack-1"),
+            'topologies[0].map[1].name: duplicate group name "rack-1" among siblings',
+        ),
+        (
+            lambda d: d["topologies"][0]["map"][0].update(assignment={"rack": 1}),
+            "topologies[0].map[0].assignment.rack: expected a string label value",
+        ),
+        (
+            lambda d: d["topologies"][0]["map"][0].update(routng="x"),
+            'topologies[0].map[0].routng: unknown field "routng"; did you mean "routing"?',
+        ),
+        (
+            lambda d: d["topologies"][0]["map"][0].update(routing=5),
+            "topologies[0].map[0].routing: expected a string",
+        ),
+        (
+            lambda d: d["networks"][0].update(tenants=[]),
+            "networks[0].tenants: expected a non-empty list of tenant names",
+        ),
         (lambda d: d.update(extra=1), 'extra: unknown field "extra"'),
     ],
 )
@@ -89,8 +111,10 @@ def test_overlapping_networks() -> None:
     doc = racks_topology()
     doc["networks"].append({"name": "b", "cidr": "10.1.128.0/17"})
     doc["topologies"][0]["networks"].append("b")
-    assert errors(doc) == ["networks[1].cidr: 10.1.128.0/17 overlaps 10.1.0.0/16 of networks[0]; "
-                           "network CIDRs must not overlap"]
+    assert errors(doc) == [
+        "networks[1].cidr: 10.1.128.0/17 overlaps 10.1.0.0/16 of networks[0]; "
+        "network CIDRs must not overlap"
+    ]
 
 
 def test_network_in_two_topologies_and_in_none() -> None:
@@ -108,14 +132,17 @@ def test_network_in_two_topologies_and_in_none() -> None:
 
 def test_hosts_duplicate_names_ips_and_bad_ip() -> None:
     doc = racks_topology()
-    doc["topologies"][0]["map"][0] = {"name": "rack-1", "hosts": [
-        {"name": "a", "ip": "192.168.0.1"},
-        {"name": "a", "ip": "192.168.0.2"},
-        {"name": "b", "ip": "192.168.0.1"},
-        {"name": "c", "ip": "192.168.0.3/24"},
-        {"name": "d", "ip": "10.1.0.5"},
-        {"name": "e"},
-    ]}
+    doc["topologies"][0]["map"][0] = {
+        "name": "rack-1",
+        "hosts": [
+            {"name": "a", "ip": "192.168.0.1"},
+            {"name": "a", "ip": "192.168.0.2"},
+            {"name": "b", "ip": "192.168.0.1"},
+            {"name": "c", "ip": "192.168.0.3/24"},
+            {"name": "d", "ip": "10.1.0.5"},
+            {"name": "e"},
+        ],
+    }
     base = "topologies[0].map[0].hosts"
     assert errors(doc) == [
         f'{base}[1].name: duplicate host name "a"; already listed at {base}[0]',
@@ -151,8 +178,10 @@ def test_default_block_mask() -> None:
     del doc["networks"][0]["block_mask"]
     topo, _ = check(doc)
     assert topo.networks[0].effective_block_mask == 29
-    small = {"networks": [{"name": "n", "cidr": "10.1.0.0/30"}],
-             "topologies": [{"networks": ["n"], "map": [{"groups": []}]}]}
+    small = {
+        "networks": [{"name": "n", "cidr": "10.1.0.0/30"}],
+        "topologies": [{"networks": ["n"], "map": [{"groups": []}]}],
+    }
     topo, _ = check(small)
     assert topo.networks[0].effective_block_mask == 30
 
@@ -179,7 +208,8 @@ topologies:
     assert parse_text(yaml_text) == parse_text(
         '{"networks":[{"name":"net","cidr":"10.1.0.0/16","block_mask":29}],"topologies":'
         '[{"networks":["net"],"map":[{"name":"rack-1","assignment":{"rack":"rack-1"},'
-        '"groups":[]}]}]}')
+        '"groups":[]}]}]}'
+    )
 
 
 def test_parse_errors_name_the_position() -> None:
@@ -201,8 +231,13 @@ def test_schema_describes_the_format_and_extensions() -> None:
     schema = json_schema()
     defs = schema["$defs"]
     assert set(defs["Network"]["properties"]) == {"name", "cidr", "block_mask", "tenants"}
-    assert set(defs["HostGroup"]["properties"]) == {"name", "hosts", "groups", "assignment",
-                                                    "routing"}
+    assert set(defs["HostGroup"]["properties"]) == {
+        "name",
+        "hosts",
+        "groups",
+        "assignment",
+        "routing",
+    }
     assert defs["Host"]["additionalProperties"] is False
     assert schema["required"] == ["networks", "topologies"]
 

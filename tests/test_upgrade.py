@@ -42,8 +42,7 @@ def check_serving(client: RomanaClient) -> None:
 
 
 @pytest.mark.parametrize("form", ["facts", "snapshot"])
-def test_a_data_directory_from_before_areas_loads_and_serves(tmp_path: Path,
-                                                            form: str) -> None:
+def test_a_data_directory_from_before_areas_loads_and_serves(tmp_path: Path, form: str) -> None:
     data = tmp_path / "data"
     with SqliteStore(data) as store:
         facts: list[dict[str, Any]] = OLD["facts"]

@@ -80,8 +80,7 @@ class RomanaError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         details = [d.to_json() if isinstance(d, Problem) else d for d in self.details]
-        return {"error": {"code": self.wire_code, "message": self.message,
-                          "details": details}}
+        return {"error": {"code": self.wire_code, "message": self.message, "details": details}}
 
     @property
     def wire_code(self) -> str:
@@ -118,8 +117,11 @@ class Unauthorized(RomanaError):
     code = "unauthorized"
     http_status = 401
 
-    def __init__(self, message: str = "missing or wrong bearer token",
-                 details: Sequence[object] = ("send Authorization: Bearer TOKEN",)) -> None:
+    def __init__(
+        self,
+        message: str = "missing or wrong bearer token",
+        details: Sequence[object] = ("send Authorization: Bearer TOKEN",),
+    ) -> None:
         super().__init__(message, details)
 
 
@@ -274,8 +276,9 @@ class CniError(RomanaError):
         self.cni_details = details
 
     def __str__(self) -> str:
-        return f"[{self.cni_code}] {self.msg}" + (f": {self.cni_details}"
-                                                  if self.cni_details else "")
+        return f"[{self.cni_code}] {self.msg}" + (
+            f": {self.cni_details}" if self.cni_details else ""
+        )
 
 
 class Internal(RomanaError):
@@ -289,14 +292,32 @@ class Internal(RomanaError):
 # Decoding picks the most specific class registered for a code: every class above whose
 # code is its own (subclasses sharing a parent's code decode as the parent).
 _BY_CODE: dict[str, type[RomanaError]] = {}
-for _cls in (InvalidRequest, TooLarge, Unauthorized, NotFound, Conflict, Exhausted, Resync,
-             Unavailable, Unreachable, StoreError, StoreLocked, StoreDamaged, StoreRewound,
-             PublishError, TemplateError, BirdError, RouterError, Internal):
+for _cls in (
+    InvalidRequest,
+    TooLarge,
+    Unauthorized,
+    NotFound,
+    Conflict,
+    Exhausted,
+    Resync,
+    Unavailable,
+    Unreachable,
+    StoreError,
+    StoreLocked,
+    StoreDamaged,
+    StoreRewound,
+    PublishError,
+    TemplateError,
+    BirdError,
+    RouterError,
+    Internal,
+):
     _BY_CODE.setdefault(_cls.code, _cls)
 
 
-def from_wire(status: int, body: bytes | str | dict[str, Any] | None, what: str = ""
-              ) -> RomanaError:
+def from_wire(
+    status: int, body: bytes | str | dict[str, Any] | None, what: str = ""
+) -> RomanaError:
     """The error a server reported, from its HTTP status and body, as a RomanaError.
 
     ``what`` names the request (``"POST /address at unix:/run/romanad.sock"``) for bodies
@@ -310,18 +331,24 @@ def from_wire(status: int, body: bytes | str | dict[str, Any] | None, what: str 
             data = None
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict) or not isinstance(error.get("message"), str):
-        text = " ".join(body.split())[:200] if isinstance(body, str) else (
-            " ".join(body.decode("utf-8", "replace").split())[:200]
-            if isinstance(body, bytes) else "")
+        text = (
+            " ".join(body.split())[:200]
+            if isinstance(body, str)
+            else (
+                " ".join(body.decode("utf-8", "replace").split())[:200]
+                if isinstance(body, bytes)
+                else ""
+            )
+        )
         exc: RomanaError = (Resync if status == 410 else RomanaError)(
-            f"HTTP {status} from {what or 'romanad'}" + (f": {text}" if text else ""))
+            f"HTTP {status} from {what or 'romanad'}" + (f": {text}" if text else "")
+        )
         exc._status = status  # type: ignore[attr-defined]
         return exc
     code = str(error.get("code", "error"))
     details = [_problem(d) for d in error.get("details") or []]
     problems = [d for d in details if isinstance(d, Problem)]
-    if code == InvalidRequest.code and problems and error["message"].startswith(
-            "invalid topology"):
+    if code == InvalidRequest.code and problems and error["message"].startswith("invalid topology"):
         exc = InvalidTopology(problems)
     else:
         cls = _BY_CODE.get(code, Resync if status == 410 else RomanaError)
@@ -335,8 +362,12 @@ def from_wire(status: int, body: bytes | str | dict[str, Any] | None, what: str 
 def _problem(detail: object) -> object:
     """Problem-shaped details (validation findings) become Problems so they print as text."""
     if isinstance(detail, dict) and isinstance(detail.get("message"), str):
-        return Problem(str(detail.get("path", "")), detail["message"],
-                       str(detail.get("hint", "")), str(detail.get("severity", "error")))
+        return Problem(
+            str(detail.get("path", "")),
+            detail["message"],
+            str(detail.get("hint", "")),
+            str(detail.get("severity", "error")),
+        )
     return detail
 
 

@@ -29,21 +29,26 @@ class FeedGuard:
             self.store_id = store_id
         problem = None
         if store_id and store_id != self.store_id:
-            problem = (f"romanad now serves store {store_id}, not {self.store_id} that "
-                       f"{self.what} followed")
+            problem = (
+                f"romanad now serves store {store_id}, not {self.store_id} that "
+                f"{self.what} followed"
+            )
         elif revision < self.seen:
-            problem = (f"romanad's revision went back from {self.seen} to {revision}: "
-                       f"changes {self.what} saw were lost")
+            problem = (
+                f"romanad's revision went back from {self.seen} to {revision}: "
+                f"changes {self.what} saw were lost"
+            )
         if problem is None:
             if self.problem is not None:
-                self.log.warning("feed consistent again; following", extra={
-                    "revision": revision})
+                self.log.warning("feed consistent again; following", extra={"revision": revision})
             self.problem = None
             self.seen = max(self.seen, revision)
             return
         if problem != self.problem:
-            self.log.error(problem + f"; keeping the last good state and not following it "
-                           f"(restart {self.what} to accept this store)",
-                           extra={"store_id": store_id})
+            self.log.error(
+                problem + f"; keeping the last good state and not following it "
+                f"(restart {self.what} to accept this store)",
+                extra={"store_id": store_id},
+            )
         self.problem = problem
         raise FeedRewound(problem)

@@ -18,8 +18,10 @@ from typing import Any
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: easy to grep by eye, easy to ship to a log pipeline."""
 
-    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message",
-                                                                             "color_message"}
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+        "message",
+        "color_message",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -61,8 +63,7 @@ def bind(listen: str, mode: int = 0o660) -> socket.socket:
     else:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT (port 0-65535) or unix:/path, "
-                             f"not {listen!r}")
+            raise ValueError(f"expected HOST:PORT (port 0-65535) or unix:/path, not {listen!r}")
         # proto=IPPROTO_TCP matters: asyncio disables Nagle only on sockets that say so,
         # and without TCP_NODELAY every small response waits ~40 ms for a delayed ACK.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -108,9 +109,14 @@ def read_token_file(program: str, path: Path | None) -> str | None:
     return token
 
 
-def serve(app: Any, sockets: list[socket.socket], listen: list[str],
-          graceful_timeout: float | None = None,
-          on_stop: Callable[[], None] | None = None, loop: str = "auto") -> None:
+def serve(
+    app: Any,
+    sockets: list[socket.socket],
+    listen: list[str],
+    graceful_timeout: float | None = None,
+    on_stop: Callable[[], None] | None = None,
+    loop: str = "auto",
+) -> None:
     """Run an ASGI app on already bound sockets until SIGTERM/SIGINT, then exit 0.
 
     uvicorn runs on its best event loop (uvloop, with httptools parsing HTTP), shuts down
@@ -129,10 +135,17 @@ def serve(app: Any, sockets: list[socket.socket], listen: list[str],
                     asyncio.get_running_loop().call_soon_threadsafe(on_stop)
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            loop=loop, http="auto",
-                            timeout_graceful_shutdown=None if graceful_timeout is None
-                            else max(1, round(graceful_timeout)))
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        loop=loop,
+        http="auto",
+        timeout_graceful_shutdown=None
+        if graceful_timeout is None
+        else max(1, round(graceful_timeout)),
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
     try:

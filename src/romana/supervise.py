@@ -42,28 +42,38 @@ class Loop:
 
     @property
     def stuck(self) -> bool:
-        return (self.state == "running" and self.stuck_after is not None
-                and time.monotonic() - self.last_beat > self.stuck_after)
+        return (
+            self.state == "running"
+            and self.stuck_after is not None
+            and time.monotonic() - self.last_beat > self.stuck_after
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"state": "stuck" if self.stuck else self.state, "restarts": self.restarts,
-                "last_error": self.last_error,
-                "seconds_since_progress": round(time.monotonic() - self.last_beat, 1)}
+        return {
+            "state": "stuck" if self.stuck else self.state,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "seconds_since_progress": round(time.monotonic() - self.last_beat, 1),
+        }
 
 
 Body = Callable[[Loop], Awaitable[None]]
 
 
 class Supervisor:
-    def __init__(self, on_fatal: Callable[[BaseException], None],
-                 backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 30.0)) -> None:
+    def __init__(
+        self,
+        on_fatal: Callable[[BaseException], None],
+        backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 30.0),
+    ) -> None:
         self.on_fatal = on_fatal
         self._backoff = backoff
         self.loops: dict[str, Loop] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def start(self, name: str, body: Body, *, restart: bool,
-              stuck_after: float | None = None) -> Loop:
+    def start(
+        self, name: str, body: Body, *, restart: bool, stuck_after: float | None = None
+    ) -> Loop:
         """Run ``body(loop)`` forever under supervision (see the module docstring)."""
         loop = self.loops[name] = Loop(name, restart, stuck_after)
         self._tasks[name] = asyncio.create_task(self._run(loop, body), name=name)
@@ -85,8 +95,9 @@ class Supervisor:
                 loop.last_error = f"{type(exc).__name__}: {exc}"
                 if not loop.restart:
                     loop.state = "failed"
-                    log.critical("loop failed; ending the process", exc_info=exc,
-                                 extra={"loop": loop.name})
+                    log.critical(
+                        "loop failed; ending the process", exc_info=exc, extra={"loop": loop.name}
+                    )
                     self.on_fatal(exc)
                     return
                 loop.state = "restarting"
@@ -94,9 +105,15 @@ class Supervisor:
                 if time.monotonic() - started > RECOVERED_AFTER:
                     backoff.reset()  # it had been running fine: not a crash loop
                 delay = backoff.next()
-                log.error("loop failed; restarting", exc_info=exc,
-                          extra={"loop": loop.name, "restarts": loop.restarts,
-                                 "retry_in": round(delay, 2)})
+                log.error(
+                    "loop failed; restarting",
+                    exc_info=exc,
+                    extra={
+                        "loop": loop.name,
+                        "restarts": loop.restarts,
+                        "retry_in": round(delay, 2),
+                    },
+                )
                 await asyncio.sleep(delay)
 
     def health(self) -> tuple[bool, dict[str, Any]]:

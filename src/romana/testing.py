@@ -178,20 +178,25 @@ class FakeUpstream:
 
     async def routes(self, host: str | None = None, group: str | None = None) -> dict[str, Any]:
         self._check("routes")
-        return {"vantage": f"host:{host}", "default": "group:rack", "revision": self.revision,
-                "store_id": self.store_id, "routes": copy.deepcopy(self.route_list)}
+        return {
+            "vantage": f"host:{host}",
+            "default": "group:rack",
+            "revision": self.revision,
+            "store_id": self.store_id,
+            "routes": copy.deepcopy(self.route_list),
+        }
 
     async def networks(self) -> list[dict[str, Any]]:
         self._check("networks")
         return copy.deepcopy(self.network_list)
 
-    async def watch(self, since: int = 0, timeout: float = 30.0, limit: int = 1000
-                    ) -> dict[str, Any]:
+    async def watch(
+        self, since: int = 0, timeout: float = 30.0, limit: int = 1000
+    ) -> dict[str, Any]:
         self._check("watch")
         if not self.script:
             await asyncio.sleep(min(timeout, 0.05))
-            return {"revision": max(since, self.revision), "store_id": self.store_id,
-                    "changes": []}
+            return {"revision": max(since, self.revision), "store_id": self.store_id, "changes": []}
         step = self.script.pop(0)
         if isinstance(step, BaseException):
             raise step

@@ -29,32 +29,58 @@ log = logging.getLogger("romana.agent")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="romana-agent", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default=socket.gethostname(),
-                        help="this host's name in romanad (default: the hostname, "
-                        "%(default)s)")
-    parser.add_argument("--url", default="http://127.0.0.1:9600",
-                        help="romanad: http://HOST:PORT or unix:/path.sock (default %(default)s)")
+    parser.add_argument(
+        "--host",
+        default=socket.gethostname(),
+        help="this host's name in romanad (default: the hostname, %(default)s)",
+    )
+    parser.add_argument(
+        "--url",
+        default="http://127.0.0.1:9600",
+        help="romanad: http://HOST:PORT or unix:/path.sock (default %(default)s)",
+    )
     parser.add_argument("--token-file", type=Path, help="file holding romanad's bearer token")
-    parser.add_argument("--table", type=int, default=10,
-                        help="routing table the agent owns (default %(default)s)")
-    parser.add_argument("--protocol", type=int, default=82,
-                        help="route protocol number marking the agent's routes and rules "
-                        "(default %(default)s)")
-    parser.add_argument("--rule-priority", type=int, default=1000,
-                        help="priority of the policy rules (uses this and the next; "
-                        "default %(default)s)")
-    parser.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS",
-                        help="full resync period, repairs foreign edits (default %(default)s)")
-    parser.add_argument("--listen", action="append", metavar="ADDRESS",
-                        help=f"health and metrics: HOST:PORT or unix:/path (default "
-                        f"{DEFAULT_LISTEN}; repeat for several)")
-    parser.add_argument("--cni-socket", metavar="PATH",
-                        help="serve the CNI plugin on this Unix socket, e.g. "
-                        "/run/romana/cni.sock (the plugin's agent_socket; default: off)")
-    parser.add_argument("--cleanup", action="store_true",
-                        help="remove the agent's routes and rules, then exit")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--table", type=int, default=10, help="routing table the agent owns (default %(default)s)"
+    )
+    parser.add_argument(
+        "--protocol",
+        type=int,
+        default=82,
+        help="route protocol number marking the agent's routes and rules (default %(default)s)",
+    )
+    parser.add_argument(
+        "--rule-priority",
+        type=int,
+        default=1000,
+        help="priority of the policy rules (uses this and the next; default %(default)s)",
+    )
+    parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="full resync period, repairs foreign edits (default %(default)s)",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS",
+        help=f"health and metrics: HOST:PORT or unix:/path (default "
+        f"{DEFAULT_LISTEN}; repeat for several)",
+    )
+    parser.add_argument(
+        "--cni-socket",
+        metavar="PATH",
+        help="serve the CNI plugin on this Unix socket, e.g. "
+        "/run/romana/cni.sock (the plugin's agent_socket; default: off)",
+    )
+    parser.add_argument(
+        "--cleanup", action="store_true", help="remove the agent's routes and rules, then exit"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     return parser.parse_args(argv)
 
 
@@ -101,28 +127,41 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"romana-agent: cannot open routing table {args.table}: {exc}")
     metrics = AgentMetrics()
     upstream = AsyncRomanaClient(args.url, token)
-    agent = RouteAgent(args.host, upstream, table, metrics, args.rule_priority,
-                       args.resync_interval)
+    agent = RouteAgent(
+        args.host, upstream, table, metrics, args.rule_priority, args.resync_interval
+    )
     cni = None
     if cni_socket is not None:
         from romana.cni.server import CniServer
 
-        cni = CniServer.for_agent(cni_socket, args.host, args.url, token, args.protocol,
-                                  metrics.registry)
+        cni = CniServer.for_agent(
+            cni_socket, args.host, args.url, token, args.protocol, metrics.registry
+        )
 
     supervisor = Supervisor(on_fatal=lambda exc: os._exit(70))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
-        supervisor.start("follow", agent.follow, restart=True,
-                         stuck_after=agent.watch_timeout + 60)
-        supervisor.start("repair", agent.resync_periodically, restart=True,
-                         stuck_after=agent.resync_interval + 60)
+        supervisor.start("follow", agent.follow, restart=True, stuck_after=agent.watch_timeout + 60)
+        supervisor.start(
+            "repair",
+            agent.resync_periodically,
+            restart=True,
+            stuck_after=agent.resync_interval + 60,
+        )
         if cni is not None:
             await cni.start()
-        log.info("agent started", extra={"host": args.host, "romanad": args.url,
-                                         "table": args.table, "protocol": args.protocol,
-                                         "listen": listen, "cni_socket": args.cni_socket})
+        log.info(
+            "agent started",
+            extra={
+                "host": args.host,
+                "romanad": args.url,
+                "table": args.table,
+                "protocol": args.protocol,
+                "listen": listen,
+                "cni_socket": args.cni_socket,
+            },
+        )
         yield
         if cni is not None:
             await cni.close()
@@ -136,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     app.router.lifespan_context = lifespan
     unix = [f"unix:{args.cni_socket}"] if cni_socket is not None else []
     serve(app, sockets, listen + unix)
+
 
 if __name__ == "__main__":
     main()

@@ -37,11 +37,17 @@ log = logging.getLogger("romana.agent")
 T = TypeVar("T")
 
 
-
 class RouteAgent:
-    def __init__(self, host: str, upstream: AsyncRomanaClient, table: RouteTable,
-                 metrics: AgentMetrics, rule_priority: int = 1000,
-                 resync_interval: float = 30.0, watch_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        upstream: AsyncRomanaClient,
+        table: RouteTable,
+        metrics: AgentMetrics,
+        rule_priority: int = 1000,
+        resync_interval: float = 30.0,
+        watch_timeout: float = 30.0,
+    ) -> None:
         self.host = host
         self.upstream = upstream
         self.table = table
@@ -76,8 +82,10 @@ class RouteAgent:
             self._check_feed(route_set.get("store_id"), int(route_set.get("revision", 0)))
             desired, skipped = from_route_set(route_set)
             for route in skipped:
-                log.warning("route not programmable on a host", extra={
-                    "prefix": route.prefix, "via": route.via, "reason": route.reason})
+                log.warning(
+                    "route not programmable on a host",
+                    extra={"prefix": route.prefix, "via": route.via, "reason": route.reason},
+                )
             diff, result = await self.in_kernel(self._reconcile, desired, cidrs)
             elapsed = time.perf_counter() - started
             self._record(reason, desired, diff, result, elapsed)
@@ -86,16 +94,23 @@ class RouteAgent:
             self.synced.set()
             return self.revision
 
-    def _reconcile(self, desired: dict[str, KernelRoute], cidrs: Sequence[str]
-                   ) -> tuple[RouteDiff, ApplyResult | None]:
+    def _reconcile(
+        self, desired: dict[str, KernelRoute], cidrs: Sequence[str]
+    ) -> tuple[RouteDiff, ApplyResult | None]:
         if cidrs != self._networks:
             self.table.ensure_rules(cidrs, self.rule_priority)
             self._networks = tuple(cidrs)
         diff = diff_routes(desired, self.table.dump())
         return diff, (None if diff.empty else self.table.apply(diff))
 
-    def _record(self, reason: str, desired: dict[str, KernelRoute], diff: RouteDiff,
-                result: ApplyResult | None, elapsed: float) -> None:
+    def _record(
+        self,
+        reason: str,
+        desired: dict[str, KernelRoute],
+        diff: RouteDiff,
+        result: ApplyResult | None,
+        elapsed: float,
+    ) -> None:
         m = self.metrics
         m.syncs.labels(reason).inc()
         m.sync_seconds.observe(elapsed)
@@ -110,13 +125,23 @@ class RouteAgent:
         for failure in result.failures:
             m.errors.labels("route").inc()
             log.error("kernel refused a route", extra={"failure": str(failure)})
-        log.info("routes synced", extra={
-            "reason": reason, "routes": len(desired), "added": result.added,
-            "replaced": result.replaced, "deleted": result.deleted,
-            "failed": len(result.failures), "ms": round(elapsed * 1000, 1)})
+        log.info(
+            "routes synced",
+            extra={
+                "reason": reason,
+                "routes": len(desired),
+                "added": result.added,
+                "replaced": result.replaced,
+                "deleted": result.deleted,
+                "failed": len(result.failures),
+                "ms": round(elapsed * 1000, 1),
+            },
+        )
         if diff.delete and reason == "periodic":
-            log.warning("removed stale routes someone left in our table",
-                        extra={"prefixes": [r.prefix for r in diff.delete]})
+            log.warning(
+                "removed stale routes someone left in our table",
+                extra={"prefixes": [r.prefix for r in diff.delete]},
+            )
 
     def _mark_up(self) -> None:
         self._outage_logged = False
@@ -128,8 +153,9 @@ class RouteAgent:
     def _mark_down(self, exc: Exception) -> None:
         if self.romanad_up or not self._outage_logged:
             self._outage_logged = True
-            log.warning("romanad unreachable; keeping kernel routes and retrying",
-                        extra={"error": str(exc)})
+            log.warning(
+                "romanad unreachable; keeping kernel routes and retrying", extra={"error": str(exc)}
+            )
         self.romanad_up = False
         self.metrics.romanad_up.set(0)
 

@@ -167,8 +167,12 @@ class RouteTable:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- routes ----------------------------------------------------------------------------
@@ -206,8 +210,11 @@ class RouteTable:
             *(("add", r) for r in diff.add),
             *(("delete", r) for r in diff.delete),
         ]
-        failures = [RouteFailure(op, r, errno.EINVAL, "unicast route without a gateway")
-                    for op, r in plan if not _programmable(op, r)]
+        failures = [
+            RouteFailure(op, r, errno.EINVAL, "unicast route without a gateway")
+            for op, r in plan
+            if not _programmable(op, r)
+        ]
         plan = [(op, r) for op, r in plan if _programmable(op, r)]
         outcomes = self._channel.transact([self._render(op, route) for op, route in plan])
         done = {"add": 0, "replace": 0, "delete": 0}
@@ -227,10 +234,15 @@ class RouteTable:
         return result.deleted
 
     def _dump_routes(self, protocol: int) -> list[Message]:
-        request = build(rtmsg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
-                        [("RTA_TABLE", self.table)], family=socket.AF_INET,
-                        table=self.table if self.table <= 255 else COMPAT_TABLE,
-                        proto=protocol)  # 0: any (the kernel's strict dump filter)
+        request = build(
+            rtmsg,
+            RTM_GETROUTE,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            [("RTA_TABLE", self.table)],
+            family=socket.AF_INET,
+            table=self.table if self.table <= 255 else COMPAT_TABLE,
+            proto=protocol,
+        )  # 0: any (the kernel's strict dump filter)
         try:
             messages = self._channel.dump(request)
         except FileNotFoundError:
@@ -281,8 +293,9 @@ class RouteTable:
         Idempotent: correct rules are left alone.
         """
         if not 0 < priority < MAIN_RULE_PRIORITY - 1:
-            raise ValueError(f"priority {priority}: our rules must come before main's "
-                             f"({MAIN_RULE_PRIORITY})")
+            raise ValueError(
+                f"priority {priority}: our rules must come before main's ({MAIN_RULE_PRIORITY})"
+            )
         wanted = set()
         for network in networks:
             cidr = str(ipaddress.IPv4Network(network))
@@ -373,8 +386,11 @@ def _decode_route(message: Message) -> tuple[int, int, KernelRoute]:
             multipath = True
         offset += (length + 3) & ~3
     prefix = f"{dst}/{fields[_RTMSG_INDEX['dst_len']]}"
-    return table, fields[_RTMSG_INDEX["proto"]], _route(prefix, fields[_RTMSG_INDEX["type"]],
-                                                        gateway, multipath)
+    return (
+        table,
+        fields[_RTMSG_INDEX["proto"]],
+        _route(prefix, fields[_RTMSG_INDEX["type"]], gateway, multipath),
+    )
 
 
 def _route(prefix: str, route_type: int, gateway: str | None, multipath: bool) -> KernelRoute:

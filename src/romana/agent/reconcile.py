@@ -84,22 +84,18 @@ def _sorted(routes: Iterable[KernelRoute]) -> tuple[KernelRoute, ...]:
     return tuple(sorted(routes, key=lambda r: prefix_key(r.prefix)))
 
 
-def diff_routes(
-    desired: Mapping[str, KernelRoute], actual: Mapping[str, KernelRoute]
-) -> RouteDiff:
+def diff_routes(desired: Mapping[str, KernelRoute], actual: Mapping[str, KernelRoute]) -> RouteDiff:
     """Compare by prefix; ``actual`` must hold only the agent's own routes (``dump``)."""
     add = [route for prefix, route in desired.items() if prefix not in actual]
     replace = [
-        route
-        for prefix, route in desired.items()
-        if prefix in actual and actual[prefix] != route
+        route for prefix, route in desired.items() if prefix in actual and actual[prefix] != route
     ]
     delete = [route for prefix, route in actual.items() if prefix not in desired]
     return RouteDiff(add=_sorted(add), replace=_sorted(replace), delete=_sorted(delete))
 
 
 def _normalise(prefix: str) -> str:
-    """"10.1.0.8/29" stays as it is; host bits, IPv6 or garbage raise ValueError."""
+    """ "10.1.0.8/29" stays as it is; host bits, IPv6 or garbage raise ValueError."""
     network = ipaddress.ip_network(prefix, strict=True)
     if network.version != 4:
         raise ValueError("only IPv4 routes are programmed")

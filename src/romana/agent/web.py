@@ -23,13 +23,21 @@ def create_app(agent: RouteAgent, metrics: AgentMetrics, supervisor: Supervisor)
         are synced, romanad answers and its feed is followed (a romanad outage is no reason
         to restart the agent: the kernel keeps its routes)."""
         ok, loops = supervisor.health()
-        return JSONResponse({
-            "status": "ok" if ok else "degraded", "host": agent.host,
-            "synced": agent.synced.is_set(),
-            "romanad": "up" if agent.romanad_up else "unreachable",
-            "feed": "rewound" if agent.rewound else "followed", "feed_problem": agent.rewound,
-            "store_id": agent.store_id, "revision": agent.revision, "loops": loops,
-            "uptime_s": round(time.time() - started, 1)}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "degraded",
+                "host": agent.host,
+                "synced": agent.synced.is_set(),
+                "romanad": "up" if agent.romanad_up else "unreachable",
+                "feed": "rewound" if agent.rewound else "followed",
+                "feed_problem": agent.rewound,
+                "store_id": agent.store_id,
+                "revision": agent.revision,
+                "loops": loops,
+                "uptime_s": round(time.time() - started, 1),
+            },
+            status_code=200 if ok else 503,
+        )
 
     async def readyz(_: Request) -> JSONResponse:
         ready = agent.synced.is_set()
@@ -38,5 +46,6 @@ def create_app(agent: RouteAgent, metrics: AgentMetrics, supervisor: Supervisor)
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
-                             Route("/metrics", prometheus)])
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", prometheus)]
+    )

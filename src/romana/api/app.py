@@ -40,31 +40,41 @@ log = logging.getLogger("romanad")
 
 
 def error(status: int, code: str, message: str, details: list[Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or []}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or []}}, status_code=status
+    )
 
 
 def _with_topology_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version,
-                               description=app.description, routes=app.routes)
+            spec = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             topology = Topology.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(topology.pop("$defs", {}))
             schemas["Topology"] = topology
             # The body is taken as plain JSON so the validator can report every problem at
             # once; the spec still describes the map (clients and the fuzzer send typed maps).
-            spec["paths"]["/topology"]["post"]["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/Topology"}}}}
+            spec["paths"]["/topology"]["post"]["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Topology"}}
+                },
+            }
             app.openapi_schema = spec
         return app.openapi_schema
+
     return openapi
 
 
 def create_app(service: IpamService, token: str | None = None) -> FastAPI:
-    app = FastAPI(title="romanad", version="0.1.0",
-                  description="Romana IPAM service: topology, hosts, blocks and addresses.")
+    app = FastAPI(
+        title="romanad",
+        version="0.1.0",
+        description="Romana IPAM service: topology, hosts, blocks and addresses.",
+    )
     metrics = Metrics(service.engine)
     engine = service.engine
 
@@ -79,10 +89,12 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
 
     def durable(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         """A read answered from durable state only (see ``IpamService.durable_view``)."""
+
         @functools.wraps(handler)
         async def read(*args: Any, **kwargs: Any) -> Any:
             async with service.durable_view():
                 return await handler(*args, **kwargs)
+
         return read
 
     @app.exception_handler(RomanaError)
@@ -91,14 +103,14 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "invalid", 404: "not_found", 405: "method_not_allowed",
-                 413: "too_large"}
+        codes = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         return error(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                   for e in exc.errors()]
+        details = [
+            {"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
+        ]
         malformed = any(e["type"] == "json_invalid" for e in exc.errors())
         message = "malformed JSON body" if malformed else "invalid request"
         return error(400 if malformed else 422, "invalid", message, details)
@@ -119,8 +131,11 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     async def post_topology(document: Annotated[dict[str, Any], Body()]) -> Any:
         def apply() -> dict[str, Any]:
             warnings = engine.apply_topology(document)
-            return {"revision": engine.revision, "warnings": [w.to_json() for w in warnings],
-                    "topology": engine.topology_document()}
+            return {
+                "revision": engine.revision,
+                "warnings": [w.to_json() for w in warnings],
+                "topology": engine.topology_document(),
+            }
 
         return await service.run(apply)
 
@@ -133,8 +148,7 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     @app.get("/networks/{name}/blocks")
     @durable
     async def network_blocks(name: str) -> Any:
-        return {"revision": engine.revision,
-                "blocks": [b.to_json() for b in engine.blocks(name)]}
+        return {"revision": engine.revision, "blocks": [b.to_json() for b in engine.blocks(name)]}
 
     @app.get("/blocks")
     @durable
@@ -197,11 +211,13 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     async def allocate(body: AddressRequest) -> Any:
         if body.ip is not None:
             ip = body.ip
-            view = await service.run(lambda: engine.allocate_ip(body.name, body.host, ip,
-                                                                body.tenant, body.segment))
+            view = await service.run(
+                lambda: engine.allocate_ip(body.name, body.host, ip, body.tenant, body.segment)
+            )
         else:
-            view = await service.run(lambda: engine.allocate(body.name, body.host, body.tenant,
-                                                             body.segment))
+            view = await service.run(
+                lambda: engine.allocate(body.name, body.host, body.tenant, body.segment)
+            )
         metrics.allocations.inc()
         return view.to_json()
 
@@ -211,9 +227,10 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return engine.address(name).to_json()
 
     @app.delete("/address", dependencies=mutating)
-    async def release(name: Annotated[str | None, Query()] = None,
-                      address_name: Annotated[str | None, Query(alias="addressName")] = None,
-                      ) -> Any:
+    async def release(
+        name: Annotated[str | None, Query()] = None,
+        address_name: Annotated[str | None, Query(alias="addressName")] = None,
+    ) -> Any:
         target = name or address_name
         if not target:
             raise InvalidRequest("give ?name=NAME (or addressName=NAME, or an IP)")
@@ -224,8 +241,10 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     @app.get("/addresses")
     @durable
     async def addresses(host: str | None = None, tenant: str | None = None) -> Any:
-        return {"revision": engine.revision,
-                "addresses": [a.to_json() for a in engine.addresses(host, tenant)]}
+        return {
+            "revision": engine.revision,
+            "addresses": [a.to_json() for a in engine.addresses(host, tenant)],
+        }
 
     # -- routes -----------------------------------------------------------------------
     @app.get("/routes")
@@ -233,11 +252,16 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     async def routes(host: str | None = None, group: str | None = None) -> Any:
         """A device's route set: ``?host=NAME`` or ``?group=PATH`` (``/`` is the root)."""
         if (host is None) == (group is None):
-            raise InvalidRequest("give exactly one of ?host=NAME or ?group=PATH",
-                                 ["e.g. /routes?host=node-1 or /routes?group=zone-a/rack-3"])
+            raise InvalidRequest(
+                "give exactly one of ?host=NAME or ?group=PATH",
+                ["e.g. /routes?host=node-1 or /routes?group=zone-a/rack-3"],
+            )
         vantage = f"host:{host}" if host is not None else f"group:{_group_path(group or '')}"
-        return {**service.routes.get(vantage).to_json(), "revision": engine.revision,
-                "store_id": service.store_id}
+        return {
+            **service.routes.get(vantage).to_json(),
+            "revision": engine.revision,
+            "store_id": service.store_id,
+        }
 
     @app.get("/routes/summary")
     @durable
@@ -253,8 +277,10 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         async with service.durable_view():
             revision, sets = engine.revision, service.routes.all_sets()
             blocks = blocks_of(engine.state)
-            devices = [{k: row[k] for k in ("vantage", "routes", "next_hops")}
-                       for row in service.routes.summary()]
+            devices = [
+                {k: row[k] for k in ("vantage", "routes", "next_hops")}
+                for row in service.routes.summary()
+            ]
         report = await asyncio.to_thread(verify, sets, blocks, revision)
         return report.to_json(devices)
 
@@ -271,15 +297,23 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/watch")
-    async def watch(since: Annotated[int, Query(ge=0)] = 0,
-                    timeout: Annotated[float, Query(ge=0, le=300)] = 30.0,
-                    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> Any:
+    async def watch(
+        since: Annotated[int, Query(ge=0)] = 0,
+        timeout: Annotated[float, Query(ge=0, le=300)] = 30.0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> Any:
         """Long-poll the changes feed: facts after ``since`` (410 "resync" if compacted)."""
         try:
             revision, changes = await service.changes(since, timeout, limit)
         except Compacted as exc:
-            return JSONResponse({**exc.to_json(), "revision": service.durable_revision,
-                                 "store_id": service.store_id}, status_code=410)
+            return JSONResponse(
+                {
+                    **exc.to_json(),
+                    "revision": service.durable_revision,
+                    "store_id": service.store_id,
+                },
+                status_code=410,
+            )
         return {"revision": revision, "store_id": service.store_id, "changes": changes}
 
     return app
@@ -311,16 +345,17 @@ class LimitsAndTiming:
             nonlocal started_response
             if message["type"] == "http.response.start":
                 started_response = True
-                message["headers"] = [*message.get("headers", ()),
-                                      (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         started = time.perf_counter()
         try:
             too_large = TooLarge(f"request body over {MAX_BODY} bytes")
             for key, value in scope["headers"]:
-                if key == b"content-length" and (not value.isdigit()
-                                                 or int(value) > MAX_BODY):
+                if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
                     await _answer(too_large, scope, receive, named)
                     return
             body = await _read_body(receive)
@@ -329,17 +364,30 @@ class LimitsAndTiming:
                 return
             await self.app(scope, _replay(body, receive), named)
         except Exception as exc:
-            log.error("unexpected error", exc_info=exc, extra={
-                "request_id": request_id, "method": scope.get("method"),
-                "path": scope.get("path")})
+            log.error(
+                "unexpected error",
+                exc_info=exc,
+                extra={
+                    "request_id": request_id,
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                },
+            )
             if not started_response:
-                await _answer(Internal(f"internal error (request {request_id}); romanad's "
-                                       "log has the traceback", [request_id]),
-                              scope, receive, named)
+                await _answer(
+                    Internal(
+                        f"internal error (request {request_id}); romanad's log has the traceback",
+                        [request_id],
+                    ),
+                    scope,
+                    receive,
+                    named,
+                )
         finally:
             route = scope.get("route")
-            self.metrics.observe(scope["method"], getattr(route, "path", "unmatched"),
-                                 time.perf_counter() - started)
+            self.metrics.observe(
+                scope["method"], getattr(route, "path", "unmatched"), time.perf_counter() - started
+            )
 
 
 async def _answer(exc: RomanaError, scope: Scope, receive: Receive, send: Send) -> None:
@@ -374,5 +422,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-

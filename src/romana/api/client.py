@@ -143,21 +143,28 @@ def endpoint(url: str) -> tuple[str, str | None]:
 class RomanaClient:
     """``RomanaClient(url, token=None, timeout=10)``; use as a context manager or ``close()``."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 10,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url, socket_path = endpoint(url)
         if socket_path is not None and transport is None:
             transport = httpx.HTTPTransport(uds=socket_path)
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, headers=headers, transport=transport
+        )
         self.url = url if socket_path else self.url  # name the socket in error messages
 
     def __enter__(self) -> RomanaClient:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -183,12 +190,16 @@ class RomanaClient:
         return cast(Blackouts, self._call("GET", f"/networks/{_seg(network)}/blackout"))
 
     def add_blackout(self, network: str, cidr: str) -> Blackouts:
-        return cast(Blackouts, self._call("POST", f"/networks/{_seg(network)}/blackout",
-                                          json={"cidr": cidr}))
+        return cast(
+            Blackouts,
+            self._call("POST", f"/networks/{_seg(network)}/blackout", json={"cidr": cidr}),
+        )
 
     def remove_blackout(self, network: str, cidr: str) -> Blackouts:
-        return cast(Blackouts, self._call("DELETE", f"/networks/{_seg(network)}/blackout",
-                                          json={"cidr": cidr}))
+        return cast(
+            Blackouts,
+            self._call("DELETE", f"/networks/{_seg(network)}/blackout", json={"cidr": cidr}),
+        )
 
     # -- hosts ------------------------------------------------------------------------
     def hosts(self) -> HostList:
@@ -209,10 +220,10 @@ class RomanaClient:
         return cast(HostJson, self._call("PUT", f"/hosts/{_seg(name)}/tags", json=dict(labels)))
 
     # -- addresses --------------------------------------------------------------------
-    def allocate(self, name: str, host: str, tenant: str = "", segment: str = "",
-                 ip: str | None = None) -> AddressJson:
-        body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant,
-                                "segment": segment}
+    def allocate(
+        self, name: str, host: str, tenant: str = "", segment: str = "", ip: str | None = None
+    ) -> AddressJson:
+        body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant, "segment": segment}
         if ip is not None:
             body["ip"] = ip
         return cast(AddressJson, self._call("POST", "/address", json=body))
@@ -270,14 +281,16 @@ class RomanaClient:
 class AsyncRomanaClient:
     """The agent's view of romanad, asynchronous: the same endpoints, errors and URLs."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
-                 timeout: float = 10) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10
+    ) -> None:
         base, socket_path = endpoint(url)
         transport = httpx.AsyncHTTPTransport(uds=socket_path) if socket_path else None
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = url
-        self._http = httpx.AsyncClient(base_url=base, transport=transport, headers=headers,
-                                       timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=base, transport=transport, headers=headers, timeout=timeout
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -292,13 +305,11 @@ class AsyncRomanaClient:
     async def health(self) -> Health:
         return cast(Health, await self._call("GET", "/healthz"))
 
-    async def watch(self, since: int = 0, timeout: float = 30.0, limit: int = 1000
-                    ) -> Changes:
+    async def watch(self, since: int = 0, timeout: float = 30.0, limit: int = 1000) -> Changes:
         """Long-poll facts after ``since``; a compacted history raises Resync."""
         params = {"since": since, "timeout": timeout, "limit": limit}
         extended = httpx.Timeout(10.0, read=timeout + 10.0)
-        return cast(Changes, await self._call("GET", "/watch", params=params,
-                                              timeout=extended))
+        return cast(Changes, await self._call("GET", "/watch", params=params, timeout=extended))
 
     async def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -318,8 +329,9 @@ def _json(response: httpx.Response, method: str, path: str, url: str) -> Any:
     try:
         return response.json()
     except ValueError as exc:
-        raise RomanaError(f"romanad at {url} sent invalid JSON for {method} {path}",
-                          [response.text[:200]]) from exc
+        raise RomanaError(
+            f"romanad at {url} sent invalid JSON for {method} {path}", [response.text[:200]]
+        ) from exc
 
 
 def _unreachable(url: str, exc: httpx.TransportError) -> Unreachable:

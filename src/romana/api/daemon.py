@@ -26,31 +26,62 @@ def default_data_dir() -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="romanad", description=__doc__)
-    parser.add_argument("--listen", action="append", metavar="ADDRESS",
-                        help="HOST:PORT or unix:/path.sock; repeat to listen on several "
-                        f"(default {DEFAULT_LISTEN})")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                        help="where the store lives (default %(default)s)")
-    parser.add_argument("--topology", type=Path,
-                        help="topology map to apply at start when the store holds none")
-    parser.add_argument("--token-file", type=Path,
-                        help="require 'Authorization: Bearer <token>' on every change")
-    parser.add_argument("--snapshot-every", type=int, default=50_000, metavar="FACTS",
-                        help="write a snapshot after this many facts (default %(default)s)")
-    parser.add_argument("--keep-history", type=int, default=10_000, metavar="FACTS",
-                        help="facts kept before the newest snapshot for lagging watchers "
-                        "(default %(default)s)")
-    parser.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
-                        help="copy the write-ahead log into the database this often "
-                        "(default %(default)s)")
-    parser.add_argument("--accept-data-loss", action="store_true",
-                        help="start on a store that is shorter than it was or another "
-                        "store's (refused otherwise: see docs/romanad.md)")
-    parser.add_argument("--event-loop", choices=["auto", "asyncio"], default="auto",
-                        help="auto: uvloop when installed (the default, faster); asyncio: "
-                        "the standard loop, for comparison (benchmarks/api_bench.py)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS",
+        help="HOST:PORT or unix:/path.sock; repeat to listen on several "
+        f"(default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="where the store lives (default %(default)s)",
+    )
+    parser.add_argument(
+        "--topology", type=Path, help="topology map to apply at start when the store holds none"
+    )
+    parser.add_argument(
+        "--token-file", type=Path, help="require 'Authorization: Bearer <token>' on every change"
+    )
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=50_000,
+        metavar="FACTS",
+        help="write a snapshot after this many facts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-history",
+        type=int,
+        default=10_000,
+        metavar="FACTS",
+        help="facts kept before the newest snapshot for lagging watchers (default %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="copy the write-ahead log into the database this often (default %(default)s)",
+    )
+    parser.add_argument(
+        "--accept-data-loss",
+        action="store_true",
+        help="start on a store that is shorter than it was or another "
+        "store's (refused otherwise: see docs/romanad.md)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=["auto", "asyncio"],
+        default="auto",
+        help="auto: uvloop when installed (the default, faster); asyncio: "
+        "the standard loop, for comparison (benchmarks/api_bench.py)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     return parser.parse_args(argv)
 
 
@@ -74,18 +105,23 @@ def main(argv: list[str] | None = None) -> None:
     store = None
     try:
         store = SqliteStore(args.data_dir, accept_loss=args.accept_data_loss)
-        service = IpamService(store, snapshot_every=max(1, args.snapshot_every),
-                              keep_history=max(0, args.keep_history),
-                              where=str(args.data_dir),
-                              checkpoint_every=max(0.0, args.checkpoint_every))
+        service = IpamService(
+            store,
+            snapshot_every=max(1, args.snapshot_every),
+            keep_history=max(0, args.keep_history),
+            where=str(args.data_dir),
+            checkpoint_every=max(0.0, args.checkpoint_every),
+        )
     except RomanaError as exc:
         if store is not None:
             store.close()
         hint = f" ({'; '.join(map(str, exc.details))})" if exc.details else ""
         sys.exit(f"romanad: {exc.message}{hint}")
     if args.accept_data_loss:
-        log.warning("--accept-data-loss: the store was taken as it is",
-                    extra={"revision": service.engine.revision, "store_id": store.store_id})
+        log.warning(
+            "--accept-data-loss: the store was taken as it is",
+            extra={"revision": service.engine.revision, "store_id": store.store_id},
+        )
     if service.engine.topology is None and args.topology is not None:
         try:
             document = read_file(args.topology)
@@ -99,9 +135,15 @@ def main(argv: list[str] | None = None) -> None:
     async def lifespan(_: Any) -> AsyncIterator[None]:
         await service.start()
         loop = type(asyncio.get_running_loop())
-        log.info("serving", extra={"listen": listen, "data_dir": str(args.data_dir),
-                                   "auth": token is not None,
-                                   "event_loop": f"{loop.__module__}.{loop.__qualname__}"})
+        log.info(
+            "serving",
+            extra={
+                "listen": listen,
+                "data_dir": str(args.data_dir),
+                "auth": token is not None,
+                "event_loop": f"{loop.__module__}.{loop.__qualname__}",
+            },
+        )
         yield
         await service.stop()
         log.info("stopped cleanly", extra={"revision": service.engine.revision})
@@ -110,8 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     app.router.lifespan_context = lifespan
     # Watchers hold long polls open: at the stop signal they are answered at once (503,
     # "stopping"), so the graceful shutdown (bounded at 2 s) does not wait on them.
-    serve(app, sockets, listen, graceful_timeout=2, on_stop=service.begin_stop,
-          loop=args.event_loop)
+    serve(
+        app, sockets, listen, graceful_timeout=2, on_stop=service.begin_stop, loop=args.event_loop
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -16,12 +16,17 @@ class _IpamCollector(Collector):
         self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        blocks = GaugeMetricFamily("romana_blocks_in_use", "Blocks assigned to hosts",
-                                   labels=["network", "group"])
-        free = GaugeMetricFamily("romana_free_addresses", "Addresses neither allocated nor "
-                                 "blacked out", labels=["network", "group"])
-        allocated = GaugeMetricFamily("romana_allocated_addresses", "Allocated addresses",
-                                      labels=["network", "group"])
+        blocks = GaugeMetricFamily(
+            "romana_blocks_in_use", "Blocks assigned to hosts", labels=["network", "group"]
+        )
+        free = GaugeMetricFamily(
+            "romana_free_addresses",
+            "Addresses neither allocated nor blacked out",
+            labels=["network", "group"],
+        )
+        allocated = GaugeMetricFamily(
+            "romana_allocated_addresses", "Allocated addresses", labels=["network", "group"]
+        )
         if self.engine.topology is not None:
             for network, group, usage in self.engine.group_usage():
                 blocks.add_metric([network, group], usage.blocks)
@@ -33,12 +38,17 @@ class _IpamCollector(Collector):
 class Metrics:
     def __init__(self, engine: Engine) -> None:
         self.registry = CollectorRegistry()
-        self.allocations = Counter("romana_allocations", "Addresses allocated",
-                                   registry=self.registry)
+        self.allocations = Counter(
+            "romana_allocations", "Addresses allocated", registry=self.registry
+        )
         self.releases = Counter("romana_releases", "Addresses released", registry=self.registry)
-        self.latency = Histogram("romana_request_seconds", "API request latency",
-                                 ["method", "route"], registry=self.registry,
-                                 buckets=(.001, .0025, .005, .01, .02, .05, .1, .25, 1, 5))
+        self.latency = Histogram(
+            "romana_request_seconds",
+            "API request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5),
+        )
         self.registry.register(_IpamCollector(engine))
 
     def observe(self, method: str, route: str, seconds: float) -> None:

@@ -45,9 +45,15 @@ CHECKPOINT_EVERY = 10.0  # seconds between checkpoints of the write-ahead log
 
 
 class IpamService:
-    def __init__(self, store: Store, on_fatal: Callable[[BaseException], None] | None = None,
-                 snapshot_every: int = SNAPSHOT_EVERY, keep_history: int = KEEP_HISTORY,
-                 where: str = "the store", checkpoint_every: float = CHECKPOINT_EVERY):
+    def __init__(
+        self,
+        store: Store,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        keep_history: int = KEEP_HISTORY,
+        where: str = "the store",
+        checkpoint_every: float = CHECKPOINT_EVERY,
+    ):
         self.store = store
         self.snapshot_every = snapshot_every
         self.keep_history = keep_history
@@ -68,9 +74,14 @@ class IpamService:
         self._readers_done: asyncio.Event | None = None
         self.stopping = False
         self.supervisor = Supervisor(self.on_fatal)
-        log.info("state loaded", extra={"revision": engine.revision,
-                                        "addresses": len(engine.state.addresses),
-                                        "from_snapshot": bool(snapshot)})
+        log.info(
+            "state loaded",
+            extra={
+                "revision": engine.revision,
+                "addresses": len(engine.state.addresses),
+                "from_snapshot": bool(snapshot),
+            },
+        )
 
     @property
     def store_id(self) -> str:
@@ -84,8 +95,7 @@ class IpamService:
         self._advanced = asyncio.Condition()
         self._readers_done = asyncio.Event()
         self._readers_done.set()
-        self.supervisor.start("group-commit", self._flush_loop, restart=False,
-                              stuck_after=30.0)
+        self.supervisor.start("group-commit", self._flush_loop, restart=False, stuck_after=30.0)
         self.supervisor.start("maintenance", self._maintenance_loop, restart=True)
 
     def begin_stop(self) -> None:
@@ -207,13 +217,18 @@ class IpamService:
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok, loops = self.supervisor.health()
         return ok and not self.stopping, {
-            "status": "ok" if ok else "degraded", "store_id": self.store_id,
-            "revision": self.durable_revision, "durable_revision": self.durable_revision,
-            "applied_revision": self.engine.revision, "loops": loops}
+            "status": "ok" if ok else "degraded",
+            "store_id": self.store_id,
+            "revision": self.durable_revision,
+            "durable_revision": self.durable_revision,
+            "applied_revision": self.engine.revision,
+            "loops": loops,
+        }
 
     # -- the changes feed -------------------------------------------------------------
-    async def changes(self, since: int, timeout: float, limit: int = 1000
-                      ) -> tuple[int, list[dict[str, Any]]]:
+    async def changes(
+        self, since: int, timeout: float, limit: int = 1000
+    ) -> tuple[int, list[dict[str, Any]]]:
         """Durable facts after ``since`` (waiting up to ``timeout`` s for one).
 
         Raises :class:`Compacted` when facts after ``since`` are gone (the client resyncs)
@@ -224,7 +239,8 @@ class IpamService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout), self._advanced:
                     await self._advanced.wait_for(
-                        lambda: self.durable_revision > since or self.stopping)
+                        lambda: self.durable_revision > since or self.stopping
+                    )
         if self.stopping:
             raise Unavailable("romanad is stopping", ["watch the next romanad"])
         if self.durable_revision <= since:

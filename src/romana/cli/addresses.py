@@ -21,8 +21,15 @@ def show_addresses(addresses: list[AddressJson]) -> None:
         return
     grid = table("NAME", "IP", "HOST", "NETWORK", "BLOCK", "TENANT", "SEGMENT")
     for a in addresses:
-        grid.add_row(a["name"], a["ip"], a["host"], a["network"], a["block"],
-                     a["tenant"] or "-", a["segment"] or "-")
+        grid.add_row(
+            a["name"],
+            a["ip"],
+            a["host"],
+            a["network"],
+            a["block"],
+            a["tenant"] or "-",
+            a["segment"] or "-",
+        )
     console.print(grid)
 
 
@@ -31,11 +38,13 @@ def allocate_cmd(
     name: Annotated[str, typer.Argument(help="Address name, unique (e.g. the pod's).")],
     host: Annotated[str, typer.Option("--host", help="Host the address is for.")],
     tenant: TenantOpt = None,
-    segment: Annotated[str | None, typer.Option("--segment", help="Segment in the tenant.")
-                       ] = None,
-    ip: Annotated[str | None, typer.Option(
-        "--ip", help="Ask for this address instead of the next free one.")] = None,
-    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False,
+    segment: Annotated[str | None, typer.Option("--segment", help="Segment in the tenant.")] = None,
+    ip: Annotated[
+        str | None, typer.Option("--ip", help="Ask for this address instead of the next free one.")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Allocate an address on a host, from a block in the host's group."""
     with connect(url, token_file) as client:
@@ -45,21 +54,27 @@ def allocate_cmd(
 
 @app.command("release")
 def release_cmd(
-    name_or_ip: Annotated[str, typer.Argument(metavar="NAME_OR_IP",
-                                              help="Address name, or the IP itself.")],
-    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False,
+    name_or_ip: Annotated[
+        str, typer.Argument(metavar="NAME_OR_IP", help="Address name, or the IP itself.")
+    ],
+    url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Release an address; an emptied block goes back to its group's pool."""
     with connect(url, token_file) as client:
         address = client.release(name_or_ip)
-    emit(address, json, lambda a: console.print(f"released {a['name']} ({a['ip']})",
-                                                highlight=False))
+    emit(
+        address, json, lambda a: console.print(f"released {a['name']} ({a['ip']})", highlight=False)
+    )
 
 
 @app.command("show")
 def show_cmd(
     name: Annotated[str, typer.Argument(help="Address name.")],
-    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Show one address."""
     with connect(url, token_file) as client:
@@ -71,7 +86,9 @@ def show_cmd(
 def list_cmd(
     host: Annotated[str | None, typer.Option("--host", help="Only this host's.")] = None,
     tenant: TenantOpt = None,
-    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """List addresses, in IP order."""
     with connect(url, token_file) as client:

@@ -32,17 +32,21 @@ def show_hosts(hosts: list[HostJson]) -> None:
         return
     # Most clusters have one network; name it only when there is a choice, to save width.
     many = len({network for host in hosts for network in host["groups"]}) > 1
-    grid = table("NAME", "IP", "LABELS", *(["NETWORK"] if many else []), "GROUP", "CIDR",
-                 "BLOCKS")
+    grid = table("NAME", "IP", "LABELS", *(["NETWORK"] if many else []), "GROUP", "CIDR", "BLOCKS")
     for host in hosts:
         # One row per network the host is placed in, so each group's CIDR reads on its own.
         placements = sorted(host["groups"].items()) or [("-", {"group": "-", "cidr": "-"})]
         for i, (network, where) in enumerate(placements):
             first = i == 0
-            grid.add_row(host["name"] if first else "", host["ip"] if first else "",
-                         labels_text(host["labels"]) if first else "",
-                         *([network] if many else []), where["group"], where["cidr"],
-                         str(host["block_count"]) if first else "")
+            grid.add_row(
+                host["name"] if first else "",
+                host["ip"] if first else "",
+                labels_text(host["labels"]) if first else "",
+                *([network] if many else []),
+                where["group"],
+                where["cidr"],
+                str(host["block_count"]) if first else "",
+            )
     console.print(grid)
 
 
@@ -50,10 +54,18 @@ def show_hosts(hosts: list[HostJson]) -> None:
 def add_cmd(
     name: NameArg,
     ip: Annotated[str, typer.Argument(help="The host's IPv4 address.")],
-    label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", metavar="KEY=VALUE",
-        help="A node label; repeat for several. Labels choose the host's group.")] = None,
-    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            "-l",
+            metavar="KEY=VALUE",
+            help="A node label; repeat for several. Labels choose the host's group.",
+        ),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Register a host; romanad places it in the group its labels match."""
     labels = parse_labels(label)
@@ -63,8 +75,9 @@ def add_cmd(
 
 
 @app.command("show")
-def show_cmd(name: NameArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
-             json: JsonOpt = False) -> None:
+def show_cmd(
+    name: NameArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False
+) -> None:
     """Show one host: its labels, groups and block count."""
     with connect(url, token_file) as client:
         host = client.host(name)
@@ -72,8 +85,9 @@ def show_cmd(name: NameArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt 
 
 
 @app.command("list")
-def list_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
-             json: JsonOpt = False) -> None:
+def list_cmd(
+    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False
+) -> None:
     """List every host."""
     with connect(url, token_file) as client:
         result = client.hosts()
@@ -81,29 +95,41 @@ def list_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
 
 
 @app.command("remove")
-def remove_cmd(name: NameArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
-               json: JsonOpt = False) -> None:
+def remove_cmd(
+    name: NameArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False
+) -> None:
     """Remove a host, releasing its addresses and blocks."""
     with connect(url, token_file) as client:
         host = client.remove_host(name)
-    emit(host, json, lambda h: console.print(f"removed host {h['name']} ({h['ip']})",
-                                             highlight=False))
+    emit(
+        host,
+        json,
+        lambda h: console.print(f"removed host {h['name']} ({h['ip']})", highlight=False),
+    )
 
 
 @app.command("label")
 def label_cmd(
     name: NameArg,
-    labels: Annotated[list[str] | None, typer.Argument(
-        metavar="KEY=VALUE", help="The complete new label map (labels not given are "
-        "dropped).", show_default=False)] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="KEY=VALUE",
+            help="The complete new label map (labels not given are dropped).",
+            show_default=False,
+        ),
+    ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Drop every label.")] = False,
-    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Replace a host's labels; refused if the host would no longer fit its group."""
     # An empty map drops every label; demand --clear so a forgotten argument cannot do that.
     if not labels and not clear:
-        raise typer.BadParameter("give KEY=VALUE labels, or --clear to drop them all",
-                                 param_hint="KEY=VALUE")
+        raise typer.BadParameter(
+            "give KEY=VALUE labels, or --clear to drop them all", param_hint="KEY=VALUE"
+        )
     if labels and clear:
         raise typer.BadParameter("--clear takes no labels", param_hint="--clear")
     with connect(url, token_file) as client:

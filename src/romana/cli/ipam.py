@@ -33,19 +33,31 @@ def _ipam() -> None:
 
 @app.command("check")
 def check_cmd(
-    host: Annotated[str, typer.Option(
-        "--host", help="This node's name in romanad (default: the hostname).")] = "",
-    valid_attachments: Annotated[Path | None, typer.Option(
-        "--valid-attachments", dir_okay=False, exists=True,
-        help="The runtime's attachments, as CNI GC gets them: a JSON list of "
-        "{containerID, ifname}, or a config holding cni.dev/valid-attachments.")] = None,
-    network: Annotated[str | None, typer.Option(
-        "--network", help="Only this CNI network (its config's \"name\").")] = None,
-    release: Annotated[bool, typer.Option(
-        "--release", help="Release the leaked addresses (after re-checking).")] = False,
-    grace: Annotated[float, typer.Option(
-        "--grace", min=0, help="Seconds between the two checks of --release.")] = 5.0,
-    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False,
+    host: Annotated[
+        str, typer.Option("--host", help="This node's name in romanad (default: the hostname).")
+    ] = "",
+    valid_attachments: Annotated[
+        Path | None,
+        typer.Option(
+            "--valid-attachments",
+            dir_okay=False,
+            exists=True,
+            help="The runtime's attachments, as CNI GC gets them: a JSON list of "
+            "{containerID, ifname}, or a config holding cni.dev/valid-attachments.",
+        ),
+    ] = None,
+    network: Annotated[
+        str | None, typer.Option("--network", help='Only this CNI network (its config\'s "name").')
+    ] = None,
+    release: Annotated[
+        bool, typer.Option("--release", help="Release the leaked addresses (after re-checking).")
+    ] = False,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0, help="Seconds between the two checks of --release.")
+    ] = 5.0,
+    url: UrlOpt = DEFAULT_URL,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """List addresses whose container no longer exists; --release frees them."""
     from romana.cni import leaks
@@ -67,28 +79,36 @@ def check_cmd(
                 time.sleep(grace)
             again = {f["name"] for f in _check(client, host, valid, network)["leaked"]}
             report["released"], report["failed"] = _release(
-                client, [f for f in report["leaked"] if f["name"] in again])
+                client, [f for f in report["leaked"] if f["name"] in again]
+            )
     emit(report, json, _render)
 
 
-def _check(client: RomanaClient, host: str, valid: set[tuple[str, str]] | None,
-           network: str | None) -> dict[str, Any]:
+def _check(
+    client: RomanaClient, host: str, valid: set[tuple[str, str]] | None, network: str | None
+) -> dict[str, Any]:
     from romana.cni import leaks
     from romana.cni.namespaces import live_addresses
 
     addresses = client.addresses(host=host)["addresses"]
     live, namespaces = live_addresses()
     checked, findings = leaks.classify(addresses, live, valid, network)
-    by_verdict: dict[str, list[dict[str, str]]] = {"leaked": [], "stale": [],
-                                                   "unconfigured": []}
+    by_verdict: dict[str, list[dict[str, str]]] = {"leaked": [], "stale": [], "unconfigured": []}
     for finding in findings:
         by_verdict[finding.verdict].append(finding.to_json())
-    return {"host": host, "checked": checked, "namespaces": namespaces, **by_verdict,
-            "released": [], "failed": []}
+    return {
+        "host": host,
+        "checked": checked,
+        "namespaces": namespaces,
+        **by_verdict,
+        "released": [],
+        "failed": [],
+    }
 
 
-def _release(client: RomanaClient, leaked: list[dict[str, str]]
-             ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def _release(
+    client: RomanaClient, leaked: list[dict[str, str]]
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     released, failed = [], []
     for finding in leaked:
         try:
@@ -103,10 +123,14 @@ def _release(client: RomanaClient, leaked: list[dict[str, str]]
 
 
 def _render(report: dict[str, Any]) -> None:
-    console.print(f"host {report['host']}: {report['checked']} CNI addresses checked "
-                  f"against {report['namespaces']} network namespaces", highlight=False)
-    rows = [(verdict, f) for verdict in ("leaked", "stale", "unconfigured")
-            for f in report[verdict]]
+    console.print(
+        f"host {report['host']}: {report['checked']} CNI addresses checked "
+        f"against {report['namespaces']} network namespaces",
+        highlight=False,
+    )
+    rows = [
+        (verdict, f) for verdict in ("leaked", "stale", "unconfigured") for f in report[verdict]
+    ]
     if rows:
         grid = table("VERDICT", "NAME", "IP", "REASON")
         for verdict, f in rows:
@@ -117,8 +141,7 @@ def _render(report: dict[str, Any]) -> None:
     for f in report["released"]:
         console.print(f"released {f['name']} ({f['ip']})", highlight=False)
     for f in report["failed"]:
-        console.print(f"could not release {f['name']} ({f['ip']}): {f['error']}",
-                      highlight=False)
+        console.print(f"could not release {f['name']} ({f['ip']}): {f['error']}", highlight=False)
     if report["leaked"] and not report["release"]:
         console.print("run again with --release to free the leaked addresses")
 

@@ -34,8 +34,9 @@ def emit(data: T, json: bool, render: Callable[[T], object]) -> None:
 def fail(error: RomanaError | str) -> NoReturn:
     """Report an error on one line (plus one line per detail) and exit 1."""
     if isinstance(error, InvalidTopology):
-        err_console.print(f"[red]error:[/] invalid topology: {len(error.problems)} problem(s)",
-                          highlight=False)
+        err_console.print(
+            f"[red]error:[/] invalid topology: {len(error.problems)} problem(s)", highlight=False
+        )
         for problem in error.problems:
             err_console.print(f"  {problem}", highlight=False, markup=False)
     elif isinstance(error, RomanaError):

@@ -18,11 +18,21 @@ from romana.errors import RomanaError, Unauthorized
 TOKEN_ENV = "ROMANA_TOKEN"
 _PANEL = "Connection"
 
-UrlOpt = Annotated[str, typer.Option(
-    "--url", envvar="ROMANA_URL", rich_help_panel=_PANEL, help="Where romanad listens.")]
-TokenFileOpt = Annotated[Path | None, typer.Option(
-    "--token-file", dir_okay=False, rich_help_panel=_PANEL,
-    help=f"File holding romanad's bearer token (otherwise ${TOKEN_ENV} is used).")]
+UrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url", envvar="ROMANA_URL", rich_help_panel=_PANEL, help="Where romanad listens."
+    ),
+]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        dir_okay=False,
+        rich_help_panel=_PANEL,
+        help=f"File holding romanad's bearer token (otherwise ${TOKEN_ENV} is used).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON, for scripts.")]
 
 

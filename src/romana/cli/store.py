@@ -31,10 +31,13 @@ def check_cmd(data_dir: DataDir, json: JsonOpt = False) -> None:
 
 def _show_check(report: dict[str, object]) -> None:
     if report["ok"]:
-        console.print(f"{report['data_dir']}: ok: store {report['store_id']}, revision "
-                      f"{report['head']} (snapshot {report['snapshot'] or 'none'}, facts "
-                      f"{report['facts']}), {report['hosts']} hosts, {report['addresses']} "
-                      "addresses", highlight=False)
+        console.print(
+            f"{report['data_dir']}: ok: store {report['store_id']}, revision "
+            f"{report['head']} (snapshot {report['snapshot'] or 'none'}, facts "
+            f"{report['facts']}), {report['hosts']} hosts, {report['addresses']} "
+            "addresses",
+            highlight=False,
+        )
         return
     console.print(f"{report['data_dir']}: DAMAGED", highlight=False)
     for problem in report["problems"]:  # type: ignore[attr-defined]
@@ -42,9 +45,10 @@ def _show_check(report: dict[str, object]) -> None:
 
 
 @app.command("backup")
-def backup_cmd(data_dir: DataDir,
-               dest: Annotated[Path, typer.Argument(help="a new directory for the copy")],
-               ) -> None:
+def backup_cmd(
+    data_dir: DataDir,
+    dest: Annotated[Path, typer.Argument(help="a new directory for the copy")],
+) -> None:
     """Copy the store while romanad runs (SQLite's online backup): DEST/romana.db and
     DEST/store.json, as of one instant. Restore with `romana store restore`."""
     from romana.store.offline import backup
@@ -57,8 +61,9 @@ def backup_cmd(data_dir: DataDir,
 
 
 @app.command("restore")
-def restore_cmd(backup_dir: Annotated[Path, typer.Argument(help="a `romana store backup`")],
-                data_dir: DataDir) -> None:
+def restore_cmd(
+    backup_dir: Annotated[Path, typer.Argument(help="a `romana store backup`")], data_dir: DataDir
+) -> None:
     """Make DATA_DIR the backed-up store (romanad stopped). The backup is checked first; the
     old directory is kept as DATA_DIR.replaced-REVISION. Agents and publishers that followed
     the newer store refuse the older one until restarted."""
@@ -68,5 +73,8 @@ def restore_cmd(backup_dir: Annotated[Path, typer.Argument(help="a `romana store
         head = restore(backup_dir, data_dir)
     except RomanaError as exc:
         fail(exc)
-    console.print(f"restored {data_dir} to revision {head} from {backup_dir}; start romanad, "
-                  "then restart agents and publishers", highlight=False)
+    console.print(
+        f"restored {data_dir} to revision {head} from {backup_dir}; start romanad, "
+        "then restart agents and publishers",
+        highlight=False,
+    )

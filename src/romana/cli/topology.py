@@ -43,7 +43,8 @@ def validate_cmd(file: FileArg, service_cidr: ServiceCidrOpt = None, json: JsonO
     else:
         for problem in problems:
             (err_console if problem.severity == "error" else console).print(
-                str(problem), markup=False, highlight=False)
+                str(problem), markup=False, highlight=False
+            )
         if not errors:
             console.print(f"{file}: valid", highlight=False)
         else:
@@ -73,7 +74,8 @@ def render_tree(document: dict[str, Any]) -> Tree:
     for mapping in document["topologies"]:
         label = ", ".join(
             f"{name} {networks[name]['cidr']} (/{networks[name]['block_mask']} blocks)"
-            for name in mapping["networks"])
+            for name in mapping["networks"]
+        )
         branch = root.add(f"[bold cyan]{label}[/]")
         for group in mapping["map"]:
             _render_group(branch, group)
@@ -110,8 +112,9 @@ def schema_cmd() -> None:
 
 
 @app.command("apply")
-def apply_cmd(file: FileArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
-              json: JsonOpt = False) -> None:
+def apply_cmd(
+    file: FileArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False
+) -> None:
     """Send a map to romanad; existing hosts and allocations must still fit it."""
     from romana.topology import read_file
 
@@ -119,6 +122,7 @@ def apply_cmd(file: FileArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt
         document = read_file(file)
     except RomanaError as exc:
         fail(exc)
+
     def show_applied(result: TopologyApplied) -> None:
         for warning in result["warnings"]:
             console.print(str(_problem(warning)), markup=False, highlight=False)
@@ -130,13 +134,18 @@ def apply_cmd(file: FileArg, url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt
 
 
 @app.command("get")
-def get_cmd(url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None,
-            json: JsonOpt = False) -> None:
+def get_cmd(
+    url: UrlOpt = DEFAULT_URL, token_file: TokenFileOpt = None, json: JsonOpt = False
+) -> None:
     """Show the map romanad applies, each group with its CIDR and hosts."""
     with connect(url, token_file) as client:
         emit(client.topology(), json, lambda document: console.print(render_tree(document)))
 
 
 def _problem(data: dict[str, str]) -> Problem:
-    return Problem(data.get("path", ""), data.get("message", ""), data.get("hint", ""),
-                   data.get("severity", "warning"))
+    return Problem(
+        data.get("path", ""),
+        data.get("message", ""),
+        data.get("hint", ""),
+        data.get("severity", "warning"),
+    )

@@ -59,8 +59,9 @@ class Allocator:
             self._others[key] = RomanadClient(url, token)
         return self._others[key]
 
-    async def allocate(self, client: RomanadClient, name: str, host: str, tenant: str,
-                       segment_label: str) -> dict[str, Any]:
+    async def allocate(
+        self, client: RomanadClient, name: str, host: str, tenant: str, segment_label: str
+    ) -> dict[str, Any]:
         segment = await self.segment(client, host, segment_label)
         try:
             return await client.allocate(name, host, tenant, segment)
@@ -75,8 +76,10 @@ class Allocator:
             existing = await self.lookup(client, name)
             if existing is None or existing["host"] != host or existing["tenant"] != tenant:
                 raise _refused("allocate an address", exc) from None
-            log.warning("reusing an address left by an earlier ADD",
-                        extra={"address": name, "ip": existing["ip"]})
+            log.warning(
+                "reusing an address left by an earlier ADD",
+                extra={"address": name, "ip": existing["ip"]},
+            )
             return existing
 
     async def release(self, client: RomanadClient, name: str) -> dict[str, Any] | None:
@@ -107,8 +110,9 @@ class Allocator:
         except Unreachable as exc:
             raise CniError(NOT_AVAILABLE, "romanad is unreachable", str(exc)) from None
         except RomanaError as exc:
-            raise CniError(NOT_AVAILABLE, f"romanad cannot serve host {host}",
-                           exc.message) from None
+            raise CniError(
+                NOT_AVAILABLE, f"romanad cannot serve host {host}", exc.message
+            ) from None
 
 
 async def _ask(action: str, call: Awaitable[T]) -> T:
@@ -125,8 +129,11 @@ def _unreachable(action: str, exc: Exception) -> CniError:
 
 
 def _refused(action: str, exc: RomanaError) -> CniError:
-    return CniError(ROMANAD_REFUSED, f"romanad refused to {action}: {exc.message}",
-                    f"romanad error code {exc.wire_code!r}")
+    return CniError(
+        ROMANAD_REFUSED,
+        f"romanad refused to {action}: {exc.message}",
+        f"romanad error code {exc.wire_code!r}",
+    )
 
 
 def _read_token(path: str) -> str:

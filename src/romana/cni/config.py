@@ -122,8 +122,11 @@ def parse(mode: Mode, env: Mapping[str, str], stdin: bytes) -> Invocation:
     """Validate one invocation; raises CniError with the spec's code."""
     command = env.get("CNI_COMMAND", "")
     if command not in COMMANDS:
-        raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}",
-                       f"expected one of {', '.join(COMMANDS)}")
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            f"unknown CNI_COMMAND {command!r}",
+            f"expected one of {', '.join(COMMANDS)}",
+        )
     document = _decode(stdin)
     conf = _netconf(mode, command, document)
     if command in {"STATUS", "GC", "VERSION"}:
@@ -132,18 +135,28 @@ def parse(mode: Mode, env: Mapping[str, str], stdin: bytes) -> Invocation:
     ifname = env.get("CNI_IFNAME", "")
     netns = env.get("CNI_NETNS", "")
     if not _NAME.match(container_id):
-        raise CniError(INVALID_ENVIRONMENT, f"invalid CNI_CONTAINERID {container_id!r}",
-                       "must start with a letter or digit, then letters, digits, _ . -")
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            f"invalid CNI_CONTAINERID {container_id!r}",
+            "must start with a letter or digit, then letters, digits, _ . -",
+        )
     if not valid_ifname(ifname):
-        raise CniError(INVALID_ENVIRONMENT, f"invalid CNI_IFNAME {ifname!r}",
-                       "1-15 characters, no '/', ':' or whitespace, not '.' or '..'")
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            f"invalid CNI_IFNAME {ifname!r}",
+            "1-15 characters, no '/', ':' or whitespace, not '.' or '..'",
+        )
     if command in {"ADD", "CHECK"} and not netns:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS is required for {command}")
-    invocation = Invocation(mode, command, conf, container_id, netns, ifname,
-                            parse_args(env.get("CNI_ARGS", "")))
+    invocation = Invocation(
+        mode, command, conf, container_id, netns, ifname, parse_args(env.get("CNI_ARGS", ""))
+    )
     if len(invocation.address_name) > MAX_NAME:
-        raise CniError(INVALID_CONFIG, f"network name {conf.network!r} is too long",
-                       f"NETWORK:CONTAINERID:IFNAME must fit romanad's {MAX_NAME} characters")
+        raise CniError(
+            INVALID_CONFIG,
+            f"network name {conf.network!r} is too long",
+            f"NETWORK:CONTAINERID:IFNAME must fit romanad's {MAX_NAME} characters",
+        )
     return invocation
 
 
@@ -151,8 +164,9 @@ def _decode(stdin: bytes) -> dict[str, Any]:
     try:
         document = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CniError(DECODE_FAILURE, "the network configuration is not valid JSON",
-                       str(exc)) from None
+        raise CniError(
+            DECODE_FAILURE, "the network configuration is not valid JSON", str(exc)
+        ) from None
     if not isinstance(document, dict):
         raise CniError(DECODE_FAILURE, "the network configuration is not a JSON object")
     return document
@@ -161,17 +175,23 @@ def _decode(stdin: bytes) -> dict[str, Any]:
 def _netconf(mode: Mode, command: str, document: dict[str, Any]) -> NetConf:
     version = document.get("cniVersion")
     if version not in SUPPORTED_VERSIONS:
-        raise CniError(INCOMPATIBLE_VERSION, f"CNI version {version!r} is not supported",
-                       f"supported: {', '.join(SUPPORTED_VERSIONS)}")
+        raise CniError(
+            INCOMPATIBLE_VERSION,
+            f"CNI version {version!r} is not supported",
+            f"supported: {', '.join(SUPPORTED_VERSIONS)}",
+        )
     network = document.get("name")
     if not isinstance(network, str) or not _NAME.match(network):
-        raise CniError(INVALID_CONFIG, f"invalid network name {network!r}",
-                       "\"name\" must start with a letter or digit, then letters, digits, _ . -")
+        raise CniError(
+            INVALID_CONFIG,
+            f"invalid network name {network!r}",
+            '"name" must start with a letter or digit, then letters, digits, _ . -',
+        )
     if mode == "ipam":
         section = document.get("ipam", {})
         where = "ipam."
         if not isinstance(section, dict):
-            raise CniError(INVALID_CONFIG, "\"ipam\" must be an object")
+            raise CniError(INVALID_CONFIG, '"ipam" must be an object')
     else:
         section, where = document, ""
     fields = _Fields(section, where)
@@ -202,8 +222,11 @@ class _Fields:
         self.section, self.where = section, where
 
     def _bad(self, key: str, expected: str) -> CniError:
-        return CniError(INVALID_CONFIG, f"{self.where}{key} must be {expected}",
-                        f"got {json.dumps(self.section[key])}")
+        return CniError(
+            INVALID_CONFIG,
+            f"{self.where}{key} must be {expected}",
+            f"got {json.dumps(self.section[key])}",
+        )
 
     def text(self, key: str, allow_empty: bool = False) -> str | None:
         value = self.section.get(key)
@@ -245,7 +268,7 @@ def _routes(fields: _Fields) -> tuple[dict[str, str], ...]:
     if routes is None:
         return DEFAULT_ROUTES
     if not isinstance(routes, list):
-        raise fields._bad("routes", "a list of {\"dst\": CIDR[, \"gw\": IP]}")
+        raise fields._bad("routes", 'a list of {"dst": CIDR[, "gw": IP]}')
     result = []
     for route in routes:
         try:
@@ -254,7 +277,7 @@ def _routes(fields: _Fields) -> tuple[dict[str, str], ...]:
             if route.get("gw") is not None:
                 entry["gw"] = str(ipaddress.IPv4Address(route["gw"]))
         except (TypeError, KeyError, ValueError):
-            raise fields._bad("routes", "a list of {\"dst\": CIDR[, \"gw\": IP]}") from None
+            raise fields._bad("routes", 'a list of {"dst": CIDR[, "gw": IP]}') from None
         result.append(entry)
     return tuple(result)
 
@@ -274,10 +297,14 @@ def _attachments(document: dict[str, Any]) -> frozenset[tuple[str, str]]:
             items = document[key]
             break
     else:
-        raise CniError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
-                       "refusing to treat every attachment as stale")
+        raise CniError(
+            INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments",
+            "refusing to treat every attachment as stale",
+        )
     try:
         return frozenset((str(item["containerID"]), str(item["ifname"])) for item in items)
     except (TypeError, KeyError):
-        raise CniError(INVALID_CONFIG, "cni.dev/valid-attachments must be a list of "
-                       "{\"containerID\", \"ifname\"}") from None
+        raise CniError(
+            INVALID_CONFIG, 'cni.dev/valid-attachments must be a list of {"containerID", "ifname"}'
+        ) from None

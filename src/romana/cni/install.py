@@ -35,8 +35,7 @@ posix._exit(shim.run({mode!r}))
 
 def launcher(python: str, mode: str) -> str:
     source = Path(shim.__file__).resolve()
-    return LAUNCHER.format(python=python, mode=mode, source=source,
-                           directory=str(source.parent))
+    return LAUNCHER.format(python=python, mode=mode, source=source, directory=str(source.parent))
 
 
 def compile_shim() -> None:
@@ -69,19 +68,27 @@ def install(bin_dir: Path, python: str, names: dict[str, str]) -> list[Path]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="romana-cni install",
-        description="Install the romana CNI plugins (romana, romana-ipam) into a CNI bin dir.")
+        description="Install the romana CNI plugins (romana, romana-ipam) into a CNI bin dir.",
+    )
     parser.add_argument("command", choices=["install"])
-    parser.add_argument("--bin-dir", type=Path, default=Path("/opt/cni/bin"),
-                        help="the runtime's CNI plugin directory (default %(default)s)")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the plugins (default: this one, %(default)s)")
+    parser.add_argument(
+        "--bin-dir",
+        type=Path,
+        default=Path("/opt/cni/bin"),
+        help="the runtime's CNI plugin directory (default %(default)s)",
+    )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for the plugins (default: this one, %(default)s)",
+    )
     parser.add_argument("--name", default="romana", help="full plugin (default %(default)s)")
-    parser.add_argument("--ipam-name", default="romana-ipam",
-                        help="IPAM-only plugin (default %(default)s)")
+    parser.add_argument(
+        "--ipam-name", default="romana-ipam", help="IPAM-only plugin (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     try:
-        written = install(args.bin_dir, args.python, {"full": args.name,
-                                                      "ipam": args.ipam_name})
+        written = install(args.bin_dir, args.python, {"full": args.name, "ipam": args.ipam_name})
     except OSError as exc:
         print(f"romana-cni install: {exc}", file=sys.stderr)
         return 1

@@ -42,9 +42,12 @@ class Finding:
         return asdict(self)
 
 
-def classify(addresses: Iterable[Mapping[str, Any]], live_ips: set[str],
-             valid: set[tuple[str, str]] | None, network: str | None = None
-             ) -> tuple[int, list[Finding]]:
+def classify(
+    addresses: Iterable[Mapping[str, Any]],
+    live_ips: set[str],
+    valid: set[tuple[str, str]] | None,
+    network: str | None = None,
+) -> tuple[int, list[Finding]]:
     """(how many CNI addresses were checked, the findings among them)."""
     checked, findings = 0, []
     for address in addresses:
@@ -64,8 +67,9 @@ def classify(addresses: Iterable[Mapping[str, Any]], live_ips: set[str],
         elif not known:
             verdict, reason = "stale", "the runtime does not list it, but a namespace has it"
         if verdict is not None:
-            findings.append(Finding(verdict, str(address["name"]), str(address["ip"]),
-                                    *parts, reason))
+            findings.append(
+                Finding(verdict, str(address["name"]), str(address["ip"]), *parts, reason)
+            )
     return checked, findings
 
 
@@ -74,12 +78,13 @@ def read_valid_attachments(text: str) -> set[tuple[str, str]]:
     holding it under ``cni.dev/valid-attachments``."""
     document = json.loads(text)
     if isinstance(document, dict):
-        document = document.get("cni.dev/valid-attachments",
-                                 document.get("cni.dev/attachments"))
+        document = document.get("cni.dev/valid-attachments", document.get("cni.dev/attachments"))
     if not isinstance(document, list):
-        raise ValueError("expected a list of {\"containerID\", \"ifname\"} or a config with "
-                         "cni.dev/valid-attachments")
+        raise ValueError(
+            'expected a list of {"containerID", "ifname"} or a config with '
+            "cni.dev/valid-attachments"
+        )
     try:
         return {(str(item["containerID"]), str(item["ifname"])) for item in document}
     except (TypeError, KeyError):
-        raise ValueError("every attachment needs \"containerID\" and \"ifname\"") from None
+        raise ValueError('every attachment needs "containerID" and "ifname"') from None

@@ -24,7 +24,6 @@ def append(path: str, entry: dict[str, Any]) -> None:
     except OSError as exc:
         if path not in _broken:
             _broken.add(path)
-            log.warning("cannot write the CNI log file", extra={"path": path,
-                                                                  "error": str(exc)})
+            log.warning("cannot write the CNI log file", extra={"path": path, "error": str(exc)})
     else:
         _broken.discard(path)

@@ -53,8 +53,7 @@ class RomanadClient:
             authority = url.split("://", 1)[-1].split("/", 1)[0]
             host, _, port = authority.rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"romanad URL {url!r}: expected http://HOST:PORT or "
-                                 "unix:/path")
+                raise ValueError(f"romanad URL {url!r}: expected http://HOST:PORT or unix:/path")
             self._host, self._port, self._authority = host.strip("[]"), int(port), authority
         self._auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._idle: list[_Connection] = []
@@ -65,20 +64,23 @@ class RomanadClient:
         self._idle.clear()
 
     # -- romanad's address API --------------------------------------------------------------
-    async def allocate(self, name: str, host: str, tenant: str = "", segment: str = ""
-                       ) -> dict[str, Any]:
+    async def allocate(
+        self, name: str, host: str, tenant: str = "", segment: str = ""
+    ) -> dict[str, Any]:
         body = {"name": name, "host": host, "tenant": tenant, "segment": segment}
         return await self.call("POST", "/address", body)  # type: ignore[no-any-return]
 
     async def address(self, name: str) -> dict[str, Any] | None:
         """The address, or None if romanad has none by that name."""
         return await self._or_none(  # type: ignore[no-any-return]
-            "GET", f"/address/{quote(name, safe='')}")
+            "GET", f"/address/{quote(name, safe='')}"
+        )
 
     async def release(self, name: str) -> dict[str, Any] | None:
         """Release by name: the released address, or None if it was not allocated."""
         return await self._or_none(  # type: ignore[no-any-return]
-            "DELETE", "/address?" + urlencode({"name": name}))
+            "DELETE", "/address?" + urlencode({"name": name})
+        )
 
     async def addresses(self, host: str) -> list[dict[str, Any]]:
         answer = await self.call("GET", "/addresses?" + urlencode({"host": host}))
@@ -97,23 +99,27 @@ class RomanadClient:
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request; romanad's refusals raise the RomanaError it reported."""
         payload = b"" if body is None else json.dumps(body).encode()
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self._authority}\r\n{self._auth}"
-                f"Content-Length: {len(payload)}\r\n"
-                + ("Content-Type: application/json\r\n" if body is not None else "")
-                + "\r\n").encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self._authority}\r\n{self._auth}"
+            f"Content-Length: {len(payload)}\r\n"
+            + ("Content-Type: application/json\r\n" if body is not None else "")
+            + "\r\n"
+        ).encode()
         try:
             async with asyncio.timeout(self.timeout):
                 status, data = await self._exchange(head + payload)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
-            raise Unreachable(f"cannot reach romanad at {self.url}: "
-                              f"{exc or type(exc).__name__}") from exc
+            raise Unreachable(
+                f"cannot reach romanad at {self.url}: {exc or type(exc).__name__}"
+            ) from exc
         if status >= 300:
             raise from_wire(status, data, f"{method} {path} at {self.url}")
         try:
             return json.loads(data)
         except ValueError:
-            raise RomanaError(f"romanad answered {status} to {method} {path} with "
-                              f"something that is not JSON") from None
+            raise RomanaError(
+                f"romanad answered {status} to {method} {path} with something that is not JSON"
+            ) from None
 
     async def _exchange(self, request: bytes) -> tuple[int, bytes]:
         while self._idle:  # a pooled connection; if the server had closed it, try the next
@@ -126,11 +132,9 @@ class RomanadClient:
 
     async def _connect(self) -> _Connection:
         if self._socket is not None:
-            reader, writer = await asyncio.open_unix_connection(self._socket,
-                                                                limit=MAX_HEADER)
+            reader, writer = await asyncio.open_unix_connection(self._socket, limit=MAX_HEADER)
         else:
-            reader, writer = await asyncio.open_connection(self._host, self._port,
-                                                           limit=MAX_HEADER)
+            reader, writer = await asyncio.open_connection(self._host, self._port, limit=MAX_HEADER)
         return _Connection(reader, writer)
 
     async def _on(self, connection: _Connection, request: bytes) -> tuple[int, bytes]:

@@ -69,11 +69,19 @@ class CniServer:
         self._inflight: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    def for_agent(cls, sock: socket.socket, host: str, url: str, token: str | None,
-                  protocol: int, registry: CollectorRegistry) -> CniServer:
+    def for_agent(
+        cls,
+        sock: socket.socket,
+        host: str,
+        url: str,
+        token: str | None,
+        protocol: int,
+        registry: CollectorRegistry,
+    ) -> CniServer:
         """What romana-agent runs: its romanad, its host name, its route protocol."""
-        service = CniService(PodNetwork(protocol), Allocator(url, token), host,
-                             CniMetrics(registry))
+        service = CniService(
+            PodNetwork(protocol), Allocator(url, token), host, CniMetrics(registry)
+        )
         return cls(sock, service)
 
     async def start(self) -> None:
@@ -96,16 +104,21 @@ class CniServer:
             try:
                 mode, env, stdin = decode(data)
             except ProtocolError as exc:
-                status, out = _error_reply(IO_FAILURE, str(exc), "reinstall the plugin from "
-                                           "the agent's version (romana-cni install)")
+                status, out = _error_reply(
+                    IO_FAILURE,
+                    str(exc),
+                    "reinstall the plugin from the agent's version (romana-cni install)",
+                )
             else:
                 try:
                     status, out = await self.service.handle(mode, env, stdin)
                 except Exception as exc:  # handle() answers every error; this is a bug
                     log.exception("CNI request failed unexpectedly")
                     status, out = _error_reply(
-                        INTERNAL, f"romana-agent failed: {type(exc).__name__}: {exc}",
-                        "see romana-agent's log")
+                        INTERNAL,
+                        f"romana-agent failed: {type(exc).__name__}: {exc}",
+                        "see romana-agent's log",
+                    )
             writer.write(b"%d\n" % status + out)
             await writer.drain()
         except (TimeoutError, ConnectionError, ProtocolError) as exc:

@@ -59,8 +59,14 @@ LATEST = SUPPORTED_VERSIONS[-1]
 
 
 class CniService:
-    def __init__(self, podnet: PodNetwork, allocator: Allocator, host: str,
-                 metrics: CniMetrics | None = None, workers: int = 4) -> None:
+    def __init__(
+        self,
+        podnet: PodNetwork,
+        allocator: Allocator,
+        host: str,
+        metrics: CniMetrics | None = None,
+        workers: int = 4,
+    ) -> None:
         self.podnet = podnet
         self.allocator = allocator
         self.host = host
@@ -80,8 +86,7 @@ class CniService:
         await self.allocator.close()
 
     # -- one invocation ---------------------------------------------------------------------
-    async def handle(self, mode: Mode, env: Mapping[str, str], stdin: bytes
-                     ) -> tuple[int, bytes]:
+    async def handle(self, mode: Mode, env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         """Serve one invocation: (exit status, stdout) as the plugin must answer."""
         started = time.perf_counter()
         command = env.get("CNI_COMMAND", "")
@@ -95,8 +100,11 @@ class CniService:
             error = exc
         except Exception as exc:  # a bug: answer the runtime anyway, keep the traceback
             log.exception("CNI command failed unexpectedly", extra={"command": command})
-            error = CniError(INTERNAL, f"romana-agent failed: {type(exc).__name__}: {exc}",
-                             "see romana-agent's log")
+            error = CniError(
+                INTERNAL,
+                f"romana-agent failed: {type(exc).__name__}: {exc}",
+                "see romana-agent's log",
+            )
         self._record(command, invocation, answer, error, time.perf_counter() - started)
         if error is not None:
             version = invocation.conf.cni_version if invocation else _requested_version(stdin)
@@ -105,8 +113,10 @@ class CniService:
 
     async def _dispatch(self, inv: Invocation) -> dict[str, Any] | None:
         if inv.command == "VERSION":
-            return {"cniVersion": inv.conf.cni_version,
-                    "supportedVersions": list(SUPPORTED_VERSIONS)}
+            return {
+                "cniVersion": inv.conf.cni_version,
+                "supportedVersions": list(SUPPORTED_VERSIONS),
+            }
         if inv.command == "STATUS":
             client = self.allocator.client(inv.conf)
             await self.allocator.ready(client, inv.conf.host or self.host)
@@ -135,9 +145,16 @@ class CniService:
         try:
             allocated, plumbed = await asyncio.gather(
                 self._allocate(inv, undo),
-                self._kernel_step("create the pod's veth", self.podnet.prepare, veth,
-                                  netns_fd, inv.ifname, conf.mtu),
-                return_exceptions=True)
+                self._kernel_step(
+                    "create the pod's veth",
+                    self.podnet.prepare,
+                    veth,
+                    netns_fd,
+                    inv.ifname,
+                    conf.mtu,
+                ),
+                return_exceptions=True,
+            )
             if isinstance(plumbed, Plumbing):
                 plumbing = plumbed
                 undo.append(lambda: self._in(self._slow, self.podnet.delete_link, veth))
@@ -147,8 +164,9 @@ class CniService:
             assert isinstance(allocated, str) and plumbing is not None
             # ~0.15 ms of netlink: inline, so nothing else on the loop (the agent's changes
             # feed wakes on this very allocation) runs before the answer goes out.
-            host, pod = self._now("configure the pod's network", self.podnet.configure,
-                                  plumbing, allocated)
+            host, pod = self._now(
+                "configure the pod's network", self.podnet.configure, plumbing, allocated
+            )
         except BaseException:
             await self._undo(inv, undo)
             raise
@@ -164,8 +182,12 @@ class CniService:
         try:
             ip = await self._allocate(inv, undo)
             if conf.host_route_dev is not None:
-                await self._kernel_step(f"route {ip} to {conf.host_route_dev}",
-                                        self.podnet.add_host_route, ip, conf.host_route_dev)
+                await self._kernel_step(
+                    f"route {ip} to {conf.host_route_dev}",
+                    self.podnet.add_host_route,
+                    ip,
+                    conf.host_route_dev,
+                )
         except BaseException:
             await self._undo(inv, undo)
             raise
@@ -173,9 +195,9 @@ class CniService:
 
     async def _allocate(self, inv: Invocation, undo: list[Undo]) -> str:
         client = self.allocator.client(inv.conf)
-        address = await self.allocator.allocate(client, inv.address_name,
-                                                inv.conf.host or self.host, inv.tenant,
-                                                inv.conf.segment_label)
+        address = await self.allocator.allocate(
+            client, inv.address_name, inv.conf.host or self.host, inv.tenant, inv.conf.segment_label
+        )
         undo.append(lambda: self.allocator.release(client, inv.address_name))
         return str(address["ip"])
 
@@ -184,16 +206,20 @@ class CniService:
             try:
                 await asyncio.shield(action())
             except Exception as exc:  # keep undoing; the runtime's DEL will retry the rest
-                log.error("rollback step failed",
-                          extra={"address": inv.address_name, "error": str(exc)})
+                log.error(
+                    "rollback step failed", extra={"address": inv.address_name, "error": str(exc)}
+                )
 
     def _open_netns(self, inv: Invocation) -> int:
         try:
             return open_netns(inv.netns)
         except OSError as exc:
             code = UNKNOWN_CONTAINER if exc.errno == errno.ENOENT else INVALID_ENVIRONMENT
-            raise CniError(code, f"cannot open the pod's network namespace {inv.netns}",
-                           exc.strerror or str(exc)) from None
+            raise CniError(
+                code,
+                f"cannot open the pod's network namespace {inv.netns}",
+                exc.strerror or str(exc),
+            ) from None
 
     # -- DEL --------------------------------------------------------------------------------
     async def _del(self, inv: Invocation) -> None:
@@ -211,8 +237,9 @@ class CniService:
         # Only the route to the address released here: had it been released before, the
         # address may belong to another pod by now.
         if released is not None and inv.conf.host_route_dev is not None:
-            await self._kernel_step("remove the host route", self.podnet.delete_host_route,
-                                    str(released["ip"]))
+            await self._kernel_step(
+                "remove the host route", self.podnet.delete_host_route, str(released["ip"])
+            )
 
     def _delete_later(self, veth: str) -> None:
         """Delete the veth after answering: ~16 ms of kernel time nobody has to wait for."""
@@ -226,8 +253,10 @@ class CniService:
             if self.metrics:
                 self.metrics.teardowns.labels("failed" if failed else "done").inc()
             if failed and not future.cancelled():
-                log.error("deferred veth deletion failed",
-                          extra={"veth": veth, "error": str(future.exception())})
+                log.error(
+                    "deferred veth deletion failed",
+                    extra={"veth": veth, "error": str(future.exception())},
+                )
 
         task.add_done_callback(done)
 
@@ -235,13 +264,19 @@ class CniService:
     async def _check(self, inv: Invocation) -> None:
         conf = inv.conf
         if conf.prev_result is None:
-            raise CniError(INVALID_CONFIG, "CHECK needs prevResult", "the runtime must pass "
-                           "the result of the previous ADD")
+            raise CniError(
+                INVALID_CONFIG,
+                "CHECK needs prevResult",
+                "the runtime must pass the result of the previous ADD",
+            )
         client = self.allocator.client(conf)
         address = await self.allocator.lookup(client, inv.address_name)
         if address is None:
-            raise CniError(CHECK_FAILED, f"romanad has no address {inv.address_name}",
-                           "the allocation is gone: the pod needs a new ADD")
+            raise CniError(
+                CHECK_FAILED,
+                f"romanad has no address {inv.address_name}",
+                "the allocation is gone: the pod needs a new ADD",
+            )
         problems = []
         ip, host = str(address["ip"]), conf.host or self.host
         expected = previous_ip(conf.prev_result)
@@ -251,13 +286,21 @@ class CniService:
             problems.append(f"the address is allocated to host {address['host']}, not {host}")
         full = inv.mode == "full"
         problems += await self._kernel_step(
-            "inspect the pod's network", self.podnet.inspect,
-            inv.host_ifname if full else None, inv.netns, inv.ifname, ip,
+            "inspect the pod's network",
+            self.podnet.inspect,
+            inv.host_ifname if full else None,
+            inv.netns,
+            inv.ifname,
+            ip,
             None if full else conf.host_route_dev,
-            previous_mac(conf.prev_result, inv.ifname, inv.netns) if full else None)
+            previous_mac(conf.prev_result, inv.ifname, inv.netns) if full else None,
+        )
         if problems:
-            raise CniError(CHECK_FAILED, f"{inv.address_name} is not as ADD left it: "
-                           f"{problems[0]}", "; ".join(problems))
+            raise CniError(
+                CHECK_FAILED,
+                f"{inv.address_name} is not as ADD left it: {problems[0]}",
+                "; ".join(problems),
+            )
 
     # -- GC ---------------------------------------------------------------------------------
     async def _gc(self, inv: Invocation) -> None:
@@ -272,20 +315,33 @@ class CniService:
         stale = []
         for address in await self.allocator.addresses(client, conf.host or self.host):
             parts = split_address_name(address["name"])
-            if (parts is not None and parts[0] == conf.network
-                    and (parts[1], parts[2]) not in valid and address["name"] not in self._locks):
+            if (
+                parts is not None
+                and parts[0] == conf.network
+                and (parts[1], parts[2]) not in valid
+                and address["name"] not in self._locks
+            ):
                 stale.append(Invocation(inv.mode, "DEL", conf, parts[1], "", parts[2]))
-        outcomes = await asyncio.gather(*(self._collect(s) for s in stale),
-                                        return_exceptions=True)
-        failed = [(s, o) for s, o in zip(stale, outcomes, strict=True)
-                  if isinstance(o, BaseException)]
-        log.info("GC", extra={"network": conf.network, "stale": len(stale),
-                              "released": len(stale) - len(failed)})
+        outcomes = await asyncio.gather(*(self._collect(s) for s in stale), return_exceptions=True)
+        failed = [
+            (s, o) for s, o in zip(stale, outcomes, strict=True) if isinstance(o, BaseException)
+        ]
+        log.info(
+            "GC",
+            extra={
+                "network": conf.network,
+                "stale": len(stale),
+                "released": len(stale) - len(failed),
+            },
+        )
         if failed:
             first = failed[0][1]
             code = first.cni_code if isinstance(first, CniError) else INTERNAL
-            raise CniError(code, f"GC could not clean up {len(failed)} of {len(stale)} stale "
-                           "attachments", "; ".join(f"{s.address_name}: {o}" for s, o in failed))
+            raise CniError(
+                code,
+                f"GC could not clean up {len(failed)} of {len(stale)} stale attachments",
+                "; ".join(f"{s.address_name}: {o}" for s, o in failed),
+            )
 
     async def _collect(self, stale: Invocation) -> None:
         async with self._attachment(stale.address_name, stale.host_ifname):
@@ -324,17 +380,27 @@ class CniService:
         except OSError as exc:
             raise _kernel_error(action, exc) from None
 
-    def _record(self, command: str, inv: Invocation | None, answer: dict[str, Any] | None,
-                error: CniError | None, elapsed: float) -> None:
+    def _record(
+        self,
+        command: str,
+        inv: Invocation | None,
+        answer: dict[str, Any] | None,
+        error: CniError | None,
+        elapsed: float,
+    ) -> None:
         code = error.cni_code if error else 0
         if self.metrics:
             self.metrics.requests.labels(command or "-", str(code)).inc()
             self.metrics.seconds.labels(command or "-").observe(elapsed)
-        entry: dict[str, Any] = {"command": command, "code": code,
-                                 "ms": round(elapsed * 1000, 2)}
+        entry: dict[str, Any] = {"command": command, "code": code, "ms": round(elapsed * 1000, 2)}
         if inv is not None and inv.container_id:
-            entry.update(container=inv.container_id, ifname=inv.ifname, netns=inv.netns,
-                         network=inv.conf.network, mode=inv.mode)
+            entry.update(
+                container=inv.container_id,
+                ifname=inv.ifname,
+                netns=inv.netns,
+                network=inv.conf.network,
+                mode=inv.mode,
+            )
         if answer and answer.get("ips"):
             entry["ip"] = answer["ips"][0]["address"]
         if error is not None:
@@ -346,13 +412,19 @@ class CniService:
         if error is not None:
             log.warning("CNI command failed", extra=fields)
         else:
-            log.log(logging.INFO if command in {"ADD", "DEL"} else logging.DEBUG,
-                    "CNI command done", extra=fields)
+            log.log(
+                logging.INFO if command in {"ADD", "DEL"} else logging.DEBUG,
+                "CNI command done",
+                extra=fields,
+            )
 
 
 def _kernel_error(action: str, exc: OSError) -> CniError:
-    return CniError(KERNEL_REFUSED, f"the kernel refused to {action}",
-                    f"[{errno.errorcode.get(exc.errno or 0, exc.errno)}] {exc.strerror or exc}")
+    return CniError(
+        KERNEL_REFUSED,
+        f"the kernel refused to {action}",
+        f"[{errno.errorcode.get(exc.errno or 0, exc.errno)}] {exc.strerror or exc}",
+    )
 
 
 def _requested_version(stdin: bytes) -> str:
@@ -362,4 +434,3 @@ def _requested_version(stdin: bytes) -> str:
     except (ValueError, AttributeError, UnicodeDecodeError):
         return LATEST
     return version if version in SUPPORTED_VERSIONS else LATEST
-

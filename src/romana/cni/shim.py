@@ -45,22 +45,33 @@ def run(mode: str) -> int:
         _write(f'{{"cniVersion":"{answer}","supportedVersions":[{supported}]}}\n'.encode())
         return 0
     if not command:
-        return _fail(version, INVALID_ENV, "CNI_COMMAND is not set",
-                     "this program is a CNI plugin: a container runtime runs it")
+        return _fail(
+            version,
+            INVALID_ENV,
+            "CNI_COMMAND is not set",
+            "this program is a CNI plugin: a container runtime runs it",
+        )
     path = string_field(config, "agent_socket") or DEFAULT_SOCKET
-    env = b"".join(k + b"=" + v + b"\0" for k, v in posix.environ.items()
-                   if k.startswith(b"CNI_"))
+    env = b"".join(k + b"=" + v + b"\0" for k, v in posix.environ.items() if k.startswith(b"CNI_"))
     request = MAGIC + mode.encode() + b"\0" + env + b"\0" + config
     unavailable = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
     try:
         reply = exchange(path, request)
     except OSError as exc:
-        return _fail(version, unavailable, f"romana-agent is not reachable at {path}",
-                     f"{exc.strerror or exc}; is romana-agent running with --cni-socket?")
+        return _fail(
+            version,
+            unavailable,
+            f"romana-agent is not reachable at {path}",
+            f"{exc.strerror or exc}; is romana-agent running with --cni-socket?",
+        )
     code, _, stdout = reply.partition(b"\n")
     if not code.isdigit():
-        return _fail(version, unavailable, "romana-agent closed the connection without an "
-                     "answer", f"socket {path}; the agent may have restarted: try again")
+        return _fail(
+            version,
+            unavailable,
+            "romana-agent closed the connection without an answer",
+            f"socket {path}; the agent may have restarted: try again",
+        )
     _write(stdout)
     return int(code)
 
@@ -125,8 +136,10 @@ def _slow_field(config: bytes, key: str) -> str | None:
 
 def error_object(version: str, code: int, msg: str, details: str) -> bytes:
     """A CNI error object (the runtime reads it from stdout), JSON by hand: no json import."""
-    return (f'{{"cniVersion":{_quote(version)},"code":{code},"msg":{_quote(msg)},'
-            f'"details":{_quote(details)}}}\n').encode()
+    return (
+        f'{{"cniVersion":{_quote(version)},"code":{code},"msg":{_quote(msg)},'
+        f'"details":{_quote(details)}}}\n'
+    ).encode()
 
 
 def _quote(text: str) -> str:

@@ -29,8 +29,9 @@ def annotated_topology(state: IpamState) -> dict[str, Any] | None:
     return doc
 
 
-def _annotate(group: dict[str, Any], nodes: list[GroupNode], networks: list[str],
-              state: IpamState) -> None:
+def _annotate(
+    group: dict[str, Any], nodes: list[GroupNode], networks: list[str], state: IpamState
+) -> None:
     cidrs = {net: node.cidr for net, node in zip(networks, nodes, strict=True)}
     group["cidr"] = next(iter(cidrs.values())) if len(cidrs) == 1 else cidrs
     if nodes[0].is_leaf:

@@ -18,11 +18,31 @@ if TYPE_CHECKING:
 
 
 class Block:
-    __slots__ = ("allocated", "base", "black", "full", "host", "index", "leaf", "segment",
-                 "tenant", "tree", "used")
+    __slots__ = (
+        "allocated",
+        "base",
+        "black",
+        "full",
+        "host",
+        "index",
+        "leaf",
+        "segment",
+        "tenant",
+        "tree",
+        "used",
+    )
 
-    def __init__(self, tree: NetworkTree, leaf: GroupNode, index: int, base: int, host: str,
-                 tenant: str, segment: str, black: int) -> None:
+    def __init__(
+        self,
+        tree: NetworkTree,
+        leaf: GroupNode,
+        index: int,
+        base: int,
+        host: str,
+        tenant: str,
+        segment: str,
+        black: int,
+    ) -> None:
         self.tree = tree
         self.leaf = leaf
         self.index = index

@@ -91,8 +91,9 @@ class Engine:
             observer(facts)
 
     # -- topology -------------------------------------------------------------------
-    def apply_topology(self, document: Topology | Mapping[str, Any],
-                       service_cidr: str | None = None) -> list[Problem]:
+    def apply_topology(
+        self, document: Topology | Mapping[str, Any], service_cidr: str | None = None
+    ) -> list[Problem]:
         """Apply a map, keeping every allocation or failing atomically; returns warnings."""
         raw = document.to_json() if isinstance(document, Topology) else dict(document)
         topology, warnings = check(raw, service_cidr)
@@ -127,8 +128,10 @@ class Engine:
         record = st.hosts.get(name)
         if record is not None:
             if record.ip != ip:
-                raise Conflict(f'host "{name}" exists with IP {record.ip}, not {ip}',
-                               ["remove it first to change its IP"])
+                raise Conflict(
+                    f'host "{name}" exists with IP {record.ip}, not {ip}',
+                    ["remove it first to change its IP"],
+                )
             return self.update_labels(name, labels) if labels != record.labels else self.host(name)
         if ip in st.host_ips:
             raise Conflict(f'IP {ip} is already used by host "{st.host_ips[ip]}"')
@@ -140,8 +143,10 @@ class Engine:
         if not placements:
             raise InvalidRequest(
                 f'host "{name}" fits no group of any network',
-                [f"labels {labels or '{}'} match no leaf group's assignment; "
-                 "see romana topology show for the assignments"],
+                [
+                    f"labels {labels or '{}'} match no leaf group's assignment; "
+                    "see romana topology show for the assignments"
+                ],
             )
         self.commit([HostAdded(HostState(name, ip, labels, placements))])
         return self.host(name)
@@ -157,9 +162,11 @@ class Engine:
                 wanted = {k: v for n in leaf.lineage() for k, v in n.assignment.items()}
                 problems.append(f'network "{net}" group "{leaf.path}" requires labels {wanted}')
         if problems:
-            raise Conflict(f'new labels of host "{name}" do not fit its current groups; '
-                           "hosts are never moved silently: remove and re-add the host to move it",
-                           problems)
+            raise Conflict(
+                f'new labels of host "{name}" do not fit its current groups; '
+                "hosts are never moved silently: remove and re-add the host to move it",
+                problems,
+            )
         placements = {net: leaf.path for net, leaf in record.placements.items()}
         for tree in self.state.trees.values():
             if tree.name not in placements:
@@ -182,8 +189,9 @@ class Engine:
         for net, leaf in record.placements.items():
             tree = self.state.trees[net]
             mine = leaf.areas.by_host.get(name, ())
-            facts += _area_facts(tree, leaf, [AreaChange(False, name, a.start, a.size)
-                                              for a in mine])
+            facts += _area_facts(
+                tree, leaf, [AreaChange(False, name, a.start, a.size) for a in mine]
+            )
         facts.append(HostRemoved(name))
         self.commit(facts)
 
@@ -198,9 +206,10 @@ class Engine:
         """Allocate the next address for (tenant, segment) on ``host``."""
         st = self.state
         if name in st.addresses:
-            raise Conflict(f'address name "{name}" is already allocated '
-                           f"({ip_to_str(st.addresses[name].ip)})",
-                           ["release it first, or use another name"])
+            raise Conflict(
+                f'address name "{name}" is already allocated ({ip_to_str(st.addresses[name].ip)})',
+                ["release it first, or use another name"],
+            )
         record = st.hosts.get(host)
         if record is None:
             raise NotFound(f'host "{host}" not found')
@@ -217,12 +226,15 @@ class Engine:
             if choice is None:
                 continue
             base = leaf.base + choice.index * tree.block_size
-            offset = first_free_in(st.blackouts[tree.name].mask(base, tree.block_size),
-                                   tree.block_size)
+            offset = first_free_in(
+                st.blackouts[tree.name].mask(base, tree.block_size), tree.block_size
+            )
             assert offset is not None, "wholly blacked-out blocks are never in the pool"
-            facts = [*_area_facts(tree, leaf, choice.changes),
-                     BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment),
-                     AddressAllocated(name, tree.name, base + offset)]
+            facts = [
+                *_area_facts(tree, leaf, choice.changes),
+                BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment),
+                AddressAllocated(name, tree.name, base + offset),
+            ]
             break
         if facts is None:
             raise self._exhausted(record, tenant)
@@ -230,25 +242,34 @@ class Engine:
         return self._view(st.addresses[name])
 
     def _exhausted(self, record: HostRecord, tenant: str) -> Exhausted:
-        groups = [f'{t.name}:{record.placements[t.name].path} '
-                  f'({record.placements[t.name].cidr})'
-                  for t in self.state.networks_for(tenant) if t.name in record.placements]
+        groups = [
+            f"{t.name}:{record.placements[t.name].path} ({record.placements[t.name].cidr})"
+            for t in self.state.networks_for(tenant)
+            if t.name in record.placements
+        ]
         if not groups:
             return Exhausted(f'host "{record.name}" is in no network open to tenant "{tenant}"')
-        return Exhausted(f'no free address for host "{record.name}" tenant "{tenant}": '
-                         f"every block of its groups is in use", groups)
+        return Exhausted(
+            f'no free address for host "{record.name}" tenant "{tenant}": '
+            f"every block of its groups is in use",
+            groups,
+        )
 
-    def allocate_ip(self, name: str, host: str, ip: str, tenant: str = "",
-                    segment: str = "") -> AddressView:
+    def allocate_ip(
+        self, name: str, host: str, ip: str, tenant: str = "", segment: str = ""
+    ) -> AddressView:
         """Allocate a specific address; it must be free and inside the host's group."""
         st = self.state
         if name in st.addresses:
-            raise Conflict(f'address name "{name}" is already allocated '
-                           f"({ip_to_str(st.addresses[name].ip)})")
+            raise Conflict(
+                f'address name "{name}" is already allocated ({ip_to_str(st.addresses[name].ip)})'
+            )
         record = self._host(host)
         value = int(_parse_ip(ip))
-        tree = next((t for t in st.trees.values()
-                     if t.base <= value < t.base + (1 << (32 - t.prefixlen))), None)
+        tree = next(
+            (t for t in st.trees.values() if t.base <= value < t.base + (1 << (32 - t.prefixlen))),
+            None,
+        )
         if tree is None:
             raise InvalidRequest(f"{ip} is in no network")
         if not tree.allows(tenant):
@@ -266,9 +287,11 @@ class Engine:
         facts: list[Fact] = []
         if block is not None:
             if block.owner != (host, tenant, segment):
-                raise Conflict(f"{ip} lies in block {cidr_str(base, tree.block_mask)} owned by "
-                               f"host {block.host}, tenant {block.tenant!r}, "
-                               f"segment {block.segment!r}")
+                raise Conflict(
+                    f"{ip} lies in block {cidr_str(base, tree.block_mask)} owned by "
+                    f"host {block.host}, tenant {block.tenant!r}, "
+                    f"segment {block.segment!r}"
+                )
         else:
             index = (base - leaf.base) // tree.block_size
             facts += _area_facts(tree, leaf, claim(leaf.areas, host, index))
@@ -310,13 +333,17 @@ class Engine:
         if net == tree.cidr:
             raise InvalidRequest(f"{net} is the whole network {network}; nothing would be left")
         lo, hi = int(net.network_address), int(net.broadcast_address) + 1
-        taken = [f"{ip_to_str(ip)} ({self.state.ips[ip].name})"
-                 for block in self.state.blocks.values() if block.tree is tree
-                 and block.base < hi and block.base + tree.block_size > lo
-                 for ip in block.used_ips() if lo <= ip < hi]
+        taken = [
+            f"{ip_to_str(ip)} ({self.state.ips[ip].name})"
+            for block in self.state.blocks.values()
+            if block.tree is tree and block.base < hi and block.base + tree.block_size > lo
+            for ip in block.used_ips()
+            if lo <= ip < hi
+        ]
         if taken:
-            raise Conflict(f"{net} holds {len(taken)} allocated address(es); release them first",
-                           taken[:20])
+            raise Conflict(
+                f"{net} holds {len(taken)} allocated address(es); release them first", taken[:20]
+            )
         self.commit([BlackoutAdded(network, str(net))])
 
     def remove_blackout(self, network: str, cidr: str) -> None:
@@ -348,9 +375,15 @@ class Engine:
     # -- views ----------------------------------------------------------------------
     def _view(self, address: Address) -> AddressView:
         block = address.block
-        return AddressView(address.name, ip_to_str(address.ip), block.tree.name, block.host,
-                           block.tenant, block.segment,
-                           cidr_str(block.base, block.tree.block_mask))
+        return AddressView(
+            address.name,
+            ip_to_str(address.ip),
+            block.tree.name,
+            block.host,
+            block.tenant,
+            block.segment,
+            cidr_str(block.base, block.tree.block_mask),
+        )
 
     def address(self, name: str) -> AddressView:
         address = self.state.addresses.get(name)
@@ -359,17 +392,25 @@ class Engine:
         return self._view(address)
 
     def addresses(self, host: str | None = None, tenant: str | None = None) -> list[AddressView]:
-        out = [self._view(a) for a in self.state.addresses.values()
-               if (host is None or a.block.host == host)
-               and (tenant is None or a.block.tenant == tenant)]
+        out = [
+            self._view(a)
+            for a in self.state.addresses.values()
+            if (host is None or a.block.host == host)
+            and (tenant is None or a.block.tenant == tenant)
+        ]
         out.sort(key=lambda v: IPv4Address(v.ip))
         return out
 
     def host(self, name: str) -> HostView:
         record = self._host(name)
-        groups = {net: {"group": leaf.path, "cidr": leaf.cidr,
-                        "areas": _area_cidrs(self.state.trees[net], leaf, name)}
-                  for net, leaf in record.placements.items()}
+        groups = {
+            net: {
+                "group": leaf.path,
+                "cidr": leaf.cidr,
+                "areas": _area_cidrs(self.state.trees[net], leaf, name),
+            }
+            for net, leaf in record.placements.items()
+        }
         return HostView(record.name, record.ip, dict(record.labels), groups, len(record.blocks))
 
     def hosts(self) -> list[HostView]:
@@ -378,24 +419,36 @@ class Engine:
     def blocks(self, network: str | None = None) -> list[BlockView]:
         if network is not None:
             self._tree(network)
-        return [_block_view(b) for base, b in sorted(self.state.blocks.items())
-                if network is None or b.tree.name == network]
+        return [
+            _block_view(b)
+            for base, b in sorted(self.state.blocks.items())
+            if network is None or b.tree.name == network
+        ]
 
     def networks(self) -> list[dict[str, Any]]:
         out = []
         for tree in self._trees().values():
             usage = [self.state.leaf_usage(tree, leaf) for leaf in tree.leaves.values()]
-            out.append({"name": tree.name, "cidr": str(tree.cidr), "block_mask": tree.block_mask,
-                        "tenants": sorted(tree.tenants) if tree.tenants else None,
-                        "blocks": sum(u.blocks for u in usage),
-                        "allocated": sum(u.allocated for u in usage),
-                        "free": sum(u.free for u in usage)})
+            out.append(
+                {
+                    "name": tree.name,
+                    "cidr": str(tree.cidr),
+                    "block_mask": tree.block_mask,
+                    "tenants": sorted(tree.tenants) if tree.tenants else None,
+                    "blocks": sum(u.blocks for u in usage),
+                    "allocated": sum(u.allocated for u in usage),
+                    "free": sum(u.free for u in usage),
+                }
+            )
         return out
 
     def group_usage(self) -> list[tuple[str, str, LeafUsage]]:
         """(network, leaf path, usage) for every leaf group: the metrics' raw figures."""
-        return [(tree.name, leaf.path, self.state.leaf_usage(tree, leaf))
-                for tree in self._trees().values() for leaf in tree.leaves.values()]
+        return [
+            (tree.name, leaf.path, self.state.leaf_usage(tree, leaf))
+            for tree in self._trees().values()
+            for leaf in tree.leaves.values()
+        ]
 
 
 def _area_facts(tree: NetworkTree, leaf: GroupNode, changes: list[AreaChange]) -> list[Fact]:
@@ -408,13 +461,22 @@ def _area_facts(tree: NetworkTree, leaf: GroupNode, changes: list[AreaChange]) -
 
 
 def _area_cidrs(tree: NetworkTree, leaf: GroupNode, host: str) -> list[str]:
-    return [cidr_str(*tree.run_prefix(leaf, a.start, a.size))
-            for a in sorted(leaf.areas.by_host.get(host, ()), key=lambda a: a.start)]
+    return [
+        cidr_str(*tree.run_prefix(leaf, a.start, a.size))
+        for a in sorted(leaf.areas.by_host.get(host, ()), key=lambda a: a.start)
+    ]
 
 
 def _block_view(b: Block) -> BlockView:
-    return BlockView(cidr_str(b.base, b.tree.block_mask), b.tree.name, b.leaf.path, b.host,
-                     b.tenant, b.segment, b.allocated)
+    return BlockView(
+        cidr_str(b.base, b.tree.block_mask),
+        b.tree.name,
+        b.leaf.path,
+        b.host,
+        b.tenant,
+        b.segment,
+        b.allocated,
+    )
 
 
 def _parse_ip(text: str) -> IPv4Address:

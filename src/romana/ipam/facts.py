@@ -26,13 +26,16 @@ class HostState:
     placements: dict[str, str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ip": self.ip, "labels": dict(self.labels),
-                "placements": dict(self.placements)}
+        return {
+            "name": self.name,
+            "ip": self.ip,
+            "labels": dict(self.labels),
+            "placements": dict(self.placements),
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> HostState:
-        return cls(d["name"], d["ip"], dict(d.get("labels") or {}),
-                   dict(d.get("placements") or {}))
+        return cls(d["name"], d["ip"], dict(d.get("labels") or {}), dict(d.get("placements") or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +155,36 @@ class BlackoutRemoved:
 
 
 Fact = (
-    TopologyApplied | HostAdded | HostLabelsUpdated | HostRemoved | BlockAssigned | BlockFreed
-    | AreaReserved | AreaReleased | AddressAllocated | AddressReleased | BlackoutAdded
+    TopologyApplied
+    | HostAdded
+    | HostLabelsUpdated
+    | HostRemoved
+    | BlockAssigned
+    | BlockFreed
+    | AreaReserved
+    | AreaReleased
+    | AddressAllocated
+    | AddressReleased
+    | BlackoutAdded
     | BlackoutRemoved
 )
 
 FACT_TYPES: dict[str, Any] = {
     t.kind: t
-    for t in (TopologyApplied, HostAdded, HostLabelsUpdated, HostRemoved, BlockAssigned,
-              BlockFreed, AreaReserved, AreaReleased, AddressAllocated, AddressReleased,
-              BlackoutAdded, BlackoutRemoved)
+    for t in (
+        TopologyApplied,
+        HostAdded,
+        HostLabelsUpdated,
+        HostRemoved,
+        BlockAssigned,
+        BlockFreed,
+        AreaReserved,
+        AreaReleased,
+        AddressAllocated,
+        AddressReleased,
+        BlackoutAdded,
+        BlackoutRemoved,
+    )
 }
 
 

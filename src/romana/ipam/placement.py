@@ -148,8 +148,10 @@ def _grow(leaf: GroupNode, area: Area) -> Choice | None:
         return None  # a loan stays strictly inside the area it was lent from
     buddy = area.start ^ size
     if vacant(leaf, buddy, size, area.host):
-        changes = [AreaChange(False, a.host, a.start, a.size)
-                   for a in [area, *leaf.areas.within(buddy, buddy + size)]]
+        changes = [
+            AreaChange(False, a.host, a.start, a.size)
+            for a in [area, *leaf.areas.within(buddy, buddy + size)]
+        ]
     else:
         shrunk = _shrink_over(leaf, area.host, buddy, size)
         if shrunk is None:
@@ -158,14 +160,12 @@ def _grow(leaf: GroupNode, area: Area) -> Choice | None:
     changes.append(AreaChange(True, area.host, start, size << 1))
     # The area itself has no free block left (step 1), so the grown area's lowest free block
     # is the buddy's, outside the areas kept there; a buddy all blacked out gains nothing.
-    kept = sorted((c.start, c.start + c.size) for c in changes
-                  if c.reserve and c.host != area.host)
+    kept = sorted((c.start, c.start + c.size) for c in changes if c.reserve and c.host != area.host)
     index = _lowest_outside(leaf, buddy, buddy + size, kept)
     return None if index is None else Choice(index, changes)
 
 
-def _lowest_outside(leaf: GroupNode, lo: int, hi: int, holes: list[tuple[int, int]]
-                    ) -> int | None:
+def _lowest_outside(leaf: GroupNode, lo: int, hi: int, holes: list[tuple[int, int]]) -> int | None:
     cursor = lo
     for a, b in [*holes, (hi, hi)]:
         if cursor < a:
@@ -176,8 +176,7 @@ def _lowest_outside(leaf: GroupNode, lo: int, hi: int, holes: list[tuple[int, in
     return None
 
 
-def _shrink_over(leaf: GroupNode, host: str, start: int, size: int
-                 ) -> list[AreaChange] | None:
+def _shrink_over(leaf: GroupNode, host: str, start: int, size: int) -> list[AreaChange] | None:
     """Make room in a buddy run held by areas that their owners barely use.
 
     Each outermost area inside the run shrinks to the half holding everything in it (its
@@ -265,9 +264,14 @@ def _split(leaf: GroupNode, host: str) -> Choice | None:
     keep = area.start if give != area.start else area.start + half
     index = leaf.pool.lowest_in(give, give + half)
     assert index is not None
-    return Choice(index, [AreaChange(False, area.host, area.start, area.size),
-                          AreaChange(True, area.host, keep, half),
-                          AreaChange(True, host, give, half)])
+    return Choice(
+        index,
+        [
+            AreaChange(False, area.host, area.start, area.size),
+            AreaChange(True, area.host, keep, half),
+            AreaChange(True, host, give, half),
+        ],
+    )
 
 
 def vacant(leaf: GroupNode, start: int, size: int, host: str | None = None) -> bool:
@@ -323,8 +327,9 @@ def _under(areas: LeafAreas, area: Area | None, host: str) -> bool:
     return False
 
 
-def _runs_between(leaf: GroupNode, lo: int, hi: int, holes: list[Area]
-                  ) -> Iterator[tuple[int, int]]:
+def _runs_between(
+    leaf: GroupNode, lo: int, hi: int, holes: list[Area]
+) -> Iterator[tuple[int, int]]:
     """Maximal aligned vacant runs of ``[lo, hi)`` outside ``holes`` (disjoint, in order)
     that hold a free block."""
     pool = leaf.pool

@@ -39,8 +39,7 @@ def _tree_of(trees: dict[str, NetworkTree], ip: int) -> NetworkTree | None:
 
 
 def _keep_blocks(
-    record: HostRecord, tree: NetworkTree, trees: dict[str, NetworkTree],
-    problems: list[Problem]
+    record: HostRecord, tree: NetworkTree, trees: dict[str, NetworkTree], problems: list[Problem]
 ) -> GroupNode | None:
     """The new leaf that keeps all of ``record``'s blocks in ``tree``'s network, if any."""
     blocks = [b for b in record.blocks.values() if _tree_of(trees, b.base) is tree]
@@ -49,29 +48,52 @@ def _keep_blocks(
     for block in blocks:
         cidr = cidr_str(block.base, block.tree.block_mask)
         if block.tree.block_mask != tree.block_mask:
-            problems.append(Problem(where, f"block {cidr} of network {tree.name} would change "
-                                    f"size to /{tree.block_mask}",
-                                    "block_mask cannot change while blocks are in use"))
+            problems.append(
+                Problem(
+                    where,
+                    f"block {cidr} of network {tree.name} would change size to /{tree.block_mask}",
+                    "block_mask cannot change while blocks are in use",
+                )
+            )
             return None
         if not tree.allows(block.tenant):
-            problems.append(Problem(where, f"block {cidr} belongs to tenant {block.tenant!r}, "
-                                    f"which network {tree.name} would no longer allow"))
+            problems.append(
+                Problem(
+                    where,
+                    f"block {cidr} belongs to tenant {block.tenant!r}, "
+                    f"which network {tree.name} would no longer allow",
+                )
+            )
             return None
         leaf = tree.leaf_containing(block.base)
         if leaf is None:
-            problems.append(Problem(where, f"block {cidr} would fall outside every leaf group "
-                                    f"of network {tree.name}"))
+            problems.append(
+                Problem(
+                    where,
+                    f"block {cidr} would fall outside every leaf group of network {tree.name}",
+                )
+            )
             return None
         leaves[leaf.path] = leaf
     if len(leaves) > 1:
-        problems.append(Problem(where, f"blocks of network {tree.name} would be split over "
-                                f"groups {', '.join(sorted(leaves))}"))
+        problems.append(
+            Problem(
+                where,
+                f"blocks of network {tree.name} would be split over "
+                f"groups {', '.join(sorted(leaves))}",
+            )
+        )
         return None
     leaf = next(iter(leaves.values()))
     if not tree.eligible_leaf(leaf, record.name, record.labels):
-        problems.append(Problem(where, f"blocks of network {tree.name} would lie in group "
-                                f"{leaf.path} ({leaf.cidr}), which the host's labels "
-                                f"{record.labels} do not fit"))
+        problems.append(
+            Problem(
+                where,
+                f"blocks of network {tree.name} would lie in group "
+                f"{leaf.path} ({leaf.cidr}), which the host's labels "
+                f"{record.labels} do not fit",
+            )
+        )
         return None
     return leaf
 
@@ -84,23 +106,32 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
     records: dict[str, HostRecord] = {}
     for name, record in state.hosts.items():
         if name in pinned and pinned[name] != record.ip:
-            problems.append(Problem(f"hosts.{name}", f"the map pins it with IP {pinned[name]} "
-                                    f"but it exists with IP {record.ip}"))
+            problems.append(
+                Problem(
+                    f"hosts.{name}",
+                    f"the map pins it with IP {pinned[name]} but it exists with IP {record.ip}",
+                )
+            )
         records[name] = record
     ips = {r.ip: r.name for r in records.values()}
     for name, ip in pinned.items():
         if name not in records:
             if ip in ips:
-                problems.append(Problem(f"hosts.{name}", f"IP {ip} is already used by host "
-                                        f'"{ips[ip]}"'))
+                problems.append(
+                    Problem(f"hosts.{name}", f'IP {ip} is already used by host "{ips[ip]}"')
+                )
             records[name] = HostRecord(name, ip, {})
     for record in records.values():
         for block in record.blocks.values():
             if _tree_of(trees, block.base) is None:
-                problems.append(Problem(f"hosts.{record.name}",
-                                        f"block {cidr_str(block.base, block.tree.block_mask)} "
-                                        f"of network {block.tree.name} lies in no network of "
-                                        "the new map"))
+                problems.append(
+                    Problem(
+                        f"hosts.{record.name}",
+                        f"block {cidr_str(block.base, block.tree.block_mask)} "
+                        f"of network {block.tree.name} lies in no network of "
+                        "the new map",
+                    )
+                )
     placements: dict[str, dict[str, str]] = {name: {} for name in records}
     # Pass 1: hosts held in place by their blocks or pinned by the map.
     for tree in trees.values():
@@ -124,7 +155,9 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
     if problems:
         raise TopologyConflict(
             f"the new topology cannot keep what is allocated ({len(problems)} problem(s)); "
-            "nothing was changed", problems)
+            "nothing was changed",
+            problems,
+        )
     kept: dict[str, list[str]] = {}
     dropped: list[Problem] = []
     for net, blackouts in state.blackouts.items():
@@ -133,16 +166,23 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
             if owner is not None and cidr.subnet_of(owner.cidr) and cidr != owner.cidr:
                 kept.setdefault(owner.name, []).append(str(cidr))
             else:
-                dropped.append(Problem(f"blackouts.{net}", f"blackout {cidr} dropped: no "
-                                       "longer inside a network", severity="warning"))
-    hosts = tuple(HostState(r.name, r.ip, dict(r.labels), placements[r.name])
-                  for r in records.values())
+                dropped.append(
+                    Problem(
+                        f"blackouts.{net}",
+                        f"blackout {cidr} dropped: no longer inside a network",
+                        severity="warning",
+                    )
+                )
+    hosts = tuple(
+        HostState(r.name, r.ip, dict(r.labels), placements[r.name]) for r in records.values()
+    )
     areas = _kept_areas(state, trees, placements)
     return TopologyApplied(topology.to_json(), hosts, kept, areas), dropped
 
 
-def _kept_areas(state: IpamState, trees: dict[str, NetworkTree],
-                placements: dict[str, dict[str, str]]) -> tuple[AreaState, ...]:
+def _kept_areas(
+    state: IpamState, trees: dict[str, NetworkTree], placements: dict[str, dict[str, str]]
+) -> tuple[AreaState, ...]:
     """The areas that still lie inside their host's new leaf, at the new block size."""
     kept = []
     for old_tree in state.trees.values():
@@ -157,5 +197,3 @@ def _kept_areas(state: IpamState, trees: dict[str, NetworkTree],
                 if leaf.contains(base) and prefixlen >= leaf.prefixlen:
                     kept.append(AreaState(tree.name, area.host, cidr_str(base, prefixlen)))
     return tuple(kept)
-
-

@@ -28,24 +28,30 @@ READABLE = (1, 2)
 
 def take(state: IpamState) -> dict[str, Any]:
     if state.topology is None:
-        return {"format": FORMAT, "version": VERSION, "revision": state.revision,
-                "topology": None}
+        return {"format": FORMAT, "version": VERSION, "revision": state.revision, "topology": None}
     return {
         "format": FORMAT,
         "version": VERSION,
         "revision": state.revision,
         "topology": state.topology.to_json(),
         "hosts": [r.state().to_json() for r in state.hosts.values()],
-        "blackouts": {net: [str(c) for c in b.cidrs] for net, b in state.blackouts.items()
-                      if b.cidrs},
+        "blackouts": {
+            net: [str(c) for c in b.cidrs] for net, b in state.blackouts.items() if b.cidrs
+        },
         "areas": [a.to_json() for a in state.area_states()],
         "blocks": [
-            {"network": b.tree.name, "cidr": cidr_str(b.base, b.tree.block_mask),
-             "host": b.host, "tenant": b.tenant, "segment": b.segment}
+            {
+                "network": b.tree.name,
+                "cidr": cidr_str(b.base, b.tree.block_mask),
+                "host": b.host,
+                "tenant": b.tenant,
+                "segment": b.segment,
+            }
             for _, b in sorted(state.blocks.items())
         ],
-        "addresses": [[a.name, a.block.tree.name, ip_to_str(a.ip)]
-                      for a in state.addresses.values()],
+        "addresses": [
+            [a.name, a.block.tree.name, ip_to_str(a.ip)] for a in state.addresses.values()
+        ],
     }
 
 
@@ -54,23 +60,31 @@ def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
     if snapshot.get("format") != FORMAT:
         raise ValueError("not a Romana IPAM snapshot")
     if snapshot.get("version") not in READABLE:
-        raise ValueError(f"snapshot version {snapshot.get('version')} is not supported "
-                         f"(this build reads versions {', '.join(map(str, READABLE))})")
+        raise ValueError(
+            f"snapshot version {snapshot.get('version')} is not supported "
+            f"(this build reads versions {', '.join(map(str, READABLE))})"
+        )
     revision = int(snapshot["revision"])
     if snapshot["topology"] is None:
         return [], revision
-    facts: list[Fact] = [TopologyApplied(
-        snapshot["topology"],
-        tuple(HostState.from_json(h) for h in snapshot["hosts"]),
-        {k: list(v) for k, v in snapshot.get("blackouts", {}).items()},
-        tuple(AreaState.from_json(a) for a in snapshot.get("areas", ())),
-    )]
+    facts: list[Fact] = [
+        TopologyApplied(
+            snapshot["topology"],
+            tuple(HostState.from_json(h) for h in snapshot["hosts"]),
+            {k: list(v) for k, v in snapshot.get("blackouts", {}).items()},
+            tuple(AreaState.from_json(a) for a in snapshot.get("areas", ())),
+        )
+    ]
     for b in snapshot["blocks"]:
         ip, prefix = b["cidr"].split("/")
-        facts.append(BlockAssigned(b["network"], ip_from_str(ip), int(prefix), b["host"],
-                                   b["tenant"], b["segment"]))
-    facts += [AddressAllocated(name, net, ip_from_str(ip))
-              for name, net, ip in snapshot["addresses"]]
+        facts.append(
+            BlockAssigned(
+                b["network"], ip_from_str(ip), int(prefix), b["host"], b["tenant"], b["segment"]
+            )
+        )
+    facts += [
+        AddressAllocated(name, net, ip_from_str(ip)) for name, net, ip in snapshot["addresses"]
+    ]
     return facts, revision
 
 

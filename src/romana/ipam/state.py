@@ -59,8 +59,12 @@ class HostRecord:
         self.blocks: dict[int, Block] = {}  # base -> block
 
     def state(self) -> HostState:
-        return HostState(self.name, self.ip, dict(self.labels),
-                         {net: leaf.path for net, leaf in self.placements.items()})
+        return HostState(
+            self.name,
+            self.ip,
+            dict(self.labels),
+            {net: leaf.path for net, leaf in self.placements.items()},
+        )
 
 
 def build_trees(topology: Topology) -> dict[str, NetworkTree]:
@@ -108,8 +112,10 @@ class IpamState:
         found = self.tenant_networks.get(tenant)
         if found is None:
             trees = self.trees.values()
-            found = tuple([t for t in trees if t.tenants is not None and tenant in t.tenants]
-                          + [t for t in trees if t.tenants is None])
+            found = tuple(
+                [t for t in trees if t.tenants is not None and tenant in t.tenants]
+                + [t for t in trees if t.tenants is None]
+            )
             self.tenant_networks[tenant] = found
         return found
 
@@ -152,14 +158,16 @@ class IpamState:
         return next((t for t in self.trees.values() if t.contains(ip)), None)
 
     def leaf_usage(self, tree: NetworkTree, leaf: GroupNode) -> LeafUsage:
-        black = sum(b - a for a, b in self.blackouts[tree.name].ranges(leaf.base,
-                                                                        leaf.base + leaf.size))
+        black = sum(
+            b - a for a, b in self.blackouts[tree.name].ranges(leaf.base, leaf.base + leaf.size)
+        )
         allocated = sum(b.allocated for b in leaf.blocks.values())
         return LeafUsage(len(leaf.blocks), allocated, leaf.size - black - allocated)
 
     def rebuild_pool(self, tree: NetworkTree, leaf: GroupNode) -> None:
-        leaf.dark = self.blackouts[tree.name].covered_indices(leaf.base, leaf.block_count,
-                                                              tree.block_size)
+        leaf.dark = self.blackouts[tree.name].covered_indices(
+            leaf.base, leaf.block_count, tree.block_size
+        )
         taken = [(i, i + 1) for i in leaf.blocks] + leaf.dark
         leaf.pool = FreeBlocks.excluding(leaf.block_count, taken)
 
@@ -235,8 +243,11 @@ class IpamState:
         leaf = self.hosts[host].placements[network]
         start, size = tree.prefix_run(leaf, base, prefixlen)
         area = leaf.areas.add(start, size, host)
-        area.count = sum(1 for b in self.hosts[host].blocks.values()
-                         if b.leaf is leaf and start <= b.index < start + size)
+        area.count = sum(
+            1
+            for b in self.hosts[host].blocks.values()
+            if b.leaf is leaf and start <= b.index < start + size
+        )
 
     def _area_released(self, fact: AreaReleased) -> None:
         tree = self.trees[fact.network]

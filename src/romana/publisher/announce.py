@@ -47,8 +47,12 @@ def collapse(cidrs: Iterable[str]) -> list[str]:
     return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
 
-def announced(placements: Mapping[str, Placement], local: Iterable[str],
-              group_sizes: Mapping[str, int], policy: Policy) -> list[str]:
+def announced(
+    placements: Mapping[str, Placement],
+    local: Iterable[str],
+    group_sizes: Mapping[str, int],
+    policy: Policy,
+) -> list[str]:
     """The prefixes a host announces.
 
     ``placements``: network -> the host's leaf group there; ``local``: the host's own
@@ -65,6 +69,5 @@ def announced(placements: Mapping[str, Placement], local: Iterable[str],
             out.append(placement.cidr)
             alone.append(ipaddress.IPv4Network(placement.cidr))
     # Blocks of the other networks (where the host has neighbours) stay as they are.
-    out += [c for c in own
-            if not any(ipaddress.IPv4Network(c).subnet_of(leaf) for leaf in alone)]
+    out += [c for c in own if not any(ipaddress.IPv4Network(c).subnet_of(leaf) for leaf in alone)]
     return sort_cidrs(out)

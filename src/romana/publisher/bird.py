@@ -88,12 +88,16 @@ class BirdControl:
         try:
             replies = self.command("configure")
         except OSError as exc:
-            raise BirdError("reload", f"cannot reach BIRD at {self.path}: {exc}",
-                            retry=True) from exc
+            raise BirdError(
+                "reload", f"cannot reach BIRD at {self.path}: {exc}", retry=True
+            ) from exc
         codes = {r.code for r in replies}
         if CONFIG_ERROR in codes or any(r.code >= 8000 for r in replies):
-            raise BirdError("reload", "BIRD refused the configuration: "
-                            + "; ".join(r.text for r in replies if r.code >= 8000))
+            raise BirdError(
+                "reload",
+                "BIRD refused the configuration: "
+                + "; ".join(r.text for r in replies if r.code >= 8000),
+            )
         if SHUTTING_DOWN in codes:
             raise BirdError("reload", "BIRD is shutting down", retry=True)
         if RECONFIGURED in codes:
@@ -103,8 +107,11 @@ class BirdControl:
             # reports itself up and running again.
             self._wait_configured(timeout)
             return
-        raise BirdError("reload", "unexpected answer to configure: "
-                        + "; ".join(f"{r.code:04d} {r.text}" for r in replies))
+        raise BirdError(
+            "reload",
+            "unexpected answer to configure: "
+            + "; ".join(f"{r.code:04d} {r.text}" for r in replies),
+        )
 
     def _wait_configured(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -112,20 +119,19 @@ class BirdControl:
             try:
                 status = self.command("show status")
             except OSError as exc:
-                raise BirdError("reload", f"lost BIRD at {self.path}: {exc}",
-                                retry=True) from exc
+                raise BirdError("reload", f"lost BIRD at {self.path}: {exc}", retry=True) from exc
             if any(r.code == STATUS and "up and running" in r.text for r in status):
                 return
             time.sleep(0.1)
-        raise BirdError("reload", f"BIRD still reconfiguring after {timeout:.0f} s",
-                        retry=True)
+        raise BirdError("reload", f"BIRD still reconfiguring after {timeout:.0f} s", retry=True)
 
 
 class BirdConfig:
     """The output file of one BIRD, and the reload of that BIRD (``socket`` optional)."""
 
-    def __init__(self, output: Path, socket_path: str | Path | None = None,
-                 bird: str = "bird") -> None:
+    def __init__(
+        self, output: Path, socket_path: str | Path | None = None, bird: str = "bird"
+    ) -> None:
         self.output = output
         self.control = BirdControl(socket_path) if socket_path else None
         self.bird = bird
@@ -178,8 +184,9 @@ class BirdConfig:
         """``text`` in a temporary file next to the output, parsed by ``bird -p``."""
         directory = self.output.parent
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".tmp",
-                                        dir=directory)
+            fd, name = tempfile.mkstemp(
+                prefix=f".{self.output.name}.", suffix=".tmp", dir=directory
+            )
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
                 handle.flush()
@@ -189,24 +196,29 @@ class BirdConfig:
             raise BirdError("write", f"cannot write in {directory}: {exc}") from exc
         tmp = Path(name)
         try:
-            result = subprocess.run([self.bird, "-p", "-c", str(tmp)], capture_output=True,
-                                    text=True, timeout=30)
+            result = subprocess.run(
+                [self.bird, "-p", "-c", str(tmp)], capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             tmp.unlink(missing_ok=True)
             raise BirdError("validate", f"cannot run {self.bird} -p: {exc}") from exc
         if result.returncode != 0:
             message = (result.stderr.strip() or result.stdout.strip()).replace(
-                str(tmp), str(self.rejected))
+                str(tmp), str(self.rejected)
+            )
             with contextlib.suppress(OSError):
                 os.replace(tmp, self.rejected)
             tmp.unlink(missing_ok=True)
-            raise BirdError("validate", f"BIRD rejects the rendered configuration "
-                            f"(kept as {self.rejected}): {message}")
+            raise BirdError(
+                "validate",
+                f"BIRD rejects the rendered configuration (kept as {self.rejected}): {message}",
+            )
         return tmp
 
     def _write_plain(self, text: str) -> None:
-        fd, name = tempfile.mkstemp(prefix=f".{self.output.name}.", suffix=".tmp",
-                                    dir=self.output.parent)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent
+        )
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.chmod(name, 0o644)

@@ -20,8 +20,9 @@ from romana.serving import bind
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def serve_in_thread(listen: str, registry: CollectorRegistry, health: Health
-                    ) -> ThreadingHTTPServer:
+def serve_in_thread(
+    listen: str, registry: CollectorRegistry, health: Health
+) -> ThreadingHTTPServer:
     """Start serving on ``HOST:PORT`` or ``unix:/path``; raises ValueError or OSError."""
     sock = bind(listen)
 
@@ -30,8 +31,7 @@ def serve_in_thread(listen: str, registry: CollectorRegistry, health: Health
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 ok, body = health()
-                self._answer(200 if ok else 503, "application/json",
-                             json.dumps(body).encode())
+                self._answer(200 if ok else 503, "application/json", json.dumps(body).encode())
             elif path == "/metrics":
                 self._answer(200, CONTENT_TYPE_LATEST, generate_latest(registry))
             else:

@@ -40,32 +40,55 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.renders = Counter("romana_publisher_renders_total",
-                               "Configurations rendered from the template", registry=r)
-        self.reloads = Counter("romana_publisher_reloads_total",
-                               "Configurations installed and accepted by BIRD", registry=r)
-        self.failures = Counter("romana_publisher_failures_total",
-                                "Failures by stage: template, validate, write, reload, romanad, "
-                                "internal",
-                                ["stage"], registry=r)
-        self.last_good = Gauge("romana_publisher_last_good_timestamp_seconds",
-                               "When BIRD last accepted a configuration from us", registry=r)
-        self.stale = Gauge("romana_publisher_config_stale",
-                           "1 while BIRD runs an older configuration than the current inputs "
-                           "call for (a failure is being waited out)", registry=r)
-        self.prefixes = Gauge("romana_publisher_prefixes",
-                              "Prefixes announced (host) or accepted from peers (router)",
-                              registry=r)
-        self.peers = Gauge("romana_publisher_peers", "BGP peers configured (router)",
-                           registry=r)
-        self.revision = Gauge("romana_publisher_revision",
-                              "Last romanad revision seen on the changes feed", registry=r)
-        self.rewound = Gauge("romana_publisher_feed_rewound",
-                             "1 while romanad's feed went back in time or changed store "
-                             "(not followed; the last good configuration stays)", registry=r)
-        self.restarts = Counter("romana_publisher_loop_restarts_total",
-                                "Times the loop was restarted after an unexpected error",
-                                registry=r)
+        self.renders = Counter(
+            "romana_publisher_renders_total",
+            "Configurations rendered from the template",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "romana_publisher_reloads_total",
+            "Configurations installed and accepted by BIRD",
+            registry=r,
+        )
+        self.failures = Counter(
+            "romana_publisher_failures_total",
+            "Failures by stage: template, validate, write, reload, romanad, internal",
+            ["stage"],
+            registry=r,
+        )
+        self.last_good = Gauge(
+            "romana_publisher_last_good_timestamp_seconds",
+            "When BIRD last accepted a configuration from us",
+            registry=r,
+        )
+        self.stale = Gauge(
+            "romana_publisher_config_stale",
+            "1 while BIRD runs an older configuration than the current inputs "
+            "call for (a failure is being waited out)",
+            registry=r,
+        )
+        self.prefixes = Gauge(
+            "romana_publisher_prefixes",
+            "Prefixes announced (host) or accepted from peers (router)",
+            registry=r,
+        )
+        self.peers = Gauge("romana_publisher_peers", "BGP peers configured (router)", registry=r)
+        self.revision = Gauge(
+            "romana_publisher_revision",
+            "Last romanad revision seen on the changes feed",
+            registry=r,
+        )
+        self.rewound = Gauge(
+            "romana_publisher_feed_rewound",
+            "1 while romanad's feed went back in time or changed store "
+            "(not followed; the last good configuration stays)",
+            registry=r,
+        )
+        self.restarts = Counter(
+            "romana_publisher_loop_restarts_total",
+            "Times the loop was restarted after an unexpected error",
+            registry=r,
+        )
         for stage in ("template", "validate", "write", "reload", "romanad", "internal"):
             self.failures.labels(stage)
 
@@ -99,9 +122,15 @@ class Options:
 class Publisher:
     """The loop: read, render when inputs changed, apply safely, follow the feed."""
 
-    def __init__(self, opts: Options, client: RomanaClient, bird: BirdConfig,
-                 metrics: Metrics, builtin: templates.Source | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        opts: Options,
+        client: RomanaClient,
+        bird: BirdConfig,
+        metrics: Metrics,
+        builtin: templates.Source | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.opts = opts
         self.client = client
         self.bird = bird
@@ -125,21 +154,24 @@ class Publisher:
         store_id, since = source.start_revision(self.client)
         self._check_feed(store_id, since)
         if self.opts.router is not None:
-            self.router_inputs = source.read_router(self.client, self.opts.router,
-                                                    self.opts.strict)
+            self.router_inputs = source.read_router(self.client, self.opts.router, self.opts.strict)
         else:
             assert self.opts.host is not None
             try:
-                self.host_inputs = source.read_host(self.client, self.opts.host,
-                                                    self.opts.announce is Policy.GROUP)
+                self.host_inputs = source.read_host(
+                    self.client, self.opts.host, self.opts.announce is Policy.GROUP
+                )
             except NotFound:
                 if self.host_inputs is None:
                     raise  # never registered yet: wait for it (logged, with backoff)
                 # Removed from romanad: its blocks are freed and may go to other hosts.
-                log.warning("host no longer registered in romanad: announcing nothing",
-                            extra={"host": self.opts.host})
-                self.host_inputs = replace(self.host_inputs, placements={}, local=(),
-                                           group_sizes={})
+                log.warning(
+                    "host no longer registered in romanad: announcing nothing",
+                    extra={"host": self.opts.host},
+                )
+                self.host_inputs = replace(
+                    self.host_inputs, placements={}, local=(), group_sizes={}
+                )
             if self.subnet is None and not self._detected:
                 self.subnet = detect_subnet(self.host_inputs.ip)
                 self._detected = True
@@ -159,8 +191,13 @@ class Publisher:
         self._check_feed(answer.get("store_id"), int(answer["revision"]))
         relevant = [c for c in answer["changes"] if self.cares(c)]
         if relevant:
-            log.info("relevant changes", extra={"kinds": sorted({c["kind"] for c in relevant}),
-                                                "revision": answer["revision"]})
+            log.info(
+                "relevant changes",
+                extra={
+                    "kinds": sorted({c["kind"] for c in relevant}),
+                    "revision": answer["revision"],
+                },
+            )
             self.refresh()
         self.since = max(self.since, int(answer["revision"]))
         self.metrics.revision.set(self.since)
@@ -177,13 +214,17 @@ class Publisher:
         """(alive, what ``/healthz`` shows): 503 only for a failing or stuck loop; romanad
         away, a refused configuration or a rewound feed are reported, not fatal."""
         ok = self.loop.state == "running" and not self.loop.stuck
-        return ok, {"status": "ok" if ok else "degraded",
-                    "mode": "router" if self.opts.router else "host",
-                    "who": self.opts.router or self.opts.host,
-                    "config": "current" if self.healthy else "stale",
-                    "feed": "rewound" if self.feed.problem else "followed",
-                    "feed_problem": self.feed.problem, "store_id": self.feed.store_id,
-                    "revision": self.since, "loops": {"publish": self.loop.to_json()}}
+        return ok, {
+            "status": "ok" if ok else "degraded",
+            "mode": "router" if self.opts.router else "host",
+            "who": self.opts.router or self.opts.host,
+            "config": "current" if self.healthy else "stale",
+            "feed": "rewound" if self.feed.problem else "followed",
+            "feed_problem": self.feed.problem,
+            "store_id": self.feed.store_id,
+            "revision": self.since,
+            "loops": {"publish": self.loop.to_json()},
+        }
 
     # -- rendering and BIRD -----------------------------------------------------------
     def variables(self) -> dict[str, Any]:
@@ -234,9 +275,14 @@ class Publisher:
         if changed:
             self.metrics.reloads.inc()
             self.metrics.last_good.set_to_current_time()
-            log.info("configuration applied", extra={
-                "template": str(template.path), "output": str(self.bird.output),
-                **self._summary(variables)})
+            log.info(
+                "configuration applied",
+                extra={
+                    "template": str(template.path),
+                    "output": str(self.bird.output),
+                    **self._summary(variables),
+                },
+            )
         return True
 
     def _failed(self, stage: str, message: str, key: object, retry: bool = False) -> bool:
@@ -247,16 +293,17 @@ class Publisher:
         self.metrics.stale.set(1)
         if not repeated:
             self.metrics.failures.labels(stage).inc()
-            log.error("keeping the last good configuration", extra={
-                "stage": stage, "error": message, "retry": retry})
+            log.error(
+                "keeping the last good configuration",
+                extra={"stage": stage, "error": message, "retry": retry},
+            )
         return False
 
     @staticmethod
     def _summary(variables: Mapping[str, Any]) -> dict[str, Any]:
         if "networks" in variables:
             return {"networks": variables["networks"]}
-        return {"peers": [p.name for p in variables["peers"]],
-                "unpeered": variables["unpeered"]}
+        return {"peers": [p.name for p in variables["peers"]], "unpeered": variables["unpeered"]}
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -299,8 +346,9 @@ class Publisher:
                 delay = backoff.next()
                 self.loop.state, self.loop.last_error = "restarting", repr(exc)
                 self.loop.restarts += 1
-                log.exception("unexpected error; restarting the loop",
-                              extra={"retry_in": round(delay, 2)})
+                log.exception(
+                    "unexpected error; restarting the loop", extra={"retry_in": round(delay, 2)}
+                )
                 if self.opts.once:
                     return 1
                 self.since = None

@@ -107,8 +107,11 @@ def index_groups(topology: Mapping[str, Any]) -> dict[str, GroupInfo]:
 
     def visit(group: Mapping[str, Any], path: str, parent: str, nets: Sequence[str]) -> None:
         cidr = group.get("cidr")
-        by_net = dict(cidr) if isinstance(cidr, Mapping) else (
-            {nets[0]: cidr} if isinstance(cidr, str) and nets else {})
+        by_net = (
+            dict(cidr)
+            if isinstance(cidr, Mapping)
+            else ({nets[0]: cidr} if isinstance(cidr, str) and nets else {})
+        )
         cidrs.setdefault(path, {}).update(by_net)
         subgroups = group.get("groups") or []
         leaf[path] = leaf.get(path, True) and not subgroups
@@ -128,8 +131,12 @@ def index_groups(topology: Mapping[str, Any]) -> dict[str, GroupInfo]:
 
     def build(path: str) -> GroupInfo:
         if path not in built:
-            built[path] = GroupInfo(path, dict(cidrs.get(path, {})), leaf.get(path, True),
-                                    tuple(build(c) for c in children.get(path, [])))
+            built[path] = GroupInfo(
+                path,
+                dict(cidrs.get(path, {})),
+                leaf.get(path, True),
+                tuple(build(c) for c in children.get(path, [])),
+            )
         return built[path]
 
     for path in list(cidrs):
@@ -143,10 +150,15 @@ def pattern(cidr: str) -> str:
     return f"{net}{{{net.prefixlen},32}}"
 
 
-def router_data(group: GroupInfo, hosts: Iterable[Mapping[str, Any]],
-                routes: Iterable[Mapping[str, Any]] = (), *, strict: bool = False,
-                peers: Mapping[str, PeerSpec] | None = None,
-                peer_as: int | None = None) -> RouterData:
+def router_data(
+    group: GroupInfo,
+    hosts: Iterable[Mapping[str, Any]],
+    routes: Iterable[Mapping[str, Any]] = (),
+    *,
+    strict: bool = False,
+    peers: Mapping[str, PeerSpec] | None = None,
+    peer_as: int | None = None,
+) -> RouterData:
     """The router configuration data of ``group``.
 
     ``hosts``: romanad's host objects (``name``, ``ip``, ``groups``); ``routes``: romanad's
@@ -165,17 +177,29 @@ def router_data(group: GroupInfo, hosts: Iterable[Mapping[str, Any]],
             if via.startswith("host:"):
                 owned.setdefault(via.removeprefix("host:"), []).append(str(route["prefix"]))
         for host in sorted(hosts, key=lambda h: str(h["name"])):
-            placed = [str(p["cidr"]) for p in (host.get("groups") or {}).values()
-                      if p.get("group") == group.path]
+            placed = [
+                str(p["cidr"])
+                for p in (host.get("groups") or {}).values()
+                if p.get("group") == group.path
+            ]
             if not placed:
                 continue
             name = str(host["name"])
             spec = overrides.get(name, PeerSpec())
             cidrs = tuple(_sorted(placed))
             prefixes = tuple(_sorted(owned.get(name, ()))) if strict else cidrs
-            out.append(Peer(name, "host", spec.ip or str(host["ip"]), spec.asn or peer_as,
-                            names.make("host", name), cidrs, prefixes,
-                            tuple(pattern(p) for p in prefixes)))
+            out.append(
+                Peer(
+                    name,
+                    "host",
+                    spec.ip or str(host["ip"]),
+                    spec.asn or peer_as,
+                    names.make("host", name),
+                    cidrs,
+                    prefixes,
+                    tuple(pattern(p) for p in prefixes),
+                )
+            )
     else:
         for child in group.children:
             given = overrides.get(child.path) or overrides.get(child.path.rsplit("/", 1)[-1])
@@ -183,9 +207,18 @@ def router_data(group: GroupInfo, hosts: Iterable[Mapping[str, Any]],
                 unpeered.append(child.path)
                 continue
             cidrs = tuple(_sorted(child.cidrs.values()))
-            out.append(Peer(child.path, "group", given.ip, given.asn or peer_as,
-                            names.make("group", child.path.rsplit("/", 1)[-1]), cidrs, cidrs,
-                            tuple(pattern(c) for c in cidrs)))
+            out.append(
+                Peer(
+                    child.path,
+                    "group",
+                    given.ip,
+                    given.asn or peer_as,
+                    names.make("group", child.path.rsplit("/", 1)[-1]),
+                    cidrs,
+                    cidrs,
+                    tuple(pattern(c) for c in cidrs),
+                )
+            )
     return RouterData(group.path, own, group.leaf, strict, tuple(out), tuple(unpeered))
 
 

@@ -58,16 +58,24 @@ def local_networks(client: RomanaClient, host: str) -> list[str]:
 
 def read_host(client: RomanaClient, name: str, group_sizes: bool) -> HostInputs:
     host = client.host(name)
-    placements = {net: Placement(str(p["group"]), str(p["cidr"]))
-                  for net, p in (host.get("groups") or {}).items()}
+    placements = {
+        net: Placement(str(p["group"]), str(p["cidr"]))
+        for net, p in (host.get("groups") or {}).items()
+    }
     sizes: dict[str, int] = {}
     if group_sizes:
         for other in client.hosts()["hosts"]:
             for net, p in (other.get("groups") or {}).items():
                 if net in placements and p.get("group") == placements[net].group:
                     sizes[net] = sizes.get(net, 0) + 1
-    return HostInputs(str(host["name"]), str(host["ip"]), dict(host.get("labels") or {}),
-                      placements, tuple(local_networks(client, name)), sizes)
+    return HostInputs(
+        str(host["name"]),
+        str(host["ip"]),
+        dict(host.get("labels") or {}),
+        placements,
+        tuple(local_networks(client, name)),
+        sizes,
+    )
 
 
 def read_router(client: RomanaClient, path: str, strict: bool) -> RouterInputs:
@@ -75,9 +83,11 @@ def read_router(client: RomanaClient, path: str, strict: bool) -> RouterInputs:
     hosts: tuple[Mapping[str, Any], ...] = ()
     routes: tuple[Mapping[str, Any], ...] = ()
     if group.leaf:
-        hosts = tuple(h for h in client.hosts()["hosts"]
-                      if any(p.get("group") == group.path
-                             for p in (h.get("groups") or {}).values()))
+        hosts = tuple(
+            h
+            for h in client.hosts()["hosts"]
+            if any(p.get("group") == group.path for p in (h.get("groups") or {}).values())
+        )
         if strict:
             routes = tuple(client.routes(group=group.path)["routes"])
     return RouterInputs(group, hosts, routes)
@@ -104,7 +114,8 @@ def host_cares(change: Mapping[str, Any], inputs: HostInputs, group_policy: bool
         return _inside(change.get("cidr"), inputs.local)
     if kind in wire.AREA_FACTS:  # its own area, or one whose change moves its stray blocks
         return change.get("host") == inputs.name or _inside(
-            change.get("cidr"), [p.cidr for p in inputs.placements.values()])
+            change.get("cidr"), [p.cidr for p in inputs.placements.values()]
+        )
     return False
 
 
@@ -117,8 +128,10 @@ def router_cares(change: Mapping[str, Any], inputs: RouterInputs, strict: bool) 
         return False  # a parent's peers and filters follow the map only
     if kind in HOST_FACTS:
         placements = change.get("placements") or {}
-        return (change.get("name") in {h.get("name") for h in inputs.hosts}
-                or inputs.group.path in placements.values())
+        return (
+            change.get("name") in {h.get("name") for h in inputs.hosts}
+            or inputs.group.path in placements.values()
+        )
     if kind in wire.BLOCK_FACTS or kind in wire.AREA_FACTS:
         return strict and _inside(change.get("cidr"), inputs.group.cidrs.values())
     return False

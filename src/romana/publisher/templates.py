@@ -27,8 +27,7 @@ import jinja2
 from romana.errors import TemplateError
 
 
-def candidates(template: Path, host_ip: str | None = None,
-               subnet: str | None = None) -> list[Path]:
+def candidates(template: Path, host_ip: str | None = None, subnet: str | None = None) -> list[Path]:
     """The files tried, best match first: ``T.<host-ip>``, ``T.<subnet-address>``, ``T``."""
     out: list[Path] = []
     if host_ip:
@@ -77,8 +76,9 @@ def render(source: Source, variables: Mapping[str, Any]) -> str:
     try:
         return env.from_string(source.text).render(**variables)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{source.path}:{exc.lineno}: template syntax error: "
-                            f"{exc.message}") from exc
+        raise TemplateError(
+            f"{source.path}:{exc.lineno}: template syntax error: {exc.message}"
+        ) from exc
     except jinja2.TemplateError as exc:  # undefined variables, missing includes, ...
         line = _template_line(exc)
         where = f"{source.path}:{line}" if line else str(source.path)

@@ -44,19 +44,33 @@ def host_variables(opts: Options, inputs: source.HostInputs) -> dict[str, Any]:
 
 
 def router_variables(opts: Options, inputs: source.RouterInputs) -> dict[str, Any]:
-    data = router_data(inputs.group, inputs.hosts, inputs.routes, strict=opts.strict,
-                       peers=opts.peers, peer_as=opts.peer_as)
-    return {**common_variables(opts), "group": data.group, "cidrs": list(data.cidrs),
-            "cidr_patterns": [pattern(c) for c in data.cidrs], "leaf": data.leaf,
-            "strict": data.strict, "peers": list(data.peers),
-            "unpeered": list(data.unpeered), "missing_as": missing_as(data)}
+    data = router_data(
+        inputs.group,
+        inputs.hosts,
+        inputs.routes,
+        strict=opts.strict,
+        peers=opts.peers,
+        peer_as=opts.peer_as,
+    )
+    return {
+        **common_variables(opts),
+        "group": data.group,
+        "cidrs": list(data.cidrs),
+        "cidr_patterns": [pattern(c) for c in data.cidrs],
+        "leaf": data.leaf,
+        "strict": data.strict,
+        "peers": list(data.peers),
+        "unpeered": list(data.unpeered),
+        "missing_as": missing_as(data),
+    }
 
 
 def detect_subnet(ip: str) -> str | None:
     """The subnet of the interface holding ``ip`` in this network namespace, if any."""
     try:
-        out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True,
-                             text=True, timeout=5).stdout
+        out = subprocess.run(
+            ["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, timeout=5
+        ).stdout
         links = json.loads(out or "[]")
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None

@@ -5,5 +5,14 @@ from romana.routes.model import Route, RouteSet
 from romana.routes.tracker import RouteTracker
 from romana.routes.verify import blocks_of, verify
 
-__all__ = ["Route", "RouteSet", "RouteTracker", "blocks_of", "group_routes", "host_routes",
-           "route_set", "vantages", "verify"]
+__all__ = [
+    "Route",
+    "RouteSet",
+    "RouteTracker",
+    "blocks_of",
+    "group_routes",
+    "host_routes",
+    "route_set",
+    "vantages",
+    "verify",
+]

@@ -89,8 +89,9 @@ class FromState:
         return self._holes[key].get(host, ())
 
 
-def host_segments(state: IpamState, name: str, prefixes: Prefixes,
-                  hole_prefixes: Prefixes) -> Segments:
+def host_segments(
+    state: IpamState, name: str, prefixes: Prefixes, hole_prefixes: Prefixes
+) -> Segments:
     record = state.hosts.get(name)
     if record is None:
         raise NotFound(f'no host "{name}"', ["list hosts with GET /hosts"])
@@ -101,11 +102,12 @@ def host_segments(state: IpamState, name: str, prefixes: Prefixes,
             for neighbour in leaf.hosts:
                 if neighbour != name:
                     segments[("host", net, neighbour)] = Segment(
-                        host_vantage(neighbour), state.hosts[neighbour].ip,
-                        prefixes(net, neighbour))
+                        host_vantage(neighbour), state.hosts[neighbour].ip, prefixes(net, neighbour)
+                    )
         else:
-            segments[("holes", net)] = Segment(group_vantage(leaf.path), None,
-                                               hole_prefixes(net, name))
+            segments[("holes", net)] = Segment(
+                group_vantage(leaf.path), None, hole_prefixes(net, name)
+            )
     return segments
 
 
@@ -124,30 +126,33 @@ def group_nodes(state: IpamState, path: str) -> list[GroupNode]:
     nodes = [n for tree in state.trees.values() if (n := tree.group(path)) is not None]
     if not nodes:
         known = sorted({p for tree in state.trees.values() for p in tree.nodes})
-        raise NotFound(f'no group "{path}"', ["groups: " + ", ".join(known[:20])
-                                              + (" ..." if len(known) > 20 else "")])
+        raise NotFound(
+            f'no group "{path}"',
+            ["groups: " + ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")],
+        )
     return nodes
 
 
 def group_segments(state: IpamState, path: str, prefixes: Prefixes) -> Segments:
     segments: Segments = {}
-    for tree, node in ((t, n) for t in state.trees.values()
-                       if (n := t.group(path)) is not None):
+    for tree, node in ((t, n) for t in state.trees.values() if (n := t.group(path)) is not None):
         net = tree.name
         if not node.is_leaf:
             for child in node.children:
                 if child.host_count > 0:
                     segments[("child", net, child.path)] = Segment(
-                        group_vantage(child.path), None, ((child.base, child.prefixlen),))
+                        group_vantage(child.path), None, ((child.base, child.prefixlen),)
+                    )
         elif len(node.hosts) == 1:
             (only,) = node.hosts
-            segments[("leaf", net)] = Segment(host_vantage(only), state.hosts[only].ip,
-                                              ((node.base, node.prefixlen),))
+            segments[("leaf", net)] = Segment(
+                host_vantage(only), state.hosts[only].ip, ((node.base, node.prefixlen),)
+            )
         else:
             for host in node.hosts:
-                segments[("host", net, host)] = Segment(host_vantage(host),
-                                                        state.hosts[host].ip,
-                                                        prefixes(net, host))
+                segments[("host", net, host)] = Segment(
+                    host_vantage(host), state.hosts[host].ip, prefixes(net, host)
+                )
     return segments
 
 
@@ -168,8 +173,9 @@ def canonical(state: IpamState, vantage: str) -> str:
     raise NotFound(f'no vantage "{vantage}"', ['use "host:NAME" or "group:PATH"'])
 
 
-def segments_of(state: IpamState, vantage: str, prefixes: Prefixes,
-                hole_prefixes: Prefixes) -> Segments:
+def segments_of(
+    state: IpamState, vantage: str, prefixes: Prefixes, hole_prefixes: Prefixes
+) -> Segments:
     kind, _, name = vantage.partition(":")
     if kind == "host":
         return host_segments(state, name, prefixes, hole_prefixes)
@@ -184,8 +190,11 @@ def default_of(state: IpamState, vantage: str) -> str | None:
 def assemble(state: IpamState, vantage: str, segments: Segments) -> RouteSet:
     default = default_of(state, vantage)
     # Sorting plain tuples compares in C; sorting Route dataclasses would call __lt__.
-    rows = sorted((base, length, segment.via, segment.gateway)
-                  for segment in segments.values() for base, length in segment.prefixes)
+    rows = sorted(
+        (base, length, segment.via, segment.gateway)
+        for segment in segments.values()
+        for base, length in segment.prefixes
+    )
     routes = [Route(*row) for row in rows]
     return RouteSet(vantage, default, tuple(routes))
 

@@ -42,5 +42,8 @@ class RouteSet:
         return frozenset(r.via for r in self.routes)
 
     def to_json(self) -> dict[str, Any]:
-        return {"vantage": self.vantage, "default": self.default,
-                "routes": [r.to_json() for r in self.routes]}
+        return {
+            "vantage": self.vantage,
+            "default": self.default,
+            "routes": [r.to_json() for r in self.routes],
+        }

@@ -35,8 +35,7 @@ class HostPrefixes:
 
     __slots__ = ("areas", "strays")
 
-    def __init__(self, areas: set[Prefix] | None = None,
-                 strays: set[Prefix] | None = None) -> None:
+    def __init__(self, areas: set[Prefix] | None = None, strays: set[Prefix] | None = None) -> None:
         self.areas: set[Prefix] = areas if areas is not None else set()
         self.strays: set[Prefix] = strays if strays is not None else set()
 
@@ -65,7 +64,8 @@ def leaf_prefixes(tree: NetworkTree, leaf: GroupNode) -> dict[str, HostPrefixes]
     out: dict[str, HostPrefixes] = {host: HostPrefixes() for host in leaf.hosts}
     for area in leaf.areas:
         out.setdefault(area.host, HostPrefixes()).areas.add(
-            tree.run_prefix(leaf, area.start, area.size))
+            tree.run_prefix(leaf, area.start, area.size)
+        )
     strays: dict[str, list[Prefix]] = {}
     for block in leaf.blocks.values():
         if is_stray(leaf, block):
@@ -88,8 +88,7 @@ def holes(owners: Iterable[tuple[str, Iterable[Prefix]]], floor: int) -> dict[st
     out: dict[str, set[Prefix]] = {}
     for (base, length), host in owner_of.items():
         for shorter in range(length - 1, floor - 1, -1):
-            container = owner_of.get((base & (0xFFFFFFFF << (32 - shorter)) & 0xFFFFFFFF,
-                                      shorter))
+            container = owner_of.get((base & (0xFFFFFFFF << (32 - shorter)) & 0xFFFFFFFF, shorter))
             if container is not None:
                 if container != host:
                     out.setdefault(container, set()).add((base, length))

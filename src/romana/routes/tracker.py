@@ -94,9 +94,16 @@ class RouteTracker:
             stats = self.stats.get(vantage, DeviceStats())
             routes = sum(len(s.prefixes) for s in segments.values())
             hops = {s.via for s in segments.values() if s.prefixes}
-            out.append({"vantage": vantage, "routes": routes, "next_hops": len(hops),
-                        "default": default_of(state, vantage), "updates": stats.updates,
-                        "route_changes": stats.route_changes})
+            out.append(
+                {
+                    "vantage": vantage,
+                    "routes": routes,
+                    "next_hops": len(hops),
+                    "default": default_of(state, vantage),
+                    "updates": stats.updates,
+                    "route_changes": stats.route_changes,
+                }
+            )
         return out
 
     # -- following facts --------------------------------------------------------------
@@ -118,8 +125,7 @@ class RouteTracker:
         for fact in batch:
             if isinstance(fact, BlockAssigned):
                 leaf = state.hosts[fact.host].placements[fact.network]
-                block = leaf.blocks[(fact.base - leaf.base) // state.trees[fact.network]
-                                    .block_size]
+                block = leaf.blocks[(fact.base - leaf.base) // state.trees[fact.network].block_size]
                 if is_stray(leaf, block):
                     self._add_stray(fact.network, leaf, fact.host, fact.base, changed, dirty)
             elif isinstance(fact, BlockFreed):
@@ -138,8 +144,9 @@ class RouteTracker:
                     areas.discard(prefix)
                 self._touch(fact.network, leaf, fact.host, 1, changed)
                 dirty[(fact.network, leaf.path)] = leaf
-                regions.append((fact.network, leaf, *tree.prefix_run(leaf, fact.base,
-                                                                     fact.prefixlen)))
+                regions.append(
+                    (fact.network, leaf, *tree.prefix_run(leaf, fact.base, fact.prefixlen))
+                )
         for network, leaf, start, size in regions:
             self._reclassify(network, leaf, start, size, changed, dirty)
         for (network, _), leaf in dirty.items():
@@ -157,24 +164,45 @@ class RouteTracker:
     def _host_holes(self, network: str, host: str) -> set[Prefix]:
         return self._holes.setdefault((network, host), set())
 
-    def _add_stray(self, network: str, leaf: GroupNode, host: str, base: int,
-                   changed: dict[str, int], dirty: dict[LeafKey, GroupNode]) -> None:
+    def _add_stray(
+        self,
+        network: str,
+        leaf: GroupNode,
+        host: str,
+        base: int,
+        changed: dict[str, int],
+        dirty: dict[LeafKey, GroupNode],
+    ) -> None:
         self._strays[(network, base)] = host
         block_mask = self._state().trees[network].block_mask
         delta = absorb(self._host_prefixes(network, host).strays, (base, block_mask))
         self._touch(network, leaf, host, delta, changed)
         dirty[(network, leaf.path)] = leaf
 
-    def _drop_stray(self, network: str, leaf: GroupNode, host: str, base: int,
-                    changed: dict[str, int], dirty: dict[LeafKey, GroupNode]) -> None:
+    def _drop_stray(
+        self,
+        network: str,
+        leaf: GroupNode,
+        host: str,
+        base: int,
+        changed: dict[str, int],
+        dirty: dict[LeafKey, GroupNode],
+    ) -> None:
         del self._strays[(network, base)]
         block_mask = self._state().trees[network].block_mask
         delta = carve(self._host_prefixes(network, host).strays, (base, block_mask))
         self._touch(network, leaf, host, delta, changed)
         dirty[(network, leaf.path)] = leaf
 
-    def _reclassify(self, network: str, leaf: GroupNode, start: int, size: int,
-                    changed: dict[str, int], dirty: dict[LeafKey, GroupNode]) -> None:
+    def _reclassify(
+        self,
+        network: str,
+        leaf: GroupNode,
+        start: int,
+        size: int,
+        changed: dict[str, int],
+        dirty: dict[LeafKey, GroupNode],
+    ) -> None:
         """Blocks under an area that changed may stop or start being stray."""
         cursor, end = start, start + size
         for lo, hi in [*leaf.pool.runs(start, end), (end, end)]:
@@ -191,8 +219,7 @@ class RouteTracker:
             cursor = hi
 
     def _refresh_holes(self, network: str, leaf: GroupNode, changed: dict[str, int]) -> None:
-        fresh = holes(((h, self._host_prefixes(network, h)) for h in leaf.hosts),
-                      leaf.prefixlen)
+        fresh = holes(((h, self._host_prefixes(network, h)) for h in leaf.hosts), leaf.prefixlen)
         for host in leaf.hosts:
             current = self._host_holes(network, host)
             new = fresh.get(host, set())
@@ -204,8 +231,9 @@ class RouteTracker:
                 self._memo.pop(vantage, None)
                 changed[vantage] = changed.get(vantage, 0) + delta
 
-    def _touch(self, network: str, leaf: GroupNode, host: str, delta: int,
-               changed: dict[str, int]) -> None:
+    def _touch(
+        self, network: str, leaf: GroupNode, host: str, delta: int, changed: dict[str, int]
+    ) -> None:
         """Forget the memoized routes of every device carrying ``host``'s prefixes."""
         touched = [host_vantage(host)]
         if routing_mode(leaf).host_routes:
@@ -227,13 +255,15 @@ class RouteTracker:
                     if is_stray(leaf, block):
                         self._strays[(tree.name, block.base)] = block.host
                 if not routing_mode(leaf).host_routes:
-                    fresh = holes(((h, self._host_prefixes(tree.name, h)) for h in leaf.hosts),
-                                  leaf.prefixlen)
+                    fresh = holes(
+                        ((h, self._host_prefixes(tree.name, h)) for h in leaf.hosts), leaf.prefixlen
+                    )
                     for host in leaf.hosts:
                         self._holes[(tree.name, host)] = fresh.get(host, set())
         old = self._devices
-        self._devices = {v: segments_of(state, v, self._host_prefixes, self._host_holes)
-                         for v in vantages(state)}
+        self._devices = {
+            v: segments_of(state, v, self._host_prefixes, self._host_holes) for v in vantages(state)
+        }
         self._memo.clear()
         for gone in old.keys() - self._devices.keys():
             self.stats.pop(gone, None)

@@ -56,10 +56,18 @@ class Report:
         return self.failed_addresses == 0
 
     def to_json(self, devices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"revision": self.revision, "ok": self.ok, "addresses": self.addresses,
-                "blocks": self.blocks, "sources": self.sources, "walks": self.walks,
-                "failed_addresses": self.failed_addresses, "failures": self.failures,
-                "seconds": round(self.seconds, 3), "devices": devices}
+        return {
+            "revision": self.revision,
+            "ok": self.ok,
+            "addresses": self.addresses,
+            "blocks": self.blocks,
+            "sources": self.sources,
+            "walks": self.walks,
+            "failed_addresses": self.failed_addresses,
+            "failures": self.failures,
+            "seconds": round(self.seconds, 3),
+            "devices": devices,
+        }
 
 
 class _Table:
@@ -102,19 +110,28 @@ class _Table:
 def blocks_of(state: IpamState) -> list[BlockToCheck]:
     """Every assigned block with its owner and allocated addresses, read from the state."""
     ips = state.ips
-    return [BlockToCheck(block.base, block.tree.block_mask, block.host,
-                         tuple((ip, ips[ip].name) for ip in block.used_ips()))
-            for block in state.blocks.values()]
+    return [
+        BlockToCheck(
+            block.base,
+            block.tree.block_mask,
+            block.host,
+            tuple((ip, ips[ip].name) for ip in block.used_ips()),
+        )
+        for block in state.blocks.values()
+    ]
 
 
-def verify(sets: Mapping[str, RouteSet], blocks: Sequence[BlockToCheck], revision: int
-           ) -> Report:
+def verify(sets: Mapping[str, RouteSet], blocks: Sequence[BlockToCheck], revision: int) -> Report:
     """Walk every block from every host; list the addresses that miss their owner."""
     started = time.perf_counter()
     tables = {vantage: _Table(routes) for vantage, routes in sets.items()}
     sources = [v for v in sets if v.startswith("host:")]
-    report = Report(revision, blocks=len(blocks), sources=len(sources),
-                    addresses=sum(len(b.addresses) for b in blocks))
+    report = Report(
+        revision,
+        blocks=len(blocks),
+        sources=len(sources),
+        addresses=sum(len(b.addresses) for b in blocks),
+    )
     for block in blocks:
         owner = f"host:{block.owner}"
         verdicts: dict[str, str | None] = {}  # device -> None (delivers) or the problem
@@ -128,8 +145,9 @@ def verify(sets: Mapping[str, RouteSet], blocks: Sequence[BlockToCheck], revisio
     return report
 
 
-def _walk(tables: Mapping[str, _Table], verdicts: dict[str, str | None], source: str,
-          ip: int, owner: str) -> tuple[list[str], str | None]:
+def _walk(
+    tables: Mapping[str, _Table], verdicts: dict[str, str | None], source: str, ip: int, owner: str
+) -> tuple[list[str], str | None]:
     path = [source]
     device = source
     for _ in range(MAX_HOPS):
@@ -156,12 +174,21 @@ def _walk(tables: Mapping[str, _Table], verdicts: dict[str, str | None], source:
     return path, problem
 
 
-def _record(report: Report, block: BlockToCheck, source: str, path: list[str],
-            problem: str) -> None:
+def _record(
+    report: Report, block: BlockToCheck, source: str, path: list[str], problem: str
+) -> None:
     report.failed_addresses += len(block.addresses)
     for ip, name in block.addresses:
         if len(report.failures) >= MAX_LISTED:
             return
-        report.failures.append({"address": ip_to_str(ip), "name": name, "owner": block.owner,
-                                "block": cidr_str(block.base, block.prefixlen),
-                                "from": source, "path": path, "problem": problem})
+        report.failures.append(
+            {
+                "address": ip_to_str(ip),
+                "name": name,
+                "owner": block.owner,
+                "block": cidr_str(block.base, block.prefixlen),
+                "from": source,
+                "path": path,
+                "problem": problem,
+            }
+        )

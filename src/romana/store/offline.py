@@ -44,9 +44,17 @@ class CheckReport:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"data_dir": self.data_dir, "ok": self.ok, "problems": self.problems,
-                "store_id": self.store_id, "head": self.head, "snapshot": self.snapshot,
-                "facts": self.facts, "hosts": self.hosts, "addresses": self.addresses}
+        return {
+            "data_dir": self.data_dir,
+            "ok": self.ok,
+            "problems": self.problems,
+            "store_id": self.store_id,
+            "head": self.head,
+            "snapshot": self.snapshot,
+            "facts": self.facts,
+            "hosts": self.hosts,
+            "addresses": self.addresses,
+        }
 
 
 def _open_read_only(data_dir: Path) -> sqlite3.Connection:
@@ -96,17 +104,24 @@ def _check_database(conn: sqlite3.Connection, data_dir: Path, report: CheckRepor
         report.problems.append(exc.message)
         marker = None
     if marker is None:
-        report.problems.append(f"{data_dir / MARKER_NAME} is missing: romanad writes it at "
-                               "start; without it a lost database goes unnoticed")
+        report.problems.append(
+            f"{data_dir / MARKER_NAME} is missing: romanad writes it at "
+            "start; without it a lost database goes unnoticed"
+        )
     else:
         if marker.get("store_id") != report.store_id:
-            report.problems.append(f"the database is store {report.store_id}, "
-                                   f"{MARKER_NAME} records {marker.get('store_id')}")
+            report.problems.append(
+                f"the database is store {report.store_id}, "
+                f"{MARKER_NAME} records {marker.get('store_id')}"
+            )
         if report.head < int(marker.get("head", 0)):
-            report.problems.append(f"the database ends at revision {report.head}, "
-                                   f"{MARKER_NAME} recorded {marker.get('head')} as durable")
+            report.problems.append(
+                f"the database ends at revision {report.head}, "
+                f"{MARKER_NAME} recorded {marker.get('head')} as durable"
+            )
     row = conn.execute(
-        "SELECT revision, data FROM snapshots ORDER BY revision DESC LIMIT 1").fetchone()
+        "SELECT revision, data FROM snapshots ORDER BY revision DESC LIMIT 1"
+    ).fetchone()
     snapshot = None
     if row is not None:
         report.snapshot = row[0]
@@ -119,7 +134,8 @@ def _check_database(conn: sqlite3.Connection, data_dir: Path, report: CheckRepor
     facts: list[tuple[int, Any]] = []
     expected = after + 1
     for revision, text in conn.execute(
-            "SELECT revision, fact FROM facts WHERE revision > ? ORDER BY revision", (after,)):
+        "SELECT revision, fact FROM facts WHERE revision > ? ORDER BY revision", (after,)
+    ):
         if revision != expected:
             report.problems.append(f"revisions {expected}..{revision - 1} are missing")
         expected = revision + 1
@@ -163,8 +179,7 @@ def restore(backup_dir: Path, data_dir: Path) -> int:
     contents are kept beside it as ``DATA_DIR.replaced-<revision>``."""
     report = check(backup_dir)
     if not report.ok:
-        raise StoreDamaged(f"backup {backup_dir} does not check out: "
-                           + "; ".join(report.problems))
+        raise StoreDamaged(f"backup {backup_dir} does not check out: " + "; ".join(report.problems))
     if data_dir.exists():
         try:
             fd = _acquire_lock(data_dir)

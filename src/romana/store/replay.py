@@ -17,8 +17,9 @@ from romana.ipam import Engine, fact_from_json
 from romana.store.sqlite import DAMAGE_FIX as FIX
 
 
-def rebuild(snapshot: dict[str, Any] | None, facts: Iterable[tuple[int, Any]],
-            where: str) -> Engine:
+def rebuild(
+    snapshot: dict[str, Any] | None, facts: Iterable[tuple[int, Any]], where: str
+) -> Engine:
     """The engine the store describes, or StoreDamaged for the first damage found."""
     engine = Engine()
     if snapshot is not None:
@@ -26,23 +27,30 @@ def rebuild(snapshot: dict[str, Any] | None, facts: Iterable[tuple[int, Any]],
             engine = Engine.from_snapshot(snapshot)
         except Exception as exc:  # any failure to read it back is damage, named below
             revision = snapshot.get("revision", "?") if isinstance(snapshot, dict) else "?"
-            raise StoreDamaged(f"{where}: the snapshot at revision {revision} is damaged: "
-                               f"{_what(exc)}", [FIX]) from exc
+            raise StoreDamaged(
+                f"{where}: the snapshot at revision {revision} is damaged: {_what(exc)}", [FIX]
+            ) from exc
     for revision, data in facts:
         kind = data.get("kind") if isinstance(data, dict) else None
         try:
             fact = fact_from_json(data)
         except Exception as exc:
-            raise StoreDamaged(f"{where}: fact {revision} ({kind or 'no kind'}) cannot be "
-                               f"read: {_what(exc)}", [FIX]) from exc
+            raise StoreDamaged(
+                f"{where}: fact {revision} ({kind or 'no kind'}) cannot be read: {_what(exc)}",
+                [FIX],
+            ) from exc
         try:
             engine.apply([fact])
         except Exception as exc:
-            raise StoreDamaged(f"{where}: fact {revision} ({kind}) does not apply to the state "
-                               f"before it: {_what(exc)}", [FIX]) from exc
+            raise StoreDamaged(
+                f"{where}: fact {revision} ({kind}) does not apply to the state "
+                f"before it: {_what(exc)}",
+                [FIX],
+            ) from exc
         if engine.revision != revision:
-            raise StoreDamaged(f"{where}: fact {revision} arrived at engine revision "
-                               f"{engine.revision}", [FIX])
+            raise StoreDamaged(
+                f"{where}: fact {revision} arrived at engine revision {engine.revision}", [FIX]
+            )
     return engine
 
 

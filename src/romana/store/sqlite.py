@@ -54,8 +54,10 @@ DB_NAME = "romana.db"
 LOCK_NAME = "lock"
 MARKER_NAME = "store.json"
 MARKER_FORMAT = "romana-store"
-DAMAGE_FIX = ("run `romana store check DATA_DIR` for every problem; restore the data "
-              "directory from a backup (`romana store restore`)")
+DAMAGE_FIX = (
+    "run `romana store check DATA_DIR` for every problem; restore the data "
+    "directory from a backup (`romana store restore`)"
+)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -130,17 +132,20 @@ class SqliteStore:
                     raise StoreError(
                         f"{self.path} has schema version {version}, newer than the "
                         f"{SCHEMA_VERSION} this build understands",
-                        ["run the Romana release that wrote it, or a newer one"])
+                        ["run the Romana release that wrote it, or a newer one"],
+                    )
                 store_id = meta.get("store_id")
                 head = int(self._writer.execute(_HEAD_SQL).fetchone()[0])
                 if marker is not None and not accept_loss:
                     _check_against_marker(self.data_dir, marker, store_id, head)
                 if store_id is None or (marker is not None and accept_loss):
                     store_id = store_id or (marker or {}).get("store_id") or uuid.uuid4().hex
-                    self._writer.execute("INSERT OR REPLACE INTO meta VALUES ('store_id', ?)",
-                                         (store_id,))
-                self._writer.execute("INSERT OR REPLACE INTO meta VALUES "
-                                     "('schema_version', ?)", (str(version),))
+                    self._writer.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('store_id', ?)", (store_id,)
+                    )
+                self._writer.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),)
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot initialise {self.path}: {exc}") from exc
         return str(store_id)
@@ -187,8 +192,9 @@ class SqliteStore:
         try:
             snapshot = None if row is None else json.loads(row[1])
         except ValueError as exc:
-            raise StoreDamaged(f"{self.path}: the snapshot at revision {row[0]} is not JSON: "
-                               f"{exc}", [DAMAGE_FIX]) from exc
+            raise StoreDamaged(
+                f"{self.path}: the snapshot at revision {row[0]} is not JSON: {exc}", [DAMAGE_FIX]
+            ) from exc
         # A gap would rebuild a wrong state silently; fail loudly instead.
         for expected, (revision, _) in enumerate(facts, start=after + 1):
             if revision != expected:
@@ -330,20 +336,29 @@ def read_marker(data_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise StoreDamaged(f"{path} cannot be read: {exc}",
-                           ["restore it from a backup, or start with --accept-data-loss"]
-                           ) from exc
+        raise StoreDamaged(
+            f"{path} cannot be read: {exc}",
+            ["restore it from a backup, or start with --accept-data-loss"],
+        ) from exc
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
-        raise StoreDamaged(f"{path} is not a Romana store marker",
-                           ["restore it from a backup, or start with --accept-data-loss"])
+        raise StoreDamaged(
+            f"{path} is not a Romana store marker",
+            ["restore it from a backup, or start with --accept-data-loss"],
+        )
     return marker
 
 
 def write_marker(data_dir: Path, store_id: str, head: int) -> None:
     path = data_dir / MARKER_NAME
     tmp = path.with_name(f".{MARKER_NAME}.tmp")
-    body = _dumps({"format": MARKER_FORMAT, "store_id": store_id, "head": head,
-                   "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    body = _dumps(
+        {
+            "format": MARKER_FORMAT,
+            "store_id": store_id,
+            "head": head,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
     with open(tmp, "w") as f:
         f.write(body + "\n")
         f.flush()
@@ -352,25 +367,33 @@ def write_marker(data_dir: Path, store_id: str, head: int) -> None:
     _fsync_dir(data_dir)
 
 
-def _check_against_marker(data_dir: Path, marker: dict[str, Any], store_id: str | None,
-                          head: int) -> None:
-    fix = ["restore the data directory from a backup (romana store restore), or start "
-           "romanad with --accept-data-loss to take the database as it is"]
+def _check_against_marker(
+    data_dir: Path, marker: dict[str, Any], store_id: str | None, head: int
+) -> None:
+    fix = [
+        "restore the data directory from a backup (romana store restore), or start "
+        "romanad with --accept-data-loss to take the database as it is"
+    ]
     expected, recorded = marker.get("store_id"), int(marker.get("head", 0))
     if store_id is None and head == 0 and recorded > 0:
         raise StoreRewound(
             f"{data_dir / DB_NAME} holds nothing, but {data_dir / MARKER_NAME} records store "
             f"{expected} at revision {recorded}: the database was deleted, emptied or lost",
-            fix)
+            fix,
+        )
     if store_id is not None and store_id != expected:
         raise StoreRewound(
             f"{data_dir / DB_NAME} is store {store_id}, but {data_dir / MARKER_NAME} records "
-            f"store {expected}: another database was put in place", fix)
+            f"store {expected}: another database was put in place",
+            fix,
+        )
     if head < recorded:
         raise StoreRewound(
             f"{data_dir / DB_NAME} ends at revision {head}, but {data_dir / MARKER_NAME} "
             f"recorded revision {recorded} as durable: {recorded - head} fact(s) were lost "
-            "(a write-ahead log deleted after a crash?)", fix)
+            "(a write-ahead log deleted after a crash?)",
+            fix,
+        )
 
 
 def copy_database(conn: sqlite3.Connection, dest: Path, store_id: str, head: int) -> int:
@@ -378,8 +401,10 @@ def copy_database(conn: sqlite3.Connection, dest: Path, store_id: str, head: int
     try:
         dest.mkdir(mode=0o700, parents=True, exist_ok=False)
     except OSError as exc:
-        raise StoreError(f"cannot create backup directory {dest}: {exc.strerror}",
-                         ["give a directory that does not exist yet"]) from exc
+        raise StoreError(
+            f"cannot create backup directory {dest}: {exc.strerror}",
+            ["give a directory that does not exist yet"],
+        ) from exc
     target = sqlite3.connect(dest / DB_NAME)
     try:
         conn.backup(target)

@@ -19,8 +19,13 @@ def parse_text(text: str, source: str = "<input>") -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidTopology(
-                [Problem("", f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: "
-                         f"{exc.msg}")]
+                [
+                    Problem(
+                        "",
+                        f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: "
+                        f"{exc.msg}",
+                    )
+                ]
             ) from exc
     try:
         return yaml.safe_load(text)

@@ -49,6 +49,7 @@ def unknown_tokens(text: str) -> list[str]:
 def parse(text: str) -> RoutingMode:
     """The mode named by a ``routing`` value (already validated: unknown tokens ignored)."""
     found = {ALIASES.get(t, t) for t in tokens(text)}
-    announce = frozenset(t.removeprefix("prefix-announce-") for t in found
-                         if t in (ANNOUNCE_BGP, ANNOUNCE_OSPF))
+    announce = frozenset(
+        t.removeprefix("prefix-announce-") for t in found if t in (ANNOUNCE_BGP, ANNOUNCE_OSPF)
+    )
     return RoutingMode(HOST_ROUTES in found, announce)

@@ -69,8 +69,11 @@ class _Walker:
 
     def required_list(self, obj: dict[str, Any], key: str, path: str, what: str) -> list[Any]:
         if key not in obj or obj[key] is None:
-            self.problems.error(f"{path}.{key}" if path else key, "required field missing",
-                                f"give a non-empty list of {what}")
+            self.problems.error(
+                f"{path}.{key}" if path else key,
+                "required field missing",
+                f"give a non-empty list of {what}",
+            )
             return []
         value = obj[key]
         where = f"{path}.{key}" if path else key
@@ -106,8 +109,11 @@ class _Walker:
             name = self.required_string(net, "name", path)
             if name is not None:
                 if name in seen:
-                    self.problems.error(f"{path}.name", f'duplicate network name "{name}"',
-                                        f"already used by {seen[name]}; names must be unique")
+                    self.problems.error(
+                        f"{path}.name",
+                        f'duplicate network name "{name}"',
+                        f"already used by {seen[name]}; names must be unique",
+                    )
                 else:
                     seen[name] = path
             cidr = self.network_cidr(net, path)
@@ -117,13 +123,18 @@ class _Walker:
                 continue
             for other_path, other in valid_cidrs:
                 if cidr.overlaps(other):
-                    self.problems.error(f"{path}.cidr", f"{cidr} overlaps {other} of {other_path}",
-                                        "network CIDRs must not overlap")
+                    self.problems.error(
+                        f"{path}.cidr",
+                        f"{cidr} overlaps {other} of {other_path}",
+                        "network CIDRs must not overlap",
+                    )
             valid_cidrs.append((path, cidr))
             if self.service_cidr is not None and cidr.overlaps(self.service_cidr):
-                self.problems.error(f"{path}.cidr",
-                                    f"{cidr} overlaps the service CIDR {self.service_cidr}",
-                                    "pick a pod CIDR outside the Kubernetes service range")
+                self.problems.error(
+                    f"{path}.cidr",
+                    f"{cidr} overlaps the service CIDR {self.service_cidr}",
+                    "pick a pod CIDR outside the Kubernetes service range",
+                )
             if name is not None and mask is not None and name not in self.networks:
                 self.networks[name] = (cidr, mask)
 
@@ -135,12 +146,12 @@ class _Walker:
         try:
             return IPv4Network(canonical_cidr(text))
         except (AddressValueError, NetmaskValueError):
-            self.problems.error(where, f'"{text}" is not an IPv4 CIDR',
-                                'write it like "10.1.0.0/16"')
+            self.problems.error(
+                where, f'"{text}" is not an IPv4 CIDR', 'write it like "10.1.0.0/16"'
+            )
         except ValueError:
             meant = IPv4Network(text.strip(), strict=False)
-            self.problems.error(where, f'"{text}" has host bits set',
-                                f'did you mean "{meant}"?')
+            self.problems.error(where, f'"{text}" has host bits set', f'did you mean "{meant}"?')
         return None
 
     def block_mask(self, net: dict[str, Any], path: str, cidr: IPv4Network | None) -> int | None:
@@ -149,12 +160,18 @@ class _Walker:
             return max(DEFAULT_BLOCK_MASK, cidr.prefixlen) if cidr else None
         where = f"{path}.block_mask"
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problems.error(where, f"expected an integer, got {_describe(value)}",
-                                "e.g. 29 for blocks of 8 addresses")
+            self.problems.error(
+                where,
+                f"expected an integer, got {_describe(value)}",
+                "e.g. 29 for blocks of 8 addresses",
+            )
             return None
         if cidr is not None and not cidr.prefixlen < value <= 32:
-            self.problems.error(where, f"block_mask {value} is not in ({cidr.prefixlen}, 32]",
-                                f"blocks must be smaller than the network {cidr}")
+            self.problems.error(
+                where,
+                f"block_mask {value} is not in ({cidr.prefixlen}, 32]",
+                f"blocks must be smaller than the network {cidr}",
+            )
             return None
         if cidr is None and not 0 < value <= 32:
             self.problems.error(where, f"block_mask {value} is not a prefix length")
@@ -167,8 +184,11 @@ class _Walker:
         value = net["tenants"]
         where = f"{path}.tenants"
         if not isinstance(value, list) or not value:
-            self.problems.error(where, "expected a non-empty list of tenant names",
-                                "omit the field to allow every tenant")
+            self.problems.error(
+                where,
+                "expected a non-empty list of tenant names",
+                "omit the field to allow every tenant",
+            )
             return
         seen: set[str] = set()
         for j, tenant in enumerate(value):
@@ -206,7 +226,8 @@ class _Walker:
                 same = first.rsplit(".networks", 1)[0] == path
                 self.problems.error(
                     where,
-                    f'network "{name}" listed twice' if same
+                    f'network "{name}" listed twice'
+                    if same
                     else f'network "{name}" is already used by {first}',
                     "a network belongs to exactly one topology",
                 )
@@ -214,8 +235,9 @@ class _Walker:
             self.used_networks[name] = where
             if name not in self.networks:
                 # Only report undefined names; a defined but invalid network has its own error.
-                if not any(isinstance(n, dict) and n.get("name") == name
-                           for n in self.raw_networks):
+                if not any(
+                    isinstance(n, dict) and n.get("name") == name for n in self.raw_networks
+                ):
                     close = difflib.get_close_matches(name, [str(k) for k in self.defined], n=1)
                     hint = f'did you mean "{close[0]}"?' if close else "define it under networks"
                     self.problems.error(where, f'network "{name}" is not defined', hint)
@@ -232,41 +254,60 @@ class _Walker:
             name = group.get("name")
             if name is not None:
                 if not isinstance(name, str) or not name.strip() or "/" in name:
-                    self.problems.error(f"{where}.name", "expected a non-empty name without '/'",
-                                        "names form group paths like zone-a/rack-3")
+                    self.problems.error(
+                        f"{where}.name",
+                        "expected a non-empty name without '/'",
+                        "names form group paths like zone-a/rack-3",
+                    )
                 elif name in sibling_names:
-                    self.problems.error(f"{where}.name",
-                                        f'duplicate group name "{name}" among siblings',
-                                        f"{path}[{sibling_names[name]}] has it too; group "
-                                        "paths must be unambiguous")
+                    self.problems.error(
+                        f"{where}.name",
+                        f'duplicate group name "{name}" among siblings',
+                        f"{path}[{sibling_names[name]}] has it too; group "
+                        "paths must be unambiguous",
+                    )
                 else:
                     sibling_names[name] = k
             self.assignment(group, where)
             routing = group.get("routing")
             if routing is not None and not isinstance(routing, str):
-                self.problems.error(f"{where}.routing", f"expected a string, got "
-                                    f"{_describe(routing)}", 'e.g. "block-host-routes"')
+                self.problems.error(
+                    f"{where}.routing",
+                    f"expected a string, got {_describe(routing)}",
+                    'e.g. "block-host-routes"',
+                )
             elif routing is not None:
                 for token in routing_modes.unknown_tokens(routing):
-                    self.problems.error(f"{where}.routing", f'unknown routing mode "{token}"',
-                                        "known: " + ", ".join(routing_modes.KNOWN))
+                    self.problems.error(
+                        f"{where}.routing",
+                        f'unknown routing mode "{token}"',
+                        "known: " + ", ".join(routing_modes.KNOWN),
+                    )
                 if not routing_modes.tokens(routing):
-                    self.problems.error(f"{where}.routing", "empty routing value",
-                                        'omit the field to inherit, or e.g. "block-host-routes"')
+                    self.problems.error(
+                        f"{where}.routing",
+                        "empty routing value",
+                        'omit the field to inherit, or e.g. "block-host-routes"',
+                    )
             has_hosts, has_groups = group.get("hosts") is not None, group.get("groups") is not None
             if has_hosts and has_groups:
-                self.problems.error(where, 'both "hosts" and "groups" given',
-                                    "a host group has one or the other")
+                self.problems.error(
+                    where, 'both "hosts" and "groups" given', "a host group has one or the other"
+                )
             elif not has_hosts and not has_groups:
-                self.problems.error(where, 'neither "hosts" nor "groups" given',
-                                    'use "groups": [] for a leaf group that receives hosts')
+                self.problems.error(
+                    where,
+                    'neither "hosts" nor "groups" given',
+                    'use "groups": [] for a leaf group that receives hosts',
+                )
             if has_hosts:
                 self.hosts(group["hosts"], f"{where}.hosts", own_hosts)
             if has_groups:
                 sub = group["groups"]
                 if not isinstance(sub, list):
-                    self.problems.error(f"{where}.groups",
-                                        f"expected a list of host groups, got {_describe(sub)}")
+                    self.problems.error(
+                        f"{where}.groups", f"expected a list of host groups, got {_describe(sub)}"
+                    )
                 else:
                     self.group_list(sub, f"{where}.groups", own_hosts)
 
@@ -275,16 +316,19 @@ class _Walker:
         if value is None:
             return
         if not isinstance(value, dict):
-            self.problems.error(f"{where}.assignment",
-                                f"expected an object of label: value, got {_describe(value)}")
+            self.problems.error(
+                f"{where}.assignment", f"expected an object of label: value, got {_describe(value)}"
+            )
             return
         for key, label in value.items():
             if not key:
                 self.problems.error(f"{where}.assignment", "empty label name")
             if not isinstance(label, str):
-                self.problems.error(f"{where}.assignment.{key}",
-                                    f"expected a string label value, got {_describe(label)}",
-                                    "quote numbers, e.g. \"1\"")
+                self.problems.error(
+                    f"{where}.assignment.{key}",
+                    f"expected a string label value, got {_describe(label)}",
+                    'quote numbers, e.g. "1"',
+                )
 
     def hosts(self, hosts: Any, path: str, own_hosts: dict[str, str]) -> None:
         if not isinstance(hosts, list):
@@ -299,20 +343,29 @@ class _Walker:
             if name is None:
                 continue
             if name in own_hosts:
-                self.problems.error(f"{where}.name", f'duplicate host name "{name}"',
-                                    f"already listed at {own_hosts[name]}")
+                self.problems.error(
+                    f"{where}.name",
+                    f'duplicate host name "{name}"',
+                    f"already listed at {own_hosts[name]}",
+                )
                 continue
             own_hosts[name] = where
             if ip is None:
                 continue
             known = self.host_names.get(name)
             if known is not None and known[0] != ip:
-                self.problems.error(f"{where}.ip", f'host "{name}" has IP {ip} here but '
-                                    f"{known[0]} at {known[1]}", "a host has one IP")
+                self.problems.error(
+                    f"{where}.ip",
+                    f'host "{name}" has IP {ip} here but {known[0]} at {known[1]}',
+                    "a host has one IP",
+                )
             by_ip = self.host_ips.get(ip)
             if by_ip is not None and by_ip[0] != name:
-                self.problems.error(f"{where}.ip", f'duplicate host IP {ip}',
-                                    f'already used by host "{by_ip[0]}" at {by_ip[1]}')
+                self.problems.error(
+                    f"{where}.ip",
+                    f"duplicate host IP {ip}",
+                    f'already used by host "{by_ip[0]}" at {by_ip[1]}',
+                )
             self.host_names.setdefault(name, (ip, where))
             self.host_ips.setdefault(ip, (name, where))
 
@@ -323,17 +376,24 @@ class _Walker:
         try:
             ip = IPv4Address(canonical_ip(text))
         except AddressValueError:
-            self.problems.error(f"{where}.ip", f'"{text}" is not an IPv4 address',
-                                'write it like "192.168.1.10" (no prefix length)')
+            self.problems.error(
+                f"{where}.ip",
+                f'"{text}" is not an IPv4 address',
+                'write it like "192.168.1.10" (no prefix length)',
+            )
             return None
         for net_name, (cidr, _) in self.networks.items():
             if ip in cidr:
-                self.problems.error(f"{where}.ip", f"host IP {ip} lies inside pod network "
-                                    f'"{net_name}" ({cidr})', "host and pod ranges must differ")
+                self.problems.error(
+                    f"{where}.ip",
+                    f'host IP {ip} lies inside pod network "{net_name}" ({cidr})',
+                    "host and pod ranges must differ",
+                )
         return str(ip)
 
-    def check_carving(self, groups: list[Any], path: str, prefix: int, net_name: str,
-                      cidr: IPv4Network, mask: int) -> None:
+    def check_carving(
+        self, groups: list[Any], path: str, prefix: int, net_name: str, cidr: IPv4Network, mask: int
+    ) -> None:
         child_prefix = prefix + child_prefix_bits(len(groups))
         for k, group in enumerate(groups):
             if not isinstance(group, dict):
@@ -357,15 +417,21 @@ class _Walker:
             return
         raw = doc.get("networks")
         self.raw_networks = raw if isinstance(raw, list) else []
-        self.defined = [n.get("name") for n in self.raw_networks
-                        if isinstance(n, dict) and isinstance(n.get("name"), str)]
+        self.defined = [
+            n.get("name")
+            for n in self.raw_networks
+            if isinstance(n, dict) and isinstance(n.get("name"), str)
+        ]
         self.networks_section(doc)
         self.topologies_section(doc)
         for i, net in enumerate(self.raw_networks):
             name = net.get("name") if isinstance(net, dict) else None
             if isinstance(name, str) and name not in self.used_networks:
-                self.problems.warning(f"networks[{i}]", f'network "{name}" is in no topology',
-                                      "no host can get addresses from it")
+                self.problems.warning(
+                    f"networks[{i}]",
+                    f'network "{name}" is in no topology',
+                    "no host can get addresses from it",
+                )
 
 
 def validate(doc: Any, service_cidr: str | IPv4Network | None = None) -> list[Problem]:
