@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import itertools
 import logging
-import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -18,24 +15,21 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from romana.api.metrics import Metrics
+from romana.api.middleware import LimitsAndTiming
 from romana.api.models import AddressRequest, BlackoutRequest, HostRequest
 from romana.api.service import IpamService
 from romana.errors import (
     Compacted,
-    Internal,
     InvalidRequest,
     NotFound,
     RomanaError,
-    TooLarge,
     Unauthorized,
 )
 from romana.routes import blocks_of, verify
 from romana.topology import Topology
 
-MAX_BODY = 1 << 20
 log = logging.getLogger("romanad")
 
 
@@ -321,104 +315,3 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
 
 def _group_path(text: str) -> str:
     return text.strip("/") or "/"
-
-
-class LimitsAndTiming:
-    """Refuses oversized bodies up front, times every request, names it (``x-request-id``)
-    and answers anything unexpected with a JSON 500 whose id is in the log with its
-    traceback (pure ASGI: cheap)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-        self._requests = itertools.count(1)
-        self._prefix = os.urandom(3).hex()  # tells restarts apart in logs
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = f"{self._prefix}-{next(self._requests)}"
-        started_response = False
-
-        async def named(message: Message) -> None:
-            nonlocal started_response
-            if message["type"] == "http.response.start":
-                started_response = True
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-
-        started = time.perf_counter()
-        try:
-            too_large = TooLarge(f"request body over {MAX_BODY} bytes")
-            for key, value in scope["headers"]:
-                if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
-                    await _answer(too_large, scope, receive, named)
-                    return
-            body = await _read_body(receive)
-            if body is None:
-                await _answer(too_large, scope, receive, named)
-                return
-            await self.app(scope, _replay(body, receive), named)
-        except Exception as exc:
-            log.error(
-                "unexpected error",
-                exc_info=exc,
-                extra={
-                    "request_id": request_id,
-                    "method": scope.get("method"),
-                    "path": scope.get("path"),
-                },
-            )
-            if not started_response:
-                await _answer(
-                    Internal(
-                        f"internal error (request {request_id}); romanad's log has the traceback",
-                        [request_id],
-                    ),
-                    scope,
-                    receive,
-                    named,
-                )
-        finally:
-            route = scope.get("route")
-            self.metrics.observe(
-                scope["method"], getattr(route, "path", "unmatched"), time.perf_counter() - started
-            )
-
-
-async def _answer(exc: RomanaError, scope: Scope, receive: Receive, send: Send) -> None:
-    await JSONResponse(exc.to_json(), status_code=exc.status)(scope, receive, send)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or None past MAX_BODY (Content-Length may be absent: chunked)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()  # e.g. http.disconnect
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay

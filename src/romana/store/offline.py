@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from romana.errors import RomanaError, StoreDamaged, StoreError, StoreLocked
-from romana.store.replay import rebuild
-from romana.store.sqlite import (
-    _HEAD_SQL,
+from romana.store.datadir import (
     DB_NAME,
     MARKER_NAME,
-    _acquire_lock,
-    _release_lock,
-    copy_database,
+    acquire_lock,
     read_marker,
+    release_lock,
 )
+from romana.store.replay import rebuild
+from romana.store.sqlite import _HEAD_SQL, copy_database
 
 
 @dataclass(slots=True)
@@ -182,10 +181,10 @@ def restore(backup_dir: Path, data_dir: Path) -> int:
         raise StoreDamaged(f"backup {backup_dir} does not check out: " + "; ".join(report.problems))
     if data_dir.exists():
         try:
-            fd = _acquire_lock(data_dir)
+            fd = acquire_lock(data_dir)
         except StoreLocked as exc:
             raise StoreLocked(exc.message, ["stop romanad before restoring"]) from None
-        _release_lock(fd)
+        release_lock(fd)
         aside = data_dir.with_name(f"{data_dir.name}.replaced-{_head_of(data_dir)}")
         try:
             data_dir.rename(aside)

@@ -28,12 +28,9 @@ a second daemon on the same directory fails at open with :class:`StoreLocked`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,16 +41,20 @@ from romana.errors import (
     RevisionConflict,
     StoreDamaged,
     StoreError,
-    StoreLocked,
-    StoreRewound,
 )
 from romana.store.base import FactJson
+from romana.store.datadir import (
+    DB_NAME,
+    MARKER_NAME,
+    acquire_lock,
+    check_against_marker,
+    fsync_dir,
+    read_marker,
+    release_lock,
+    write_marker,
+)
 
 SCHEMA_VERSION = 1
-DB_NAME = "romana.db"
-LOCK_NAME = "lock"
-MARKER_NAME = "store.json"
-MARKER_FORMAT = "romana-store"
 DAMAGE_FIX = (
     "run `romana store check DATA_DIR` for every problem; restore the data "
     "directory from a backup (`romana store restore`)"
@@ -88,12 +89,12 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._marked = -1
-        self._lock_fd = _acquire_lock(self.data_dir)
+        self._lock_fd = acquire_lock(self.data_dir)
         try:
             self._writer = self._connect()
             self.store_id = self._migrate(accept_loss)
             self._reader = self._connect()
-            _fsync_dir(self.data_dir)  # the new database file's name must survive a crash too
+            fsync_dir(self.data_dir)  # the new database file's name must survive a crash too
             self._closed = False
             self.checkpoint()  # the schema and the store id belong in the database file
             self.sync_marker()
@@ -103,7 +104,7 @@ class SqliteStore:
                 conn = getattr(self, name, None)
                 if conn is not None:
                     conn.close()
-            _release_lock(self._lock_fd)
+            release_lock(self._lock_fd)
             raise
 
     # -- opening --------------------------------------------------------------------
@@ -137,7 +138,7 @@ class SqliteStore:
                 store_id = meta.get("store_id")
                 head = int(self._writer.execute(_HEAD_SQL).fetchone()[0])
                 if marker is not None and not accept_loss:
-                    _check_against_marker(self.data_dir, marker, store_id, head)
+                    check_against_marker(self.data_dir, marker, store_id, head)
                 if store_id is None or (marker is not None and accept_loss):
                     store_id = store_id or (marker or {}).get("store_id") or uuid.uuid4().hex
                     self._writer.execute(
@@ -282,7 +283,7 @@ class SqliteStore:
             for conn in (self._reader, self._writer):
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-            _release_lock(self._lock_fd)
+            release_lock(self._lock_fd)
 
     def __enter__(self) -> SqliteStore:
         return self
@@ -328,74 +329,6 @@ class SqliteStore:
             raise StoreError(f"{self.path}: {exc}") from exc
 
 
-def read_marker(data_dir: Path) -> dict[str, Any] | None:
-    """``store.json`` of ``data_dir`` (None if there is none); a damaged one is an error."""
-    path = data_dir / MARKER_NAME
-    try:
-        marker = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise StoreDamaged(
-            f"{path} cannot be read: {exc}",
-            ["restore it from a backup, or start with --accept-data-loss"],
-        ) from exc
-    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
-        raise StoreDamaged(
-            f"{path} is not a Romana store marker",
-            ["restore it from a backup, or start with --accept-data-loss"],
-        )
-    return marker
-
-
-def write_marker(data_dir: Path, store_id: str, head: int) -> None:
-    path = data_dir / MARKER_NAME
-    tmp = path.with_name(f".{MARKER_NAME}.tmp")
-    body = _dumps(
-        {
-            "format": MARKER_FORMAT,
-            "store_id": store_id,
-            "head": head,
-            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    )
-    with open(tmp, "w") as f:
-        f.write(body + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(data_dir)
-
-
-def _check_against_marker(
-    data_dir: Path, marker: dict[str, Any], store_id: str | None, head: int
-) -> None:
-    fix = [
-        "restore the data directory from a backup (romana store restore), or start "
-        "romanad with --accept-data-loss to take the database as it is"
-    ]
-    expected, recorded = marker.get("store_id"), int(marker.get("head", 0))
-    if store_id is None and head == 0 and recorded > 0:
-        raise StoreRewound(
-            f"{data_dir / DB_NAME} holds nothing, but {data_dir / MARKER_NAME} records store "
-            f"{expected} at revision {recorded}: the database was deleted, emptied or lost",
-            fix,
-        )
-    if store_id is not None and store_id != expected:
-        raise StoreRewound(
-            f"{data_dir / DB_NAME} is store {store_id}, but {data_dir / MARKER_NAME} records "
-            f"store {expected}: another database was put in place",
-            fix,
-        )
-    if head < recorded:
-        raise StoreRewound(
-            f"{data_dir / DB_NAME} ends at revision {head}, but {data_dir / MARKER_NAME} "
-            f"recorded revision {recorded} as durable: {recorded - head} fact(s) were lost "
-            "(a write-ahead log deleted after a crash?)",
-            fix,
-        )
-
-
 def copy_database(conn: sqlite3.Connection, dest: Path, store_id: str, head: int) -> int:
     """Back ``conn``'s database up into ``dest/romana.db`` with its marker; returns head."""
     try:
@@ -425,41 +358,3 @@ def _rows(cursor: sqlite3.Cursor) -> list[tuple[int, FactJson]]:
         except ValueError as exc:
             raise StoreDamaged(f"fact {revision} is not JSON: {exc}", [DAMAGE_FIX]) from exc
     return rows
-
-
-def _acquire_lock(data_dir: Path) -> int:
-    """Create ``data_dir`` (0700) and lock it for this process, recording our PID."""
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StoreError(f"cannot use data directory {data_dir}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise StoreLocked(
-            f"data directory {data_dir} is in use by another process (pid {holder})",
-            ["is another romanad running on it? stop it, or give this one another data dir"],
-        ) from None
-    except OSError as exc:
-        os.close(fd)
-        raise StoreError(f"cannot lock {data_dir / LOCK_NAME}: {exc.strerror}") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _release_lock(fd: int) -> None:
-    # Closing the descriptor drops the flock; the stale PID left behind is harmless.
-    with contextlib.suppress(OSError):
-        os.close(fd)

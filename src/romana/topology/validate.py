@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from typing import Any
 
-from romana.errors import InvalidTopology, Problem, ProblemList
+from romana.errors import InvalidTopology, Problem
 from romana.topology import routing as routing_modes
 from romana.topology.carving import child_prefix_bits
 from romana.topology.model import (
@@ -25,78 +25,18 @@ from romana.topology.model import (
     canonical_cidr,
     canonical_ip,
 )
+from romana.topology.shape import ShapeChecker, describe
 
 
-def _fields(model: type) -> list[str]:
-    return list(model.model_fields)  # type: ignore[attr-defined]
-
-
-def _describe(value: Any) -> str:
-    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    for kind, name in kinds.items():
-        if isinstance(value, kind):
-            return name
-    if isinstance(value, int | float):
-        return "a number"
-    return type(value).__name__
-
-
-class _Walker:
+class _Walker(ShapeChecker):
     def __init__(self, service_cidr: IPv4Network | None) -> None:
-        self.problems = ProblemList()
+        super().__init__()
         self.service_cidr = service_cidr
         # name -> (network, block_mask) for networks whose cidr and block_mask are valid
         self.networks: dict[str, tuple[IPv4Network, int]] = {}
         self.used_networks: dict[str, str] = {}  # network name -> path of first use
         self.host_names: dict[str, tuple[str, str]] = {}  # name -> (ip, path)
         self.host_ips: dict[str, tuple[str, str]] = {}  # ip -> (name, path)
-
-    # -- generic helpers ------------------------------------------------------------
-    def check_object(self, value: Any, path: str, model: type) -> bool:
-        if not isinstance(value, dict):
-            self.problems.error(path, f"expected an object, got {_describe(value)}")
-            return False
-        allowed = _fields(model)
-        for key in value:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}"
-                where = f"{path}.{key}" if path else str(key)
-                self.problems.error(where, f'unknown field "{key}"', hint)
-        return True
-
-    def required_list(self, obj: dict[str, Any], key: str, path: str, what: str) -> list[Any]:
-        if key not in obj or obj[key] is None:
-            self.problems.error(
-                f"{path}.{key}" if path else key,
-                "required field missing",
-                f"give a non-empty list of {what}",
-            )
-            return []
-        value = obj[key]
-        where = f"{path}.{key}" if path else key
-        if not isinstance(value, list):
-            self.problems.error(where, f"expected a list of {what}, got {_describe(value)}")
-            return []
-        if not value:
-            self.problems.error(where, "must not be empty", f"give at least one of {what}")
-        return value
-
-    def required_string(self, obj: dict[str, Any], key: str, path: str) -> str | None:
-        where = f"{path}.{key}"
-        if key not in obj or obj[key] is None:
-            self.problems.error(where, "required field missing")
-            return None
-        value = obj[key]
-        if not isinstance(value, str):
-            self.problems.error(where, f"expected a string, got {_describe(value)}")
-            return None
-        if not value.strip():
-            self.problems.error(where, "must not be empty")
-            return None
-        return value
 
     # -- networks -------------------------------------------------------------------
     def networks_section(self, doc: dict[str, Any]) -> None:
@@ -162,7 +102,7 @@ class _Walker:
         if isinstance(value, bool) or not isinstance(value, int):
             self.problems.error(
                 where,
-                f"expected an integer, got {_describe(value)}",
+                f"expected an integer, got {describe(value)}",
                 "e.g. 29 for blocks of 8 addresses",
             )
             return None
@@ -219,7 +159,7 @@ class _Walker:
         for j, name in enumerate(self.required_list(topo, "networks", path, "network names")):
             where = f"{path}.networks[{j}]"
             if not isinstance(name, str):
-                self.problems.error(where, f"expected a network name, got {_describe(name)}")
+                self.problems.error(where, f"expected a network name, got {describe(name)}")
                 continue
             if name in self.used_networks:
                 first = self.used_networks[name]
@@ -273,7 +213,7 @@ class _Walker:
             if routing is not None and not isinstance(routing, str):
                 self.problems.error(
                     f"{where}.routing",
-                    f"expected a string, got {_describe(routing)}",
+                    f"expected a string, got {describe(routing)}",
                     'e.g. "block-host-routes"',
                 )
             elif routing is not None:
@@ -306,7 +246,7 @@ class _Walker:
                 sub = group["groups"]
                 if not isinstance(sub, list):
                     self.problems.error(
-                        f"{where}.groups", f"expected a list of host groups, got {_describe(sub)}"
+                        f"{where}.groups", f"expected a list of host groups, got {describe(sub)}"
                     )
                 else:
                     self.group_list(sub, f"{where}.groups", own_hosts)
@@ -317,7 +257,7 @@ class _Walker:
             return
         if not isinstance(value, dict):
             self.problems.error(
-                f"{where}.assignment", f"expected an object of label: value, got {_describe(value)}"
+                f"{where}.assignment", f"expected an object of label: value, got {describe(value)}"
             )
             return
         for key, label in value.items():
@@ -326,13 +266,13 @@ class _Walker:
             if not isinstance(label, str):
                 self.problems.error(
                     f"{where}.assignment.{key}",
-                    f"expected a string label value, got {_describe(label)}",
+                    f"expected a string label value, got {describe(label)}",
                     'quote numbers, e.g. "1"',
                 )
 
     def hosts(self, hosts: Any, path: str, own_hosts: dict[str, str]) -> None:
         if not isinstance(hosts, list):
-            self.problems.error(path, f"expected a list of hosts, got {_describe(hosts)}")
+            self.problems.error(path, f"expected a list of hosts, got {describe(hosts)}")
             return
         for h, host in enumerate(hosts):
             where = f"{path}[{h}]"
