@@ -131,10 +131,16 @@ def test_allocate_json_tenant_segment_and_duplicate_name(cli: Cli) -> None:
         for a in json.loads(ok(cli("ip", "list", "--tenant", "t1", "--json")))["addresses"]
     ] == ["web-1"]
 
+    # The same request again (a retry) answers the address it holds; another is refused.
+    retry = ["ip", "allocate", "web-1", "--host", "r1-a", "--tenant", "t1", "--segment", "front"]
+    assert json.loads(ok(cli(*retry, "--json"))) == address
     again = cli("ip", "allocate", "web-1", "--host", "r1-a")
     assert again.returncode == 1 and again.stdout == ""
     first, *details = again.stderr.splitlines()
-    assert first == 'error: address name "web-1" is already allocated (10.1.0.0)'
+    assert first == (
+        'error: address name "web-1" is already allocated (10.1.0.0) with other parameters: '
+        "tenant '' (it has 't1'), segment '' (it has 'front')"
+    )
     assert details == ["  release it first, or use another name"]
 
     missing = cli("ip", "allocate", "web-2", "--host", "nope")

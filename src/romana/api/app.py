@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from romana.api.metrics import Metrics
 from romana.api.middleware import LimitsAndTiming
-from romana.api.models import AddressRequest, BlackoutRequest, HostRequest
+from romana.api.models import AddressRequest, BlackoutRequest, HostRequest, Labels
 from romana.api.service import IpamService
 from romana.errors import (
     Compacted,
@@ -196,7 +196,7 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         return await service.run(remove)
 
     @app.put("/hosts/{name}/tags", dependencies=mutating)
-    async def put_tags(name: str, tags: Annotated[dict[str, str], Body()]) -> Any:
+    async def put_tags(name: str, tags: Annotated[Labels, Body()]) -> Any:
         view = await service.run(lambda: engine.update_labels(name, tags))
         return view.to_json()
 

@@ -1,10 +1,19 @@
-"""Request bodies of the REST API. Unknown fields are refused (typo protection)."""
+"""Request bodies of the REST API. Unknown fields are refused (typo protection); every
+name follows its rule in :mod:`romana.names` (a 422 names the field and the rule)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
 
-Name = Field(min_length=1, max_length=253)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from romana import names
+
+HostName = Annotated[str, AfterValidator(names.HOST.check)]
+AddressName = Annotated[str, AfterValidator(names.ADDRESS.check)]
+TenantName = Annotated[str, AfterValidator(names.TENANT.check)]
+SegmentName = Annotated[str, AfterValidator(names.SEGMENT.check)]
+Labels = Annotated[dict[str, str], AfterValidator(names.check_labels)]
 
 
 class _Body(BaseModel):
@@ -12,17 +21,19 @@ class _Body(BaseModel):
 
 
 class AddressRequest(_Body):
-    name: str = Name
-    host: str = Name
-    tenant: str = Field(default="", max_length=253)
-    segment: str = Field(default="", max_length=253)
-    ip: str | None = Field(default=None, description="Ask for this specific address.")
+    name: AddressName = Field(description="Address name (not shaped like an IP).")
+    host: HostName
+    tenant: TenantName = ""
+    segment: SegmentName = ""
+    ip: str | None = Field(
+        default=None, max_length=15, description="Ask for this specific address."
+    )
 
 
 class HostRequest(_Body):
-    name: str = Name
+    name: HostName = Field(description="Node name (RFC 1123, as in Kubernetes).")
     ip: str = Field(min_length=7, max_length=15)
-    tags: dict[str, str] = Field(default_factory=dict, description="Node labels.")
+    tags: Labels = Field(default_factory=dict, description="Node labels.")
 
 
 class BlackoutRequest(_Body):

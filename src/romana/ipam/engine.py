@@ -122,6 +122,13 @@ class Engine(EngineReads):
             return self.update_labels(name, labels) if labels != record.labels else self.host(name)
         if ip in st.host_ips:
             raise Conflict(f'IP {ip} is already used by host "{st.host_ips[ip]}"')
+        address = int(IPv4Address(ip))
+        for tree in trees.values():
+            if tree.contains(address):
+                raise InvalidRequest(
+                    f"host IP {ip} lies inside pod network {tree.name} ({tree.cidr})",
+                    ["a node's own IP must come from outside every pod network"],
+                )
         placements = {}
         for tree in trees.values():
             leaf = tree.choose_leaf(name, labels)
@@ -187,10 +194,7 @@ class Engine(EngineReads):
         """Allocate the next address for (tenant, segment) on ``host``."""
         st = self.state
         if name in st.addresses:
-            raise Conflict(
-                f'address name "{name}" is already allocated ({ip_to_str(st.addresses[name].ip)})',
-                ["release it first, or use another name"],
-            )
+            return self._same_request(name, host, tenant, segment)
         record = st.hosts.get(host)
         if record is None:
             raise NotFound(f'host "{host}" not found')
@@ -222,6 +226,26 @@ class Engine(EngineReads):
         self.commit(facts)
         return self._view(st.addresses[name])
 
+    def _same_request(
+        self, name: str, host: str, tenant: str, segment: str, ip: int | None = None
+    ) -> AddressView:
+        """A retried allocation (a CNI runtime after a timeout) gets the address it holds;
+        the same name asked for something else is a conflict naming the difference."""
+        address = self.state.addresses[name]
+        block = address.block
+        held = {"host": block.host, "tenant": block.tenant, "segment": block.segment}
+        asked = {"host": host, "tenant": tenant, "segment": segment}
+        if ip is not None:
+            held["ip"], asked["ip"] = ip_to_str(address.ip), ip_to_str(ip)
+        different = [f"{k} {asked[k]!r} (it has {held[k]!r})" for k in held if held[k] != asked[k]]
+        if different:
+            raise Conflict(
+                f'address name "{name}" is already allocated ({ip_to_str(address.ip)}) '
+                f"with other parameters: {', '.join(different)}",
+                ["release it first, or use another name"],
+            )
+        return self._view(address)
+
     def _exhausted(self, record: HostRecord, tenant: str) -> Exhausted:
         groups = [
             f"{t.name}:{record.placements[t.name].path} ({record.placements[t.name].cidr})"
@@ -241,12 +265,10 @@ class Engine(EngineReads):
     ) -> AddressView:
         """Allocate a specific address; it must be free and inside the host's group."""
         st = self.state
-        if name in st.addresses:
-            raise Conflict(
-                f'address name "{name}" is already allocated ({ip_to_str(st.addresses[name].ip)})'
-            )
-        record = self._host(host)
         value = int(_parse_ip(ip))
+        if name in st.addresses:
+            return self._same_request(name, host, tenant, segment, value)
+        record = self._host(host)
         tree = next(
             (t for t in st.trees.values() if t.base <= value < t.base + (1 << (32 - t.prefixlen))),
             None,
@@ -295,13 +317,21 @@ class Engine(EngineReads):
         return view
 
     def _address(self, name_or_ip: str) -> Address:
+        """The address named ``name_or_ip``, or numbered so; never a guess between two."""
         st = self.state
-        address = st.addresses.get(name_or_ip)
-        if address is None:
-            try:
-                address = st.ips.get(int(IPv4Address(name_or_ip)))
-            except AddressValueError:
-                address = None
+        by_name = st.addresses.get(name_or_ip)
+        try:
+            by_ip = st.ips.get(int(IPv4Address(name_or_ip)))
+        except AddressValueError:
+            by_ip = None
+        if by_name is not None and by_ip is not None and by_name is not by_ip:
+            # Only stores from before names shaped like IPs were refused can hold this.
+            raise Conflict(
+                f'"{name_or_ip}" is ambiguous: it names {ip_to_str(by_name.ip)}, and '
+                f'{name_or_ip} itself is allocated as "{by_ip.name}"',
+                ["release the other one by its name first, or rename by re-allocating"],
+            )
+        address = by_name or by_ip
         if address is None:
             raise NotFound(f'no address named or numbered "{name_or_ip}"')
         return address

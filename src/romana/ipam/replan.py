@@ -11,6 +11,8 @@ one only costs routes, never an address).
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from romana.errors import Problem, TopologyConflict
 from romana.ipam.addr import cidr_str
 from romana.ipam.facts import AreaState, HostState, TopologyApplied
@@ -122,6 +124,16 @@ def plan_topology(state: IpamState, topology: Topology) -> tuple[TopologyApplied
                 )
             records[name] = HostRecord(name, ip, {})
     for record in records.values():
+        inside = _network_holding(trees, record.ip)
+        if inside is not None and record.name not in pinned:  # pinned: the validator says
+            problems.append(
+                Problem(
+                    f"hosts.{record.name}",
+                    f"host IP {record.ip} would lie inside pod network {inside.name} "
+                    f"({inside.cidr})",
+                )
+            )
+    for record in records.values():
         for block in record.blocks.values():
             if _tree_of(trees, block.base) is None:
                 problems.append(
@@ -197,3 +209,8 @@ def _kept_areas(
                 if leaf.contains(base) and prefixlen >= leaf.prefixlen:
                     kept.append(AreaState(tree.name, area.host, cidr_str(base, prefixlen)))
     return tuple(kept)
+
+
+def _network_holding(trees: dict[str, NetworkTree], ip: str) -> NetworkTree | None:
+    address = IPv4Address(ip)
+    return next((t for t in trees.values() if address in t.cidr), None)

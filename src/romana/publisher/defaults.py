@@ -4,11 +4,11 @@ A copy of ``examples/bird/router-bgp.conf.j2`` (a test keeps them identical): in
 with the code, so ``romana bird router-config`` works without the repository checkout.
 """
 
-ROUTER_BGP = """# BIRD configuration of the router of Romana group {{ group }}
+ROUTER_BGP = """# BIRD configuration of the router of Romana group {{ group | bird_comment }}
 # (prefixes {{ cidrs | join(", ") }}). Rendered by romana-publisher --router or
 # `romana bird router-config`: edit the template, not this file.
 {% if args.log is defined %}
-log "{{ args.log }}" all;
+log "{{ args.log | bird_string }}" all;
 {% endif %}
 {% if router_id is defined %}
 router id {{ router_id }};
@@ -53,23 +53,23 @@ protocol bgp upstream {
 {% endif %}
 {% for peer in peers %}
 
-# {{ peer.kind }} {{ peer.name }} may announce: {{ peer.prefixes | join(", ") or "nothing" }}
-filter {{ peer.proto }}_import {
+# {{ peer.kind }} {{ peer.name | bird_comment }} may announce: {{ peer.prefixes | join(", ") or "nothing" }}
+filter {{ peer.proto | bird_symbol }}_import {
 {% if peer.allowed %}
   if net ~ [ {{ peer.allowed | join(", ") }} ] then accept;
 {% endif %}
   reject;
 }
 
-protocol bgp {{ peer.proto }} {
-  description "romana {{ peer.kind }} {{ peer.name }}";
+protocol bgp {{ peer.proto | bird_symbol }} {
+  description "romana {{ peer.kind }} {{ peer.name | bird_string }}";
   local as {{ local_as }};
   neighbor {{ peer.ip }} as {{ peer.asn or local_as }};
   connect delay time 1;
   connect retry time 1;
   ipv4 {
     import keep filtered on;   # rejected routes stay visible: birdc show route filtered
-    import filter {{ peer.proto }}_import;
+    import filter {{ peer.proto | bird_symbol }}_import;
 {% if peer.kind == "group" %}
     export where source = RTS_BGP;   # each child learns the other children's prefixes
 {% else %}

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from markupsafe import Markup
+
 from romana.errors import RouterError
 
 
@@ -147,7 +149,7 @@ def index_groups(topology: Mapping[str, Any]) -> dict[str, GroupInfo]:
 def pattern(cidr: str) -> str:
     """A BIRD prefix pattern: the CIDR itself and anything more specific inside it."""
     net = ipaddress.IPv4Network(cidr)
-    return f"{net}{{{net.prefixlen},32}}"
+    return Markup(f"{net}{{{net.prefixlen},32}}")  # braces: safe here, built from a CIDR
 
 
 def router_data(

@@ -17,12 +17,14 @@ keeps the last good configuration on any error).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from romana.errors import TemplateError
 
@@ -63,16 +65,72 @@ class Source:
             raise TemplateError(f"cannot read template {path}: {exc}") from exc
 
 
-def render(source: Source, variables: Mapping[str, Any]) -> str:
-    """Render ``source`` with ``variables``; ``{% include %}`` resolves next to the file."""
+# What a value may contain when it is written into a configuration without a filter: enough
+# for names, paths, CIDRs, addresses and numbers; never a quote, ';', a brace, a newline or
+# anything outside printable ASCII, with which a value could end a string, a statement or
+# a block and write its own configuration (e.g. "import all" on its BGP session).
+_PLAIN = re.compile(r"[A-Za-z0-9 _.:/,@+=*-]*\Z")
+
+
+def bird_string(value: object) -> Markup:
+    """For inside ``"..."``: quotes, backslashes, newlines and non-ASCII become ``_``."""
+    return Markup(re.sub(r'[^\x20-\x7e]|["\\]', "_", str(value)))
+
+
+def bird_comment(value: object) -> Markup:
+    """For after ``#``: a newline (or anything unprintable) cannot end the comment."""
+    return Markup(re.sub(r"[^\x20-\x7e]", "?", str(value)))
+
+
+def bird_symbol(value: object) -> Markup:
+    """A BIRD identifier: letters, digits and ``_``, starting with a letter."""
+    text = re.sub(r"[^A-Za-z0-9_]", "_", str(value)) or "_"
+    return Markup(text if text[0].isalpha() else f"r_{text}")
+
+
+def safe_join(values: Iterable[object], separator: str = "") -> str:
+    """Jinja's ``join``, keeping the result safe when every item is (e.g. BIRD patterns)."""
+    items = list(values)
+    text = separator.join(str(v) for v in items)
+    return Markup(text) if items and all(isinstance(v, Markup) for v in items) else text
+
+
+def _finalize(value: object) -> object:
+    """Every ``{{ expression }}``'s value on its way out: filtered values pass, plain text
+    must be harmless wherever it lands (else the render fails: last good config stays)."""
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    if not _PLAIN.match(value):
+        raise TemplateError(
+            f"value {ascii(value)[:80]} is not safe in a BIRD configuration as it is: "
+            "write it through | bird_string (inside quotes), | bird_comment (after #) "
+            "or | bird_symbol (a name)"
+        )
+    return value
+
+
+def environment(loader: jinja2.BaseLoader | None = None) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(source.path.parent)),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,  # BIRD configuration, not HTML
+        autoescape=False,  # BIRD configuration, not HTML: escaping is per place (filters)
+        finalize=_finalize,
     )
+    env.filters.update(
+        bird_string=bird_string,
+        bird_comment=bird_comment,
+        bird_symbol=bird_symbol,
+        join=safe_join,
+    )
+    return env
+
+
+def render(source: Source, variables: Mapping[str, Any]) -> str:
+    """Render ``source`` with ``variables``; ``{% include %}`` resolves next to the file."""
+    env = environment(jinja2.FileSystemLoader(str(source.path.parent)))
     try:
         return env.from_string(source.text).render(**variables)
     except jinja2.TemplateSyntaxError as exc:

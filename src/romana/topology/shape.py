@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from romana import names
 from romana.errors import ProblemList
 
 
@@ -38,8 +39,9 @@ class ShapeChecker:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f'did you mean "{close[0]}"?' if close else f"allowed: {', '.join(allowed)}"
-                where = f"{path}.{key}" if path else str(key)
-                self.problems.error(where, f'unknown field "{key}"', hint)
+                shown = key if names.LABEL_VALUE.problem(key) is None else names.show(str(key))
+                where = f"{path}.{shown}" if path else shown
+                self.problems.error(where, f'unknown field "{shown}"', hint)
         return True
 
     def required_list(self, obj: dict[str, Any], key: str, path: str, what: str) -> list[Any]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from typing import Any
 
+from romana import names
 from romana.errors import InvalidTopology, Problem
 from romana.topology import routing as routing_modes
 from romana.topology.carving import child_prefix_bits
@@ -38,6 +39,14 @@ class _Walker(ShapeChecker):
         self.host_names: dict[str, tuple[str, str]] = {}  # name -> (ip, path)
         self.host_ips: dict[str, tuple[str, str]] = {}  # ip -> (name, path)
 
+    def named(self, obj: dict[str, Any], key: str, path: str, rule: names.Rule) -> str | None:
+        """A required name that follows ``rule`` (else a problem naming the rule)."""
+        name = self.required_string(obj, key, path)
+        if name is not None and (reason := rule.problem(name)) is not None:
+            self.problems.error(f"{path}.{key}", reason)
+            return None
+        return name
+
     # -- networks -------------------------------------------------------------------
     def networks_section(self, doc: dict[str, Any]) -> None:
         seen: dict[str, str] = {}
@@ -46,7 +55,7 @@ class _Walker(ShapeChecker):
             path = f"networks[{i}]"
             if not self.check_object(net, path, Network):
                 continue
-            name = self.required_string(net, "name", path)
+            name = self.named(net, "name", path, names.NETWORK)
             if name is not None:
                 if name in seen:
                     self.problems.error(
@@ -134,6 +143,8 @@ class _Walker(ShapeChecker):
         for j, tenant in enumerate(value):
             if not isinstance(tenant, str) or not tenant:
                 self.problems.error(f"{where}[{j}]", "expected a non-empty string")
+            elif (reason := names.TENANT.problem(tenant)) is not None:
+                self.problems.error(f"{where}[{j}]", reason)
             elif tenant in seen:
                 self.problems.error(f"{where}[{j}]", f'duplicate tenant "{tenant}"')
             else:
@@ -193,11 +204,9 @@ class _Walker(ShapeChecker):
                 continue
             name = group.get("name")
             if name is not None:
-                if not isinstance(name, str) or not name.strip() or "/" in name:
+                if (reason := names.GROUP.problem(name)) is not None:
                     self.problems.error(
-                        f"{where}.name",
-                        "expected a non-empty name without '/'",
-                        "names form group paths like zone-a/rack-3",
+                        f"{where}.name", reason, "names form group paths like zone-a/rack-3"
                     )
                 elif name in sibling_names:
                     self.problems.error(
@@ -261,14 +270,16 @@ class _Walker(ShapeChecker):
             )
             return
         for key, label in value.items():
-            if not key:
-                self.problems.error(f"{where}.assignment", "empty label name")
             if not isinstance(label, str):
                 self.problems.error(
-                    f"{where}.assignment.{key}",
+                    f"{where}.assignment.{_key_text(key)}",
                     f"expected a string label value, got {describe(label)}",
                     'quote numbers, e.g. "1"',
                 )
+        for _key, reason in names.label_problems(
+            {k: v for k, v in value.items() if isinstance(v, str)}
+        ):
+            self.problems.error(f"{where}.assignment", reason)
 
     def hosts(self, hosts: Any, path: str, own_hosts: dict[str, str]) -> None:
         if not isinstance(hosts, list):
@@ -278,7 +289,7 @@ class _Walker(ShapeChecker):
             where = f"{path}[{h}]"
             if not self.check_object(host, where, Host):
                 continue
-            name = self.required_string(host, "name", where)
+            name = self.named(host, "name", where, names.HOST)
             ip = self.host_ip(host, where)
             if name is None:
                 continue
@@ -390,3 +401,8 @@ def check(
     if any(p.severity == "error" for p in problems):
         raise InvalidTopology(problems)
     return Topology.model_validate(doc), [p for p in problems if p.severity == "warning"]
+
+
+def _key_text(key: str) -> str:
+    """A document key for a problem's path: as it is when harmless, escaped otherwise."""
+    return key if names.LABEL_NAME.problem(key) is None else names.show(key)
