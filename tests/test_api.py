@@ -292,3 +292,41 @@ def test_watch_behind_compaction_gets_resync_and_snapshots_restore(tmp_path: Pat
         assert '"from_snapshot": true' in d.log.read_text()  # started from the snapshot
         assert c.get("/addresses").json() == before
         assert c.post("/address", json={"name": "after", "host": "h1"}).status_code == 200
+
+
+def test_lists_come_in_pages_and_the_client_reads_them_all(tmp_path: Path) -> None:
+    from romana.api.client import RomanaClient
+
+    with running(tmp_path / "data", "--topology", str(EXAMPLES / "datacenter-4-racks.json")) as d:
+        with RomanaClient(d.url) as client:
+            for h in range(5):
+                client.add_host(f"p{h}", f"192.168.7.{h + 1}", {"my-location-tag": "rack-1"})
+            for i in range(25):
+                client.allocate(f"pod-{i:02d}", f"p{i % 5}", f"t{i % 3}")
+            expected = sorted(a["ip"] for a in client.addresses()["addresses"])
+            assert len(expected) == 25
+        with d.client() as c:
+            seen: list[str] = []
+            cursor = None
+            pages = 0
+            while True:
+                params = {"limit": 10, **({"after": cursor} if cursor else {})}
+                page = c.get("/addresses", params=params).json()
+                seen += [a["ip"] for a in page["addresses"]]
+                pages += 1
+                cursor = page["next"]
+                if cursor is None:
+                    break
+            assert pages == 3 and seen == sorted(
+                seen, key=lambda ip: tuple(map(int, ip.split(".")))
+            )
+            assert sorted(seen) == expected  # every address once
+            hosts = c.get("/hosts", params={"limit": 2}).json()
+            assert [h["name"] for h in hosts["hosts"]] == ["p0", "p1"] and hosts["next"] == "p1"
+            rest = c.get("/hosts", params={"limit": 10, "after": "p1"}).json()
+            assert [h["name"] for h in rest["hosts"]] == ["p2", "p3", "p4"] and rest["next"] is None
+            blocks = c.get("/blocks", params={"limit": 1}).json()
+            second = c.get("/blocks", params={"limit": 1, "after": blocks["next"]}).json()
+            assert blocks["blocks"][0]["cidr"] == blocks["next"] != second["blocks"][0]["cidr"]
+            assert c.get("/addresses", params={"after": "nope"}).status_code == 422
+            assert c.get("/hosts", params={"limit": 0}).status_code == 422

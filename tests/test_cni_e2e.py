@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from romana.api.client import RomanaClient
 from romana.errors import NotFound
@@ -110,6 +112,8 @@ class Cluster:
             f"unix:{self.workdir / f'agent-{name}.sock'}",
             "--resync-interval",
             "1",
+            "--cni-request-log",
+            str(self.workdir / f"cni-requests-{name}.log"),
             log=self.workdir / f"agent-{name}.log",
         )
         wait_until(self.socket(name).is_socket, 15, message=f"{name}'s agent CNI socket")
@@ -523,7 +527,8 @@ def test_ipam_check_reports_and_releases_leaked_addresses(cluster: Cluster) -> N
 
 def test_versions_errors_log_file_and_segments(cluster: Cluster) -> None:
     c = cluster
-    log_file = c.workdir / "cni-requests.log"
+    log_file = c.workdir / "cni-requests-h1.log"
+    log_file.unlink(missing_ok=True)
     # 0.4.0 results carry "version" in ips; 1.1.0 results carry the interfaces' MTU.
     old_ns = c.pod()
     old = c.cni("h1", "ADD", c.conf("h1", version="0.4.0"), "v1", old_ns.path)
@@ -533,7 +538,7 @@ def test_versions_errors_log_file_and_segments(cluster: Cluster) -> None:
     new = c.cni(
         "h1",
         "ADD",
-        c.conf("h1", version="1.1.0", mtu=1400, log_file=str(log_file)),
+        c.conf("h1", version="1.1.0", mtu=1400),
         "v2",
         new_ns.path,
     )
@@ -541,8 +546,12 @@ def test_versions_errors_log_file_and_segments(cluster: Cluster) -> None:
     assert [i["mtu"] for i in new.json["interfaces"]] == [1400, 1400]
     assert new_ns.ip_json("link", "show", "dev", "eth0")[0]["mtu"] == 1400
     logged = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert [(e["command"], e["container"], e["code"]) for e in logged] == [("ADD", "v2", 0)]
-    assert logged[0]["ip"] == new.json["ips"][0]["address"]
+    # The agent's --cni-request-log: one line per command, whatever the network config says.
+    assert [(e["command"], e["container"], e["code"]) for e in logged] == [
+        ("ADD", "v1", 0),
+        ("ADD", "v2", 0),
+    ]
+    assert logged[1]["ip"] == new.json["ips"][0]["address"]
 
     assert (
         error_of(c.cni("h1", "ADD", c.conf("h1", version="9.9.9"), "v3", c.pod().path))["code"] == 1
@@ -568,3 +577,83 @@ def test_versions_errors_log_file_and_segments(cluster: Cluster) -> None:
     gc = {**c.conf("h2", version="1.1.0"), "cni.dev/valid-attachments": []}
     assert c.cni("h2", "GC", gc) == Reply(0, "")
     assert c.allocated("net:s1:eth0") is None and c.allocated("net:s2:eth0") is None
+
+
+_SAFE_ENV_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=40,
+)
+_ENV_TEXT = st.one_of(
+    st.sampled_from(["", "abc", "a/b", "..", "-x", "c" * 300, "eth0", "x:y", "é"]), _SAFE_ENV_TEXT
+)
+_JSON_JUNK = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20)),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def hostile_invocations(draw: st.DrawFn, socket: str) -> tuple[str, dict[str, Any] | str, str, str]:
+    conf: dict[str, Any] = {
+        "cniVersion": draw(st.sampled_from(["1.0.0", "0.4.0", "1.1.0", "9.9.9", 1, None])),
+        "name": draw(st.one_of(_ENV_TEXT, _JSON_JUNK)),
+        "type": "romana",
+        "agent_socket": socket,
+    }
+    for key in draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "mtu",
+                    "segment_label",
+                    "romanad_url",
+                    "log_file",
+                    "prevResult",
+                    "routes",
+                    "host_route_dev",
+                    "use_policy",
+                    "ipam",
+                ]
+            ),
+            max_size=3,
+            unique=True,
+        )
+    ):
+        conf[key] = draw(_JSON_JUNK)
+    body: dict[str, Any] | str = conf
+    if draw(st.integers(0, 9)) == 0:
+        body = json.dumps(conf)[: draw(st.integers(0, 40))]  # cut short
+    command = draw(st.sampled_from(["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "NOPE"]))
+    return command, body, draw(_ENV_TEXT), draw(_ENV_TEXT)
+
+
+def test_hostile_invocations_get_spec_errors_and_leave_the_agent_serving(cluster: Cluster) -> None:
+    """Arbitrary configurations and environments through the real plugin and agent: every
+    answer is a result or a CNI error object with a specification (or documented Romana)
+    code, never a crash (199), a hang, or an agent that stops serving."""
+    c = cluster
+    codes: set[int] = set()
+
+    @settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(invocation=hostile_invocations(str(c.socket("h1"))))
+    def attack(invocation: tuple[str, dict[str, Any] | str, str, str]) -> None:
+        command, conf, cid, ifname = invocation
+        reply = c.cni("h1", command, conf, cid, "/var/run/netns/no-such-pod", ifname)
+        if reply.rc == 0:
+            return
+        error = error_of(reply)
+        codes.add(error["code"])
+        assert error["code"] in {1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101}, error
+
+    attack()
+    assert 7 in codes or 4 in codes
+    # The agent still serves a normal pod.
+    ns = c.pod()
+    ok = c.cni("h1", "ADD", c.conf("h1"), "after-hostile", ns.path)
+    assert ok.rc == 0, ok.stdout
+    assert c.cni("h1", "DEL", c.conf("h1"), "after-hostile", ns.path).rc == 0

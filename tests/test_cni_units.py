@@ -184,11 +184,7 @@ def test_configuration_defaults_and_names() -> None:
     inv = parse({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "romana"})
     assert inv.address_name == "k8s-pod-network:abc123:eth0"
     assert inv.tenant == "shop" and inv.args["IgnoreUnknown"] == "1"
-    assert (inv.conf.mtu, inv.conf.segment_label, inv.conf.host) == (
-        1500,
-        "romana.io/segment",
-        None,
-    )
+    assert (inv.conf.mtu, inv.conf.segment_label) == (1500, "romana.io/segment")
     assert len(inv.host_ifname) == 14 and inv.host_ifname.startswith("rmn")
     other = parse({"cniVersion": "1.0.0", "name": "k8s-pod-network"}, CNI_IFNAME="net1")
     assert other.host_ifname != inv.host_ifname  # per attachment, not per container
@@ -231,10 +227,10 @@ def test_ipam_mode_reads_its_section() -> None:
         "type": "bridge",
         "bridge": "cbr0",
         "mtu": 9000,
-        "ipam": {"type": "romana-ipam", "host": "node-7"},
+        "ipam": {"type": "romana-ipam"},
     }
     conf = parse(bridge, "ipam").conf
-    assert (conf.host, conf.mtu, conf.host_route_dev) == ("node-7", 1500, "cbr0")
+    assert (conf.mtu, conf.host_route_dev) == (1500, "cbr0")
     assert conf.routes == ({"dst": "0.0.0.0/0"},)
     ptp = {
         **bridge,
@@ -373,3 +369,55 @@ def test_romanad_client_retries_a_connection_closed_while_idle() -> None:
         await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("key", "flag"),
+    [
+        ("romanad_url", "--url"),
+        ("token_file", "--token-file"),
+        ("log_file", "--cni-request-log"),
+        ("host", "--host"),
+    ],
+)
+def test_what_the_agent_reads_contacts_or_writes_is_not_the_network_configs_choice(
+    key: str, flag: str
+) -> None:
+    """Whoever writes a network configuration (a Multus attachment, say) must not make the
+    root agent read a file, send its token to a URL, append to a path or act as another
+    node: those are refused with code 7, naming the agent's option."""
+    base = {"cniVersion": "1.0.0", "name": "net", "type": "romana"}
+    for document, mode in (
+        ({**base, key: "/etc/shadow"}, "full"),
+        ({**base, "ipam": {"type": "romana-ipam", key: "x"}}, "ipam"),
+    ):
+        with pytest.raises(CniError) as caught:
+            parse(document, mode)  # type: ignore[arg-type]
+        assert caught.value.cni_code == 7
+        assert key in caught.value.msg and flag in str(caught.value.cni_details)
+
+
+def test_lengths_are_blamed_on_the_field_that_is_too_long() -> None:
+    base = {"cniVersion": "1.0.0", "name": "net", "type": "romana"}
+    with pytest.raises(CniError) as caught:
+        parse(base, CNI_CONTAINERID="c" * 300)
+    assert caught.value.cni_code == 4 and "CNI_CONTAINERID" in caught.value.msg
+    with pytest.raises(CniError) as caught:
+        parse({**base, "name": "n" * 100})
+    assert caught.value.cni_code == 7 and "network name is too long" in caught.value.msg
+
+
+def test_the_shim_refuses_an_oversized_configuration_as_invalid(tmp_path: Path) -> None:
+    install(tmp_path, sys.executable, {"full": "romana"})
+    huge = json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": "net",
+            "pad": "x" * (5 << 20),
+            "agent_socket": str(tmp_path / "none.sock"),
+        }
+    )
+    answer = run_plugin(tmp_path / "romana", {"CNI_COMMAND": "ADD"}, huge)
+    error = json.loads(answer.stdout)
+    assert answer.returncode == 1 and error["code"] == 7, answer.stdout  # not 11: no retry
+    assert "bytes" in error["msg"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from romana.api.client import RomanaClient
+
 from .conftest import EXAMPLES
 from .daemon import Daemon
 
@@ -74,9 +76,9 @@ def test_kill_9_mid_storm_keeps_every_acknowledged_allocation(tmp_path: Path) ->
             for t in threads:
                 t.join(10)
             daemon = Daemon(data, port=daemon.port).start()
-            with daemon.client() as c:
-                addresses = c.get("/addresses").json()["addresses"]
-                blocks = c.get("/blocks").json()["blocks"]
+            with RomanaClient(daemon.url) as reader:  # every page
+                addresses = reader.addresses()["addresses"]
+                blocks = reader.blocks()["blocks"]
             found = {a["name"]: a["ip"] for a in addresses}
             # Every acknowledged allocation is there with the IP it was given.
             missing = {n: ip for n, ip in acked.items() if found.get(n) != ip}

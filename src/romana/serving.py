@@ -38,8 +38,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> None:
+    from romana.logflood import FloodFilter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(FloodFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
@@ -116,15 +119,27 @@ def serve(
     graceful_timeout: float | None = None,
     on_stop: Callable[[], None] | None = None,
     loop: str = "auto",
+    max_connections: int | None = None,
+    header_timeout: float | None = None,
 ) -> None:
     """Run an ASGI app on already bound sockets until SIGTERM/SIGINT, then exit 0.
 
     uvicorn runs on its best event loop (uvloop, with httptools parsing HTTP), shuts down
     gracefully (then runs the lifespan's stop) and finally re-raises the signal to the
     previous handler: make that a normal exit. ``on_stop`` is called on the loop as soon
-    as the signal arrives, before the graceful wait. Unix socket files go away.
+    as the signal arrives, before the graceful wait. Unix socket files go away. Every
+    connection must send its request headers within ``header_timeout`` seconds, and at
+    most ``max_connections`` are open at once (see :mod:`romana.connections`).
     """
     import uvicorn
+
+    from romana import connections
+
+    wanted = max_connections or connections.DEFAULT_MAX_CONNECTIONS
+    http = connections.guarded_http(
+        connections.descriptor_budget(wanted),
+        header_timeout or connections.DEFAULT_HEADER_TIMEOUT,
+    )
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -141,7 +156,7 @@ def serve(
         access_log=False,
         lifespan="on",
         loop=loop,
-        http="auto",
+        http=http,
         timeout_graceful_shutdown=None
         if graceful_timeout is None
         else max(1, round(graceful_timeout)),

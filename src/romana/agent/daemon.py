@@ -76,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "/run/romana/cni.sock (the plugin's agent_socket; default: off)",
     )
     parser.add_argument(
+        "--cni-request-log",
+        type=Path,
+        metavar="FILE",
+        help="append one JSON line per CNI command to FILE (a network configuration's "
+        "log_file is refused: the agent writes only where its own options say)",
+    )
+    parser.add_argument(
         "--cleanup", action="store_true", help="remove the agent's routes and rules, then exit"
     )
     parser.add_argument(
@@ -135,7 +142,13 @@ def main(argv: list[str] | None = None) -> None:
         from romana.cni.server import CniServer
 
         cni = CniServer.for_agent(
-            cni_socket, args.host, args.url, token, args.protocol, metrics.registry
+            cni_socket,
+            args.host,
+            args.url,
+            token,
+            args.protocol,
+            metrics.registry,
+            request_log=str(args.cni_request_log) if args.cni_request_log else None,
         )
 
     supervisor = Supervisor(on_fatal=lambda exc: os._exit(70))

@@ -33,6 +33,7 @@ class HostJson(TypedDict):
 class HostList(TypedDict):
     revision: int
     hosts: list[HostJson]
+    next: NotRequired[str | None]  # the next page's cursor (the client reads them all)
 
 
 class AddressJson(TypedDict):
@@ -48,6 +49,7 @@ class AddressJson(TypedDict):
 class AddressList(TypedDict):
     revision: int
     addresses: list[AddressJson]
+    next: NotRequired[str | None]  # the next page's cursor (the client reads them all)
 
 
 class BlockJson(TypedDict):
@@ -63,6 +65,7 @@ class BlockJson(TypedDict):
 class BlockList(TypedDict):
     revision: int
     blocks: list[BlockJson]
+    next: NotRequired[str | None]  # the next page's cursor (the client reads them all)
 
 
 class NetworkJson(TypedDict):
@@ -184,7 +187,7 @@ class RomanaClient:
 
     def blocks(self, network: str | None = None) -> BlockList:
         path = "/blocks" if network is None else f"/networks/{_seg(network)}/blocks"
-        return cast(BlockList, self._call("GET", path))
+        return cast(BlockList, self._all_pages(path, "blocks", {}))
 
     def blackouts(self, network: str) -> Blackouts:
         return cast(Blackouts, self._call("GET", f"/networks/{_seg(network)}/blackout"))
@@ -203,7 +206,7 @@ class RomanaClient:
 
     # -- hosts ------------------------------------------------------------------------
     def hosts(self) -> HostList:
-        return cast(HostList, self._call("GET", "/hosts"))
+        return cast(HostList, self._all_pages("/hosts", "hosts", {}))
 
     def host(self, name: str) -> HostJson:
         return cast(HostJson, self._call("GET", f"/hosts/{_seg(name)}"))
@@ -236,7 +239,7 @@ class RomanaClient:
 
     def addresses(self, host: str | None = None, tenant: str | None = None) -> AddressList:
         params = {k: v for k, v in (("host", host), ("tenant", tenant)) if v is not None}
-        return cast(AddressList, self._call("GET", "/addresses", params=params))
+        return cast(AddressList, self._all_pages("/addresses", "addresses", params))
 
     # -- routes -----------------------------------------------------------------------
     def routes(self, host: str | None = None, group: str | None = None) -> RouteSetJson:
@@ -269,6 +272,17 @@ class RomanaClient:
     # -- plumbing ---------------------------------------------------------------------
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         return _json(self._send(method, path, **kw), method, path, self.url)
+
+    def _all_pages(self, path: str, key: str, params: dict[str, str]) -> dict[str, Any]:
+        """Every page of a list endpoint, as one answer. ``revision`` is the first page's:
+        watching from it replays whatever changed while the later pages were read."""
+        answer = self._call("GET", path, params=params)
+        items, cursor = list(answer[key]), answer.get("next")
+        while cursor:
+            page = self._call("GET", path, params={**params, "after": cursor})
+            items += page[key]
+            cursor = page.get("next")
+        return {**answer, key: items, "next": None}
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:

@@ -73,6 +73,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "store's (refused otherwise: see docs/romanad.md)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="open connections at most; one more is answered 503 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a connection must send its request headers within this (default %(default)s)",
+    )
+    parser.add_argument(
         "--event-loop",
         choices=["auto", "asyncio"],
         default="auto",
@@ -153,7 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     # Watchers hold long polls open: at the stop signal they are answered at once (503,
     # "stopping"), so the graceful shutdown (bounded at 2 s) does not wait on them.
     serve(
-        app, sockets, listen, graceful_timeout=2, on_stop=service.begin_stop, loop=args.event_loop
+        app,
+        sockets,
+        listen,
+        graceful_timeout=2,
+        on_stop=service.begin_stop,
+        loop=args.event_loop,
+        max_connections=max(1, args.max_connections),
+        header_timeout=max(0.1, args.header_timeout),
     )
 
 

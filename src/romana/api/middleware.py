@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,6 +16,18 @@ from romana.api.metrics import Metrics
 from romana.errors import Internal, RomanaError, TooLarge
 
 MAX_BODY = 1 << 20
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: text that UTF-8 cannot carry (a lone surrogate in a
+    store from before the name rules) still makes a valid answer instead of a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode()
+
+
 log = logging.getLogger("romanad")
 
 
@@ -85,7 +99,7 @@ class LimitsAndTiming:
 
 
 async def _answer(exc: RomanaError, scope: Scope, receive: Receive, send: Send) -> None:
-    await JSONResponse(exc.to_json(), status_code=exc.status)(scope, receive, send)
+    await AsciiJSONResponse(exc.to_json(), status_code=exc.status)(scope, receive, send)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from romana.cni.config import NetConf
 from romana.cni.errors import (
-    IO_FAILURE,
     NOT_AVAILABLE,
     ROMANAD_REFUSED,
     TRY_AGAIN_LATER,
@@ -37,27 +35,14 @@ class Allocator:
         self.default = RomanadClient(url, token)
         self.token = token
         self.label_ttl = label_ttl
-        self._others: dict[tuple[str, str | None], RomanadClient] = {}
         self._labels: dict[tuple[int, str], tuple[float, dict[str, str]]] = {}
 
     async def close(self) -> None:
         await self.default.close()
-        for other in self._others.values():
-            await other.close()
-        self._others.clear()
 
     def client(self, conf: NetConf) -> RomanadClient:
-        """The agent's romanad client, or one for the romanad the configuration names."""
-        if conf.romanad_url is None and conf.token_file is None:
-            return self.default
-        url = conf.romanad_url or self.default.url
-        token = _read_token(conf.token_file) if conf.token_file else self.token
-        if url == self.default.url and token == self.token:
-            return self.default
-        key = (url, token)
-        if key not in self._others:
-            self._others[key] = RomanadClient(url, token)
-        return self._others[key]
+        """The agent's romanad client: the one romanad (and token) it was started with."""
+        return self.default
 
     async def allocate(
         self, client: RomanadClient, name: str, host: str, tenant: str, segment_label: str
@@ -134,13 +119,3 @@ def _refused(action: str, exc: RomanaError) -> CniError:
         f"romanad refused to {action}: {exc.message}",
         f"romanad error code {exc.wire_code!r}",
     )
-
-
-def _read_token(path: str) -> str:
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise CniError(IO_FAILURE, f"cannot read token file {path}", exc.strerror or "") from None
-    if not token:
-        raise CniError(IO_FAILURE, f"token file {path} is empty")
-    return token

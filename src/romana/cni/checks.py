@@ -51,7 +51,7 @@ class CheckAndGc:
                 "the allocation is gone: the pod needs a new ADD",
             )
         problems = []
-        ip, host = str(address["ip"]), conf.host or self.host
+        ip, host = str(address["ip"]), self.host
         expected = previous_ip(conf.prev_result)
         if expected is not None and expected != ip:
             problems.append(f"romanad says {ip}, ADD reported {expected}")
@@ -86,7 +86,7 @@ class CheckAndGc:
         valid = conf.valid_attachments or frozenset()
         client = self.allocator.client(conf)
         stale = []
-        for address in await self.allocator.addresses(client, conf.host or self.host):
+        for address in await self.allocator.addresses(client, self.host):
             parts = split_address_name(address["name"])
             if (
                 parts is not None

@@ -38,6 +38,14 @@ DEFAULT_SEGMENT_LABEL = "romana.io/segment"
 DEFAULT_MTU = 1500
 VETH_PREFIX = "rmn"
 MAX_NAME = 253  # romanad's limit on address names
+MAX_NETWORK_NAME = 63
+# Fields the original plugin took from the network configuration; now the agent's own.
+AGENT_SETTINGS = {
+    "romanad_url": "--url",
+    "token_file": "--token-file",
+    "log_file": "--cni-request-log",
+    "host": "--host",
+}
 DEFAULT_ROUTES: tuple[dict[str, str], ...] = ({"dst": "0.0.0.0/0"},)  # IPAM mode
 
 Mode = Literal["full", "ipam"]
@@ -52,12 +60,8 @@ class NetConf:
 
     cni_version: str
     network: str
-    romanad_url: str | None = None  # default: the agent's --url
-    token_file: str | None = None  # default: the agent's --token-file
-    host: str | None = None  # default: the agent's --host
     segment_label: str = DEFAULT_SEGMENT_LABEL
     mtu: int = DEFAULT_MTU
-    log_file: str | None = None
     use_policy: bool = False
     host_route_dev: str | None = None  # IPAM mode: route the pod's /32 to this device
     routes: tuple[dict[str, str], ...] = DEFAULT_ROUTES  # IPAM mode: the result's routes
@@ -153,9 +157,11 @@ def parse(mode: Mode, env: Mapping[str, str], stdin: bytes) -> Invocation:
     )
     if len(invocation.address_name) > MAX_NAME:
         raise CniError(
-            INVALID_CONFIG,
-            f"network name {conf.network!r} is too long",
-            f"NETWORK:CONTAINERID:IFNAME must fit romanad's {MAX_NAME} characters",
+            INVALID_ENVIRONMENT,
+            f"CNI_CONTAINERID is too long ({len(container_id)} characters)",
+            f"NETWORK:CONTAINERID:IFNAME must fit romanad's {MAX_NAME} characters; with "
+            f"network {conf.network!r} and interface {ifname!r}, the container id may have "
+            f"{MAX_NAME - len(conf.network) - len(ifname) - 2}",
         )
     return invocation
 
@@ -184,8 +190,14 @@ def _netconf(mode: Mode, command: str, document: dict[str, Any]) -> NetConf:
     if not isinstance(network, str) or not _NAME.match(network):
         raise CniError(
             INVALID_CONFIG,
-            f"invalid network name {network!r}",
+            f"invalid network name {network!r}"[:200],
             '"name" must start with a letter or digit, then letters, digits, _ . -',
+        )
+    if len(network) > MAX_NETWORK_NAME:
+        raise CniError(
+            INVALID_CONFIG,
+            f"network name is too long ({len(network)} characters)",
+            f'"name" has at most {MAX_NETWORK_NAME} characters',
         )
     if mode == "ipam":
         section = document.get("ipam", {})
@@ -195,16 +207,20 @@ def _netconf(mode: Mode, command: str, document: dict[str, Any]) -> NetConf:
     else:
         section, where = document, ""
     fields = _Fields(section, where)
+    for key, flag in AGENT_SETTINGS.items():
+        if key in section:
+            raise CniError(
+                INVALID_CONFIG,
+                f'"{where}{key}" is not read from a network configuration',
+                f"what romana-agent reads, contacts or writes is set on romana-agent only: "
+                f"{flag} (whoever may write a network configuration must not choose it)",
+            )
     segment_label = fields.text("segment_label", allow_empty=True)
     conf = NetConf(
         cni_version=version,
         network=network,
-        romanad_url=fields.text("romanad_url"),
-        token_file=fields.text("token_file"),
-        host=fields.text("host"),
         segment_label=DEFAULT_SEGMENT_LABEL if segment_label is None else segment_label,
         mtu=fields.integer("mtu", DEFAULT_MTU, 68, 65535),
-        log_file=fields.text("log_file"),
         use_policy=fields.boolean("use_policy"),
         host_route_dev=_host_route_dev(fields, document) if mode == "ipam" else None,
         routes=_routes(fields) if mode == "ipam" else DEFAULT_ROUTES,

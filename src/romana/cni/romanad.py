@@ -83,8 +83,15 @@ class RomanadClient:
         )
 
     async def addresses(self, host: str) -> list[dict[str, Any]]:
-        answer = await self.call("GET", "/addresses?" + urlencode({"host": host}))
-        return answer["addresses"]  # type: ignore[no-any-return]
+        """Every address of ``host``, page after page."""
+        found: list[dict[str, Any]] = []
+        params = {"host": host}
+        while True:
+            answer = await self.call("GET", "/addresses?" + urlencode(params))
+            found += answer["addresses"]
+            if not answer.get("next"):
+                return found
+            params = {"host": host, "after": answer["next"]}
 
     async def host(self, name: str) -> dict[str, Any]:
         return await self.call("GET", f"/hosts/{quote(name, safe='')}")  # type: ignore[no-any-return]

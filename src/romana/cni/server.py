@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from romana.cni.allocator import Allocator
 from romana.cni.config import Mode
-from romana.cni.errors import INTERNAL, IO_FAILURE
+from romana.cni.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE
 from romana.cni.metrics import CniMetrics
 from romana.cni.podnet import PodNetwork
 from romana.cni.service import LATEST, CniService
@@ -77,10 +77,15 @@ class CniServer:
         token: str | None,
         protocol: int,
         registry: CollectorRegistry,
+        request_log: str | None = None,
     ) -> CniServer:
         """What romana-agent runs: its romanad, its host name, its route protocol."""
         service = CniService(
-            PodNetwork(protocol), Allocator(url, token), host, CniMetrics(registry)
+            PodNetwork(protocol),
+            Allocator(url, token),
+            host,
+            CniMetrics(registry),
+            request_log=request_log,
         )
         return cls(sock, service)
 
@@ -100,9 +105,11 @@ class CniServer:
         assert task is not None  # a connection callback always runs in its own task
         self._inflight.add(task)
         try:
-            data = await asyncio.wait_for(_read_all(reader), READ_TIMEOUT)
             try:
+                data = await asyncio.wait_for(_read_all(reader), READ_TIMEOUT)
                 mode, env, stdin = decode(data)
+            except RequestTooLarge as exc:
+                status, out = _error_reply(INVALID_CONFIG, str(exc), "a CNI request is small")
             except ProtocolError as exc:
                 status, out = _error_reply(
                     IO_FAILURE,
@@ -130,6 +137,10 @@ class CniServer:
                 await writer.wait_closed()
 
 
+class RequestTooLarge(ProtocolError):
+    pass
+
+
 def _error_reply(code: int, msg: str, details: str) -> tuple[int, bytes]:
     error = {"cniVersion": LATEST, "code": code, "msg": msg, "details": details}
     return 1, json.dumps(error).encode() + b"\n"
@@ -140,7 +151,7 @@ async def _read_all(reader: asyncio.StreamReader) -> bytes:
     while chunk := await reader.read(1 << 16):
         size += len(chunk)
         if size > MAX_REQUEST:
-            raise ProtocolError(f"request larger than {MAX_REQUEST} bytes")
+            raise RequestTooLarge(f"request larger than {MAX_REQUEST} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -63,8 +63,10 @@ class CniService(CheckAndGc):
         host: str,
         metrics: CniMetrics | None = None,
         workers: int = 4,
+        request_log: str | None = None,
     ) -> None:
         self.podnet = podnet
+        self.request_log = request_log  # the agent's --cni-request-log: a line per command
         self.allocator = allocator
         self.host = host
         self.metrics = metrics
@@ -116,7 +118,7 @@ class CniService(CheckAndGc):
             }
         if inv.command == "STATUS":
             client = self.allocator.client(inv.conf)
-            await self.allocator.ready(client, inv.conf.host or self.host)
+            await self.allocator.ready(client, self.host)
             return None
         if inv.command == "GC":
             await self._gc(inv)
@@ -193,7 +195,7 @@ class CniService(CheckAndGc):
     async def _allocate(self, inv: Invocation, undo: list[Undo]) -> str:
         client = self.allocator.client(inv.conf)
         address = await self.allocator.allocate(
-            client, inv.address_name, inv.conf.host or self.host, inv.tenant, inv.conf.segment_label
+            client, inv.address_name, self.host, inv.tenant, inv.conf.segment_label
         )
         undo.append(lambda: self.allocator.release(client, inv.address_name))
         return str(address["ip"])
@@ -315,8 +317,8 @@ class CniService(CheckAndGc):
             entry["ip"] = answer["ips"][0]["address"]
         if error is not None:
             entry.update(msg=error.msg, details=error.cni_details)
-        if inv is not None and inv.conf.log_file:
-            requestlog.append(inv.conf.log_file, entry)
+        if self.request_log is not None:
+            requestlog.append(self.request_log, entry)
         # "msg" is a reserved LogRecord attribute: the log line calls it "error".
         fields = {("error" if k == "msg" else k): v for k, v in entry.items()}
         if error is not None:

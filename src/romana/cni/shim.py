@@ -31,7 +31,8 @@ DEFAULT_SOCKET = "/run/romana/cni.sock"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
 TIMEOUT = 55.0  # seconds; runtimes usually give a CNI call a few minutes
-TRY_AGAIN_LATER, NOT_AVAILABLE, INVALID_ENV = 11, 50, 4
+TRY_AGAIN_LATER, NOT_AVAILABLE, INVALID_ENV, INVALID_CONFIG = 11, 50, 4, 7
+MAX_CONFIG = 1 << 20  # a network configuration, prevResult included, is a few KiB
 
 
 def run(mode: str) -> int:
@@ -50,6 +51,13 @@ def run(mode: str) -> int:
             INVALID_ENV,
             "CNI_COMMAND is not set",
             "this program is a CNI plugin: a container runtime runs it",
+        )
+    if len(config) > MAX_CONFIG:
+        return _fail(
+            version,
+            INVALID_CONFIG,
+            f"the network configuration is {len(config)} bytes, over {MAX_CONFIG}",
+            "a CNI network configuration is a small JSON document",
         )
     path = string_field(config, "agent_socket") or DEFAULT_SOCKET
     env = b"".join(k + b"=" + v + b"\0" for k, v in posix.environ.items() if k.startswith(b"CNI_"))

@@ -92,11 +92,19 @@ class Engine(EngineReads):
 
     # -- topology -------------------------------------------------------------------
     def apply_topology(
-        self, document: Topology | Mapping[str, Any], service_cidr: str | None = None
+        self,
+        document: Topology | Mapping[str, Any],
+        service_cidr: str | None = None,
+        checked: tuple[Topology, list[Problem]] | None = None,
     ) -> list[Problem]:
-        """Apply a map, keeping every allocation or failing atomically; returns warnings."""
-        raw = document.to_json() if isinstance(document, Topology) else dict(document)
-        topology, warnings = check(raw, service_cidr)
+        """Apply a map, keeping every allocation or failing atomically; returns warnings.
+
+        ``checked``: what :func:`romana.topology.check` returned for ``document`` (romanad
+        validates off its event loop, then applies here)."""
+        if checked is None:
+            raw = document.to_json() if isinstance(document, Topology) else dict(document)
+            checked = check(raw, service_cidr)
+        topology, warnings = checked
         fact, dropped = plan_topology(self.state, topology)
         self.commit([fact])
         return warnings + dropped

@@ -17,7 +17,15 @@ class AddressView:
     block: str
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "name": self.name,
+            "ip": self.ip,
+            "network": self.network,
+            "host": self.host,
+            "tenant": self.tenant,
+            "segment": self.segment,
+            "block": self.block,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +39,15 @@ class BlockView:
     allocated_ip_count: int
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "cidr": self.cidr,
+            "network": self.network,
+            "group": self.group,
+            "host": self.host,
+            "tenant": self.tenant,
+            "segment": self.segment,
+            "allocated_ip_count": self.allocated_ip_count,
+        }
 
 
 @dataclass(frozen=True, slots=True)
