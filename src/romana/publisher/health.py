@@ -28,6 +28,7 @@ def serve_in_thread(
 
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # seconds for a request to arrive: an idle client does not hold a thread
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
