@@ -80,17 +80,28 @@ class RouteTracker:
         vantage = canonical(state, vantage)  # NotFound for unknown hosts and groups
         memo = self._memo.get(vantage)
         if memo is None:
-            memo = self._memo[vantage] = assemble(state, vantage, self._devices[vantage])
+            memo = self._memo[vantage] = assemble(state, vantage, self._segments(vantage))
         return memo
 
     def all_sets(self) -> dict[str, RouteSet]:
-        return {vantage: self.get(vantage) for vantage in self._devices}
+        return {vantage: self.get(vantage) for vantage in vantages(self._state())}
+
+    def _segments(self, vantage: str) -> Segments:
+        """A device's segments, made on first use: in a flat L2 group of n hosts every host
+        carries n-1 neighbours, so making them all at each topology change would cost n²
+        (a 9,000-host map: minutes) for devices nobody has asked about."""
+        segments = self._devices.get(vantage)
+        if segments is None:
+            segments = segments_of(self._state(), vantage, self._host_prefixes, self._host_holes)
+            self._devices[vantage] = segments
+        return segments
 
     def summary(self) -> list[dict[str, object]]:
         """Counts straight from the segments: building every route set is not needed."""
         state = self._state()
         out: list[dict[str, object]] = []
-        for vantage, segments in self._devices.items():
+        for vantage in vantages(state):
+            segments = self._segments(vantage)
             stats = self.stats.get(vantage, DeviceStats())
             routes = sum(len(s.prefixes) for s in segments.values())
             hops = {s.via for s in segments.values() if s.prefixes}
@@ -159,10 +170,16 @@ class RouteTracker:
                 stats.route_changes += route_changes
 
     def _host_prefixes(self, network: str, host: str) -> HostPrefixes:
-        return self._prefixes.setdefault((network, host), HostPrefixes())
+        prefixes = self._prefixes.get((network, host))
+        if prefixes is None:  # not setdefault: that would build a HostPrefixes every call
+            prefixes = self._prefixes[(network, host)] = HostPrefixes()
+        return prefixes
 
     def _host_holes(self, network: str, host: str) -> set[Prefix]:
-        return self._holes.setdefault((network, host), set())
+        found = self._holes.get((network, host))
+        if found is None:
+            found = self._holes[(network, host)] = set()
+        return found
 
     def _add_stray(
         self,
@@ -260,20 +277,23 @@ class RouteTracker:
                     )
                     for host in leaf.hosts:
                         self._holes[(tree.name, host)] = fresh.get(host, set())
-        old = self._devices
-        self._devices = {
-            v: segments_of(state, v, self._host_prefixes, self._host_holes) for v in vantages(state)
-        }
+        old, self._devices = self._devices, {}
         self._memo.clear()
-        for gone in old.keys() - self._devices.keys():
+        live = set(vantages(state))
+        for gone in [v for v in self.stats if v not in live]:
             self.stats.pop(gone, None)
+        # Routers carry one segment per child or host: always made, and always counted.
+        # Hosts are made (and compared) again only if they were made before; the others
+        # are made when first asked for.
+        for vantage in live:
+            if vantage.startswith("group:"):
+                self._segments(vantage)
         if not count:
             return
-        for vantage, segments in self._devices.items():
-            before = old.get(vantage)
-            if before is None:
-                continue  # a new device's first set is no update
-            delta = _difference(before, segments)
+        for vantage, before in old.items():
+            if vantage not in live:
+                continue
+            delta = _difference(before, self._segments(vantage))
             if delta:
                 stats = self.stats.setdefault(vantage, DeviceStats())
                 stats.updates += 1
