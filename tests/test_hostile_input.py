@@ -246,7 +246,21 @@ def test_idle_and_slow_connections_are_cut_and_the_cap_holds(tmp_path: Path) -> 
     with running(tmp_path / "data", "--max-connections", "50", "--header-timeout", "1") as daemon:
         slow = socket.create_connection(("127.0.0.1", daemon.port))
         slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
-        idle = _idle(daemon.port, 120)  # nothing sent: 49 held, the rest refused at once
+        # A body that trickles: the head is in, the body must follow within 3 x 1 s.
+        trickle = socket.create_connection(("127.0.0.1", daemon.port))
+        trickle.sendall(
+            b"POST /address HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100000\r\n\r\n{"
+        )
+        # An endless header: cut at 64 KiB with a 431, not buffered.
+        endless = socket.create_connection(("127.0.0.1", daemon.port))
+        endless.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: ")
+        for _ in range(20):
+            try:
+                endless.sendall(b"a" * 8192)
+            except OSError:
+                break  # closed by romanad
+        idle = _idle(daemon.port, 120)  # nothing sent: 47 held, the rest refused at once
         try:
             began = time.monotonic()
             answers = []
@@ -256,9 +270,13 @@ def test_idle_and_slow_connections_are_cut_and_the_cap_holds(tmp_path: Path) -> 
             refused = sum(a.startswith(b"HTTP/1.1 503") for a in answers)
             cut = sum(a == b"" for a in answers)
             # 50 held until the header timeout (1 s) cut them, the other 70 refused at once.
-            assert refused + cut == len(idle) and refused >= 60 and cut >= 39, (refused, cut)
+            assert refused + cut == len(idle) and refused >= 60 and cut >= 37, (refused, cut)
             slow.settimeout(5)
             assert answer_of(slow) == b"", "a slow request outlived the header timeout"
+            endless.settimeout(5)
+            assert answer_of(endless).startswith(b"HTTP/1.1 431")
+            trickle.settimeout(6)
+            assert answer_of(trickle) == b"", "a trickling body outlived the body timeout"
             assert time.monotonic() - began < 6
             started = time.monotonic()
             wait_until(
@@ -268,7 +286,7 @@ def test_idle_and_slow_connections_are_cut_and_the_cap_holds(tmp_path: Path) -> 
             )
             assert time.monotonic() - started < 10
         finally:
-            for s in [*idle, slow]:
+            for s in [*idle, slow, trickle, endless]:
                 s.close()
         lines = daemon.log.read_text().splitlines()
     assert len(lines) < 40, "\n".join(lines[-20:])

@@ -4,8 +4,9 @@ uvicorn arms its keep-alive timer only after a response, so a connection that ne
 a request, or sends its headers a byte at a time, is held forever; about a thousand of
 them exhaust the usual 1,024 descriptors, after which every ``accept()`` fails and the
 loop spins writing errors. Here each connection must finish its request headers within
-``header_timeout`` seconds of connecting (or of the previous response), and at most
-``max_connections`` are open at once: one more is answered ``503`` and closed at once.
+``header_timeout`` seconds of connecting (or of the previous response), in at most 64 KiB
+(httptools would buffer an endless header), and its body within ``body_timeout`` more;
+at most ``max_connections`` are open at once: one more is answered ``503`` and closed.
 The process's descriptor limit is raised to what the cap needs, when the hard limit
 allows, and the cap lowered otherwise, so accepting never runs out of descriptors.
 """
@@ -23,9 +24,15 @@ log = logging.getLogger("romana.connections")
 
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0  # for the body once the head is in (bodies are 1 MiB at most)
+MAX_HEAD = 64 << 10  # request line and headers; romana's clients send well under 1 KiB
 SPARE_DESCRIPTORS = 128  # the store, log files, netlink and BIRD sockets, threads...
 _REFUSAL_BODY = (
     b'{"error": {"code": "unavailable", "message": "too many connections", "details": []}}'
+)
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"connection: close\r\ncontent-length: 0\r\n\r\n"
 )
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
@@ -77,12 +84,16 @@ class _Refusals:
 def guarded_http(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the header timeout and the connection cap."""
     refusals = _Refusals()
 
     class GuardedHttp(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0  # bytes of the current request's head received so far
+        _in_head = True
+        _message_done = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -91,39 +102,58 @@ def guarded_http(
                 transport.write(_REFUSAL)
                 transport.close()
                 return
-            self._arm()
+            self._arm(header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
+        def data_received(self, data: bytes) -> None:
+            in_head = self._in_head
+            super().data_received(data)
+            # Counted only while the head is still incomplete after this chunk (a chunk that
+            # finishes the head may carry body bytes): httptools buffers an unfinished
+            # header without limit.
+            if in_head and self._in_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD:
+                    self.transport.write(_TOO_LARGE)
+                    self.transport.close()
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._header_timer is None:
-                self._arm()
+            self._message_done = False
 
         def on_headers_complete(self) -> None:
-            self._disarm()
+            self._in_head, self._head_bytes = False, 0
+            self._arm(body_timeout)  # the body (1 MiB at most) has its own deadline
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._message_done = True
+            self._disarm()  # the request is in: the handler takes what it takes
+            super().on_message_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            # The next request's headers get the same time, counted from now.
+            # The next request's head gets the same time, counted from now.
+            self._in_head = True
             if not self.transport.is_closing():
-                self._arm()
+                self._arm(header_timeout)
 
-        def _arm(self) -> None:
+        def _arm(self, seconds: float) -> None:
             self._disarm()
-            self._header_timer = self.loop.call_later(header_timeout, self._too_slow)
+            self._timer = self.loop.call_later(seconds, self._too_slow)
 
         def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
         def _too_slow(self) -> None:
-            self._header_timer = None
-            if self.cycle is None or self.cycle.response_complete:
+            """A head or body that did not arrive in time: the connection goes."""
+            self._timer = None
+            if not self._message_done or self.cycle is None or self.cycle.response_complete:
                 self.transport.close()
 
     return GuardedHttp

@@ -20,6 +20,8 @@ class FloodFilter(logging.Filter):
         self._seen: dict[tuple[str, int, object], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            return True  # a traceback (an answer may point to it by request id): always kept
         key = (record.name, record.levelno, record.msg)
         now = time.monotonic()
         state = self._seen.get(key)

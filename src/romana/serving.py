@@ -136,10 +136,8 @@ def serve(
     from romana import connections
 
     wanted = max_connections or connections.DEFAULT_MAX_CONNECTIONS
-    http = connections.guarded_http(
-        connections.descriptor_budget(wanted),
-        header_timeout or connections.DEFAULT_HEADER_TIMEOUT,
-    )
+    head = header_timeout or connections.DEFAULT_HEADER_TIMEOUT
+    http = connections.guarded_http(connections.descriptor_budget(wanted), head, 3 * head)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -159,9 +159,9 @@ class RouteAgent:
         self.romanad_up = False
         self.metrics.romanad_up.set(0)
 
-    def _check_feed(self, store_id: str | None, revision: int) -> None:
+    def _check_feed(self, store_id: str | None, revision: int, floor: int | None = None) -> None:
         try:
-            self.feed.check(store_id, revision)
+            self.feed.check(store_id, revision, floor)
         except FeedRewound:
             self.metrics.errors.labels("FeedRewound").inc()
             raise
@@ -188,10 +188,12 @@ class RouteAgent:
                 answer = await self.upstream.watch(since, self.watch_timeout)
                 self._mark_up()
                 revision = int(answer["revision"])
-                self._check_feed(answer.get("store_id"), revision)
+                self._check_feed(answer.get("store_id"), revision, floor=since)
                 since = revision
                 if any(c.get("kind") in ROUTE_FACTS for c in answer["changes"]):
-                    await self.sync("watch")
+                    # The sync reads the head: continue after what it covered, or the next
+                    # (limited) watch answer would look like a feed that went back in time.
+                    since = max(since, await self.sync("watch"))
             except Resync:
                 since = None
             except Unavailable as exc:  # unreachable, or stopping: it will be back

@@ -55,9 +55,11 @@ class Allocator:
         except RomanaError as exc:
             if not isinstance(exc, Conflict):
                 raise _refused("allocate an address", exc) from None
-            # The name is taken. Names are unique per attachment and the runtime never ADDs
-            # an attachment twice without a DEL, so it is ours from an ADD whose answer got
-            # lost (the agent restarted mid-ADD): take it over if it is for this host.
+            # romanad answers an identical retry itself (200); a 409 means the name is held
+            # with other parameters. Names are unique per attachment and the runtime never
+            # ADDs an attachment twice without a DEL, so for this host and tenant it is this
+            # pod's address from an ADD whose answer got lost, allocated when the host's
+            # segment label said something else: the pod keeps it.
             existing = await self.lookup(client, name)
             if existing is None or existing["host"] != host or existing["tenant"] != tenant:
                 raise _refused("allocate an address", exc) from None

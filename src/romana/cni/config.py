@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from romana import names
 from romana.cni.errors import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
@@ -155,6 +156,15 @@ def parse(mode: Mode, env: Mapping[str, str], stdin: bytes) -> Invocation:
     invocation = Invocation(
         mode, command, conf, container_id, netns, ifname, parse_args(env.get("CNI_ARGS", ""))
     )
+    if len(invocation.address_name) <= MAX_NAME and (
+        reason := names.ADDRESS.problem(invocation.address_name)
+    ):
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            f"CNI_CONTAINERID {container_id!r} and CNI_IFNAME {ifname!r} make no valid "
+            "address name",
+            reason,
+        )
     if len(invocation.address_name) > MAX_NAME:
         raise CniError(
             INVALID_ENVIRONMENT,

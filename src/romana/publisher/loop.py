@@ -3,8 +3,8 @@ the changes feed; the last good configuration stays in place on any error.
 
 The loop refuses a feed that went back in time or comes from another store (a romanad
 restored from an older backup, or started on a fresh data directory): the configuration
-BIRD runs stays as it is and ``/healthz`` says ``feed: rewound`` until the feed is
-consistent again or the publisher is restarted (which accepts the store it then finds).
+BIRD runs stays as it is and ``/healthz`` says ``feed: rewound`` until the publisher is
+restarted (which accepts the store it then finds).
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ class Publisher:
         """One long poll of the changes feed; a re-read if any change matters."""
         assert self.since is not None
         answer = self.client.watch(self.since, timeout=self.opts.poll)
-        self._check_feed(answer.get("store_id"), int(answer["revision"]))
+        self._check_feed(answer.get("store_id"), int(answer["revision"]), floor=self.since)
         relevant = [c for c in answer["changes"] if self.cares(c)]
         if relevant:
             log.info(
@@ -202,9 +202,9 @@ class Publisher:
         self.since = max(self.since, int(answer["revision"]))
         self.metrics.revision.set(self.since)
 
-    def _check_feed(self, store_id: str | None, revision: int) -> None:
+    def _check_feed(self, store_id: str | None, revision: int, floor: int | None = None) -> None:
         try:
-            self.feed.check(store_id, revision)
+            self.feed.check(store_id, revision, floor)
         except FeedRewound:
             self.metrics.rewound.set(1)
             raise

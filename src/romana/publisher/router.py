@@ -27,9 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from markupsafe import Markup
-
 from romana.errors import RouterError
+from romana.publisher.templates import BirdText
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +148,7 @@ def index_groups(topology: Mapping[str, Any]) -> dict[str, GroupInfo]:
 def pattern(cidr: str) -> str:
     """A BIRD prefix pattern: the CIDR itself and anything more specific inside it."""
     net = ipaddress.IPv4Network(cidr)
-    return Markup(f"{net}{{{net.prefixlen},32}}")  # braces: safe here, built from a CIDR
+    return BirdText(f"{net}{{{net.prefixlen},32}}")  # braces: safe here, built from a CIDR
 
 
 def router_data(
@@ -240,11 +239,20 @@ class _Names:
     def __init__(self) -> None:
         self.used: set[str] = set()
 
+    # Templates derive more symbols from a protocol name (``NAME_import`` for its filter):
+    # each derived name is reserved with it, and every one fits BIRD's 64 characters.
+    DERIVED = ("_import",)
+    MAX = 64 - max(len(d) for d in DERIVED)
+
     def make(self, kind: str, name: str) -> str:
-        base = f"{kind}_{re.sub(r'[^A-Za-z0-9_]', '_', name)}"[:56]
+        base = f"{kind}_{re.sub(r'[^A-Za-z0-9_]', '_', name)}"[: self.MAX - 6]
         candidate, n = base, 1
-        while candidate in self.used:
+        while self._taken(candidate):
             n += 1
             candidate = f"{base}_{n}"
         self.used.add(candidate)
+        self.used.update(candidate + d for d in self.DERIVED)
         return candidate
+
+    def _taken(self, candidate: str) -> bool:
+        return candidate in self.used or any(candidate + d in self.used for d in self.DERIVED)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 
 from romana.errors import TemplateError
 
@@ -69,36 +68,44 @@ class Source:
 # for names, paths, CIDRs, addresses and numbers; never a quote, ';', a brace, a newline or
 # anything outside printable ASCII, with which a value could end a string, a statement or
 # a block and write its own configuration (e.g. "import all" on its BGP session).
-_PLAIN = re.compile(r"[A-Za-z0-9 _.:/,@+=*-]*\Z")
+_PLAIN = re.compile(r"[A-Za-z0-9 _.:/,@+=-]*\Z")  # no '*': with '/', a block comment
 
 
-def bird_string(value: object) -> Markup:
+class BirdText(str):
+    """Text already made safe for its place in a BIRD configuration (by a filter below, or
+    a CIDR pattern). Only the exact value is trusted: any operation on it (``+``, ``%``,
+    slicing, ``format``) gives a plain ``str``, which the final check sees again."""
+
+    __slots__ = ()
+
+
+def bird_string(value: object) -> BirdText:
     """For inside ``"..."``: quotes, backslashes, newlines and non-ASCII become ``_``."""
-    return Markup(re.sub(r'[^\x20-\x7e]|["\\]', "_", str(value)))
+    return BirdText(re.sub(r'[^\x20-\x7e]|["\\]', "_", str(value)))
 
 
-def bird_comment(value: object) -> Markup:
+def bird_comment(value: object) -> BirdText:
     """For after ``#``: a newline (or anything unprintable) cannot end the comment."""
-    return Markup(re.sub(r"[^\x20-\x7e]", "?", str(value)))
+    return BirdText(re.sub(r"[^\x20-\x7e]", "?", str(value)).replace("*/", "*?/"))
 
 
-def bird_symbol(value: object) -> Markup:
+def bird_symbol(value: object) -> BirdText:
     """A BIRD identifier: letters, digits and ``_``, starting with a letter."""
     text = re.sub(r"[^A-Za-z0-9_]", "_", str(value)) or "_"
-    return Markup(text if text[0].isalpha() else f"r_{text}")
+    return BirdText(text if text[0].isalpha() else f"r_{text}")
 
 
 def safe_join(values: Iterable[object], separator: str = "") -> str:
     """Jinja's ``join``, keeping the result safe when every item is (e.g. BIRD patterns)."""
     items = list(values)
     text = separator.join(str(v) for v in items)
-    return Markup(text) if items and all(isinstance(v, Markup) for v in items) else text
+    return BirdText(text) if items and all(isinstance(v, BirdText) for v in items) else text
 
 
 def _finalize(value: object) -> object:
     """Every ``{{ expression }}``'s value on its way out: filtered values pass, plain text
     must be harmless wherever it lands (else the render fails: last good config stays)."""
-    if isinstance(value, Markup) or not isinstance(value, str):
+    if isinstance(value, BirdText) or not isinstance(value, str):
         return value
     if not _PLAIN.match(value):
         raise TemplateError(

@@ -69,7 +69,8 @@ class RouteTracker:
         self._prefixes: dict[HostKey, HostPrefixes] = {}  # shared, live
         self._holes: dict[HostKey, set[Prefix]] = {}  # shared, live (L3-to-host leaves)
         self._strays: dict[tuple[str, int], str] = {}  # (net, block base) -> host
-        self._devices: dict[str, Segments] = {}
+        self._devices: dict[str, Segments] = {}  # made on first use after a rebuild
+        self._stale: dict[str, Segments] = {}  # set aside by a rebuild, compared when remade
         self._memo: dict[str, RouteSet] = {}
         self.stats: dict[str, DeviceStats] = {}
         self._rebuild(count=False)
@@ -87,13 +88,21 @@ class RouteTracker:
         return {vantage: self.get(vantage) for vantage in vantages(self._state())}
 
     def _segments(self, vantage: str) -> Segments:
-        """A device's segments, made on first use: in a flat L2 group of n hosts every host
-        carries n-1 neighbours, so making them all at each topology change would cost n²
-        (a 9,000-host map: minutes) for devices nobody has asked about."""
+        """A device's segments, made on first use after a rebuild: in a flat L2 group of n
+        hosts every host carries n-1 neighbours, so remaking them all at each topology
+        change would cost n² (a 9,000-host map: minutes). A device whose previous segments
+        were set aside by a rebuild is compared with them now, and the update counted."""
         segments = self._devices.get(vantage)
         if segments is None:
             segments = segments_of(self._state(), vantage, self._host_prefixes, self._host_holes)
             self._devices[vantage] = segments
+            before = self._stale.pop(vantage, None)
+            if before is not None:
+                delta = _difference(before, segments)
+                if delta:
+                    stats = self.stats.setdefault(vantage, DeviceStats())
+                    stats.updates += 1
+                    stats.route_changes += delta
         return segments
 
     def summary(self) -> list[dict[str, object]]:
@@ -282,22 +291,18 @@ class RouteTracker:
         live = set(vantages(state))
         for gone in [v for v in self.stats if v not in live]:
             self.stats.pop(gone, None)
-        # Routers carry one segment per child or host: always made, and always counted.
-        # Hosts are made (and compared) again only if they were made before; the others
-        # are made when first asked for.
+        if count:
+            for vantage, before in old.items():
+                if vantage in live:
+                    self._stale.setdefault(vantage, before)  # the oldest unsettled version
+        else:
+            self._stale.clear()
+        for gone in [v for v in self._stale if v not in live]:
+            del self._stale[gone]
+        # Routers carry one segment per child or host: remade (and counted) at once.
         for vantage in live:
             if vantage.startswith("group:"):
                 self._segments(vantage)
-        if not count:
-            return
-        for vantage, before in old.items():
-            if vantage not in live:
-                continue
-            delta = _difference(before, self._segments(vantage))
-            if delta:
-                stats = self.stats.setdefault(vantage, DeviceStats())
-                stats.updates += 1
-                stats.route_changes += delta
 
 
 def _difference(before: Segments, after: Segments) -> int:
