@@ -70,8 +70,8 @@ def host_render(template: templates.Source, name: str, group: str, tmp: Path) ->
     return templates.render(template, host_variables(opts, inputs))
 
 
-def router_render(template: templates.Source, name: str, group: str, tmp: Path) -> str:
-    opts = Options(
+def router_options(group: str, tmp: Path) -> Options:
+    return Options(
         host=None,
         router=group,
         url="",
@@ -85,6 +85,10 @@ def router_render(template: templates.Source, name: str, group: str, tmp: Path) 
         neighbor_ip="172.16.1.2",
         neighbor_as=65000,
     )
+
+
+def router_render(template: templates.Source, name: str, group: str, tmp: Path) -> str:
+    opts = router_options(group, tmp)
     hosts = [
         {"name": n, "ip": ip, "groups": {"pods": {"group": group, "cidr": "10.1.0.0/17"}}}
         for n, ip in ((name, "192.168.1.11"), ("h2", "192.168.1.12"))
@@ -171,18 +175,7 @@ def test_names_that_derive_clashing_or_long_symbols_still_make_a_valid_router(
     names that share their first 60 characters, are all valid host names."""
     long = "n" * 60
     names = ["a", "a-import", "a_import", f"{long}-1", f"{long}-2", f"{long}-3"]
-    opts = Options(
-        host=None,
-        router="rack-1",
-        url="",
-        token=None,
-        template=None,
-        output=tmp_path / "bird.conf",
-        bird_socket=None,
-        local_as=65101,
-        peer_as=65001,
-        strict=True,
-    )
+    opts = router_options("rack-1", tmp_path)
     hosts = [
         {
             "name": n,
