@@ -65,12 +65,10 @@ class _Refusals:
 
     def __init__(self, interval: float = 10.0) -> None:
         self.interval = interval
-        self.count = 0
         self._since = 0
         self._last = 0.0
 
     def refused(self, open_now: int) -> None:
-        self.count += 1
         self._since += 1
         now = time.monotonic()
         if now - self._last >= self.interval:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+from romana.errors import FeedRewound
+
 
 class FeedGuard:
     def __init__(self, log: logging.Logger, what: str) -> None:
@@ -29,8 +31,6 @@ class FeedGuard:
         its limit answers the last fact it returned, legitimately below the head). Once a
         feed is refused it stays refused until the follower restarts: a restored store that
         later reaches the same revision number is still another history."""
-        from romana.errors import FeedRewound
-
         if self.problem is not None:
             raise FeedRewound(self.problem)
         if store_id and self.store_id is None:

@@ -23,13 +23,13 @@ label      a label value (0-63)                                             rack
 
 Every rule is ASCII, so control characters, NUL, newlines, BOMs, bidirectional marks and
 lone surrogates are refused by construction. :func:`problem` names the rule that failed;
-pydantic models use :func:`validator`. Standard library only (the CNI path imports it).
+pydantic models use :meth:`Rule.check`. Standard library only (the CNI path imports it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -158,10 +158,6 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
-def validator(rule: Rule) -> Callable[[str], str]:
-    return rule.check
-
-
 def show(value: str) -> str:
     """A name as it can be shown safely in an error: escaped, and cut when very long."""
     text = value if len(value) <= 80 else value[:77] + "..."
@@ -181,5 +177,4 @@ __all__ = [
     "check_labels",
     "label_problems",
     "show",
-    "validator",
 ]

@@ -2,8 +2,7 @@
 
 romanad unreachable -> 11 "try again later" (the runtime retries); romanad refusing (no
 such host, pool exhausted, ...) -> 100 with romanad's own message. Calls go to the
-agent's romanad (its ``--url`` and token) unless the network configuration names another
-(``romanad_url``/``token_file``); one ``romanad.RomanadClient`` per (URL, token).
+agent's romanad (its ``--url`` and token): a network configuration cannot name another.
 
 The segment of an allocation is the value of the host's label named by
 ``segment_label``, read from romanad and cached for ``label_ttl`` seconds.
@@ -33,7 +32,6 @@ T = TypeVar("T")
 class Allocator:
     def __init__(self, url: str, token: str | None, label_ttl: float = 10.0) -> None:
         self.default = RomanadClient(url, token)
-        self.token = token
         self.label_ttl = label_ttl
         self._labels: dict[tuple[int, str], tuple[float, dict[str, str]]] = {}
 

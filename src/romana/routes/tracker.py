@@ -98,12 +98,14 @@ class RouteTracker:
             self._devices[vantage] = segments
             before = self._stale.pop(vantage, None)
             if before is not None:
-                delta = _difference(before, segments)
-                if delta:
-                    stats = self.stats.setdefault(vantage, DeviceStats())
-                    stats.updates += 1
-                    stats.route_changes += delta
+                self._count(vantage, _difference(before, segments))
         return segments
+
+    def _count(self, vantage: str, route_changes: int) -> None:
+        if route_changes:
+            stats = self.stats.setdefault(vantage, DeviceStats())
+            stats.updates += 1
+            stats.route_changes += route_changes
 
     def summary(self) -> list[dict[str, object]]:
         """Counts straight from the segments: building every route set is not needed."""
@@ -173,10 +175,7 @@ class RouteTracker:
             if not routing_mode(leaf).host_routes:
                 self._refresh_holes(network, leaf, changed)
         for vantage, route_changes in changed.items():
-            if route_changes:
-                stats = self.stats.setdefault(vantage, DeviceStats())
-                stats.updates += 1
-                stats.route_changes += route_changes
+            self._count(vantage, route_changes)
 
     def _host_prefixes(self, network: str, host: str) -> HostPrefixes:
         prefixes = self._prefixes.get((network, host))
