@@ -16,6 +16,10 @@ network    as a label value, 1-63                                           pods
 group      as a label value, 1-63 (paths join them with ``/``)              rack-1
 address    1-253 of ``A-Z a-z 0-9 - _ . :``, alphanumeric ends, and not     ns:pod:eth0
            shaped like an IPv4 address (``release`` takes a name or an IP)
+policy     1-253 of ``A-Z a-z 0-9 - _ .``, alphanumeric ends               allow-web
+object     a Kubernetes object name: as a host name                        web-policy
+port name  an IANA service name: 1-15 of ``a-z 0-9 -``, a letter, no       http-alt
+           ``--``, alphanumeric ends (a named container port)
 label key  ``[prefix/]name``: prefix a DNS subdomain (253), name as a       romana.io/rack
            label value (1-63)
 label      a label value (0-63)                                             rack-3
@@ -114,6 +118,26 @@ ADDRESS = Rule(
     "letters, digits, '-', '_', '.' and ':', starting and ending with a letter or digit",
     not_ip=True,
 )
+POLICY = Rule(
+    "policy id",
+    re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?"),
+    253,
+    "letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+)
+OBJECT = Rule(
+    "object name",
+    HOST.pattern,
+    253,
+    "lower-case letters, digits, '-' and '.', starting and ending with a letter or digit "
+    "(a Kubernetes object name, RFC 1123 subdomain)",
+)
+PORT_NAME = Rule(
+    "port name",
+    re.compile(r"(?=[a-z0-9-]*[a-z])(?!.*--)[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?"),
+    15,
+    "1-15 lower-case letters, digits and '-', with at least one letter, no '--', starting "
+    "and ending with a letter or digit (an IANA service name, as Kubernetes port names)",
+)
 LABEL_NAME = Rule(
     "label key",
     re.compile(rf"(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})*/)?{_LABEL_VALUE}"),
@@ -171,6 +195,9 @@ __all__ = [
     "LABEL_NAME",
     "LABEL_VALUE",
     "NETWORK",
+    "OBJECT",
+    "POLICY",
+    "PORT_NAME",
     "SEGMENT",
     "TENANT",
     "Rule",

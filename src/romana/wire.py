@@ -20,6 +20,10 @@ ADDRESS_ALLOCATED = "address_allocated"
 ADDRESS_RELEASED = "address_released"
 BLACKOUT_ADDED = "blackout_added"
 BLACKOUT_REMOVED = "blackout_removed"
+ENDPOINT_LABELED = "endpoint_labeled"
+TENANT_LABELED = "tenant_labeled"
+POLICY_ADDED = "policy_added"
+POLICY_REMOVED = "policy_removed"
 
 BLOCK_FACTS = frozenset({BLOCK_ASSIGNED, BLOCK_FREED})
 AREA_FACTS = frozenset({AREA_RESERVED, AREA_RELEASED})

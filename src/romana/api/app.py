@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from romana.api.metrics import Metrics
 from romana.api.middleware import AsciiJSONResponse, LimitsAndTiming
-from romana.api.models import AddressRequest, BlackoutRequest, HostRequest, Labels
+from romana.api.models import AddressRequest, BlackoutRequest, HostRequest, Labels, ports_json
+from romana.api.policy_routes import add_policy_routes
 from romana.api.service import IpamService
 from romana.errors import (
     Compacted,
@@ -224,14 +225,19 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     # -- addresses --------------------------------------------------------------------
     @app.post("/address", dependencies=mutating)
     async def allocate(body: AddressRequest) -> Any:
+        ports = ports_json(body.ports)
         if body.ip is not None:
             ip = body.ip
             view = await service.run(
-                lambda: engine.allocate_ip(body.name, body.host, ip, body.tenant, body.segment)
+                lambda: engine.allocate_ip(
+                    body.name, body.host, ip, body.tenant, body.segment, body.labels, ports
+                )
             )
         else:
             view = await service.run(
-                lambda: engine.allocate(body.name, body.host, body.tenant, body.segment)
+                lambda: engine.allocate(
+                    body.name, body.host, body.tenant, body.segment, body.labels, ports
+                )
             )
         metrics.allocations.inc()
         return view.to_json()
@@ -301,6 +307,8 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
             ]
         report = await asyncio.to_thread(verify, sets, blocks, revision)
         return report.to_json(devices)
+
+    add_policy_routes(app, service, mutating, durable)
 
     # -- operations -------------------------------------------------------------------
     @app.get("/healthz")

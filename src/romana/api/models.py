@@ -3,9 +3,9 @@ name follows its rule in :mod:`romana.names` (a 422 names the field and the rule
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from romana import names
 
@@ -20,6 +20,35 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NamedPort(_Body):
+    """A named container port; ``containerPort`` (the Kubernetes spelling) is accepted."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Annotated[str, AfterValidator(names.PORT_NAME.check)]
+    port: int = Field(ge=1, le=65535, alias="containerPort")
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+Ports = Annotated[list[NamedPort], Field(max_length=256)]
+
+
+def ports_json(ports: list[NamedPort] | None) -> list[dict[str, object]] | None:
+    if ports is None:
+        return None
+    unique = {(p.name, p.protocol): p.port for p in ports}
+    return [{"name": n, "port": port, "protocol": pr} for (n, pr), port in sorted(unique.items())]
+
+
+class EndpointMetadata(_Body):
+    labels: Labels | None = None
+    ports: Ports | None = None
+
+
 class AddressRequest(_Body):
     name: AddressName = Field(description="Address name (not shaped like an IP).")
     host: HostName
@@ -28,6 +57,8 @@ class AddressRequest(_Body):
     ip: str | None = Field(
         default=None, max_length=15, description="Ask for this specific address."
     )
+    labels: Labels | None = Field(default=None, description="The pod's labels (policies).")
+    ports: Ports | None = Field(default=None, description="The pod's named container ports.")
 
 
 class HostRequest(_Body):

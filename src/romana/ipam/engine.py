@@ -7,7 +7,7 @@ and an acknowledged change is always on disk first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from ipaddress import AddressValueError, IPv4Address, IPv4Network
 from typing import Any
 
@@ -36,13 +36,15 @@ from romana.ipam.reads import EngineReads
 from romana.ipam.replan import plan_topology
 from romana.ipam.state import HostRecord, IpamState
 from romana.ipam.views import AddressView, HostView
+from romana.policy.operations import PolicyOperations
 from romana.topology.model import Topology
 from romana.topology.validate import check
 
 FactSink = Callable[[list[Fact]], None]
+Ports = Sequence[Mapping[str, Any]]
 
 
-class Engine(EngineReads):
+class Engine(EngineReads, PolicyOperations):
     """Topology-aware IPAM over an in-memory state; see ARCHITECTURE.md for the rules."""
 
     def __init__(self, sink: FactSink | None = None) -> None:
@@ -198,11 +200,20 @@ class Engine(EngineReads):
         self.commit(facts)
 
     # -- addresses ------------------------------------------------------------------
-    def allocate(self, name: str, host: str, tenant: str = "", segment: str = "") -> AddressView:
-        """Allocate the next address for (tenant, segment) on ``host``."""
+    def allocate(
+        self,
+        name: str,
+        host: str,
+        tenant: str = "",
+        segment: str = "",
+        labels: Mapping[str, str] | None = None,
+        ports: Ports | None = None,
+    ) -> AddressView:
+        """Allocate the next address for (tenant, segment) on ``host``; ``labels`` and
+        ``ports`` are the endpoint's metadata for policies (None: none, or unchanged)."""
         st = self.state
         if name in st.addresses:
-            return self._same_request(name, host, tenant, segment)
+            return self._same_request(name, host, tenant, segment, None, labels, ports)
         record = st.hosts.get(host)
         if record is None:
             raise NotFound(f'host "{host}" not found')
@@ -231,14 +242,22 @@ class Engine(EngineReads):
             break
         if facts is None:
             raise self._exhausted(record, tenant)
-        self.commit(facts)
+        self.commit(facts + self.endpoint_facts(name, labels, ports))
         return self._view(st.addresses[name])
 
     def _same_request(
-        self, name: str, host: str, tenant: str, segment: str, ip: int | None = None
+        self,
+        name: str,
+        host: str,
+        tenant: str,
+        segment: str,
+        ip: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        ports: Ports | None = None,
     ) -> AddressView:
-        """A retried allocation (a CNI runtime after a timeout) gets the address it holds;
-        the same name asked for something else is a conflict naming the difference."""
+        """A retried allocation (a CNI runtime after a timeout) gets the address it holds
+        (with the metadata it gives now); the same name asked for another host, tenant,
+        segment or IP is a conflict naming the difference."""
         address = self.state.addresses[name]
         block = address.block
         held = {"host": block.host, "tenant": block.tenant, "segment": block.segment}
@@ -252,6 +271,9 @@ class Engine(EngineReads):
                 f"with other parameters: {', '.join(different)}",
                 ["release it first, or use another name"],
             )
+        relabel = self.endpoint_facts(name, labels, ports)
+        if relabel:
+            self.commit(relabel)
         return self._view(address)
 
     def _exhausted(self, record: HostRecord, tenant: str) -> Exhausted:
@@ -269,13 +291,20 @@ class Engine(EngineReads):
         )
 
     def allocate_ip(
-        self, name: str, host: str, ip: str, tenant: str = "", segment: str = ""
+        self,
+        name: str,
+        host: str,
+        ip: str,
+        tenant: str = "",
+        segment: str = "",
+        labels: Mapping[str, str] | None = None,
+        ports: Ports | None = None,
     ) -> AddressView:
         """Allocate a specific address; it must be free and inside the host's group."""
         st = self.state
         value = int(_parse_ip(ip))
         if name in st.addresses:
-            return self._same_request(name, host, tenant, segment, value)
+            return self._same_request(name, host, tenant, segment, value, labels, ports)
         record = self._host(host)
         tree = next(
             (t for t in st.trees.values() if t.base <= value < t.base + (1 << (32 - t.prefixlen))),
@@ -308,7 +337,7 @@ class Engine(EngineReads):
             facts += _area_facts(tree, leaf, claim(leaf.areas, host, index))
             facts.append(BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment))
         facts.append(AddressAllocated(name, tree.name, value))
-        self.commit(facts)
+        self.commit(facts + self.endpoint_facts(name, labels, ports))
         return self._view(st.addresses[name])
 
     def release(self, name_or_ip: str) -> AddressView:

@@ -154,6 +154,42 @@ class BlackoutRemoved:
     cidr: str
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointLabeled:
+    """The labels and named container ports of the endpoint (pod) an address names."""
+
+    kind: ClassVar[str] = wire.ENDPOINT_LABELED
+    name: str
+    labels: dict[str, str]
+    ports: list[dict[str, Any]]  # [{name, port, protocol}], protocol tcp|udp|sctp
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLabeled:
+    """A tenant's (namespace's) labels, replaced whole; empty: none."""
+
+    kind: ClassVar[str] = wire.TENANT_LABELED
+    tenant: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAdded:
+    """A policy, new or replacing the one with the same key: ``policy`` is its internal
+    form (:class:`romana.policy.model.Policy`), ``source`` the document as it was given."""
+
+    kind: ClassVar[str] = wire.POLICY_ADDED
+    key: str
+    policy: dict[str, Any]
+    source: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRemoved:
+    kind: ClassVar[str] = wire.POLICY_REMOVED
+    key: str
+
+
 Fact = (
     TopologyApplied
     | HostAdded
@@ -167,6 +203,10 @@ Fact = (
     | AddressReleased
     | BlackoutAdded
     | BlackoutRemoved
+    | EndpointLabeled
+    | TenantLabeled
+    | PolicyAdded
+    | PolicyRemoved
 )
 
 FACT_TYPES: dict[str, Any] = {
@@ -184,6 +224,10 @@ FACT_TYPES: dict[str, Any] = {
         AddressReleased,
         BlackoutAdded,
         BlackoutRemoved,
+        EndpointLabeled,
+        TenantLabeled,
+        PolicyAdded,
+        PolicyRemoved,
     )
 }
 

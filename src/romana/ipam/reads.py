@@ -51,6 +51,7 @@ class EngineReads:
     # -- views ----------------------------------------------------------------------
     def _view(self, address: Address) -> AddressView:
         block = address.block
+        meta = self.state.book.endpoints.get(address.name)
         return AddressView(
             address.name,
             ip_to_str(address.ip),
@@ -59,6 +60,8 @@ class EngineReads:
             block.tenant,
             block.segment,
             cidr_str(block.base, block.tree.block_mask),
+            None if meta is None else dict(meta.labels),
+            None if meta is None else list(meta.ports),
         )
 
     def address(self, name: str) -> AddressView:

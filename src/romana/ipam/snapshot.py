@@ -3,7 +3,9 @@
 A snapshot is the smallest set of facts that rebuilds the state (topology with hosts,
 blackouts and host areas, then blocks, then addresses) plus the revision it was taken at.
 Restoring goes through the same appliers as live changes, so it cannot disagree with them.
-Version 1 (before host areas) still loads: its state simply has no areas.
+Version 3 adds endpoint metadata, tenant labels and policies (:mod:`romana.policy.book`).
+Versions 1 (before host areas) and 2 (before policies) still load: their state simply
+has no areas, or no policies.
 """
 
 from __future__ import annotations
@@ -20,15 +22,22 @@ from romana.ipam.facts import (
     TopologyApplied,
 )
 from romana.ipam.state import IpamState
+from romana.policy import book
 
 FORMAT = "romana-ipam-snapshot"
-VERSION = 2
-READABLE = (1, 2)
+VERSION = 3
+READABLE = (1, 2, 3)
 
 
 def take(state: IpamState) -> dict[str, Any]:
-    if state.topology is None:
-        return {"format": FORMAT, "version": VERSION, "revision": state.revision, "topology": None}
+    if state.topology is None:  # policies and labels may come before any topology
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "revision": state.revision,
+            "topology": None,
+            "policy": state.book.snapshot(),
+        }
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -52,6 +61,7 @@ def take(state: IpamState) -> dict[str, Any]:
         "addresses": [
             [a.name, a.block.tree.name, ip_to_str(a.ip)] for a in state.addresses.values()
         ],
+        "policy": state.book.snapshot(),
     }
 
 
@@ -66,7 +76,7 @@ def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
         )
     revision = int(snapshot["revision"])
     if snapshot["topology"] is None:
-        return [], revision
+        return book.facts_of(snapshot.get("policy", {})), revision
     facts: list[Fact] = [
         TopologyApplied(
             snapshot["topology"],
@@ -85,6 +95,7 @@ def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
     facts += [
         AddressAllocated(name, net, ip_from_str(ip)) for name, net, ip in snapshot["addresses"]
     ]
+    facts += book.facts_of(snapshot.get("policy", {}))
     return facts, revision
 
 

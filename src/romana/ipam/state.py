@@ -26,15 +26,20 @@ from romana.ipam.facts import (
     BlackoutRemoved,
     BlockAssigned,
     BlockFreed,
+    EndpointLabeled,
     Fact,
     HostAdded,
     HostLabelsUpdated,
     HostRemoved,
     HostState,
+    PolicyAdded,
+    PolicyRemoved,
+    TenantLabeled,
     TopologyApplied,
 )
 from romana.ipam.groups import GroupNode, NetworkTree
 from romana.ipam.pool import FreeBlocks
+from romana.policy.book import PolicyBook
 from romana.topology.model import Topology
 
 OwnerKey = tuple[str, str, str, str]  # host, tenant, segment, network
@@ -86,6 +91,7 @@ class IpamState:
         self.ips: dict[int, Address] = {}
         self.revision = 0
         self.tenant_networks: dict[str, tuple[NetworkTree, ...]] = {}
+        self.book = PolicyBook()  # endpoint metadata, tenant labels, policies
         self._appliers: dict[type, Callable[[Any], None]] = {
             TopologyApplied: self._topology_applied,
             HostAdded: self._host_added,
@@ -99,6 +105,10 @@ class IpamState:
             AddressReleased: self._address_released,
             BlackoutAdded: self._blackout_added,
             BlackoutRemoved: self._blackout_removed,
+            EndpointLabeled: self.book.endpoint_labeled,
+            TenantLabeled: self.book.tenant_labeled,
+            PolicyAdded: self.book.policy_added,
+            PolicyRemoved: self.book.policy_removed,
         }
 
     def apply(self, facts: Iterable[Fact]) -> None:
@@ -279,6 +289,7 @@ class IpamState:
     def _address_released(self, fact: AddressReleased) -> None:
         address = self.addresses.pop(fact.name)
         del self.ips[address.ip]
+        self.book.address_released(fact.name)
         block = address.block
         was_full = (block.used | block.black) == block.full
         block.used &= ~(1 << (address.ip - block.base))

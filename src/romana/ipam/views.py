@@ -15,9 +15,11 @@ class AddressView:
     tenant: str
     segment: str
     block: str
+    labels: dict[str, str] | None = None  # endpoint metadata, when it has any
+    ports: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "ip": self.ip,
             "network": self.network,
@@ -26,6 +28,10 @@ class AddressView:
             "segment": self.segment,
             "block": self.block,
         }
+        if self.labels is not None:
+            out["labels"] = self.labels
+            out["ports"] = self.ports
+        return out
 
 
 @dataclass(frozen=True, slots=True)

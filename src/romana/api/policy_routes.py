@@ -1,0 +1,176 @@
+"""romanad's policy API: tenants and endpoint labels, Romana policies, Kubernetes
+NetworkPolicies, and the document agents compile their rules from.
+
+Bodies are parsed here, once, into :class:`romana.policy.model.Policy` (a 422 names the
+JSON path of what is wrong); the engine only checks conflicts and records facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Body, FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from romana.api.models import EndpointMetadata, TenantName, ports_json
+from romana.api.service import IpamService
+from romana.errors import InvalidRequest
+from romana.names import check_labels
+from romana.policy.book import StoredPolicy
+from romana.policy.k8s import NetworkPolicy, policy_key
+from romana.policy.model import Policy
+from romana.policy.native import LegacyDocument, RomanaPolicy
+
+Handler = Callable[..., Awaitable[Any]]
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_policies(document: Any) -> tuple[list[tuple[Policy, dict[str, Any]]], bool]:
+    """(policies with their sources, whether they replace existing ones): a Kubernetes
+    NetworkPolicy (replaces), a ``securitypolicies`` wrapper, or one Romana policy."""
+    if not isinstance(document, dict):
+        raise InvalidRequest("a policy is a JSON object")
+    if document.get("kind") == "NetworkPolicy":
+        k8s = _validated(NetworkPolicy, document)
+        return [(k8s.translate(), k8s.source())], True
+    if "securitypolicies" in document:
+        wrapper = _validated(LegacyDocument, document)
+        given = [p.canonical() for p in wrapper.securitypolicies]
+        return [(p.translate(), p.source()) for p in given], False
+    native = _validated(RomanaPolicy, document)
+    return [(native.translate(), native.source())], False
+
+
+def policy_json(stored: StoredPolicy) -> dict[str, Any]:
+    kind = "kubernetes" if stored.key.startswith("k8s:") else "romana"
+    return {"id": stored.key, "kind": kind, "policy": stored.policy, "source": stored.source}
+
+
+def add_policy_routes(
+    app: FastAPI,
+    service: IpamService,
+    mutating: list[Any],
+    durable: Callable[[Handler], Handler],
+) -> None:
+    engine = service.engine
+
+    # -- tenants and endpoints --------------------------------------------------------------
+    @app.get("/tenants")
+    @durable
+    async def tenants() -> Any:
+        return {"revision": engine.revision, "tenants": engine.tenants()}
+
+    @app.get("/tenants/{name}")
+    @durable
+    async def get_tenant(name: str) -> Any:
+        return engine.tenant(_tenant(name))
+
+    @app.put("/tenants/{name}", dependencies=mutating)
+    async def put_tenant(name: str, body: Annotated[dict[str, Any], Body()]) -> Any:
+        """Replace a tenant's labels: the body is the label map (or ``{"labels": map}``)."""
+        tenant = _tenant(name)
+        if set(body) == {"labels"} and isinstance(body["labels"], dict):
+            body = body["labels"]
+        labels = _labels(body)
+        return await service.run(lambda: engine.label_tenant(tenant, labels))
+
+    @app.put("/address/{name}/labels", dependencies=mutating)
+    async def put_endpoint(name: str, body: EndpointMetadata) -> Any:
+        """Replace an endpoint's labels and/or named ports (a field left out is kept)."""
+
+        def relabel() -> dict[str, Any]:
+            engine.label_endpoint(name, body.labels, ports_json(body.ports))
+            return engine.address(name).to_json()
+
+        return await service.run(relabel)
+
+    # -- policies -----------------------------------------------------------------------
+    @app.get("/policies")
+    @durable
+    async def policies() -> Any:
+        return {
+            "revision": engine.revision,
+            "policies": [policy_json(p) for p in engine.policies()],
+        }
+
+    @app.post("/policies", dependencies=mutating)
+    async def add_policies(document: Annotated[Any, Body()]) -> Any:
+        given, replace = parse_policies(document)
+
+        def add() -> dict[str, Any]:
+            engine.add_policies(given, replace)
+            return {
+                "revision": engine.revision,
+                "policies": [policy_json(engine.policy(p.key)) for p, _ in given],
+            }
+
+        return await service.run(add)
+
+    @app.get("/policies/{key}")
+    @durable
+    async def get_policy(key: str) -> Any:
+        return policy_json(engine.policy(key))
+
+    @app.delete("/policies/{key}", dependencies=mutating)
+    async def remove_policy(key: str) -> Any:
+        return policy_json(await service.run(lambda: engine.remove_policy(key)))
+
+    @app.get("/k8s/networkpolicies")
+    @durable
+    async def k8s_policies() -> Any:
+        found = [p.source for p in engine.policies() if p.key.startswith("k8s:")]
+        return {"revision": engine.revision, "items": found}
+
+    @app.post("/k8s/networkpolicies", dependencies=mutating)
+    async def put_k8s_policy(document: Annotated[dict[str, Any], Body()]) -> Any:
+        """Add or replace (same namespace and name) a NetworkPolicy, as Kubernetes has it."""
+        k8s = _validated(NetworkPolicy, document)
+        policy, source = k8s.translate(), k8s.source()
+
+        def put() -> dict[str, Any]:
+            engine.add_policies([(policy, source)], replace=True)
+            return policy_json(engine.policy(policy.key))
+
+        return await service.run(put)
+
+    @app.delete("/k8s/networkpolicies/{namespace}/{name}", dependencies=mutating)
+    async def remove_k8s_policy(namespace: str, name: str) -> Any:
+        key = policy_key(namespace, name)
+        return policy_json(await service.run(lambda: engine.remove_policy(key)))
+
+    # -- for agents ---------------------------------------------------------------------
+    @app.get("/policy/state")
+    @durable
+    async def policy_state() -> Any:
+        """Endpoints, tenant labels, hosts and policies at one revision (agents load this,
+        then follow the changes feed)."""
+        inputs = engine.policy_inputs()
+        inputs.store_id = service.store_id
+        return inputs.to_json()
+
+
+def _validated(model: type[M], document: Any) -> M:
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+def _tenant(name: str) -> str:
+    return _validated(_TenantPath, {"name": name}).name
+
+
+def _labels(body: dict[str, Any]) -> dict[str, str]:
+    try:
+        return check_labels(body)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": str(exc), "type": "value_error"}]
+        ) from None
+
+
+class _TenantPath(BaseModel):
+    name: TenantName

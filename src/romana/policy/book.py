@@ -1,0 +1,66 @@
+"""romanad's record of endpoint metadata, tenant labels and policies (applied from facts).
+
+It lives inside :class:`romana.ipam.state.IpamState` so that one log, one replay and one
+snapshot carry addresses and the metadata policies select them by; an address released
+takes its endpoint metadata with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from romana.ipam.facts import EndpointLabeled, PolicyAdded, PolicyRemoved, TenantLabeled
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    key: str
+    policy: dict[str, Any]  # romana.policy.model.Policy as JSON
+    source: dict[str, Any]  # as given: a Romana policy or a Kubernetes NetworkPolicy
+
+
+@dataclass
+class PolicyBook:
+    endpoints: dict[str, EndpointLabeled] = field(default_factory=dict)  # by address name
+    tenants: dict[str, dict[str, str]] = field(default_factory=dict)
+    policies: dict[str, StoredPolicy] = field(default_factory=dict)
+
+    def endpoint_labeled(self, fact: EndpointLabeled) -> None:
+        if fact.labels or fact.ports:
+            self.endpoints[fact.name] = fact
+        else:
+            self.endpoints.pop(fact.name, None)
+
+    def tenant_labeled(self, fact: TenantLabeled) -> None:
+        if fact.labels:
+            self.tenants[fact.tenant] = dict(fact.labels)
+        else:
+            self.tenants.pop(fact.tenant, None)
+
+    def policy_added(self, fact: PolicyAdded) -> None:
+        self.policies[fact.key] = StoredPolicy(fact.key, fact.policy, fact.source)
+
+    def policy_removed(self, fact: PolicyRemoved) -> None:
+        del self.policies[fact.key]
+
+    def address_released(self, name: str) -> None:
+        self.endpoints.pop(name, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "tenants": dict(sorted(self.tenants.items())),
+            "endpoints": [[e.name, e.labels, e.ports] for e in self.endpoints.values()],
+            "policies": [
+                {"key": p.key, "policy": p.policy, "source": p.source}
+                for p in self.policies.values()
+            ],
+        }
+
+
+def facts_of(snapshot: dict[str, Any]) -> list[Any]:
+    """The facts that rebuild a book from :meth:`PolicyBook.snapshot` (after addresses)."""
+    facts: list[Any] = [TenantLabeled(t, dict(v)) for t, v in snapshot.get("tenants", {}).items()]
+    facts += [EndpointLabeled(n, dict(lb), list(p)) for n, lb, p in snapshot.get("endpoints", ())]
+    facts += [PolicyAdded(p["key"], p["policy"], p["source"]) for p in snapshot.get("policies", ())]
+    return facts

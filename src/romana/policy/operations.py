@@ -1,0 +1,128 @@
+"""The engine's policy operations: endpoint and tenant labels, policies added and removed.
+
+Mixed into :class:`romana.ipam.engine.Engine`: like every engine operation each checks its
+request, plans facts and commits them (durable first), so policy changes share the log,
+the changes feed, replay and snapshots with addresses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from romana.errors import Conflict, NotFound
+from romana.ipam.facts import EndpointLabeled, Fact, PolicyAdded, PolicyRemoved, TenantLabeled
+from romana.ipam.state import IpamState
+from romana.policy.book import StoredPolicy
+from romana.policy.inputs import PolicyInputs, ports_from_json
+from romana.policy.model import Endpoint, Policy, tenant_labels
+
+
+class PolicyOperations:
+    state: IpamState
+    commit: Callable[[list[Fact]], None]
+
+    # -- endpoints and tenants ------------------------------------------------------------
+    def endpoint_facts(
+        self, name: str, labels: Mapping[str, str] | None, ports: Sequence[Mapping[str, Any]] | None
+    ) -> list[Fact]:
+        """The fact giving address ``name`` these labels/ports (None: keep); [] if same."""
+        old = self.state.book.endpoints.get(name)
+        new_labels = dict(labels) if labels is not None else dict(old.labels if old else {})
+        new_ports = (
+            [dict(p) for p in ports] if ports is not None else list(old.ports if old else [])
+        )
+        if old is None and not new_labels and not new_ports:
+            return []
+        if old is not None and old.labels == new_labels and old.ports == new_ports:
+            return []
+        return [EndpointLabeled(name, new_labels, new_ports)]
+
+    def label_endpoint(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None,
+        ports: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        if name not in self.state.addresses:
+            raise NotFound(f'address "{name}" not found')
+        facts = self.endpoint_facts(name, labels, ports)
+        if facts:
+            self.commit(facts)
+
+    def label_tenant(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        labels = dict(labels)
+        if self.state.book.tenants.get(name, {}) != labels:
+            self.commit([TenantLabeled(name, labels)])
+        return self.tenant(name)
+
+    def tenant(self, name: str) -> dict[str, Any]:
+        own = self.state.book.tenants.get(name, {})
+        return {"name": name, "labels": own, "effective_labels": tenant_labels(name, own)}
+
+    def tenants(self) -> list[dict[str, Any]]:
+        known = set(self.state.book.tenants)
+        known |= {b.tenant for b in self.state.blocks.values() if b.tenant}
+        return [self.tenant(name) for name in sorted(known)]
+
+    # -- policies -------------------------------------------------------------------------
+    def add_policies(self, given: Sequence[tuple[Policy, dict[str, Any]]], replace: bool) -> None:
+        """Add policies, all or none; ``replace``: an existing key is updated (Kubernetes
+        objects), else it is a conflict (Romana ids)."""
+        facts: list[Fact] = []
+        keys = [policy.key for policy, _ in given]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise Conflict(f"policy ids given twice: {', '.join(repeated)}")
+        for policy, source in given:
+            old = self.state.book.policies.get(policy.key)
+            document = policy.to_json()
+            if old is not None and not replace:
+                raise Conflict(f'policy "{policy.key}" exists', ["remove it first to replace it"])
+            if old is None or old.policy != document or old.source != source:
+                facts.append(PolicyAdded(policy.key, document, source))
+        if facts:
+            self.commit(facts)
+
+    def remove_policy(self, key: str) -> StoredPolicy:
+        stored = self.policy(key)
+        self.commit([PolicyRemoved(key)])
+        return stored
+
+    def policy(self, key: str) -> StoredPolicy:
+        stored = self.state.book.policies.get(key)
+        if stored is None:
+            raise NotFound(f'policy "{key}" not found')
+        return stored
+
+    def policies(self) -> list[StoredPolicy]:
+        return sorted(self.state.book.policies.values(), key=lambda p: p.key)
+
+    def policy_inputs(self) -> PolicyInputs:
+        """What agents compile their rules from (``GET /policy/state``)."""
+        st = self.state
+        inputs = PolicyInputs(st.revision)
+        inputs.tenants = {k: dict(v) for k, v in st.book.tenants.items()}
+        inputs.hosts = {name: record.ip for name, record in st.hosts.items()}
+        book = st.book.endpoints
+        for name, address in st.addresses.items():
+            block = address.block
+            meta = book.get(name)
+            inputs.endpoints[name] = Endpoint(
+                name,
+                _ip(address.ip),
+                block.host,
+                block.tenant,
+                block.segment,
+                dict(meta.labels) if meta else {},
+                ports_from_json(meta.ports) if meta else (),
+            )
+        for base, block in st.blocks.items():
+            inputs.blocks[(base, block.tree.block_mask)] = (block.host, block.tenant, block.segment)
+        for key, stored in st.book.policies.items():
+            inputs.policies[key] = Policy.from_json(stored.policy)
+        return inputs
+
+
+def _ip(value: int) -> str:
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
