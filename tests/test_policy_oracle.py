@@ -231,3 +231,10 @@ def test_traffic_from_own_node_is_always_allowed() -> None:
     deny = [policy("prod", {"policyTypes": ["Ingress"]})]
     assert ok(deny, "192.168.0.1", WEB) and ok(deny, "192.168.0.2", ALT)
     assert not ok(deny, "192.168.0.2", WEB)
+
+
+def test_a_pod_always_reaches_itself() -> None:
+    # "Pods cannot currently block localhost access" (NetworkPolicy concepts page).
+    deny_all = policy("prod", {"policyTypes": ["Ingress", "Egress"]})
+    assert ok([deny_all], WEB, WEB)
+    assert not ok([deny_all], ALT, WEB)

@@ -264,6 +264,12 @@ class RouterError(PublishError):
     code = "router"
 
 
+class PolicyError(RomanaError):
+    """nftables refused a policy ruleset; ``details`` name what it refused."""
+
+    code = "policy"
+
+
 class CniError(RomanaError):
     """A CNI request failed; ``cni_code`` is the CNI result code the runtime acts on."""
 
@@ -310,6 +316,7 @@ for _cls in (
     TemplateError,
     BirdError,
     RouterError,
+    PolicyError,
     Internal,
 ):
     _BY_CODE.setdefault(_cls.code, _cls)

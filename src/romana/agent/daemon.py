@@ -7,6 +7,8 @@ served on ``--listen``. On SIGTERM it stops and leaves the routes in place (traf
 flowing while it restarts); ``--cleanup`` removes its routes and rules instead.
 With ``--cni-socket`` it also serves the CNI plugin (``romana.cni``): pods' veths,
 addresses and /32 routes, done here with the connections the agent already holds.
+Unless ``--no-policy``, it enforces network policies in an nftables table of its own
+(``romana.agent.policy``); the table stays in place when the agent stops.
 """
 
 from __future__ import annotations
@@ -83,7 +85,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "log_file is refused: the agent writes only where its own options say)",
     )
     parser.add_argument(
-        "--cleanup", action="store_true", help="remove the agent's routes and rules, then exit"
+        "--no-policy",
+        action="store_true",
+        help="do not enforce network policies (no nftables table; default: enforce)",
+    )
+    parser.add_argument(
+        "--nft",
+        default="nft",
+        metavar="PATH",
+        help="the nft program that loads the policy table (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove the agent's routes, rules and policy table, then exit",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -91,20 +106,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def cleanup(table: int, protocol: int) -> None:
+def cleanup(table: int, protocol: int, nft: str) -> None:
     from romana.agent.netlink import RouteTable
+    from romana.agent.nftables import NftTable
 
     with RouteTable(table, protocol) as routes:
         removed = routes.flush()
         routes.remove_rules()
-    log.info("cleaned up", extra={"routes_removed": removed, "table": table})
+    policy_table = NftTable(nft).remove()
+    log.info(
+        "cleaned up",
+        extra={"routes_removed": removed, "table": table, "policy_table_removed": policy_table},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
     if args.cleanup:
-        cleanup(args.table, args.protocol)
+        cleanup(args.table, args.protocol, args.nft)
         return
     token = read_token_file("romana-agent", args.token_file)
     listen = args.listen or [DEFAULT_LISTEN]
@@ -137,6 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     agent = RouteAgent(
         args.host, upstream, table, metrics, args.rule_priority, args.resync_interval
     )
+    enforcer = None
+    if not args.no_policy:
+        from romana.agent.nftables import NftTable
+        from romana.agent.policy import PolicyEnforcer
+
+        enforcer = PolicyEnforcer(args.host, upstream, NftTable(args.nft), metrics.registry)
     cni = None
     if cni_socket is not None:
         from romana.cni.server import CniServer
@@ -149,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             args.protocol,
             metrics.registry,
             request_log=str(args.cni_request_log) if args.cni_request_log else None,
+            gate=enforcer,
         )
 
     supervisor = Supervisor(on_fatal=lambda exc: os._exit(70))
@@ -162,6 +189,10 @@ def main(argv: list[str] | None = None) -> None:
             restart=True,
             stuck_after=agent.resync_interval + 60,
         )
+        if enforcer is not None:
+            supervisor.start(
+                "policy", enforcer.follow, restart=True, stuck_after=enforcer.watch_timeout + 60
+            )
         if cni is not None:
             await cni.start()
         log.info(
@@ -181,10 +212,12 @@ def main(argv: list[str] | None = None) -> None:
         await supervisor.stop()
         await upstream.close()
         agent.close()
+        if enforcer is not None:
+            enforcer.close()
         table.close()
         log.info("agent stopped; kernel routes left in place", extra={"host": args.host})
 
-    app = create_app(agent, metrics, supervisor)
+    app = create_app(agent, metrics, supervisor, enforcer)
     app.router.lifespan_context = lifespan
     unix = [f"unix:{args.cni_socket}"] if cni_socket is not None else []
     serve(app, sockets, listen + unix)

@@ -12,10 +12,16 @@ from starlette.routing import Route
 
 from romana.agent.follow import RouteAgent
 from romana.agent.metrics import AgentMetrics
+from romana.agent.policy import PolicyEnforcer
 from romana.supervise import Supervisor
 
 
-def create_app(agent: RouteAgent, metrics: AgentMetrics, supervisor: Supervisor) -> Starlette:
+def create_app(
+    agent: RouteAgent,
+    metrics: AgentMetrics,
+    supervisor: Supervisor,
+    enforcer: PolicyEnforcer | None = None,
+) -> Starlette:
     started = time.time()
 
     async def healthz(_: Request) -> JSONResponse:
@@ -33,6 +39,7 @@ def create_app(agent: RouteAgent, metrics: AgentMetrics, supervisor: Supervisor)
                 "feed_problem": agent.rewound,
                 "store_id": agent.store_id,
                 "revision": agent.revision,
+                "policy": enforcer.health() if enforcer is not None else None,
                 "loops": loops,
                 "uptime_s": round(time.time() - started, 1),
             },
@@ -40,7 +47,7 @@ def create_app(agent: RouteAgent, metrics: AgentMetrics, supervisor: Supervisor)
         )
 
     async def readyz(_: Request) -> JSONResponse:
-        ready = agent.synced.is_set()
+        ready = agent.synced.is_set() and (enforcer is None or enforcer.enforced.is_set())
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def prometheus(_: Request) -> Response:

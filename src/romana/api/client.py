@@ -224,12 +224,37 @@ class RomanaClient:
 
     # -- addresses --------------------------------------------------------------------
     def allocate(
-        self, name: str, host: str, tenant: str = "", segment: str = "", ip: str | None = None
+        self,
+        name: str,
+        host: str,
+        tenant: str = "",
+        segment: str = "",
+        ip: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        ports: list[dict[str, Any]] | None = None,
     ) -> AddressJson:
         body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant, "segment": segment}
         if ip is not None:
             body["ip"] = ip
+        if labels is not None:
+            body["labels"] = dict(labels)
+        if ports is not None:
+            body["ports"] = ports
         return cast(AddressJson, self._call("POST", "/address", json=body))
+
+    def label_endpoint(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        ports: list[dict[str, Any]] | None = None,
+    ) -> AddressJson:
+        """Replace an endpoint's labels and/or named ports (None: keep)."""
+        body: dict[str, Any] = {}
+        if labels is not None:
+            body["labels"] = dict(labels)
+        if ports is not None:
+            body["ports"] = ports
+        return cast(AddressJson, self._call("PUT", f"/address/{_seg(name)}/labels", json=body))
 
     def address(self, name: str) -> AddressJson:
         return cast(AddressJson, self._call("GET", f"/address/{_seg(name)}"))
@@ -240,6 +265,36 @@ class RomanaClient:
     def addresses(self, host: str | None = None, tenant: str | None = None) -> AddressList:
         params = {k: v for k, v in (("host", host), ("tenant", tenant)) if v is not None}
         return cast(AddressList, self._all_pages("/addresses", "addresses", params))
+
+    # -- tenants and policies ---------------------------------------------------------
+    def tenants(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._call("GET", "/tenants")["tenants"])
+
+    def label_tenant(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        """Replace a tenant's labels with exactly ``labels``."""
+        return cast(dict[str, Any], self._call("PUT", f"/tenants/{_seg(name)}", json=dict(labels)))
+
+    def add_policy(self, document: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A Romana policy, a ``securitypolicies`` wrapper or a Kubernetes NetworkPolicy."""
+        answer = self._call("POST", "/policies", json=dict(document))
+        return cast(list[dict[str, Any]], answer["policies"])
+
+    def policies(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._call("GET", "/policies")["policies"])
+
+    def policy(self, key: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("GET", f"/policies/{_seg(key)}"))
+
+    def remove_policy(self, key: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("DELETE", f"/policies/{_seg(key)}"))
+
+    def put_network_policy(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Add or replace a Kubernetes NetworkPolicy (same namespace and name)."""
+        return cast(dict[str, Any], self._call("POST", "/k8s/networkpolicies", json=dict(document)))
+
+    def remove_network_policy(self, namespace: str, name: str) -> dict[str, Any]:
+        path = f"/k8s/networkpolicies/{_seg(namespace)}/{_seg(name)}"
+        return cast(dict[str, Any], self._call("DELETE", path))
 
     # -- routes -----------------------------------------------------------------------
     def routes(self, host: str | None = None, group: str | None = None) -> RouteSetJson:
@@ -318,6 +373,10 @@ class AsyncRomanaClient:
 
     async def health(self) -> Health:
         return cast(Health, await self._call("GET", "/healthz"))
+
+    async def policy_state(self) -> dict[str, Any]:
+        """Endpoints, tenants, hosts and policies at one revision (see romana.policy)."""
+        return cast(dict[str, Any], await self._call("GET", "/policy/state"))
 
     async def watch(self, since: int = 0, timeout: float = 30.0, limit: int = 1000) -> Changes:
         """Long-poll facts after ``since``; a compacted history raises Resync."""

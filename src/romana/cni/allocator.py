@@ -43,11 +43,23 @@ class Allocator:
         return self.default
 
     async def allocate(
-        self, client: RomanadClient, name: str, host: str, tenant: str, segment_label: str
+        self,
+        client: RomanadClient,
+        name: str,
+        host: str,
+        tenant: str,
+        segment_label: str,
+        labels: dict[str, str] | None = None,
+        ports: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        segment = await self.segment(client, host, segment_label)
+        """The pod's segment is its own ``segment_label`` label if it has one, else the
+        host's; ``labels`` and ``ports`` go with the allocation (policies select by them)."""
+        if labels and segment_label in labels:
+            segment = labels[segment_label]
+        else:
+            segment = await self.segment(client, host, segment_label)
         try:
-            return await client.allocate(name, host, tenant, segment)
+            return await client.allocate(name, host, tenant, segment, labels, ports)
         except Unreachable as exc:
             raise _unreachable("allocate an address", exc) from None
         except RomanaError as exc:

@@ -68,6 +68,10 @@ class NetConf:
     routes: tuple[dict[str, str], ...] = DEFAULT_ROUTES  # IPAM mode: the result's routes
     prev_result: dict[str, Any] | None = None
     valid_attachments: frozenset[tuple[str, str]] | None = None  # GC only
+    # The pod's labels (``args.cni.labels``, the CNI conventions' form) and named container
+    # ports (``args.romana.ports``), for network policies.
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[tuple[str, int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +240,8 @@ def _netconf(mode: Mode, command: str, document: dict[str, Any]) -> NetConf:
         routes=_routes(fields) if mode == "ipam" else DEFAULT_ROUTES,
         prev_result=_prev_result(document),
         valid_attachments=_attachments(document) if command == "GC" else None,
+        labels=_pod_labels(document),
+        ports=_pod_ports(document),
     )
     fields.text("agent_socket")  # read by the shim; checked here so a typo is reported
     return conf
@@ -306,6 +312,53 @@ def _routes(fields: _Fields) -> tuple[dict[str, str], ...]:
             raise fields._bad("routes", 'a list of {"dst": CIDR[, "gw": IP]}') from None
         result.append(entry)
     return tuple(result)
+
+
+def _args(document: dict[str, Any], section: str) -> dict[str, Any]:
+    args = document.get("args", {})
+    part = args.get(section, {}) if isinstance(args, dict) else None
+    if not isinstance(part, dict):
+        raise CniError(INVALID_CONFIG, f"args.{section} must be an object")
+    return part
+
+
+def _pod_labels(document: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    items = _args(document, "cni").get("labels", [])
+    expected = 'a list of {"key": NAME, "value": VALUE}'
+    if not isinstance(items, list) or len(items) > 256:
+        raise CniError(INVALID_CONFIG, f"args.cni.labels must be {expected} (256 at most)")
+    labels: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, dict) or not {"key", "value"} <= set(item):
+            raise CniError(INVALID_CONFIG, f"args.cni.labels must be {expected}")
+        labels[item["key"]] = item["value"]
+    problems = names.label_problems(labels)
+    if problems:
+        raise CniError(INVALID_CONFIG, "args.cni.labels: " + problems[0][1])
+    return tuple(sorted(labels.items()))
+
+
+def _pod_ports(document: dict[str, Any]) -> tuple[tuple[str, int, str], ...]:
+    items = _args(document, "romana").get("ports", [])
+    expected = 'a list of {"name": NAME, "containerPort": 1-65535, "protocol": TCP|UDP|SCTP}'
+    if not isinstance(items, list) or len(items) > 256:
+        raise CniError(INVALID_CONFIG, f"args.romana.ports must be {expected} (256 at most)")
+    ports = set()
+    for item in items:
+        port = item.get("containerPort", item.get("port")) if isinstance(item, dict) else None
+        protocol = item.get("protocol", "TCP") if isinstance(item, dict) else None
+        valid = (
+            isinstance(port, int)
+            and not isinstance(port, bool)
+            and 1 <= port <= 65535
+            and isinstance(protocol, str)
+            and protocol.lower() in ("tcp", "udp", "sctp")
+        )
+        if not valid or names.PORT_NAME.problem(item.get("name")) is not None:
+            raise CniError(INVALID_CONFIG, f"args.romana.ports must be {expected}")
+        assert isinstance(port, int) and isinstance(protocol, str)
+        ports.add((item["name"], port, protocol.lower()))
+    return tuple(sorted(ports))
 
 
 def _prev_result(document: dict[str, Any]) -> dict[str, Any] | None:

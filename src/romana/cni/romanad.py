@@ -65,9 +65,19 @@ class RomanadClient:
 
     # -- romanad's address API --------------------------------------------------------------
     async def allocate(
-        self, name: str, host: str, tenant: str = "", segment: str = ""
+        self,
+        name: str,
+        host: str,
+        tenant: str = "",
+        segment: str = "",
+        labels: dict[str, str] | None = None,
+        ports: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        body = {"name": name, "host": host, "tenant": tenant, "segment": segment}
+        body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant, "segment": segment}
+        if labels:
+            body["labels"] = labels
+        if ports:
+            body["ports"] = ports
         return await self.call("POST", "/address", body)  # type: ignore[no-any-return]
 
     async def address(self, name: str) -> dict[str, Any] | None:

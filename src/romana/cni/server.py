@@ -22,7 +22,7 @@ from romana.cni.config import Mode
 from romana.cni.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE
 from romana.cni.metrics import CniMetrics
 from romana.cni.podnet import PodNetwork
-from romana.cni.service import LATEST, CniService
+from romana.cni.service import LATEST, CniService, PolicyGate
 from romana.cni.shim import MAGIC
 from romana.serving import bind
 
@@ -78,14 +78,17 @@ class CniServer:
         protocol: int,
         registry: CollectorRegistry,
         request_log: str | None = None,
+        gate: PolicyGate | None = None,
     ) -> CniServer:
-        """What romana-agent runs: its romanad, its host name, its route protocol."""
+        """What romana-agent runs: its romanad, its host name, its route protocol, and its
+        policy loop (``gate``)."""
         service = CniService(
             PodNetwork(protocol),
             Allocator(url, token),
             host,
             CniMetrics(registry),
             request_log=request_log,
+            gate=gate,
         )
         return cls(sock, service)
 

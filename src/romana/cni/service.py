@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from romana.cni import config, requestlog
 from romana.cni.allocator import Allocator
@@ -38,6 +38,7 @@ from romana.cni.errors import (
     INTERNAL,
     INVALID_ENVIRONMENT,
     KERNEL_REFUSED,
+    TRY_AGAIN_LATER,
     UNKNOWN_CONTAINER,
     CniError,
 )
@@ -48,11 +49,21 @@ from romana.cni.result import (
     error_object,
     ipam_result,
 )
+from romana.errors import RomanaError
+from romana.policy.model import Endpoint, NamedPort
 
 log = logging.getLogger("romana.cni")
 T = TypeVar("T")
 Undo = Callable[[], Awaitable[object]]
 LATEST = SUPPORTED_VERSIONS[-1]
+
+
+class PolicyGate(Protocol):
+    """The agent's policy loop, as the CNI sees it (``romana.agent.policy``)."""
+
+    async def admit(self, endpoint: Endpoint) -> None: ...
+
+    async def forget(self, name: str) -> None: ...
 
 
 class CniService(CheckAndGc):
@@ -64,8 +75,10 @@ class CniService(CheckAndGc):
         metrics: CniMetrics | None = None,
         workers: int = 4,
         request_log: str | None = None,
+        gate: PolicyGate | None = None,
     ) -> None:
         self.podnet = podnet
+        self.gate = gate  # fail closed: a pod is in the policy table before it runs
         self.request_log = request_log  # the agent's --cni-request-log: a line per command
         self.allocator = allocator
         self.host = host
@@ -160,11 +173,13 @@ class CniService(CheckAndGc):
             for outcome in (allocated, plumbed):  # romanad's first: its 11 makes ADD retry
                 if isinstance(outcome, BaseException):
                     raise outcome
-            assert isinstance(allocated, str) and plumbing is not None
+            assert isinstance(allocated, dict) and plumbing is not None
+            ip = str(allocated["ip"])
+            await self._admit(inv, allocated)
             # ~0.15 ms of netlink: inline, so nothing else on the loop (the agent's changes
             # feed wakes on this very allocation) runs before the answer goes out.
             host, pod = self._now(
-                "configure the pod's network", self.podnet.configure, plumbing, allocated
+                "configure the pod's network", self.podnet.configure, plumbing, ip
             )
         except BaseException:
             await self._undo(inv, undo)
@@ -173,13 +188,15 @@ class CniService(CheckAndGc):
             if plumbing is not None:
                 plumbing.close()
             os.close(netns_fd)
-        return add_result(conf.cni_version, allocated, host, pod, inv.netns, conf.mtu)
+        return add_result(conf.cni_version, ip, host, pod, inv.netns, conf.mtu)
 
     async def _add_ipam(self, inv: Invocation) -> dict[str, Any]:
         conf = inv.conf
         undo: list[Undo] = []
         try:
-            ip = await self._allocate(inv, undo)
+            allocated = await self._allocate(inv, undo)
+            ip = str(allocated["ip"])
+            await self._admit(inv, allocated)
             if conf.host_route_dev is not None:
                 await self._kernel_step(
                     f"route {ip} to {conf.host_route_dev}",
@@ -192,13 +209,43 @@ class CniService(CheckAndGc):
             raise
         return ipam_result(conf.cni_version, ip, conf.routes)
 
-    async def _allocate(self, inv: Invocation, undo: list[Undo]) -> str:
+    async def _allocate(self, inv: Invocation, undo: list[Undo]) -> dict[str, Any]:
         client = self.allocator.client(inv.conf)
+        conf = inv.conf
         address = await self.allocator.allocate(
-            client, inv.address_name, self.host, inv.tenant, inv.conf.segment_label
+            client,
+            inv.address_name,
+            self.host,
+            inv.tenant,
+            conf.segment_label,
+            dict(conf.labels),
+            [{"name": n, "port": p, "protocol": pr} for n, p, pr in conf.ports],
         )
         undo.append(lambda: self.allocator.release(client, inv.address_name))
-        return str(address["ip"])
+        return address
+
+    async def _admit(self, inv: Invocation, address: dict[str, Any]) -> None:
+        """Policies see the pod before it has an address: isolated from its first packet."""
+        if self.gate is None:
+            return
+        conf = inv.conf
+        endpoint = Endpoint(
+            inv.address_name,
+            str(address["ip"]),
+            self.host,
+            str(address.get("tenant", "")),
+            str(address.get("segment", "")),
+            dict(conf.labels),
+            tuple(NamedPort(n, p, pr) for n, p, pr in conf.ports),
+        )
+        try:
+            await self.gate.admit(endpoint)
+        except RomanaError as exc:
+            raise CniError(
+                TRY_AGAIN_LATER,
+                "the pod's network policies could not be enforced",
+                exc.message,
+            ) from None
 
     async def _undo(self, inv: Invocation, undo: list[Undo]) -> None:
         for action in reversed(undo):
@@ -229,10 +276,14 @@ class CniService(CheckAndGc):
         if self._now("detach the pod's veth", self.podnet.detach, veth):
             self._delete_later(veth)
         await self.allocator.release(client, inv.address_name)  # unreachable: 11, DEL retried
+        if self.gate is not None:
+            await self.gate.forget(inv.address_name)
 
     async def _del_ipam(self, inv: Invocation) -> None:
         client = self.allocator.client(inv.conf)
         released = await self.allocator.release(client, inv.address_name)
+        if self.gate is not None:
+            await self.gate.forget(inv.address_name)
         # Only the route to the address released here: had it been released before, the
         # address may belong to another pod by now.
         if released is not None and inv.conf.host_route_dev is not None:

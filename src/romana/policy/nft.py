@@ -1,0 +1,89 @@
+"""nftables text of a :class:`romana.policy.compile.Ruleset`: the whole table, or only the
+set elements that changed since the last load.
+
+A whole load is ``table inet romana {}`` + ``delete table inet romana`` + the table, one
+``nft -f`` transaction: atomic (the old rules stay until the new ones are in) and
+idempotent whether the table existed or not. An update adds and deletes elements only
+(a map element whose verdict changed is deleted and added in the same transaction).
+"""
+
+from __future__ import annotations
+
+from romana.policy.compile import FAMILY, TABLE, NftSet, Ruleset
+
+# Egress runs first: the source's egress, then the destination's ingress (both on the
+# forward hook: an accept in one base chain ends only that chain).
+BASE_CHAINS = {
+    "egress": ("filter - 1", "ip saddr vmap @egress_of"),
+    "ingress": ("filter", "ip daddr vmap @ingress_of"),
+}
+CHUNK = 2000  # elements per statement: keeps each line of the script bounded
+
+
+def render_full(ruleset: Ruleset) -> str:
+    lines = [f"table {FAMILY} {TABLE} {{}}", f"delete table {FAMILY} {TABLE}"]
+    lines.append(f"table {FAMILY} {TABLE} {{")
+    # Declaration order: sets used by rules, the rules' chains, then the maps that jump
+    # to them, then the hooks that read the maps.
+    plain = [s for s in ruleset.sets.values() if not s.is_map]
+    maps = [s for s in ruleset.sets.values() if s.is_map]
+    for s in sorted(plain, key=lambda s: s.name):
+        lines += _declare(s)
+    policy_chains = sorted(c for c in ruleset.chains if c.startswith("p_"))
+    verdict_chains = sorted(c for c in ruleset.chains if not c.startswith("p_"))
+    for name in policy_chains + verdict_chains:
+        lines.append(f"  chain {name} {{")
+        lines += [f"    {rule}" for rule in ruleset.chains[name]]
+        lines.append("  }")
+    for s in sorted(maps, key=lambda s: s.name):
+        lines += _declare(s)
+    for name, (priority, dispatch) in BASE_CHAINS.items():
+        lines += [
+            f"  chain {name} {{",
+            f"    type filter hook forward priority {priority}; policy accept;",
+            "    ct state established,related accept",
+            f"    {dispatch}",
+            "  }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render_update(old: Ruleset, new: Ruleset) -> str | None:
+    """Element changes turning ``old`` into ``new``; "" if none; None if the chains or
+    the sets' types differ (a whole load is needed)."""
+    if old.shape() != new.shape():
+        return None
+    lines: list[str] = []
+    for name, s in sorted(new.sets.items()):
+        before = old.sets[name].elements
+        removed, added = before - s.elements, s.elements - before
+        if s.is_map:
+            keys = sorted({s.key(e) for e in removed})
+            lines += _elements("delete", name, keys)
+        else:
+            lines += _elements("delete", name, sorted(removed))
+        lines += _elements("add", name, sorted(added))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _declare(s: NftSet) -> list[str]:
+    kind = "map" if s.is_map else "set"
+    lines = [f"  {kind} {s.name} {{", f"    type {s.type}"]
+    if s.elements:
+        items = sorted(s.elements)
+        lines.append("    elements = {")
+        lines += [f"      {e}," for e in items[:-1]] + [f"      {items[-1]}"]
+        lines.append("    }")
+    lines.append("  }")
+    return lines
+
+
+def _elements(verb: str, name: str, items: list[str]) -> list[str]:
+    return [
+        f"{verb} element {FAMILY} {TABLE} {name} {{ {', '.join(items[i : i + CHUNK])} }}"
+        for i in range(0, len(items), CHUNK)
+    ]
+
+
+__all__ = ["render_full", "render_update"]

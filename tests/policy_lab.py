@@ -1,0 +1,295 @@
+"""A small cluster for policy tests: real romanad, two hosts with real agents (nftables
+policy on), nine pods made by the real CNI plugin, and a prober in every pod and host.
+
+Layout (every namespace created here, removed afterwards)::
+
+    sw: br0 192.168.8.1/24 ── h1 eth0 .11 ── pods x/a x/c y/b z/a z/c
+                           └─ h2 eth0 .12 ── pods x/b y/a y/c z/b
+
+Namespaces x, y, z (tenants, labelled ``ns: NAME``), pods a, b, c (labelled ``pod: NAME``)
+serving TCP and UDP on 80 and 81, with the named ports ``serve-80-tcp`` ... of the
+Kubernetes network-policy e2e suite. The pod network 10.78.0.0/16 is used by no other test.
+h2's agent runs nft through a wrapper that refuses two things on purpose (see
+:data:`NFT_WRAPPER`): it stands in for a host whose nft or kernel cannot load a rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from romana.api.client import RomanaClient
+
+from .daemon import Daemon
+from .netns import Lab, Netns, run, wait_until
+from .policy_oracle import Namespace, Pod, truth_table
+
+BIN = Path(sys.executable).parent
+POD_SCRIPT = Path(__file__).with_name("policy_pod.py")
+TOPOLOGY = {
+    "networks": [{"name": "pods", "cidr": "10.78.0.0/16", "block_mask": 28}],
+    "topologies": [
+        {
+            "networks": ["pods"],
+            "map": [
+                {
+                    "name": "rack-1",
+                    "routing": "block-host-routes",
+                    "assignment": {"rack": "rack-1"},
+                    "groups": [],
+                }
+            ],
+        }
+    ],
+}
+HOSTS = {"h1": "192.168.8.11", "h2": "192.168.8.12"}
+NAMESPACES = ("x", "y", "z")
+PODS = ("a", "b", "c")
+SERVED = (80, 81)
+CHECKS = [(proto, port) for proto in ("TCP", "UDP") for port in SERVED]
+NAMED_PORTS = [
+    {"name": f"serve-{port}-{proto.lower()}", "containerPort": port, "protocol": proto}
+    for proto, port in CHECKS
+]
+# h2's nft: refuses everything while the flag file exists, and any ruleset with an SCTP
+# port 7777 (a construct "this host cannot load"); otherwise it is the real nft.
+NFT_WRAPPER = """#!/bin/sh
+script=$(cat)
+if [ -e "{flag}" ]; then echo "Error: refused by the test (flag file)" >&2; exit 1; fi
+case "$script" in *"sctp th dport 7777"*)
+  echo "Error: this host's nft cannot load SCTP port 7777 (test)" >&2; exit 1;; esac
+printf '%s\\n' "$script" | exec nft "$@"
+"""
+
+
+@dataclass
+class RunningPod:
+    pod: Pod
+    netns: Netns
+    name: str  # the address name in romanad
+    proc: subprocess.Popen[str]
+
+
+class PolicyCluster:
+    def __init__(self, lab: Lab, romanad_url: str, workdir: Path) -> None:
+        self.lab, self.workdir = lab, workdir
+        self.url = romanad_url
+        self.client = RomanaClient(romanad_url)
+        self.bin = workdir / "bin"
+        self.flag = workdir / "h2-refuses-everything"
+        self.hosts: dict[str, Netns] = {}
+        self.namespaces = [Namespace(n, {"ns": n}) for n in NAMESPACES]
+        self.pods: dict[str, RunningPod] = {}
+        self.host_probers: dict[str, RunningPod] = {}
+        sw = lab.netns("sw")
+        for name, ip in HOSTS.items():
+            host = self.hosts[name] = lab.netns(name)
+            lab.veth(host, "eth0", sw, f"p{name}")
+            host.ip("addr", "add", f"{ip}/24", "dev", "eth0")
+            # proxy ARP answers for the pods' gateway only with a route to it
+            host.ip("route", "add", "default", "via", "192.168.8.1")
+            self.client.add_host(name, ip, {"rack": "rack-1"})
+        lab.bridge(sw, "br0", [f"p{name}" for name in HOSTS])
+        sw.ip("addr", "add", "192.168.8.1/24", "dev", "br0")
+        run(str(BIN / "romana-cni"), "install", "--bin-dir", str(self.bin))
+        wrapper = workdir / "nft-h2"
+        wrapper.write_text(NFT_WRAPPER.replace("{flag}", str(self.flag)))
+        wrapper.chmod(0o755)
+        self.start_agent("h1", "nft")
+        self.start_agent("h2", str(wrapper))
+        for ns in self.namespaces:
+            self.client.label_tenant(ns.name, ns.labels)
+        for i, ns in enumerate(NAMESPACES):
+            for j, pod in enumerate(PODS):
+                self.add_pod(ns, pod, "h1" if (i + j) % 2 == 0 else "h2")
+        for name in HOSTS:
+            self.host_probers[name] = self._prober(
+                self.hosts[name], Pod("-", name, HOSTS[name], name), ""
+            )
+
+    # -- processes ------------------------------------------------------------------------
+    def start_agent(self, name: str, nft: str) -> None:
+        self.lab.spawn(
+            self.hosts[name],
+            str(BIN / "romana-agent"),
+            "--host",
+            name,
+            "--url",
+            self.url,
+            "--cni-socket",
+            str(self.workdir / f"cni-{name}.sock"),
+            "--listen",
+            f"unix:{self.agent_socket(name)}",
+            "--nft",
+            nft,
+            log=self.workdir / f"agent-{name}.log",
+        )
+        wait_until((self.workdir / f"cni-{name}.sock").is_socket, 15, message=f"{name}'s agent")
+
+    def agent_socket(self, name: str) -> Path:
+        return self.workdir / f"agent-{name}.sock"
+
+    def add_pod(
+        self, ns: str, pod: str, host: str, labels: dict[str, str] | None = None
+    ) -> RunningPod:
+        """CNI ADD as a runtime runs it, then the pod's servers and prober."""
+        labels = labels if labels is not None else {"pod": pod}
+        netns = self.lab.netns(f"{ns}-{pod}")
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "net",
+            "type": "romana",
+            "agent_socket": str(self.workdir / f"cni-{host}.sock"),
+            "args": {
+                "cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]},
+                "romana": {"ports": NAMED_PORTS},
+            },
+        }
+        env = {
+            "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": f"{ns}-{pod}",
+            "CNI_NETNS": netns.path,
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(self.bin),
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns}",
+            "PATH": os.environ["PATH"],
+        }
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.hosts[host].name, str(self.bin / "romana")],
+            input=json.dumps(conf),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        ip = json.loads(done.stdout)["ips"][0]["address"].removesuffix("/32")
+        model = Pod(ns, pod, ip, host, dict(labels), [dict(p) for p in NAMED_PORTS])
+        running = self._prober(netns, model, ",".join(map(str, SERVED)))
+        running.name = f"net:{ns}-{pod}:eth0"
+        self.pods[f"{ns}/{pod}"] = running
+        return running
+
+    def _prober(self, netns: Netns, pod: Pod, ports: str) -> RunningPod:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns.name, sys.executable, str(POD_SCRIPT), ports],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lab.processes.append(proc)  # type: ignore[arg-type]
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return RunningPod(pod, netns, "", proc)
+
+    # -- state ------------------------------------------------------------------------------
+    def agent_health(self, name: str) -> dict[str, Any]:
+        transport = httpx.HTTPTransport(uds=str(self.agent_socket(name)))
+        with httpx.Client(transport=transport, base_url="http://agent", timeout=5) as c:
+            return dict(c.get("/healthz").json())
+
+    def converged(self, timeout: float = 15.0, hosts: list[str] | None = None) -> None:
+        """The agents' tables reflect romanad's revision as of now."""
+        revision = self.client.health()["revision"]
+        for name in hosts or list(HOSTS):
+            wait_until(
+                lambda n=name: (self.agent_health(n)["policy"]["revision"] or 0) >= revision,
+                timeout,
+                message=f"{name}'s policy table at revision {revision}",
+            )
+
+    def clear_policies(self) -> None:
+        for p in self.client.policies():
+            self.client.remove_policy(p["id"])
+
+    # -- probing ----------------------------------------------------------------------------
+    def observed(self, sources: list[RunningPod], timeout: float = 1.0) -> dict[Any, bool]:
+        """(source, destination, protocol, port) -> connected, every pair at once."""
+        targets = list(self.pods.items())
+        probes = [(dst.pod.ip, proto, port) for _, dst in targets for proto, port in CHECKS]
+        keys = [(key, proto, port) for key, _ in targets for proto, port in CHECKS]
+        out: dict[Any, bool] = {}
+        results = _all_at_once(sources, probes, timeout)
+        for src, answers in zip(sources, results, strict=True):
+            for (dst, proto, port), ok in zip(keys, answers, strict=True):
+                out[(_key(src), dst, proto, port)] = ok
+        return out
+
+    def expected(
+        self, policies: list[dict[str, Any]], sources: list[RunningPod]
+    ) -> dict[Any, bool]:
+        pods = [p.pod for p in self.pods.values()]
+        out: dict[Any, bool] = {}
+        srcs = [s.pod if s.pod.namespace != "-" else s.pod.ip for s in sources]
+        for proto, port in CHECKS:
+            table = truth_table(self.namespaces, pods, policies, proto, port, HOSTS, srcs)
+            for (src, dst), ok in table.items():
+                out[(src, dst, proto, port)] = ok
+        return out
+
+    def sources(self) -> list[RunningPod]:
+        return [*self.pods.values(), *self.host_probers.values()]
+
+    def assert_matches(self, policies: list[dict[str, Any]]) -> int:
+        """Probe every ordered pair (pods and hosts to pods, TCP/UDP 80/81) and compare
+        with the oracle; a disagreement is probed again with a longer timeout before it
+        counts (a slow allowed connection is not a policy bug). Returns the probe count."""
+        sources = self.sources()
+        expected = self.expected(policies, sources)
+        observed = self.observed(sources)
+        wrong = {k for k, ok in observed.items() if ok != expected[k]}
+        if wrong:
+            again = self.observed(sources, timeout=3.0)
+            wrong = {k for k in wrong if again[k] != expected[k]}
+        verdict = {True: "allow", False: "deny"}
+        assert not wrong, "\n".join(
+            f"{src} -> {dst} {proto}/{port}: expected {verdict[expected[key]]}"
+            for key in sorted(wrong)
+            for src, dst, proto, port in [key]
+        )
+        return len(observed)
+
+
+def _key(running: RunningPod) -> str:
+    pod = running.pod
+    return pod.ip if pod.namespace == "-" else f"{pod.namespace}/{pod.name}"
+
+
+def _all_at_once(
+    sources: list[RunningPod], probes: list[tuple[str, str, int]], timeout: float
+) -> list[list[bool]]:
+    for src in sources:
+        assert src.proc.stdin is not None
+        src.proc.stdin.write(json.dumps({"timeout": timeout, "probes": probes}) + "\n")
+        src.proc.stdin.flush()
+    out = []
+    for src in sources:
+        assert src.proc.stdout is not None
+        out.append([bool(r) for r in json.loads(src.proc.stdout.readline())])
+    return out
+
+
+@contextmanager
+def policy_cluster(workdir: Path) -> Iterator[PolicyCluster]:
+    (workdir / "topology.json").write_text(json.dumps(TOPOLOGY))
+    socket = workdir / "romanad.sock"
+    romanad = Daemon(
+        workdir / "data", "--topology", str(workdir / "topology.json"), "--listen", f"unix:{socket}"
+    ).start()
+    try:
+        with Lab("pol", workdir) as lab:
+            cluster = PolicyCluster(lab, f"unix:{socket}", workdir)
+            try:
+                yield cluster
+            finally:
+                cluster.client.close()
+    finally:
+        romanad.stop()
