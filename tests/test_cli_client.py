@@ -24,7 +24,7 @@ NET = "romana-network"
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def romana(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def romana(*args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the console script with a clean connection environment plus ``env``."""
     base = {k: v for k, v in os.environ.items() if k not in {"ROMANA_URL", "ROMANA_TOKEN"}}
     # A wide terminal keeps table rows on one line, so assertions can look at single lines.
@@ -36,6 +36,7 @@ def romana(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
         env={**base, **env},
+        input=input,
     )
 
 
@@ -56,8 +57,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def cli(daemon: Daemon) -> Cli:
     """`romana` pointed at the module's daemon through ROMANA_URL."""
 
-    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return romana(*args, ROMANA_URL=daemon.url, **env)
+    def run(*args: str, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        return romana(*args, input=input, ROMANA_URL=daemon.url, **env)
 
     return run
 
@@ -335,3 +336,69 @@ def test_client_raises_the_server_errors(daemon: Daemon) -> None:
         assert client.remove_host("cl-1")["name"] == "cl-1"
     with pytest.raises(RomanaError, match="cannot reach romanad"):
         RomanaClient(f"127.0.0.1:{free_port()}").health()
+
+
+POLICY_YAML = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: red}}}]
+    ports: [{port: http}]
+---
+{"id": "ssh", "direction": "ingress", "applied_to": [{"tenant_id": "shop"}],
+ "ingress": [{"peers": [{"peer": "any"}], "rules": [{"protocol": "tcp", "ports": [22]}]}]}
+"""
+
+
+def test_policy_tenant_and_endpoint_labels(cli: Cli, tmp_path: Path) -> None:
+    ok(cli("host", "add", "pol-a", "192.168.4.77", "-l", "my-location-tag=rack-4"))
+    source = tmp_path / "policies.yaml"
+    source.write_text(POLICY_YAML)
+    out = ok(cli("policy", "add", str(source)))
+    assert "k8s:shop:web" in line_with("k8s:shop:web", out) and "app=web" in out
+    assert "ingress" in line_with("ssh", out)
+    # A duplicate Romana id is refused (exit 1, the server's message).
+    again = cli("policy", "add", "-", input=POLICY_YAML.split("---\n")[1])
+    assert again.returncode == 1 and 'policy "ssh" exists' in again.stderr
+    listed = json.loads(ok(cli("policy", "list", "--json")))
+    assert sorted(p["id"] for p in listed) == ["k8s:shop:web", "ssh"]
+    shown = json.loads(ok(cli("policy", "show", "k8s:shop:web")))
+    assert shown["policy"]["ingress"][0]["ports"] == [{"protocol": "tcp", "name": "http"}]
+    assert shown["source"]["metadata"] == {"name": "web", "namespace": "shop"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": "x", "direction": "up", "applied_to": [], "ingress": []}')
+    refused = cli("policy", "add", str(bad))
+    assert refused.returncode == 1 and "direction" in refused.stderr
+
+    tenant = json.loads(ok(cli("tenant", "label", "shop", "team=red", "--json")))
+    assert tenant["effective_labels"] == {"team": "red", "kubernetes.io/metadata.name": "shop"}
+    assert "team=red" in line_with("shop", ok(cli("tenant", "list")))
+
+    ok(
+        cli(
+            "ip",
+            "allocate",
+            "shop-web-1",
+            "--host",
+            "pol-a",
+            "--tenant",
+            "shop",
+            "-l",
+            "app=web",
+            "--port",
+            "http=8080",
+        )
+    )
+    out = ok(cli("ip", "label", "shop-web-1", "app=web", "tier=front", "--port", "http=8081/TCP"))
+    assert out.strip() == "shop-web-1: app=web, tier=front http=8081/tcp"
+    address = json.loads(ok(cli("ip", "show", "shop-web-1", "--json")))
+    assert address["labels"] == {"app": "web", "tier": "front"}
+    assert address["ports"] == [{"name": "http", "port": 8081, "protocol": "tcp"}]
+    assert cli("ip", "label", "shop-web-1", "--port", "http").returncode == 2  # usage error
+
+    assert "removed ssh" in ok(cli("policy", "remove", "ssh"))
+    assert cli("policy", "show", "ssh").returncode == 1
+    ok(cli("policy", "remove", "k8s:shop:web"))

@@ -88,7 +88,7 @@ def test_snapshot_is_versioned_json_and_restores_exactly() -> None:
     snap = json.loads(json.dumps(engine.snapshot()))
     assert (snap["format"], snap["version"], snap["revision"]) == (
         "romana-ipam-snapshot",
-        2,
+        3,
         engine.revision,
     )
     # h1 gave up half its area to h3, which left: the half stays free for either to use.

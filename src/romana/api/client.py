@@ -44,6 +44,8 @@ class AddressJson(TypedDict):
     tenant: str
     segment: str
     block: str
+    labels: NotRequired[dict[str, str]]  # endpoint metadata, when it has any
+    ports: NotRequired[list[dict[str, Any]]]
 
 
 class AddressList(TypedDict):

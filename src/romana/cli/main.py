@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from romana.cli import addresses, bird, hosts, ipam, network, routes, store, topology
+from romana.cli import addresses, bird, hosts, ipam, network, policy, routes, store, topology
 
 app = typer.Typer(
     help="Romana: routed, overlay-free networking with a topology-aware IPAM.",
@@ -22,6 +22,8 @@ app.add_typer(routes.app, name="routes")
 app.add_typer(bird.app, name="bird")
 app.add_typer(ipam.app, name="ipam")
 app.add_typer(store.app, name="store")
+app.add_typer(policy.app, name="policy")
+app.add_typer(policy.tenant_app, name="tenant")
 
 
 @app.callback()

@@ -1,0 +1,529 @@
+"""Network-policy benchmark (issue: network policies). Run as root. Prints JSON.
+
+A synthetic cluster: ``--endpoints`` pods (default 5,000) over ``--namespaces`` namespaces
+(default 50) and ``--hosts`` hosts (default 10; the measured host holds 1/hosts of the
+pods), and ``--policies`` Kubernetes NetworkPolicies (default 1,000: 20 per namespace,
+each selecting one app of the namespace and allowing a mix of pod, namespace and
+namespace-and-pod peers, ipBlocks with except, numeric, ranged and named ports, egress).
+
+Sections, all in one run:
+
+* ``compile``: compile the measured host's ruleset (median of ``--repeat``), rules and set
+  elements, script size.
+* ``nft``: load the whole table with ``nft -f`` into a fresh namespace; then set updates
+  (a new pod matching existing selectors) and whole reloads (one policy changed): compile
+  plus load per change, p50/p95 of ``--changes`` changes each.
+* ``iptables``: the same ruleset rendered for ``iptables-restore`` two ways, loaded into a
+  fresh namespace: every peer set expanded to one rule per address (what iptables-restore
+  alone can say), and with ``ipset restore`` sets plus ``-m set`` rules.
+* ``end_to_end``: romanad and a real romana-agent (in a namespace); the policies and
+  endpoints go in through the API, then ``--changes`` times a policy is changed, or a pod
+  allocated, and the time until the agent reports the table at that revision is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from romana.policy.compile import Ruleset, compile_host
+from romana.policy.inputs import PolicyInputs
+from romana.policy.k8s import NetworkPolicy
+from romana.policy.model import Endpoint, NamedPort
+from romana.policy.nft import render_full, render_update
+
+HOST = "h0"
+BIN = Path(sys.executable).parent
+
+
+# -- the synthetic cluster -------------------------------------------------------------------
+def network_policy(rng: random.Random, ns: str, index: int, namespaces: int) -> dict[str, Any]:
+    other = f"ns-{rng.randrange(namespaces)}"
+    peers = [
+        {"podSelector": {"matchLabels": {"app": f"app-{rng.randrange(10)}"}}},
+        {"namespaceSelector": {"matchLabels": {"team": f"team-{rng.randrange(5)}"}}},
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": other}},
+            "podSelector": {
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "api"]}]
+            },
+        },
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": [f"10.{rng.randrange(256)}.0.0/16"]}},
+    ]
+    ports = [
+        {"port": 80 + rng.randrange(20), "protocol": "TCP"},
+        {"port": "http", "protocol": "TCP"},
+        {"port": 8000, "endPort": 8000 + rng.randrange(100), "protocol": "TCP"},
+        {"port": 53, "protocol": "UDP"},
+    ]
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": {"app": f"app-{index % 10}"}},
+        "ingress": [
+            {"from": rng.sample(peers, 2), "ports": rng.sample(ports, 2)},
+            {"from": [peers[0]]},
+        ],
+    }
+    if index % 4 == 0:
+        spec["policyTypes"] = ["Ingress", "Egress"]
+        spec["egress"] = [{"to": [peers[1]], "ports": [ports[3]]}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"p-{index}", "namespace": ns},
+        "spec": spec,
+    }
+
+
+def endpoint_labels(rng: random.Random) -> dict[str, str]:
+    return {"app": f"app-{rng.randrange(10)}", "tier": rng.choice(["web", "api", "db"])}
+
+
+def synthetic(args: argparse.Namespace) -> tuple[PolicyInputs, list[dict[str, Any]]]:
+    rng = random.Random(args.seed)
+    inputs = PolicyInputs()
+    inputs.hosts = {f"h{i}": f"192.168.100.{i + 1}" for i in range(args.hosts)}
+    inputs.tenants = {f"ns-{i}": {"team": f"team-{i % 5}"} for i in range(args.namespaces)}
+    for i in range(args.endpoints):
+        ns = f"ns-{i % args.namespaces}"
+        ip = f"10.{1 + i // 65536}.{(i // 256) % 256}.{i % 256}"
+        inputs.endpoints[f"e{i}"] = Endpoint(
+            f"e{i}",
+            ip,
+            f"h{i % args.hosts}",
+            ns,
+            "",
+            endpoint_labels(rng),
+            (NamedPort("http", 8080 + i % 3, "tcp"),),
+        )
+    documents = [
+        network_policy(rng, f"ns-{i % args.namespaces}", i, args.namespaces)
+        for i in range(args.policies)
+    ]
+    for document in documents:
+        policy = NetworkPolicy.model_validate(document).translate()
+        inputs.policies[policy.key] = policy
+    return inputs, documents
+
+
+# -- namespaces and timing -------------------------------------------------------------------
+@contextmanager
+def netns(purpose: str) -> Iterator[str]:
+    name = f"romana-bench-{purpose}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def timed_run(argv: list[str], script: str) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(argv, input=script.encode(), capture_output=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{argv[-3:]} failed: {done.stderr.decode()[:2000]}")
+    return elapsed
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_ms": round(1000 * statistics.median(ordered), 2),
+        "p95_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+        "n": len(ordered),
+    }
+
+
+# -- sections --------------------------------------------------------------------------------
+def section_compile(
+    inputs: PolicyInputs, args: argparse.Namespace
+) -> tuple[dict[str, Any], Ruleset]:
+    times = []
+    ruleset = Ruleset()
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        ruleset = compile_host(inputs, HOST)
+        times.append(time.perf_counter() - started)
+    text = render_full(ruleset)
+    return {
+        "compile_s": round(statistics.median(times), 4),
+        "runs_s": [round(t, 4) for t in times],
+        "local_endpoints": sum(1 for e in inputs.endpoints.values() if e.host == HOST),
+        "isolated_local_endpoints": len(ruleset.isolated),
+        "policies_with_local_targets": len(ruleset.policies),
+        "rules": ruleset.rules,
+        "set_elements": ruleset.elements,
+        "sets": len(ruleset.sets),
+        "chains": len(ruleset.chains),
+        "script_bytes": len(text),
+    }, ruleset
+
+
+def section_nft(inputs: PolicyInputs, ruleset: Ruleset, args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed + 1)
+    with netns("nft") as ns:
+        nft = ["ip", "netns", "exec", ns, "nft", "-f", "-"]
+        loads = [timed_run(nft, render_full(ruleset)) for _ in range(args.repeat)]
+        current = ruleset
+        pod_changes, policy_changes, kinds = [], [], {"update": 0, "full": 0}
+        for i in range(args.changes):
+            # A new pod on this host whose labels match existing selectors.
+            name = f"new-{i}"
+            inputs.endpoints[name] = Endpoint(
+                name, f"10.200.{i // 256}.{i % 256}", HOST, "ns-0", "", endpoint_labels(rng), ()
+            )
+            started = time.perf_counter()
+            new = compile_host(inputs, HOST)
+            script = render_update(current, new)
+            kind = "update" if script is not None else "full"
+            kinds[kind] += 1
+            timed_run(nft, script if script is not None else render_full(new))
+            pod_changes.append(time.perf_counter() - started)
+            current = new
+        for _ in range(args.changes):
+            key = sorted(inputs.policies)[rng.randrange(len(inputs.policies))]
+            old = inputs.policies[key]
+            allows = old.ingress or ()
+            changed = type(old)(old.key, old.applied_to, allows[1:] + allows[:1], old.egress)
+            inputs.policies[key] = changed
+            started = time.perf_counter()
+            new = compile_host(inputs, HOST)
+            script = render_update(current, new)
+            timed_run(nft, script if script is not None else render_full(new))
+            policy_changes.append(time.perf_counter() - started)
+            current = new
+    return {
+        "full_load_s": round(statistics.median(loads), 4),
+        "full_load_runs_s": [round(t, 4) for t in loads],
+        "new_pod_compile_and_load": {**quantiles(pod_changes), "loads": kinds},
+        "policy_change_compile_and_load": quantiles(policy_changes),
+    }
+
+
+_SET = re.compile(r"ip (saddr|daddr) @(\w+)")
+_CIDR = re.compile(r"ip (saddr|daddr) (\d+\.\d+\.\d+\.\d+/\d+)")
+_EXCEPT = re.compile(r"ip (saddr|daddr) != \{ ([^}]*) \}")
+_NAMED = re.compile(r"ip daddr \. th dport @(\w+)")
+
+
+def iptables_rules(chain: str, rule: str, ruleset: Ruleset, use_ipset: bool) -> list[str]:
+    """One nft rule of ours as iptables rules (expanded over set members without ipset)."""
+    direction = {"saddr": "-s", "daddr": "-d"}
+    base = []
+    proto = re.search(r"meta l4proto (\w+)", rule)
+    if proto:
+        base += ["-p", proto.group(1)]
+    ports = re.search(r"th dport (\d+)(?:-(\d+))?(?! @)", rule)
+    if ports and "@" not in rule[ports.start() : ports.end() + 2]:
+        span = ports.group(1) if ports.group(2) is None else f"{ports.group(1)}:{ports.group(2)}"
+        base += ["--dport", span]
+    if m := _CIDR.search(rule):
+        base += [direction[m.group(1)], m.group(2)]
+    excepts = []
+    if m := _EXCEPT.search(rule):
+        excepts = [(direction[m.group(1)], c.strip()) for c in m.group(2).split(",")]
+    target = "ACCEPT" if rule.endswith("accept") else "DROP"
+    if rule.startswith("jump "):
+        return [f"-A {chain} -j {rule.split()[1]}"]
+    if rule == "drop":
+        return [f"-A {chain} -j DROP"]
+    alternatives: list[list[str]] = [[]]
+    if m := _SET.search(rule):
+        members = sorted(ruleset.sets[m.group(2)].elements)
+        if use_ipset:
+            alternatives = [
+                ["-m", "set", "--match-set", m.group(2), "src" if m.group(1) == "saddr" else "dst"]
+            ]
+        else:
+            alternatives = [[direction[m.group(1)], ip] for ip in members]
+    if m := _NAMED.search(rule):
+        members = sorted(ruleset.sets[m.group(1)].elements)
+        if use_ipset:
+            alternatives = [
+                [*a, "-m", "set", "--match-set", m.group(1), "dst,dst"] for a in alternatives
+            ]
+        else:
+            pairs = [e.split(" . ") for e in members]
+            alternatives = [
+                [*a, "-d", ip, "--dport", port] for a in alternatives for ip, port in pairs
+            ]
+    out = []
+    # An except is a RETURN before the accept (iptables has no negated address list).
+    for flag, cidr in excepts:
+        out += [
+            f"-A {chain} {' '.join(base)} {' '.join(a)} {flag} {cidr} -j RETURN".replace("  ", " ")
+            for a in alternatives
+        ]
+    out += [f"-A {chain} {' '.join(base + a)} -j {target}" for a in alternatives]
+    return out
+
+
+def iptables_script(ruleset: Ruleset, use_ipset: bool) -> tuple[str, str, int]:
+    chains = sorted(ruleset.chains)
+    lines = [
+        "*filter",
+        ":FORWARD ACCEPT [0:0]",
+        ":ROMANA-EGRESS - [0:0]",
+        ":ROMANA-INGRESS - [0:0]",
+    ]
+    lines += [f":{c} - [0:0]" for c in chains]
+    rules = [
+        "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-A FORWARD -j ROMANA-EGRESS",
+        "-A FORWARD -j ROMANA-INGRESS",
+    ]
+    # No verdict maps: one rule per isolated endpoint and direction.
+    for name, flag, top in (
+        ("egress_of", "-s", "ROMANA-EGRESS"),
+        ("ingress_of", "-d", "ROMANA-INGRESS"),
+    ):
+        for element in sorted(ruleset.sets[name].elements):
+            ip, _, verdict = element.partition(" : jump ")
+            rules.append(f"-A {top} {flag} {ip} -j {verdict}")
+    for chain in chains:
+        for rule in ruleset.chains[chain]:
+            rules += iptables_rules(chain, rule, ruleset, use_ipset)
+    ipsets = []
+    if use_ipset:
+        for s in ruleset.sets.values():
+            if s.is_map:
+                continue
+            kind = "hash:ip,port" if "inet_service" in s.type else "hash:ip"
+            ipsets.append(f"create {s.name} {kind} maxelem 1000000")
+            for e in sorted(s.elements):
+                ip, _, port = e.partition(" . ")
+                ipsets.append(f"add {s.name} {ip}" + (f",tcp:{port}" if port else ""))
+    return "\n".join(lines + rules + ["COMMIT"]) + "\n", "\n".join(ipsets) + "\n", len(rules)
+
+
+def section_iptables(ruleset: Ruleset, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "backend": subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout.strip()
+    }
+    for variant, use_ipset in (("expanded", False), ("ipset", True)):
+        script, sets, rules = iptables_script(ruleset, use_ipset)
+        times = []
+        for _ in range(args.repeat):
+            with netns(f"ipt-{variant}") as ns:
+                started = time.perf_counter()
+                if use_ipset:
+                    timed_run(["ip", "netns", "exec", ns, "ipset", "restore"], sets)
+                timed_run(["ip", "netns", "exec", ns, "iptables-restore"], script)
+                times.append(time.perf_counter() - started)
+                if use_ipset:
+                    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-F"], check=False)
+                    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-X"], check=False)
+                    subprocess.run(["ip", "netns", "exec", ns, "ipset", "destroy"], check=False)
+        out[variant] = {
+            "load_s": round(statistics.median(times), 4),
+            "runs_s": [round(t, 4) for t in times],
+            "rules": rules,
+            "script_bytes": len(script) + (len(sets) if use_ipset else 0),
+        }
+    return out
+
+
+# -- end to end through romanad and a real agent ---------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def section_end_to_end(documents: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed + 2)
+    work = Path(tempfile.mkdtemp(prefix="romana-policy-bench-"))
+    topology = {
+        "networks": [{"name": "pods", "cidr": "10.0.0.0/8", "block_mask": 24}],
+        "topologies": [{"networks": ["pods"], "map": [{"name": "all", "groups": []}]}],
+    }
+    (work / "topology.json").write_text(json.dumps(topology))
+    port = free_port()
+    unix = work / "romanad.sock"  # the agent's namespace shares the filesystem, not loopback
+    romanad = subprocess.Popen(
+        [
+            str(BIN / "romanad"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--listen",
+            f"unix:{unix}",
+            "--data-dir",
+            str(work / "data"),
+            "--topology",
+            str(work / "topology.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    agent: subprocess.Popen[bytes] | None = None
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = httpx.Client(base_url=url, timeout=60)
+        wait(lambda: _ok(client, "/healthz"), 20)
+        for i in range(args.hosts):
+            client.post(
+                "/hosts", json={"name": f"h{i}", "ip": f"192.168.100.{i + 1}"}
+            ).raise_for_status()
+        for i in range(args.namespaces):
+            client.put(f"/tenants/ns-{i}", json={"team": f"team-{i % 5}"}).raise_for_status()
+        started = time.perf_counter()
+        for i in range(args.endpoints):
+            body = {
+                "name": f"e{i}",
+                "host": f"h{i % args.hosts}",
+                "tenant": f"ns-{i % args.namespaces}",
+                "labels": endpoint_labels(rng),
+                "ports": [{"name": "http", "port": 8080 + i % 3}],
+            }
+            client.post("/address", json=body).raise_for_status()
+        for document in documents:
+            client.post("/k8s/networkpolicies", json=document).raise_for_status()
+        setup_s = time.perf_counter() - started
+        with netns("agent") as ns:
+            sock = work / "agent.sock"
+            agent = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    str(BIN / "romana-agent"),
+                    "--host",
+                    HOST,
+                    "--url",
+                    f"unix:{unix}",
+                    "--listen",
+                    f"unix:{sock}",
+                ],
+                stdout=(work / "agent.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            health = httpx.Client(
+                transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://agent", timeout=10
+            )
+            first = time.perf_counter()
+            wait(lambda: _policy(health).get("enforced", False), 120)
+            first_s = time.perf_counter() - first
+            policy_latency, pod_latency = [], []
+            for i in range(args.changes):
+                document = json.loads(json.dumps(documents[rng.randrange(len(documents))]))
+                document["spec"]["ingress"][0]["ports"] = [{"port": 1000 + i, "protocol": "TCP"}]
+                t0 = time.perf_counter()
+                client.post("/k8s/networkpolicies", json=document).raise_for_status()
+                revision = client.get("/healthz").json()["revision"]
+                wait(lambda r=revision: (_policy(health).get("revision") or 0) >= r, 30, 0.002)
+                policy_latency.append(time.perf_counter() - t0)
+            for i in range(args.changes):
+                body = {
+                    "name": f"late-{i}",
+                    "host": f"h{rng.randrange(args.hosts)}",
+                    "tenant": "ns-0",
+                    "labels": endpoint_labels(rng),
+                }
+                t0 = time.perf_counter()
+                client.post("/address", json=body).raise_for_status()
+                revision = client.get("/healthz").json()["revision"]
+                wait(lambda r=revision: (_policy(health).get("revision") or 0) >= r, 30, 0.002)
+                pod_latency.append(time.perf_counter() - t0)
+            final = _policy(health)
+    finally:
+        for proc in (agent, romanad):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "setup_through_api_s": round(setup_s, 2),
+        "agent_first_table_s": round(first_s, 3),
+        "policy_change_to_enforced": quantiles(policy_latency),
+        "remote_pod_to_enforced": quantiles(pod_latency),
+        "agent": {k: final.get(k) for k in ("rules", "elements", "isolated_endpoints", "loads")},
+    }
+
+
+def _ok(client: httpx.Client, path: str) -> bool:
+    try:
+        return client.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _policy(health: httpx.Client) -> dict[str, Any]:
+    try:
+        return dict(health.get("/healthz").json().get("policy") or {})
+    except (httpx.TransportError, ValueError):
+        return {}
+
+
+def wait(predicate: Any, timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--endpoints", type=int, default=5000)
+    parser.add_argument("--namespaces", type=int, default=50)
+    parser.add_argument("--hosts", type=int, default=10)
+    parser.add_argument("--policies", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (network namespaces)")
+    inputs, documents = synthetic(args)
+    figures: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "parameters": {
+            k: getattr(args, k) for k in ("endpoints", "namespaces", "hosts", "policies", "changes")
+        },
+    }
+    figures["compile"], ruleset = section_compile(inputs, args)
+    figures["iptables"] = section_iptables(ruleset, args)
+    figures["nft"] = section_nft(inputs, ruleset, args)
+    ipt = figures["iptables"]
+    figures["ratios"] = {
+        "iptables_expanded_load_over_nft": round(
+            ipt["expanded"]["load_s"] / figures["nft"]["full_load_s"], 2
+        ),
+        "iptables_ipset_load_over_nft": round(
+            ipt["ipset"]["load_s"] / figures["nft"]["full_load_s"], 2
+        ),
+        "iptables_expanded_rules_over_nft": round(
+            ipt["expanded"]["rules"] / figures["compile"]["rules"], 2
+        ),
+    }
+    if not args.skip_end_to_end:
+        figures["end_to_end"] = section_end_to_end(documents, args)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
