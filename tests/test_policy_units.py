@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from romana.ipam import Engine, fact_from_json, fact_to_json
 from romana.ipam.facts import Fact
 from romana.policy.compile import compile_host
+from romana.policy.incremental import update_members
 from romana.policy.inputs import PolicyInputs, endpoint_json
 from romana.policy.k8s import NetworkPolicy
 from romana.policy.native import RomanaPolicy
@@ -284,3 +285,83 @@ def test_nft_accepts_every_shape_of_rule(host: str) -> None:
     assert nft_accepts(text) == ""
     # A table with nothing isolated still loads (and accepts everything).
     assert nft_accepts(render_full(compile_host(PolicyInputs(), host))) == ""
+
+
+def same_ruleset(a: object, b: object) -> bool:
+    fields = ("chains", "sets", "isolated", "policies", "ips", "peer_sets", "named_sets")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+CHURN = st.lists(
+    st.tuples(st.sampled_from(["pod", "release", "relabel", "tenant"]), st.integers(0, 11)),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=CHURN, host=st.sampled_from(["h1", "h2"]))
+def test_an_incremental_update_equals_a_full_compile(ops: list[tuple[str, int]], host: str) -> None:
+    engine, facts = populated()
+    inputs = PolicyInputs.from_json(engine.policy_inputs().to_json())
+    before = compile_host(inputs, host)
+    seen = len(facts)
+    for op, n in ops:
+        try:
+            if op == "pod":
+                engine.allocate(
+                    f"new{n}",
+                    f"h{1 + n % 2}",
+                    f"t{n % 2}",
+                    "s",
+                    {"app": ("web", "db", "cache", "x")[n % 4]},
+                    [POD] if n % 3 else None,
+                )
+            elif op == "release":
+                engine.release(f"a{n % 8}" if n < 8 else f"new{n}")
+            elif op == "relabel":
+                engine.label_endpoint(
+                    f"a{n % 8}", {"app": ("web", "db", "cache", "x")[n % 4]}, [] if n % 2 else [POD]
+                )
+            else:
+                engine.label_tenant(f"t{n % 2}", {"team": "red"} if n % 2 else {})
+        except Exception as exc:
+            assert type(exc).__module__ == "romana.errors", exc
+    changed = inputs.follow(json.loads(json.dumps([fact_to_json(f) for f in facts[seen:]])))
+    full = compile_host(inputs, host)
+    updated = update_members(before, inputs, host, changed)
+    if updated is not None:
+        assert same_ruleset(updated, full)
+    else:  # only when the chains really differ
+        assert before.shape()[0] != full.shape()[0]
+
+
+def test_a_new_pod_of_an_existing_kind_is_an_incremental_update() -> None:
+    engine, facts = populated()
+    inputs = PolicyInputs.from_json(engine.policy_inputs().to_json())
+    before = compile_host(inputs, "h1")
+    seen = len(facts)
+    engine.allocate("late", "h1", "t0", "s", {"app": "web"}, [POD])
+    changed = inputs.follow([fact_to_json(f) for f in facts[seen:]])
+    assert changed.endpoints == {"late"} and not changed.structural
+    updated = update_members(before, inputs, "h1", changed)
+    assert updated is not None and same_ruleset(updated, compile_host(inputs, "h1"))
+    assert render_update(before, updated) is not None  # elements only
+
+
+@pytest.mark.parametrize(
+    ("host", "change"),
+    [
+        ("h1", lambda e: (e.release("a0"), e.release("a6"))),  # "web" loses its last targets
+        ("h2", lambda e: e.allocate("first", "h2", "t0", "s")),  # "deny" gets a first one here
+    ],
+)
+def test_when_chains_change_the_update_says_compile_in_full(host: str, change: object) -> None:
+    engine, facts = populated()
+    inputs = PolicyInputs.from_json(engine.policy_inputs().to_json())
+    before = compile_host(inputs, host)
+    seen = len(facts)
+    change(engine)  # type: ignore[operator]
+    changed = inputs.follow([fact_to_json(f) for f in facts[seen:]])
+    assert update_members(before, inputs, host, changed) is None
+    assert before.shape()[0] != compile_host(inputs, host).shape()[0]

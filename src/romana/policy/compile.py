@@ -50,6 +50,11 @@ class Ruleset:
     sets: dict[str, NftSet] = field(default_factory=dict)
     isolated: dict[str, tuple[str, ...]] = field(default_factory=dict)  # endpoint -> keys
     policies: dict[str, str] = field(default_factory=dict)  # policy key -> chain prefix
+    # What :mod:`romana.policy.incremental` needs to update members without a compile:
+    peer_sets: dict[str, Endpoints | Hosts] = field(default_factory=dict)  # set -> selector
+    named_sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # set -> name, proto
+    ips: dict[str, str] = field(default_factory=dict)  # every endpoint's IP, by name
+    broken: frozenset[str] = frozenset()
 
     @property
     def rules(self) -> int:
@@ -74,21 +79,29 @@ def policy_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def verdict_chain(direction: str, chains: list[str]) -> str:
+    """The chain shared by endpoints whose policies' chains (in order) are ``chains``."""
+    return f"{direction}_{hashlib.sha256('|'.join(chains).encode()).hexdigest()[:12]}"
+
+
+DIRECTIONS = (("in", "ingress", "ingress_of"), ("out", "egress", "egress_of"))
+
+
 class _Compiler:
     def __init__(self, inputs: PolicyInputs, host: str, broken: frozenset[str]) -> None:
         self.inputs = inputs
         self.host = host
         self.broken = broken
-        self.out = Ruleset()
+        self.out = Ruleset(broken=broken)
+        self.index = inputs.index()
         self._index_named()
 
     def run(self) -> Ruleset:
-        local = [ep for ep in self.inputs.endpoints.values() if ep.host == self.host]
         ingress_of: dict[str, list[str]] = {}
         egress_of: dict[str, list[str]] = {}
         for key in sorted(self.inputs.policies):
             policy = self.inputs.policies[key]
-            targets = [ep for ep in local if self._protects(policy, ep)]
+            targets = self._targets(policy)
             if not targets:
                 continue
             prefix = f"p_{policy_id(key)}"
@@ -110,18 +123,24 @@ class _Compiler:
                     chosen.setdefault(ep.ip, []).append(f"{prefix}_{direction}")
         self._verdicts("ingress_of", "in", ingress_of)
         self._verdicts("egress_of", "out", egress_of)
+        self.out.ips = {name: ep.ip for name, ep in self.inputs.endpoints.items()}
         return self.out
 
-    def _protects(self, policy: Policy, ep: Endpoint) -> bool:
-        return any(self.inputs.selects(t, ep, self.host) for t in policy.applied_to)
+    def _targets(self, policy: Policy) -> list[Endpoint]:
+        """This host's endpoints ``policy`` protects, in a stable order."""
+        found: dict[str, Endpoint] = {}
+        for chosen in policy.applied_to:
+            for ep in self.index.members(chosen, self.host, on=self.host):
+                found[ep.name] = ep
+        return [found[name] for name in sorted(found)]
 
     def _verdicts(self, name: str, direction: str, chains_of: dict[str, list[str]]) -> None:
         elements = set()
         for ip, chains in chains_of.items():
-            signature = f"{direction}_{hashlib.sha256('|'.join(chains).encode()).hexdigest()[:12]}"
-            if signature not in self.out.chains:
-                self.out.chains[signature] = (*(f"jump {c}" for c in chains), "drop")
-            elements.add(f"{ip} : jump {signature}")
+            chain = verdict_chain(direction, chains)
+            if chain not in self.out.chains:
+                self.out.chains[chain] = (*(f"jump {c}" for c in chains), "drop")
+            elements.add(f"{ip} : jump {chain}")
         self.out.sets[name] = NftSet(name, "ipv4_addr : verdict", frozenset(elements))
 
     # -- one allow entry ------------------------------------------------------------------
@@ -138,17 +157,19 @@ class _Compiler:
                 match += f" ip {side} != {{ {', '.join(peer.excluded)} }}"
             return match.strip()
         if isinstance(peer, Hosts):
-            return f"ip {side} @{self._ip_set('hosts', self.inputs.peer_ips(peer))}"
+            return f"ip {side} @{self._ip_set('hosts', peer)}"
         assert isinstance(peer, Endpoints)
         ident = json.dumps(peer.to_json(), sort_keys=True)
         if peer.same_host:
             ident += self.host
         name = f"e_{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-        return f"ip {side} @{self._ip_set(name, self.inputs.peer_ips(peer, self.host))}"
+        return f"ip {side} @{self._ip_set(name, peer)}"
 
-    def _ip_set(self, name: str, ips: list[str]) -> str:
-        if name not in self.out.sets:
+    def _ip_set(self, name: str, peer: Endpoints | Hosts) -> str:
+        if name not in self.out.sets:  # a selector used by several policies: one set
+            ips = self.index.peer_ips(peer, self.host)
             self.out.sets[name] = NftSet(name, "ipv4_addr", frozenset(ips))
+            self.out.peer_sets[name] = peer
         return name
 
     def _port(self, port: Port) -> str:
@@ -180,7 +201,17 @@ class _Compiler:
         if set_name not in self.out.sets:
             elements = frozenset(self.by_name.get((name, protocol), ()))
             self.out.sets[set_name] = NftSet(set_name, "ipv4_addr . inet_service", elements)
+            self.out.named_sets[set_name] = (name, protocol)
         return set_name
 
 
-__all__ = ["FAMILY", "TABLE", "NftSet", "Ruleset", "compile_host", "policy_id"]
+__all__ = [
+    "DIRECTIONS",
+    "FAMILY",
+    "TABLE",
+    "NftSet",
+    "Ruleset",
+    "compile_host",
+    "policy_id",
+    "verdict_chain",
+]

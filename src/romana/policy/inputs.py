@@ -2,7 +2,8 @@
 
 romanad serves it as one document (``GET /policy/state``); an agent loads that, then keeps
 it current from the changes feed (:meth:`PolicyInputs.follow`) and compiles its host's
-rules from it. Which endpoints a selector picks is decided here, once, for both.
+rules from it. Which endpoints a selector picks is decided here, once
+(:class:`Selection`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from typing import Any
 
 from romana import wire
 from romana.policy.model import (
-    Block,
     Endpoint,
     Endpoints,
     Hosts,
     NamedPort,
-    Peer,
     Policy,
+    Selector,
     tenant_labels,
 )
 
@@ -42,6 +42,27 @@ POLICY_FACTS = frozenset(
 )
 
 
+ENDPOINT_FACTS = frozenset({wire.ADDRESS_ALLOCATED, wire.ADDRESS_RELEASED, wire.ENDPOINT_LABELED})
+
+
+@dataclass
+class Changed:
+    """What feed changes (or a CNI command) changed: endpoints by name, tenants whose labels
+    changed, and whether anything else did (policies, hosts)."""
+
+    endpoints: set[str] = field(default_factory=set)
+    tenants: set[str] = field(default_factory=set)
+    structural: bool = False
+
+    def __bool__(self) -> bool:
+        return self.structural or bool(self.endpoints or self.tenants)
+
+    def merge(self, other: Changed) -> None:
+        self.endpoints |= other.endpoints
+        self.tenants |= other.tenants
+        self.structural = self.structural or other.structural
+
+
 @dataclass
 class PolicyInputs:
     revision: int = 0
@@ -57,32 +78,9 @@ class PolicyInputs:
     def tenant_of(self, name: str) -> dict[str, str]:
         return tenant_labels(name, self.tenants.get(name, {}))
 
-    def selects(self, chosen: Endpoints, ep: Endpoint, host: str | None = None) -> bool:
-        """Whether ``chosen`` contains ``ep``; ``host`` is where the protected endpoint is
-        (for ``same_host``)."""
-        if chosen.tenant is not None:
-            if ep.tenant != chosen.tenant:
-                return False
-        elif chosen.tenants is not None and not chosen.tenants.matches(self.tenant_of(ep.tenant)):
-            return False
-        if chosen.name is not None and ep.name != chosen.name:
-            return False
-        if chosen.same_host and ep.host != host:
-            return False
-        if chosen.cidr is not None and ipaddress.IPv4Address(ep.ip) not in _net(chosen.cidr):
-            return False
-        return chosen.labels.matches(ep.selector_labels())
-
-    def members(self, chosen: Endpoints, host: str | None = None) -> list[Endpoint]:
-        return [ep for ep in self.endpoints.values() if self.selects(chosen, ep, host)]
-
-    def peer_ips(self, peer: Peer, host: str | None = None) -> list[str]:
-        """IPs a pod or host peer stands for (blocks are matched as prefixes instead)."""
-        if isinstance(peer, Hosts):
-            return sorted(set(self.hosts.values()))
-        if isinstance(peer, Block):
-            raise TypeError("blocks are prefixes")
-        return [ep.ip for ep in self.members(peer, host)]
+    def index(self) -> Selection:
+        """A selection index over the inputs as they are now (rebuild after a change)."""
+        return Selection(self)
 
     # -- the wire -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -111,15 +109,20 @@ class PolicyInputs:
         return inputs
 
     # -- following the feed ---------------------------------------------------------------
-    def follow(self, changes: Iterable[Mapping[str, Any]]) -> bool:
-        """Apply feed changes; True if any of them can change a rule or set."""
-        changed = False
+    def follow(self, changes: Iterable[Mapping[str, Any]]) -> Changed:
+        """Apply feed changes; what they changed (false if nothing a rule depends on)."""
+        changed = Changed()
         for c in changes:
             kind = c.get("kind")
             if kind not in POLICY_FACTS:
                 continue
-            changed = True
             self._apply(kind, c)
+            if kind in ENDPOINT_FACTS:
+                changed.endpoints.add(c["name"])
+            elif kind == wire.TENANT_LABELED:
+                changed.tenants.add(c["tenant"])
+            elif kind not in (wire.BLOCK_ASSIGNED, wire.BLOCK_FREED):
+                changed.structural = True  # policies, hosts: recompile whole
         return changed
 
     def _apply(self, kind: str, c: Mapping[str, Any]) -> None:
@@ -181,6 +184,105 @@ class PolicyInputs:
         self.endpoints[ep.name] = ep
 
 
+class Selection:
+    """Which endpoints a selector picks, with what a compile asks thousands of times
+    computed once, on first use: endpoints by tenant (all, and those of one host), tenant
+    labels, and selector verdicts per distinct label set (pods share few label sets).
+    Valid for the inputs as they were when it was made."""
+
+    def __init__(self, inputs: PolicyInputs) -> None:
+        self.inputs = inputs
+        self._by_tenant: dict[str | None, dict[str, list[Endpoint]]] = {}
+        self._tenant_labels: dict[str, dict[str, str]] = {}
+        self._label_ids: dict[str, int] = {}  # endpoint -> id of its selector labels
+        self._label_sets: dict[frozenset[tuple[str, str]], int] = {}
+        self._label_values: list[dict[str, str]] = []
+        self._verdicts: dict[tuple[int, int], bool] = {}  # (id(selector), label id)
+        self._tenant_verdicts: dict[tuple[int, str], bool] = {}
+
+    def by_tenant(self, host: str | None = None) -> dict[str, list[Endpoint]]:
+        """Endpoints by tenant: all of them, or those on ``host``."""
+        found = self._by_tenant.get(host)
+        if found is None:
+            found = self._by_tenant[host] = {}
+            for ep in self.inputs.endpoints.values():
+                if host is None or ep.host == host:
+                    found.setdefault(ep.tenant, []).append(ep)
+        return found
+
+    def tenant_labels(self, tenant: str) -> dict[str, str]:
+        found = self._tenant_labels.get(tenant)
+        if found is None:
+            found = self._tenant_labels[tenant] = self.inputs.tenant_of(tenant)
+        return found
+
+    def _tenant_matches(self, selector: Selector, tenant: str) -> bool:
+        key = (id(selector), tenant)
+        found = self._tenant_verdicts.get(key)
+        if found is None:
+            found = self._tenant_verdicts[key] = selector.matches(self.tenant_labels(tenant))
+        return found
+
+    def _labels_match(self, selector: Selector, ep: Endpoint) -> bool:
+        label_id = self._label_ids.get(ep.name)
+        if label_id is None:
+            labels = ep.selector_labels()
+            label_id = self._label_sets.setdefault(frozenset(labels.items()), len(self._label_sets))
+            if label_id == len(self._label_values):
+                self._label_values.append(labels)
+            self._label_ids[ep.name] = label_id
+        key = (id(selector), label_id)
+        found = self._verdicts.get(key)
+        if found is None:
+            found = self._verdicts[key] = selector.matches(self._label_values[label_id])
+        return found
+
+    def contains(self, chosen: Endpoints, ep: Endpoint, host: str | None = None) -> bool:
+        """Whether ``chosen`` contains ``ep``; ``host`` is where the protected endpoint is
+        (for ``same_host``)."""
+        if chosen.tenant is not None:
+            if ep.tenant != chosen.tenant:
+                return False
+        elif chosen.tenants is not None and not self._tenant_matches(chosen.tenants, ep.tenant):
+            return False
+        if chosen.name is not None and ep.name != chosen.name:
+            return False
+        if chosen.same_host and ep.host != host:
+            return False
+        if chosen.cidr is not None and ipaddress.IPv4Address(ep.ip) not in _net(chosen.cidr):
+            return False
+        return self._labels_match(chosen.labels, ep)
+
+    def candidates(self, chosen: Endpoints, on: str | None = None) -> list[Endpoint]:
+        """A superset of ``chosen``'s members (on host ``on`` only, if given)."""
+        if chosen.name is not None:
+            ep = self.inputs.endpoints.get(chosen.name)
+            return [] if ep is None or (on is not None and ep.host != on) else [ep]
+        by_tenant = self.by_tenant(on)
+        if chosen.tenant is not None:
+            return by_tenant.get(chosen.tenant, [])
+        tenants = chosen.tenants
+        return [
+            ep
+            for tenant, eps in by_tenant.items()
+            if tenants is None or self._tenant_matches(tenants, tenant)
+            for ep in eps
+        ]
+
+    def members(
+        self, chosen: Endpoints, host: str | None = None, on: str | None = None
+    ) -> list[Endpoint]:
+        """The endpoints ``chosen`` contains (those on host ``on`` only, if given);
+        ``host`` is the protected endpoint's host."""
+        return [ep for ep in self.candidates(chosen, on) if self.contains(chosen, ep, host)]
+
+    def peer_ips(self, peer: Endpoints | Hosts, host: str | None = None) -> list[str]:
+        """IPs a pod or host peer stands for (blocks are matched as prefixes instead)."""
+        if isinstance(peer, Hosts):
+            return sorted(set(self.inputs.hosts.values()))
+        return [ep.ip for ep in self.members(peer, host)]
+
+
 def endpoint_json(ep: Endpoint) -> dict[str, Any]:
     return {
         "name": ep.name,
@@ -222,4 +324,11 @@ def _cidr(base: int, prefixlen: int) -> str:
     return f"{ipaddress.IPv4Address(base)}/{prefixlen}"
 
 
-__all__ = ["POLICY_FACTS", "PolicyInputs", "endpoint_from_json", "endpoint_json"]
+__all__ = [
+    "POLICY_FACTS",
+    "Changed",
+    "PolicyInputs",
+    "Selection",
+    "endpoint_from_json",
+    "endpoint_json",
+]
