@@ -45,12 +45,13 @@ from typing import Any
 
 import httpx
 
+from romana.agent.nftables import NftTable
 from romana.policy.compile import Ruleset, compile_host
 from romana.policy.incremental import update_members
 from romana.policy.inputs import Changed, PolicyInputs
 from romana.policy.k8s import NetworkPolicy
 from romana.policy.model import Endpoint, NamedPort
-from romana.policy.nft import render_full, render_update
+from romana.policy.nft import render_full
 
 HOST = "h0"
 BIN = Path(sys.executable).parent
@@ -181,45 +182,56 @@ def section_compile(
 
 
 def section_nft(inputs: PolicyInputs, ruleset: Ruleset, args: argparse.Namespace) -> dict[str, Any]:
+    """The agent's own loader (``NftTable``) into a fresh namespace, through a wrapper that
+    runs nft there (the agent runs nft in its host's namespace the same way)."""
     rng = random.Random(args.seed + 1)
-    with netns("nft") as ns:
-        nft = ["ip", "netns", "exec", ns, "nft", "-f", "-"]
-        loads = [timed_run(nft, render_full(ruleset)) for _ in range(args.repeat)]
+    with netns("nft") as ns, tempfile.TemporaryDirectory() as tmp:
+        wrapper = Path(tmp) / "nft"
+        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} nft "$@"\n')
+        wrapper.chmod(0o755)
+        loads = [
+            timed_run([str(wrapper), "-f", "-"], render_full(ruleset)) for _ in range(args.repeat)
+        ]
+        table = NftTable(str(wrapper))
+        table.load(ruleset)
         current = ruleset
-        pod_changes, policy_changes, kinds = [], [], {"update": 0, "full": 0}
+
+        def change(changed: Changed) -> tuple[float, str]:
+            nonlocal current
+            started = time.perf_counter()
+            # As the agent does: members updated if that is all, else a compile; then
+            # the smallest load (elements, chains, or whole).
+            new = update_members(current, inputs, HOST, changed)
+            new = new if new is not None else compile_host(inputs, HOST)
+            loaded = table.load(new)
+            current = new
+            return time.perf_counter() - started, loaded.kind
+
+        pod_changes, pod_kinds = [], {"update": 0, "chains": 0, "full": 0, "none": 0}
         for i in range(args.changes):
             # A new pod on this host whose labels match existing selectors.
             name = f"new-{i}"
             inputs.endpoints[name] = Endpoint(
                 name, f"10.200.{i // 256}.{i % 256}", HOST, "ns-0", "", endpoint_labels(rng), ()
             )
-            started = time.perf_counter()
-            # As the agent does: the members updated if that is all, else a compile.
-            new = update_members(current, inputs, HOST, Changed(endpoints={name}))
-            new = new if new is not None else compile_host(inputs, HOST)
-            script = render_update(current, new)
-            kind = "update" if script is not None else "full"
-            kinds[kind] += 1
-            timed_run(nft, script if script is not None else render_full(new))
-            pod_changes.append(time.perf_counter() - started)
-            current = new
+            seconds, kind = change(Changed(endpoints={name}))
+            pod_changes.append(seconds)
+            pod_kinds[kind] += 1
+        policy_changes, policy_kinds = [], {"update": 0, "chains": 0, "full": 0, "none": 0}
         for _ in range(args.changes):
-            key = sorted(inputs.policies)[rng.randrange(len(inputs.policies))]
+            key = rng.choice(sorted(current.policies))  # one that protects a pod here
             old = inputs.policies[key]
             allows = old.ingress or ()
             changed = type(old)(old.key, old.applied_to, allows[1:] + allows[:1], old.egress)
             inputs.policies[key] = changed
-            started = time.perf_counter()
-            new = compile_host(inputs, HOST)
-            script = render_update(current, new)
-            timed_run(nft, script if script is not None else render_full(new))
-            policy_changes.append(time.perf_counter() - started)
-            current = new
+            seconds, kind = change(Changed(structural=True))
+            policy_changes.append(seconds)
+            policy_kinds[kind] += 1
     return {
         "full_load_s": round(statistics.median(loads), 4),
         "full_load_runs_s": [round(t, 4) for t in loads],
-        "new_pod_compile_and_load": {**quantiles(pod_changes), "loads": kinds},
-        "policy_change_compile_and_load": quantiles(policy_changes),
+        "new_pod_compile_and_load": {**quantiles(pod_changes), "loads": pod_kinds},
+        "policy_change_compile_and_load": {**quantiles(policy_changes), "loads": policy_kinds},
     }
 
 

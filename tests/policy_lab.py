@@ -240,10 +240,13 @@ class PolicyCluster:
 
     def assert_matches(self, policies: list[dict[str, Any]]) -> int:
         """Probe every ordered pair (pods and hosts to pods, TCP/UDP 80/81) and compare
-        with the oracle; a disagreement is probed again with a longer timeout before it
-        counts (a slow allowed connection is not a policy bug). Returns the probe count."""
+        with the oracle's verdicts for ``policies``. Returns the probe count."""
         sources = self.sources()
-        expected = self.expected(policies, sources)
+        return self.assert_observed(self.expected(policies, sources), sources)
+
+    def assert_observed(self, expected: dict[Any, bool], sources: list[RunningPod]) -> int:
+        """Every probe as ``expected`` says; a disagreement is probed again with a longer
+        timeout before it counts (a slow allowed connection is not a policy bug)."""
         observed = self.observed(sources)
         wrong = {k for k, ok in observed.items() if ok != expected[k]}
         if wrong:

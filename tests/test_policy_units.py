@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 
@@ -24,7 +25,7 @@ from romana.policy.incremental import update_members
 from romana.policy.inputs import PolicyInputs, endpoint_json
 from romana.policy.k8s import NetworkPolicy
 from romana.policy.native import RomanaPolicy
-from romana.policy.nft import render_full, render_update
+from romana.policy.nft import render_changes, render_full, render_update
 
 from .conftest import racks_topology
 
@@ -365,3 +366,97 @@ def test_when_chains_change_the_update_says_compile_in_full(host: str, change: o
     changed = inputs.follow([fact_to_json(f) for f in facts[seen:]])
     assert update_members(before, inputs, host, changed) is None
     assert before.shape()[0] != compile_host(inputs, host).shape()[0]
+
+
+def listing(netns: str) -> dict[str, object]:
+    """The table as nft lists it, handles left out and sets' elements sorted."""
+    shown = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-j", "list", "table", "inet", "romana"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out: dict[str, object] = {}
+    for item in json.loads(shown.stdout)["nftables"]:
+        for kind in ("set", "map", "chain", "rule"):
+            if kind not in item:
+                continue
+            entry = {k: v for k, v in item[kind].items() if k != "handle"}
+            if kind == "rule":
+                rules = out.setdefault(f"rules:{entry['chain']}", [])
+                assert isinstance(rules, list)
+                rules.append(entry["expr"])
+            else:
+                if "elem" in entry:
+                    entry["elem"] = sorted(json.dumps(e, sort_keys=True) for e in entry["elem"])
+                out[f"{kind}:{entry['name']}"] = entry
+    return out
+
+
+def load(netns: str, script: str) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-f", "-"], input=script, text=True, check=True
+    )
+
+
+@pytest.fixture(scope="module")
+def two_netns() -> object:
+    names = [f"rt{os.getpid() % 100000}nft{i}" for i in range(2)]
+    for name in names:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+POLICY_CHURN = st.lists(
+    st.tuples(st.sampled_from(["add", "remove", "pod", "release", "relabel"]), st.integers(0, 5)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=POLICY_CHURN)
+def test_a_chain_by_chain_load_equals_a_whole_load(
+    two_netns: list[str], ops: list[tuple[str, int]]
+) -> None:
+    engine, _ = populated()
+    old = compile_host(engine.policy_inputs(), "h1")
+    for op, n in ops:
+        try:
+            if op == "add":
+                extra = k8s(
+                    "t0",
+                    f"extra{n}",
+                    {
+                        "podSelector": {"matchLabels": {"app": ("web", "db")[n % 2]}},
+                        "ingress": [{"ports": [{"port": 1000 + n}]}],
+                    },
+                )
+                engine.add_policies([extra], replace=True)  # type: ignore[list-item]
+            elif op == "remove":
+                engine.remove_policy(("k8s:t0:deny", "k8s:t0:web", f"k8s:t0:extra{n}")[n % 3])
+            elif op == "pod":
+                engine.allocate(
+                    f"p{n}", "h1", "t0", "s", {"app": ("web", "db", "other")[n % 3]}, [POD]
+                )
+            elif op == "release":
+                engine.release(f"a{2 * (n % 4)}")
+            else:
+                engine.label_endpoint(f"a{2 * (n % 4)}", {"app": ("web", "db", "other")[n % 3]})
+        except Exception as exc:
+            assert type(exc).__module__ == "romana.errors", exc
+    new = compile_host(engine.policy_inputs(), "h1")
+    changes = render_changes(old, new)
+    assert changes is not None
+    a, b = two_netns
+    load(a, render_full(old))
+    if changes:
+        load(a, changes)
+    load(b, render_full(new))
+    assert listing(a) == listing(b)

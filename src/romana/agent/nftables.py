@@ -1,5 +1,7 @@
-"""The agent's own nftables table (``inet romana``): loaded whole or by set updates, always
-in one ``nft -f`` transaction, never touching any other table.
+"""The agent's own nftables table (``inet romana``): loaded whole, chain by chain (a policy
+changed), or by set updates (members changed), always in one ``nft -f`` transaction,
+never touching any other table. Anything but a whole load that nft refuses is retried
+as a whole load (the kernel may not hold what we think).
 
 If the kernel refuses a whole load, each policy is checked alone (``nft -c``) to find the
 ones this host cannot take; :class:`romana.agent.policy.PolicyEnforcer` then loads the rest
@@ -14,12 +16,12 @@ from dataclasses import dataclass
 
 from romana.errors import PolicyError
 from romana.policy.compile import FAMILY, TABLE, Ruleset
-from romana.policy.nft import render_full, render_update
+from romana.policy.nft import render_changes, render_full, render_update
 
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    kind: str  # "full", "update" or "none"
+    kind: str  # "full", "chains" (some chains replaced), "update" (elements), "none"
     seconds: float
     bytes: int
 
@@ -33,8 +35,11 @@ class NftTable:
     def load(self, ruleset: Ruleset) -> Loaded:
         """Make the kernel hold ``ruleset``; raises PolicyError if nft refuses (the table
         then still holds what it held)."""
-        script = None if self.loaded is None else render_update(self.loaded, ruleset)
-        kind = "update"
+        script, kind = None, "update"
+        if self.loaded is not None:
+            script = render_update(self.loaded, ruleset)
+            if script is None:  # chains changed: those chains, not the whole table
+                script, kind = render_changes(self.loaded, ruleset), "chains"
         if script is None:
             script, kind = render_full(ruleset), "full"
         elif not script:
@@ -43,7 +48,7 @@ class NftTable:
         try:
             self._run(script)
         except PolicyError:
-            if kind == "update":  # the kernel may differ from what we think: load whole
+            if kind != "full":  # the kernel may differ from what we think: load whole
                 self.loaded = None
                 return self.load(ruleset)
             raise

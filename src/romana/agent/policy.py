@@ -109,7 +109,7 @@ class PolicyEnforcer:
         # Policies this host's nft refused: key -> (what nft said, the policy refused).
         self.broken: dict[str, tuple[str, Policy]] = {}
         self.revision: int | None = None  # romanad revision the loaded table reflects
-        self.loads = {"full": 0, "update": 0}
+        self.loads = {"full": 0, "chains": 0, "update": 0}
         # What changed since the table was last loaded (members only: no compile needed).
         self.pending = Changed(structural=True)
         self.last_error: str | None = None

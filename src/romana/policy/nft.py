@@ -67,9 +67,44 @@ def render_update(old: Ruleset, new: Ruleset) -> str | None:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _declare(s: NftSet) -> list[str]:
-    kind = "map" if s.is_map else "set"
-    lines = [f"  {kind} {s.name} {{", f"    type {s.type}"]
+def render_changes(old: Ruleset, new: Ruleset) -> str | None:
+    """One transaction turning ``old`` into ``new`` chain by chain: new sets and chains
+    are added, changed chains flushed and refilled, elements updated, and what is gone
+    deleted once nothing refers to it. None if a set changed type (load whole)."""
+    common = old.sets.keys() & new.sets.keys()
+    if any(old.sets[n].type != new.sets[n].type for n in common):
+        return None
+    table = f"{FAMILY} {TABLE}"
+    lines: list[str] = []
+    for name in sorted(new.sets.keys() - old.sets.keys()):  # sets first: rules use them
+        lines += _declare(new.sets[name], f"add {_kind(new.sets[name])} {table} {name} {{")
+    added_chains = sorted(new.chains.keys() - old.chains.keys())
+    lines += [f"add chain {table} {name}" for name in added_chains]  # maps may jump to them
+    kept = new.chains.keys() & old.chains.keys()
+    changed = sorted(n for n in kept if new.chains[n] != old.chains[n])
+    gone_chains = sorted(old.chains.keys() - new.chains.keys())
+    for name in changed + gone_chains:  # drop their jumps and set references
+        lines.append(f"flush chain {table} {name}")
+    for name in changed + added_chains:
+        lines += [f"add rule {table} {name} {rule}" for rule in new.chains[name]]
+    for name in sorted(common):
+        before, after = old.sets[name].elements, new.sets[name].elements
+        removed, added = before - after, after - before
+        keys = {old.sets[name].key(e) for e in removed} if old.sets[name].is_map else removed
+        lines += _elements("delete", name, sorted(keys))
+        lines += _elements("add", name, sorted(added))
+    lines += [f"delete chain {table} {name}" for name in gone_chains]
+    gone_sets = sorted(old.sets.keys() - new.sets.keys())
+    lines += [f"delete {_kind(old.sets[n])} {table} {n}" for n in gone_sets]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _kind(s: NftSet) -> str:
+    return "map" if s.is_map else "set"
+
+
+def _declare(s: NftSet, header: str | None = None) -> list[str]:
+    lines = [header or f"  {_kind(s)} {s.name} {{", f"    type {s.type}"]
     if s.elements:
         items = sorted(s.elements)
         lines.append("    elements = {")
@@ -86,4 +121,4 @@ def _elements(verb: str, name: str, items: list[str]) -> list[str]:
     ]
 
 
-__all__ = ["render_full", "render_update"]
+__all__ = ["render_changes", "render_full", "render_update"]
