@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python benchmarks/store_bench.py
 	$(BIN)/python benchmarks/readers_bench.py
 	$(BIN)/python benchmarks/topology_bench.py
+	$(BIN)/python benchmarks/policy_bench.py
 
 clean:
 	rm -rf $(DATA_DIR) $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
