@@ -24,6 +24,7 @@ from romana.policy.compile import compile_host
 from romana.policy.incremental import update_members
 from romana.policy.inputs import PolicyInputs, endpoint_json
 from romana.policy.k8s import NetworkPolicy
+from romana.policy.model import Endpoint
 from romana.policy.native import RomanaPolicy
 from romana.policy.nft import render_changes, render_full, render_update
 
@@ -460,3 +461,23 @@ def test_a_chain_by_chain_load_equals_a_whole_load(
         load(a, changes)
     load(b, render_full(new))
     assert listing(a) == listing(b)
+
+
+def test_a_stale_holder_of_a_reused_ip_is_displaced_in_both_paths() -> None:
+    engine, facts = populated()
+    inputs = PolicyInputs.from_json(engine.policy_inputs().to_json())
+    # A pod admitted on h1 whose release we never saw, on the IP romanad hands out next.
+    seen = len(facts)
+    probe = engine.allocate("probe", "h1", "t0", "s")
+    engine.release("probe")
+    stale = Endpoint("stale", probe.ip, "h1", "t0", "s", {"app": "web"})
+    assert inputs.put_endpoint(stale) == set()
+    before = compile_host(inputs, "h1")
+    engine.allocate("fresh", "h1", "t0", "s", {"app": "db"})
+    changed = inputs.follow([fact_to_json(f) for f in facts[seen:]])
+    assert "stale" not in inputs.endpoints and inputs.ip_owners[probe.ip] == "fresh"
+    assert {"stale", "fresh"} <= changed.endpoints
+    full = compile_host(inputs, "h1")
+    assert full.isolated["fresh"] == ("k8s:t0:deny",)  # fresh's policies, not stale's too
+    updated = update_members(before, inputs, "h1", changed)
+    assert updated is None or same_ruleset(updated, full)

@@ -9,7 +9,9 @@ or must not need root:
   or ``checkpoint`` the next N times (as a full disk or a broken file would);
 - :class:`FakeUpstream`: the agent's view of romanad (route sets, networks, the changes
   feed), scripted: answers, outages, another store, a rewound revision, a crash;
-- :class:`FakeRouteTable`: the agent's kernel table in memory, with refusals on demand.
+- :class:`FakeRouteTable`: the agent's kernel table in memory, with refusals on demand;
+- :class:`FakeNftTable`: the agent's policy table in memory, with refusals on demand (the
+  real one is tested against nft in namespaces).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from romana.agent.netlink import ApplyResult, RouteFailure
+from romana.agent.nftables import Loaded
 from romana.agent.reconcile import KernelRoute, RouteDiff
-from romana.errors import Compacted, RevisionConflict, StoreError, Unreachable
+from romana.errors import Compacted, PolicyError, RevisionConflict, StoreError, Unreachable
+from romana.policy.compile import Ruleset
+from romana.policy.nft import render_update
 
 FactJson = dict[str, Any]
 
@@ -167,6 +172,7 @@ class FakeUpstream:
         self.script: list[Any] = []
         self.down = False
         self.calls: list[str] = []
+        self.policy_document: dict[str, Any] = {"endpoints": [], "policies": []}
 
     async def close(self) -> None:
         pass
@@ -189,6 +195,11 @@ class FakeUpstream:
     async def networks(self) -> list[dict[str, Any]]:
         self._check("networks")
         return copy.deepcopy(self.network_list)
+
+    async def policy_state(self) -> dict[str, Any]:
+        self._check("policy_state")
+        document = copy.deepcopy(self.policy_document)
+        return {"revision": self.revision, "store_id": self.store_id, **document}
 
     async def watch(
         self, since: int = 0, timeout: float = 30.0, limit: int = 1000
@@ -236,3 +247,29 @@ class FakeRouteTable:
 
     def close(self) -> None:
         pass
+
+
+class FakeNftTable:
+    """The policy table in memory: ``loaded`` is what the kernel would hold; ``refuse(n)``
+    makes the next n loads fail as nft would (the table keeps what it had)."""
+
+    def __init__(self) -> None:
+        self.loaded: Ruleset | None = None
+        self.kinds: list[str] = []
+        self.refusals = 0
+
+    def refuse(self, times: int = 1) -> None:
+        self.refusals += times
+
+    def load(self, ruleset: Ruleset) -> Loaded:
+        if self.refusals:
+            self.refusals -= 1
+            raise PolicyError("injected: nft refused the ruleset")
+        script = None if self.loaded is None else render_update(self.loaded, ruleset)
+        kind = "none" if script == "" else ("update" if script else "full")
+        self.loaded = ruleset
+        self.kinds.append(kind)
+        return Loaded(kind, 0.0, 0)
+
+    def accepts(self, script: str) -> str | None:
+        return None if not self.refusals else "injected: refused"

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from romana import wire
 from romana.agent.nftables import Loaded, NftTable
 from romana.api.client import AsyncRomanaClient
 from romana.backoff import Backoff
@@ -112,6 +113,7 @@ class PolicyEnforcer:
         self.loads = {"full": 0, "chains": 0, "update": 0}
         # What changed since the table was last loaded (members only: no compile needed).
         self.pending = Changed(structural=True)
+        self.admitted: dict[str, Endpoint] = {}  # CNI ADDs the feed has not shown yet
         self.last_error: str | None = None
         self.enforced = asyncio.Event()  # set once the table reflects romanad's policies
         self.feed = FeedGuard(log, "the policy loop")
@@ -233,14 +235,15 @@ class PolicyEnforcer:
             ) from None
         async with self._lock:
             assert self.inputs is not None
-            self.inputs.add_endpoint(endpoint)
-            self.pending.endpoints.add(endpoint.name)
+            self.pending.endpoints |= {endpoint.name, *self.inputs.put_endpoint(endpoint)}
+            self.admitted[endpoint.name] = endpoint
         await self.enforce("cni")
 
     async def forget(self, name: str) -> None:
         """A pod deleted here (CNI DEL): out of the sets now, not when the feed says so."""
         async with self._lock:
-            gone = self.inputs is not None and self.inputs.endpoints.pop(name, None) is not None
+            self.admitted.pop(name, None)
+            gone = self.inputs is not None and self.inputs.drop_endpoint(name) is not None
             if gone:
                 self.pending.endpoints.add(name)
         if gone:
@@ -253,12 +256,14 @@ class PolicyEnforcer:
         inputs = PolicyInputs.from_json(answer)
         self.feed.check(inputs.store_id, inputs.revision)
         async with self._lock:
-            # Endpoints admitted here that the state does not show yet stay (their
-            # allocation is acknowledged; the feed will confirm or release them).
-            if self.inputs is not None:
-                for name, ep in self.inputs.endpoints.items():
-                    if ep.host == self.host and name not in inputs.endpoints:
-                        inputs.endpoints[name] = ep
+            # Pods admitted here that the state does not show yet stay (their allocation
+            # is acknowledged; the feed will confirm it). Anything else the state lacks,
+            # e.g. released while romanad was out of reach, is gone.
+            for name, ep in list(self.admitted.items()):
+                if name in inputs.endpoints:
+                    del self.admitted[name]
+                else:
+                    inputs.put_endpoint(ep)
             self.inputs = inputs
             self.pending.structural = True
         await self.enforce("start" if not self.enforced.is_set() else "resync")
@@ -279,11 +284,12 @@ class PolicyEnforcer:
                 async with self._lock:  # never while a compile reads the inputs
                     assert self.inputs is not None
                     changed = self.inputs.follow(answer["changes"])
+                    self._confirmed(answer["changes"])
                     self.pending.merge(changed)
                     self.inputs.revision = since = revision
-                    if not changed and self.enforced.is_set():
+                    if not self.pending and self.enforced.is_set():
                         self.revision = revision  # nothing the table depends on moved
-                if changed:
+                if self.pending:  # new changes, or earlier ones whose load failed
                     await self.enforce("watch")
                 backoff.reset()
             except Resync:
@@ -298,6 +304,12 @@ class PolicyEnforcer:
                 log.error("policy loop failed; retrying", extra={"error": str(exc)})
                 since = None
                 await asyncio.sleep(backoff.next())
+
+    def _confirmed(self, changes: list[dict[str, Any]]) -> None:
+        """The feed now speaks for admitted pods whose allocation or release it showed."""
+        for c in changes:
+            if c.get("kind") in (wire.ADDRESS_ALLOCATED, wire.ADDRESS_RELEASED):
+                self.admitted.pop(c.get("name", ""), None)
 
     def health(self) -> dict[str, Any]:
         rs = self.ruleset

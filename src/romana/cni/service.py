@@ -175,7 +175,7 @@ class CniService(CheckAndGc):
                     raise outcome
             assert isinstance(allocated, dict) and plumbing is not None
             ip = str(allocated["ip"])
-            await self._admit(inv, allocated)
+            await self._admit(inv, allocated, undo)
             # ~0.15 ms of netlink: inline, so nothing else on the loop (the agent's changes
             # feed wakes on this very allocation) runs before the answer goes out.
             host, pod = self._now(
@@ -196,7 +196,7 @@ class CniService(CheckAndGc):
         try:
             allocated = await self._allocate(inv, undo)
             ip = str(allocated["ip"])
-            await self._admit(inv, allocated)
+            await self._admit(inv, allocated, undo)
             if conf.host_route_dev is not None:
                 await self._kernel_step(
                     f"route {ip} to {conf.host_route_dev}",
@@ -224,9 +224,10 @@ class CniService(CheckAndGc):
         undo.append(lambda: self.allocator.release(client, inv.address_name))
         return address
 
-    async def _admit(self, inv: Invocation, address: dict[str, Any]) -> None:
+    async def _admit(self, inv: Invocation, address: dict[str, Any], undo: list[Undo]) -> None:
         """Policies see the pod before it has an address: isolated from its first packet."""
-        if self.gate is None:
+        gate = self.gate
+        if gate is None:
             return
         conf = inv.conf
         endpoint = Endpoint(
@@ -239,13 +240,14 @@ class CniService(CheckAndGc):
             tuple(NamedPort(n, p, pr) for n, p, pr in conf.ports),
         )
         try:
-            await self.gate.admit(endpoint)
+            await gate.admit(endpoint)
         except RomanaError as exc:
             raise CniError(
                 TRY_AGAIN_LATER,
                 "the pod's network policies could not be enforced",
                 exc.message,
             ) from None
+        undo.append(lambda: gate.forget(inv.address_name))
 
     async def _undo(self, inv: Invocation, undo: list[Undo]) -> None:
         for action in reversed(undo):

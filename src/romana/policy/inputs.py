@@ -73,6 +73,8 @@ class PolicyInputs:
     policies: dict[str, Policy] = field(default_factory=dict)
     # Feed bookkeeping: block owners, to know an allocated address's host and tenant.
     blocks: dict[tuple[int, int], tuple[str, str, str]] = field(default_factory=dict)
+    # Which endpoint holds each IP: never two (a second would merge their policies).
+    ip_owners: dict[str, str] = field(default_factory=dict)
 
     # -- selection ------------------------------------------------------------------------
     def tenant_of(self, name: str) -> dict[str, str]:
@@ -100,7 +102,7 @@ class PolicyInputs:
         inputs.tenants = {k: dict(v) for k, v in d.get("tenants", {}).items()}
         inputs.hosts = dict(d.get("hosts", {}))
         for e in d.get("endpoints", ()):
-            inputs.endpoints[e["name"]] = endpoint_from_json(e)
+            inputs.put_endpoint(endpoint_from_json(e))
         for cidr, host, tenant, segment in d.get("blocks", ()):
             inputs.blocks[_key(cidr)] = (host, tenant, segment)
         for p in d.get("policies", ()):
@@ -116,16 +118,18 @@ class PolicyInputs:
             kind = c.get("kind")
             if kind not in POLICY_FACTS:
                 continue
-            self._apply(kind, c)
+            displaced = self._apply(kind, c)
             if kind in ENDPOINT_FACTS:
                 changed.endpoints.add(c["name"])
+                changed.endpoints |= displaced
             elif kind == wire.TENANT_LABELED:
                 changed.tenants.add(c["tenant"])
             elif kind not in (wire.BLOCK_ASSIGNED, wire.BLOCK_FREED):
                 changed.structural = True  # policies, hosts: recompile whole
         return changed
 
-    def _apply(self, kind: str, c: Mapping[str, Any]) -> None:
+    def _apply(self, kind: str, c: Mapping[str, Any]) -> set[str]:
+        """Apply one change; the endpoints it displaced (that held its IP before)."""
         if kind == wire.BLOCK_ASSIGNED:
             self.blocks[_key(c["cidr"])] = (c["host"], c["tenant"], c["segment"])
         elif kind == wire.BLOCK_FREED:
@@ -136,11 +140,11 @@ class PolicyInputs:
                 old = self.endpoints.get(c["name"])
                 host, tenant, segment = owner
                 labels, ports = (old.labels, old.ports) if old else ({}, ())
-                self.endpoints[c["name"]] = Endpoint(
-                    c["name"], c["ip"], host, tenant, segment, labels, ports
+                return self.put_endpoint(
+                    Endpoint(c["name"], c["ip"], host, tenant, segment, labels, ports)
                 )
         elif kind == wire.ADDRESS_RELEASED:
-            self.endpoints.pop(c["name"], None)
+            self.drop_endpoint(c["name"])
         elif kind == wire.TOPOLOGY_APPLIED:
             self.hosts = {h["name"]: h["ip"] for h in c["hosts"]}
         elif kind == wire.HOST_ADDED:
@@ -150,14 +154,9 @@ class PolicyInputs:
         elif kind == wire.ENDPOINT_LABELED:
             old = self.endpoints.get(c["name"])
             if old is not None:
-                self.endpoints[c["name"]] = Endpoint(
-                    old.name,
-                    old.ip,
-                    old.host,
-                    old.tenant,
-                    old.segment,
-                    dict(c["labels"]),
-                    ports_from_json(c.get("ports", ())),
+                labels, ports = dict(c["labels"]), ports_from_json(c.get("ports", ()))
+                self.put_endpoint(
+                    Endpoint(old.name, old.ip, old.host, old.tenant, old.segment, labels, ports)
                 )
         elif kind == wire.TENANT_LABELED:
             if c["labels"]:
@@ -169,6 +168,7 @@ class PolicyInputs:
             self.policies[policy.key] = policy
         elif kind == wire.POLICY_REMOVED:
             self.policies.pop(c["key"], None)
+        return set()
 
     def _owner(self, ip: str) -> tuple[str, str, str] | None:
         value = int(ipaddress.IPv4Address(ip))
@@ -179,9 +179,27 @@ class PolicyInputs:
                 return owner
         return None
 
-    def add_endpoint(self, ep: Endpoint) -> None:
-        """An endpoint this host is starting (CNI ADD), known before the feed says so."""
+    def put_endpoint(self, ep: Endpoint) -> set[str]:
+        """Add or replace an endpoint; returns the endpoints it displaced: one that held
+        its IP is stale (romanad gave the IP to ``ep``, so it was released), and is
+        dropped, never kept beside it."""
+        old = self.endpoints.get(ep.name)
+        if old is not None and old.ip != ep.ip and self.ip_owners.get(old.ip) == ep.name:
+            del self.ip_owners[old.ip]
+        displaced = set()
+        holder = self.ip_owners.get(ep.ip)
+        if holder is not None and holder != ep.name:
+            self.endpoints.pop(holder, None)
+            displaced.add(holder)
         self.endpoints[ep.name] = ep
+        self.ip_owners[ep.ip] = ep.name
+        return displaced
+
+    def drop_endpoint(self, name: str) -> Endpoint | None:
+        ep = self.endpoints.pop(name, None)
+        if ep is not None and self.ip_owners.get(ep.ip) == name:
+            del self.ip_owners[ep.ip]
+        return ep
 
 
 class Selection:

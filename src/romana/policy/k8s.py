@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from romana import names
 from romana.policy.model import Allow, Block, Endpoints, Peer, Policy, Port, Requirement, Selector
@@ -117,6 +117,13 @@ class PolicyPort(_Strict):
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     port: int | str | None = None
     end_port: int | None = Field(default=None, alias="endPort", ge=1, le=65535)
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("port: a number or a port name, not true/false")
+        return value
 
     @model_validator(mode="after")
     def _port(self) -> PolicyPort:

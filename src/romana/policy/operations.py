@@ -108,14 +108,16 @@ class PolicyOperations:
         for name, address in st.addresses.items():
             block = address.block
             meta = book.get(name)
-            inputs.endpoints[name] = Endpoint(
-                name,
-                _ip(address.ip),
-                block.host,
-                block.tenant,
-                block.segment,
-                dict(meta.labels) if meta else {},
-                ports_from_json(meta.ports) if meta else (),
+            inputs.put_endpoint(
+                Endpoint(
+                    name,
+                    _ip(address.ip),
+                    block.host,
+                    block.tenant,
+                    block.segment,
+                    dict(meta.labels) if meta else {},
+                    ports_from_json(meta.ports) if meta else (),
+                )
             )
         for base, block in st.blocks.items():
             inputs.blocks[(base, block.tree.block_mask)] = (block.host, block.tenant, block.segment)
