@@ -40,6 +40,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the store lives (default %(default)s)",
     )
     parser.add_argument(
+        "--store",
+        default="sqlite",
+        metavar="sqlite|etcd://HOST:PORT[,HOST:PORT...]",
+        help="sqlite (embedded, in --data-dir; the default) or an etcd cluster "
+        "(etcds:// for TLS); one romanad per store (several replicas: not yet)",
+    )
+    parser.add_argument(
+        "--etcd-prefix", default="/romana", help="key prefix in etcd (default %(default)s)"
+    )
+    parser.add_argument("--etcd-ca", metavar="FILE", help="CA bundle for etcds://")
+    parser.add_argument(
+        "--etcd-cert", nargs=2, metavar=("CERT", "KEY"), help="client certificate for etcds://"
+    )
+    parser.add_argument(
+        "--etcd-user-file",
+        type=Path,
+        metavar="FILE",
+        help="etcd user and password, as USER:PASSWORD on one line",
+    )
+    parser.add_argument(
         "--topology", type=Path, help="topology map to apply at start when the store holds none"
     )
     parser.add_argument(
@@ -113,17 +133,16 @@ def main(argv: list[str] | None = None) -> None:
     from romana.api.app import create_app
     from romana.api.service import IpamService
     from romana.errors import RomanaError
-    from romana.store.sqlite import SqliteStore
     from romana.topology import read_file
 
-    store = None
+    store: Any = None
     try:
-        store = SqliteStore(args.data_dir, accept_loss=args.accept_data_loss)
+        store, where = open_store(args)
         service = IpamService(
             store,
             snapshot_every=max(1, args.snapshot_every),
             keep_history=max(0, args.keep_history),
-            where=str(args.data_dir),
+            where=where,
             checkpoint_every=max(0.0, args.checkpoint_every),
         )
     except RomanaError as exc:
@@ -176,6 +195,32 @@ def main(argv: list[str] | None = None) -> None:
         max_connections=max(1, args.max_connections),
         header_timeout=max(0.1, args.header_timeout),
     )
+
+
+def open_store(args: argparse.Namespace) -> tuple[Any, str]:
+    """The store ``--store`` names, and where it is (for messages)."""
+    if args.store == "sqlite":
+        from romana.store.sqlite import SqliteStore
+
+        return SqliteStore(args.data_dir, accept_loss=args.accept_data_loss), str(args.data_dir)
+    from romana.store.etcd import EtcdStore, parse_url
+    from romana.store.etcd_client import EtcdClient
+
+    try:
+        endpoints = parse_url(args.store)
+    except ValueError as exc:
+        sys.exit(f"romanad: --store: {exc}")
+    auth = None
+    if args.etcd_user_file is not None:
+        user, _, password = args.etcd_user_file.read_text().strip().partition(":")
+        auth = (user, password)
+    client = EtcdClient(
+        endpoints,
+        ca=args.etcd_ca,
+        cert=tuple(args.etcd_cert) if args.etcd_cert else None,
+        auth=auth,
+    )
+    return EtcdStore(client, args.etcd_prefix), f"{args.store} {args.etcd_prefix}"
 
 
 if __name__ == "__main__":
