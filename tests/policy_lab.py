@@ -29,28 +29,14 @@ import httpx
 
 from romana.api.client import RomanaClient
 
+from .conftest import racks_topology
 from .daemon import Daemon
 from .netns import Lab, Netns, run, wait_until
 from .policy_oracle import Namespace, Pod, truth_table
 
 BIN = Path(sys.executable).parent
 POD_SCRIPT = Path(__file__).with_name("policy_pod.py")
-TOPOLOGY = {
-    "networks": [{"name": "pods", "cidr": "10.78.0.0/16", "block_mask": 28}],
-    "topologies": [
-        {
-            "networks": ["pods"],
-            "map": [
-                {
-                    "name": "rack-1",
-                    "routing": "block-host-routes",
-                    "assignment": {"rack": "rack-1"},
-                    "groups": [],
-                }
-            ],
-        }
-    ],
-}
+TOPOLOGY = racks_topology(1, "10.78.0.0/16", 28)  # one L2 rack (the default routing)
 HOSTS = {"h1": "192.168.8.11", "h2": "192.168.8.12"}
 NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b", "c")
@@ -259,6 +245,16 @@ class PolicyCluster:
             for src, dst, proto, port in [key]
         )
         return len(observed)
+
+
+def np(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A NetworkPolicy object; ``spec`` without ``podSelector`` selects every pod."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podSelector": {}, **spec},
+    }
 
 
 def _key(running: RunningPod) -> str:

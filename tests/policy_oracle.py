@@ -209,14 +209,7 @@ def allowed_ingress(
     node_ip = (nodes or {}).get(dst.node)
     if node_ip is not None and endpoint_ip(src) == ipaddress.ip_address(node_ip):
         return True
-    governing = [p for p in policies if selects(p, dst) and INGRESS in policy_types(p)]
-    if not governing:
-        return True  # not isolated for ingress
-    return any(
-        rule_matches(rule, "from", policy_namespace(p), namespaces, src, dst, protocol, port)
-        for p in governing
-        for rule in p["spec"].get("ingress") or []
-    )
+    return _direction_allows(INGRESS, namespaces, policies, dst, src, dst, protocol, port)
 
 
 def allowed_egress(
@@ -228,13 +221,29 @@ def allowed_egress(
     port: int,
 ) -> bool:
     """May ``src`` open this connection to ``dst`` (a pod or a plain IP)?"""
-    governing = [p for p in policies if selects(p, src) and EGRESS in policy_types(p)]
+    return _direction_allows(EGRESS, namespaces, policies, src, dst, dst, protocol, port)
+
+
+def _direction_allows(
+    direction: str,
+    namespaces: Sequence[Namespace],
+    policies: Sequence[Policy],
+    selected: Pod,
+    remote: Endpoint,
+    dst: Endpoint,
+    protocol: str,
+    port: int,
+) -> bool:
+    """Whether the policies selecting ``selected`` for ``direction`` let ``remote`` (the
+    source for Ingress, the destination for Egress) through; not isolated: yes."""
+    governing = [p for p in policies if selects(p, selected) and direction in policy_types(p)]
     if not governing:
-        return True  # not isolated for egress
+        return True
+    rules, peers = ("ingress", "from") if direction == INGRESS else ("egress", "to")
     return any(
-        rule_matches(rule, "to", policy_namespace(p), namespaces, dst, dst, protocol, port)
+        rule_matches(rule, peers, policy_namespace(p), namespaces, remote, dst, protocol, port)
         for p in governing
-        for rule in p["spec"].get("egress") or []
+        for rule in p["spec"].get(rules) or []
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .policy_lab import HOSTS, PolicyCluster, policy_cluster
+from .policy_lab import HOSTS, PolicyCluster, np, policy_cluster
 
 SEGMENT = "romana.io/segment"
 
@@ -21,15 +21,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyCluster]
         c.add_pod("z", "front", "h2", {"pod": "front", SEGMENT: "front"})
         c.add_pod("z", "back", "h1", {"pod": "back", SEGMENT: "back"})
         yield c
-
-
-def np(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"podSelector": {}, **spec},
-    }
 
 
 def native(

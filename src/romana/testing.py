@@ -255,7 +255,6 @@ class FakeNftTable:
 
     def __init__(self) -> None:
         self.loaded: Ruleset | None = None
-        self.kinds: list[str] = []
         self.refusals = 0
 
     def refuse(self, times: int = 1) -> None:
@@ -268,7 +267,6 @@ class FakeNftTable:
         script = None if self.loaded is None else render_update(self.loaded, ruleset)
         kind = "none" if script == "" else ("update" if script else "full")
         self.loaded = ruleset
-        self.kinds.append(kind)
         return Loaded(kind, 0.0, 0)
 
     def accepts(self, script: str) -> str | None:

@@ -74,9 +74,8 @@ class IPBlock(_Strict):
         outer = _network(self.cidr, "cidr")
         for i, text in enumerate(self.excluded):
             inner = _network(text, f"except[{i}]")
-            if inner.version != outer.version or not inner.subnet_of(outer):  # type: ignore[arg-type]
-                raise ValueError(f"except[{i}]: {inner} must be strictly inside cidr {outer}")
-            if inner == outer:
+            inside = inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+            if not inside or inner == outer:
                 raise ValueError(f"except[{i}]: {inner} must be strictly inside cidr {outer}")
         return self
 

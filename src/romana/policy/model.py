@@ -13,7 +13,6 @@ was validated when it was made (``romana.policy.k8s`` / ``romana.policy.native``
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,6 @@ from typing import Any
 # sets it, and an endpoint's segment, so that Romana's tenant/segment peers are selectors.
 TENANT_NAME_LABEL = "kubernetes.io/metadata.name"
 SEGMENT_LABEL = "romana.io/segment"
-
-PROTOCOLS = ("tcp", "udp", "sctp", "icmp", "any")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,12 +262,7 @@ def tenant_labels(name: str, labels: Mapping[str, str]) -> dict[str, str]:
     return {**labels, TENANT_NAME_LABEL: name}
 
 
-def in_cidr(ip: str, cidr: str) -> bool:
-    return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(cidr)
-
-
 __all__ = [
-    "PROTOCOLS",
     "SEGMENT_LABEL",
     "TENANT_NAME_LABEL",
     "Allow",
@@ -284,7 +276,6 @@ __all__ = [
     "Port",
     "Requirement",
     "Selector",
-    "in_cidr",
     "peer_from_json",
     "tenant_labels",
 ]

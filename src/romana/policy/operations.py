@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from romana.errors import Conflict, NotFound
+from romana.ipam.addr import ip_to_str
 from romana.ipam.facts import EndpointLabeled, Fact, PolicyAdded, PolicyRemoved, TenantLabeled
 from romana.ipam.state import IpamState
 from romana.policy.book import StoredPolicy
@@ -111,7 +112,7 @@ class PolicyOperations:
             inputs.put_endpoint(
                 Endpoint(
                     name,
-                    _ip(address.ip),
+                    ip_to_str(address.ip),
                     block.host,
                     block.tenant,
                     block.segment,
@@ -124,7 +125,3 @@ class PolicyOperations:
         for key, stored in st.book.policies.items():
             inputs.policies[key] = Policy.from_json(stored.policy)
         return inputs
-
-
-def _ip(value: int) -> str:
-    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"

@@ -134,26 +134,19 @@ class EtcdStore:
         start = self.client.range(
             log, self._log_key(revision + 1) + b"\0", limit=1, descending=True
         )
-        if not start:
+        if not start:  # nothing at or before revision + 1: compacted, or nothing after it
             oldest = self.client.range(log, prefix_end(log), limit=1)
-            if oldest and json.loads(oldest[0].value)["first"] > revision + 1:
-                raise Compacted(revision, int(json.loads(oldest[0].value)["first"]))
-            if not oldest and revision < self.head():
-                raise Compacted(revision, self.head() + 1)
+            first = int(json.loads(oldest[0].value)["first"]) if oldest else self.head() + 1
+            if first > revision + 1:
+                raise Compacted(revision, first)
             return []
         out: list[tuple[int, FactJson]] = []
-        for kv in self.client.range(start[0].key, prefix_end(log)):
+        # Every batch holds a fact after revision, so ``limit`` batches are enough.
+        for kv in self.client.range(start[0].key, prefix_end(log), limit=limit or 0):
             batch = json.loads(kv.value)
-            for i, fact in enumerate(batch["facts"]):
-                number = int(batch["first"]) + i
-                if number > revision:
-                    out.append((number, fact))
-            if limit is not None and len(out) >= limit:
-                return out[:limit]
-        first_kept = int(json.loads(start[0].value)["first"])
-        if first_kept > revision + 1:
-            raise Compacted(revision, first_kept)
-        return out
+            first = int(batch["first"])
+            out += [(first + i, f) for i, f in enumerate(batch["facts"]) if first + i > revision]
+        return out if limit is None else out[:limit]
 
     def load(self) -> tuple[dict[str, Any] | None, list[tuple[int, FactJson]]]:
         self._check_open()
