@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := iproute2 iputils-ping netcat-openbsd bird2 etcd-server etcd-client \
+APT_PACKAGES := iproute2 iputils-ping netcat-openbsd curl bird2 etcd-server etcd-client \
                 containernetworking-plugins nftables iptables ipset
 
-.PHONY: setup system-packages run test lint bench clean
+.PHONY: setup system-packages run run-ha test lint bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ run: setup
 	@echo
 	exec $(BIN)/romanad --listen $(LISTEN) --data-dir $(DATA_DIR) \
 	  --topology examples/datacenter-4-racks.json
+
+# Several replicas: a 3-member etcd cluster on loopback and 3 romanads on it (ports
+# 9601-9603), data under $(DATA_DIR)/ha; Ctrl-C stops them all.
+run-ha: setup system-packages
+	BIN=$(BIN) DATA_DIR=$(DATA_DIR) scripts/run-ha.sh
 
 test: setup system-packages lint
 	$(BIN)/pytest

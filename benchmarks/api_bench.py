@@ -7,6 +7,10 @@ Pre-filled stores are written offline through the engine and the store, exactly 
 daemon would have written them, so the benchmark does not spend minutes filling them.
 Targets on this 2-core machine: >= 2,000 allocations/s and p99 <= 20 ms in both cases;
 restart with 100,000 addresses <= 2 s.
+
+``--compare-stores``: the same load, in one run, on SQLite, on one romanad replica over a
+3-member etcd cluster, and on three replicas over it (the clients spread over them); then
+restart time with 100,000 addresses on each store.
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ import httpx
 import uvloop
 
 from romana.ipam import Engine, fact_to_json
+from romana.store.etcd import EtcdStore
+from romana.store.etcd_client import EtcdClient
 from romana.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.etcd import etcd_cluster  # noqa: E402  (real etcd processes, stopped by PID)
+
 ROMANAD = Path(sys.executable).parent / "romanad"
 HOSTS = 64
 CLIENTS = 16
@@ -44,9 +53,9 @@ def topology() -> dict[str, Any]:
     }
 
 
-def prefill(data_dir: Path, addresses: int) -> None:
+def prefill(data_dir: Path, addresses: int, store: Any = None) -> None:
     """Write a store holding ``addresses`` allocations, in batches as group commit would."""
-    store = SqliteStore(data_dir)
+    store = store or SqliteStore(data_dir)
     pending: list[dict[str, Any]] = []
     engine = Engine(sink=lambda facts: pending.extend(fact_to_json(f) for f in facts))
     engine.apply_topology(topology())
@@ -55,7 +64,7 @@ def prefill(data_dir: Path, addresses: int) -> None:
     revision = 0
     for i in range(addresses):
         engine.allocate(f"pre-{i}", f"host-{i % HOSTS}", f"tenant-{i % 20}")
-        if len(pending) >= 5000:
+        if len(pending) >= 4000:
             revision = store.append(pending, revision)
             pending.clear()
     revision = store.append(pending, revision)
@@ -69,11 +78,12 @@ def free_port() -> int:
 
 
 def start(
-    data_dir: Path, port: int, event_loop: str = "auto"
+    data_dir: Path, port: int, event_loop: str = "auto", store: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], float]:
     started = time.perf_counter()
     # --event-loop only when asked: benchmarks/ab.py runs this against older romanads.
     loop = [] if event_loop == "auto" else ["--event-loop", event_loop]
+    loop += store
     proc = subprocess.Popen(
         [
             str(ROMANAD),
@@ -114,12 +124,13 @@ async def post(
     return status, await reader.readexactly(length)
 
 
-async def load(url: str, count: int, tag: str) -> dict[str, Any]:
+async def load(url: str | list[str], count: int, tag: str) -> dict[str, Any]:
     latencies: list[float] = []
     counter = iter(range(count))
-    host, port = url.rsplit("/", 1)[1].split(":")
+    urls = [url] if isinstance(url, str) else url
 
-    async def client() -> None:
+    async def client(n: int) -> None:
+        host, port = urls[n % len(urls)].rsplit("/", 1)[1].split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             for i in counter:
@@ -139,7 +150,7 @@ async def load(url: str, count: int, tag: str) -> dict[str, Any]:
             writer.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    await asyncio.gather(*(client(n) for n in range(CLIENTS)))
     elapsed = time.perf_counter() - t0
     latencies.sort()
     return {
@@ -175,6 +186,60 @@ def restart(addresses: int) -> dict[str, Any]:
         return {"addresses": addresses, "restart_s": round(seconds, 3)}
 
 
+def etcd_phase(endpoints: str, replicas: int, count: int) -> dict[str, Any]:
+    """``replicas`` romanads on a fresh prefix of the etcd cluster at ``endpoints``."""
+    prefix = f"/bench-{time.monotonic_ns()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EtcdStore(EtcdClient(endpoints.split(",")), prefix)
+        prefill(Path(tmp), 0, store)  # the map and the hosts
+        store.close()
+        procs, urls = [], []
+        try:
+            for i in range(replicas):
+                port = free_port()
+                flags = ("--store", f"etcd://{endpoints}", "--etcd-prefix", prefix)
+                proc, _ = start(Path(tmp) / f"r{i}", port, store=flags)
+                procs.append(proc)
+                urls.append(f"http://127.0.0.1:{port}")
+            uvloop.run(load(urls, 500, "warmup"))
+            result = uvloop.run(load(urls, count, "bench"))
+            conflicts = sum(httpx.get(f"{u}/healthz").json()["store"]["conflicts"] for u in urls)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+    return {"replicas": replicas, **result, "append_conflicts": conflicts}
+
+
+def etcd_restart(endpoints: str, addresses: int) -> dict[str, Any]:
+    prefix = f"/bench-{time.monotonic_ns()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EtcdStore(EtcdClient(endpoints.split(",")), prefix)
+        prefill(Path(tmp), addresses, store)
+        store.close()
+        flags = ("--store", f"etcd://{endpoints}", "--etcd-prefix", prefix)
+        proc, seconds = start(Path(tmp) / "r", free_port(), store=flags)
+        proc.terminate()
+        proc.wait(10)
+    return {"addresses": addresses, "restart_s": round(seconds, 3)}
+
+
+def compare_stores(count: int) -> dict[str, Any]:
+    """SQLite, one etcd replica and three, side by side in one run."""
+    out: dict[str, Any] = {"benchmark": "romanad_stores", "clients": CLIENTS}
+    out["sqlite"] = phase(0, count)
+    with etcd_cluster(3) as members:
+        endpoints = ",".join(m.url.removeprefix("http://") for m in members)
+        out["etcd_1_replica"] = etcd_phase(endpoints, 1, count)
+        out["etcd_3_replicas"] = etcd_phase(endpoints, 3, count)
+        out["restart_etcd"] = etcd_restart(endpoints, 100_000)
+    out["restart_sqlite"] = restart(100_000)
+    base = out["sqlite"]["allocations_per_s"]
+    for key in ("etcd_1_replica", "etcd_3_replicas"):
+        out[key]["vs_sqlite"] = round(out[key]["allocations_per_s"] / base, 3)
+    return out
+
+
 def compare_loops(count: int, rounds: int = 2) -> dict[str, Any]:
     """asyncio's loop against uvloop, alternating so machine noise hits both alike."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -206,7 +271,15 @@ def main() -> None:
         help="only: the same load on romanad with --event-loop asyncio and "
         "auto (uvloop), alternating, in one run",
     )
+    parser.add_argument(
+        "--compare-stores",
+        action="store_true",
+        help="only: SQLite, one etcd replica and three etcd replicas, in one run",
+    )
     args = parser.parse_args()
+    if args.compare_stores:
+        print(json.dumps(compare_stores(args.count), indent=2))
+        return
     if args.compare_loops:
         print(json.dumps(compare_loops(args.count), indent=2))
         return

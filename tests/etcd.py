@@ -19,9 +19,21 @@ from .daemon import free_port
 
 
 class EtcdMember:
-    def __init__(self, name: str, cluster: str, token: str, root: Path) -> None:
+    """One member; on loopback, or inside ``netns`` at ``host`` (a partition test cuts
+    its link there)."""
+
+    def __init__(
+        self,
+        name: str,
+        cluster: str,
+        token: str,
+        root: Path,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:
         self.name = name
-        self.client_port, self.peer_port = free_port(), free_port()
+        self.host, self.netns = host, netns
+        self.client_port, self.peer_port = (2379, 2380) if netns else (free_port(), free_port())
         self.data_dir = root / name
         self.log = root / f"{name}.log"
         self.cluster, self.token = cluster, token
@@ -29,15 +41,17 @@ class EtcdMember:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def peer(self) -> str:
-        return f"{self.name}=http://127.0.0.1:{self.peer_port}"
+        return f"{self.name}=http://{self.host}:{self.peer_port}"
 
     def start(self, state: str = "new") -> None:
+        where = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
             [
+                *where,
                 "etcd",
                 "--name",
                 self.name,
@@ -48,9 +62,9 @@ class EtcdMember:
                 "--advertise-client-urls",
                 self.url,
                 "--listen-peer-urls",
-                f"http://127.0.0.1:{self.peer_port}",
+                f"http://{self.host}:{self.peer_port}",
                 "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{self.peer_port}",
+                f"http://{self.host}:{self.peer_port}",
                 "--initial-cluster",
                 self.cluster,
                 "--initial-cluster-token",
@@ -73,18 +87,43 @@ class EtcdMember:
         self.proc = None
 
     def healthy(self) -> bool:
+        if self.netns:  # not reachable from here: ask from inside its namespace
+            check = ["ip", "netns", "exec", self.netns, "etcdctl", "--endpoints", self.url]
+            done = subprocess.run(
+                [*check, "--command-timeout=1s", "endpoint", "health"],
+                capture_output=True,
+                env={**os.environ, "ETCDCTL_API": "3"},
+                check=False,
+            )
+            return done.returncode == 0
         try:
             return httpx.get(f"{self.url}/health", timeout=1).json().get("health") == "true"
         except (httpx.HTTPError, ValueError):
             return False
 
+    def is_leader(self) -> bool:
+        """Whether this member leads (asked over the JSON gateway; loopback members)."""
+        try:
+            status = httpx.post(f"{self.url}/v3/maintenance/status", json={}, timeout=1).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return bool(status.get("leader")) and status.get("leader") == status["header"].get(
+            "member_id"
+        )
+
 
 @contextmanager
-def etcd_cluster(size: int = 1) -> Iterator[list[EtcdMember]]:
+def etcd_cluster(
+    size: int = 1, placed: list[tuple[str, str]] | None = None
+) -> Iterator[list[EtcdMember]]:
+    """``size`` members on loopback, or one per (host IP, namespace) in ``placed``."""
     root = Path(tempfile.mkdtemp(prefix="romana-etcd-", dir="/dev/shm"))
     token = root.name
-    names = [f"n{i + 1}" for i in range(size)]
-    members = [EtcdMember(name, "", token, root) for name in names]
+    where = placed or [("127.0.0.1", "")] * size
+    members = [
+        EtcdMember(f"n{i + 1}", "", token, root, host, ns or None)
+        for i, (host, ns) in enumerate(where)
+    ]
     cluster = ",".join(m.peer for m in members)
     for m in members:
         m.cluster = cluster

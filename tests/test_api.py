@@ -186,6 +186,7 @@ def test_health_metrics_openapi_watch(client: httpx.Client) -> None:
     assert 'romana_blocks_in_use{group="rack-2",network="romana-network"} 1.0' in metrics
     assert "romana_allocations_total" in metrics and "romana_request_seconds_bucket" in metrics
     assert "romana_free_addresses" in metrics
+    assert "romana_store_appends_total" in metrics and "romana_store_behind 0.0" in metrics
     assert "/address" in client.get("/openapi.json").json()["paths"]
     since = client.get("/healthz").json()["revision"]
     empty = client.get("/watch", params={"since": since, "timeout": 0.2}).json()

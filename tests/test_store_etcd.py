@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from romana.errors import Compacted, RevisionConflict, StoreError
+from romana.errors import Compacted, OutcomeUnknown, RevisionConflict, StoreError
 from romana.ipam import Engine, Fact, fact_to_json
 from romana.store.etcd import EtcdStore, parse_url
-from romana.store.etcd_client import EtcdClient, UnknownOutcome
+from romana.store.etcd_client import EtcdClient
 from romana.topology import read_file
 
 from .conftest import EXAMPLES
@@ -115,7 +115,7 @@ class LosesAnswers(EtcdClient):
         ran, self.ran = self.ran, None
         if ran:
             super().txn(compare, success)
-        raise UnknownOutcome("injected: the answer was lost")
+        raise OutcomeUnknown("injected: the answer was lost")
 
 
 def test_a_write_whose_answer_was_lost_is_checked_not_repeated(etcd: EtcdMember) -> None:
@@ -125,7 +125,7 @@ def test_a_write_whose_answer_was_lost_is_checked_not_repeated(etcd: EtcdMember)
         client.ran = True  # it happened: the store finds its request id and says so
         assert store.append([fact(1)], 0) == 1
         client.ran = False  # it did not: the caller learns the outcome is unknown
-        with pytest.raises(UnknownOutcome):
+        with pytest.raises(OutcomeUnknown):
             store.append([fact(2)], 1)
         assert store.head() == 1  # and a retry at the same revision is safe
         assert store.append([fact(2)], 1) == 2

@@ -16,7 +16,7 @@ import pytest
 from romana.agent.follow import RouteAgent
 from romana.agent.metrics import AgentMetrics
 from romana.api.service import IpamService
-from romana.errors import FeedRewound, StoreError, Unreachable
+from romana.errors import FeedRewound, OutcomeUnknown, StoreError, Unavailable, Unreachable
 from romana.supervise import Supervisor
 from romana.testing import FailingStore, FakeRouteTable, FakeUpstream, MemoryStore
 
@@ -68,14 +68,66 @@ def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
     assert failures and failures[0].exc_info is not None  # logged with the traceback
 
 
-def test_a_failed_append_is_fatal_and_health_says_so() -> None:
+def test_a_failed_append_is_answered_503_undone_and_writes_go_on() -> None:
     async def scenario() -> None:
         store = FailingStore(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal)
         await service.start()
+        before = service.engine.snapshot()
         store.fail("append", exc=OSError(28, "No space left on device"))
-        waiting = asyncio.create_task(service.run(lambda: service.engine.allocate("x", "h1")))
+        with pytest.raises(Unavailable, match="refused the change: OSError") as caught:
+            await service.run(lambda: service.engine.allocate("x", "h1"))
+        assert not isinstance(caught.value, OutcomeUnknown)
+        # Nothing of the batch stays in memory: no read can show it, no later plan uses it.
+        assert service.engine.snapshot() == before
+        assert service.durable_revision == service.engine.revision == before["revision"]
+        view = await service.run(lambda: service.engine.allocate("x", "h1"))
+        assert view.ip == "10.1.0.0" and service.engine.revision == store.inner.head()
+        assert not fatal and service.health()[0]
+        assert service.health()[1]["store"]["failed_appends"] == 1
+        assert service.health()[1]["store"]["undone"] == 1
+        await service.stop()
+
+    run(scenario)
+
+
+def test_an_append_whose_answer_was_lost_is_read_back_and_a_retry_is_not_doubled() -> None:
+    async def scenario() -> None:
+        store = FailingStore(MemoryStore())
+        fatal: list[BaseException] = []
+        service = service_on(store, fatal)
+        await service.start()
+        store.fail("append", exc=OutcomeUnknown("injected: the answer was lost"), after=True)
+        with pytest.raises(OutcomeUnknown, match="did not confirm") as caught:
+            await service.run(lambda: service.engine.allocate("x", "h1"))
+        assert "retrying the same request is safe" in str(caught.value.details)
+        # The append did land: the next batch reads it back first, so the retry gets the
+        # address already held instead of a second one.
+        again = await service.run(lambda: service.engine.allocate("x", "h1"))
+        other = await service.run(lambda: service.engine.allocate("y", "h1"))
+        assert again.ip == "10.1.0.0" and other.ip == "10.1.0.1"
+        rows = store.inner.read_since(0)
+        allocated = [f for _, f in rows if f["kind"] == "address_allocated"]
+        assert [f["name"] for f in allocated] == ["x", "y"]
+        assert service.engine.revision == store.inner.head() and not fatal
+        await service.stop()
+
+    run(scenario)
+
+
+def test_a_state_that_cannot_be_rebuilt_after_a_failed_append_is_fatal() -> None:
+    async def scenario() -> None:
+        store = FailingStore(MemoryStore())
+        fatal: list[BaseException] = []
+        service = service_on(store, fatal)
+        await service.start()
+        store.fail("append")
+        store.fail("load", exc=OSError(5, "Input/output error"))
+        # A blackout has no inverse: undoing it means rebuilding from the store.
+        waiting = asyncio.create_task(
+            service.run(lambda: service.engine.add_blackout("net", "10.1.0.0/30"))
+        )
         await until(lambda: bool(fatal))
         assert isinstance(fatal[0], OSError)
         ok, health = service.health()

@@ -173,8 +173,8 @@ class StoreError(Unavailable):
 class RevisionConflict(StoreError, Conflict):
     """The log moved on since the writer last looked; nothing was written.
 
-    It means two writers raced (which the data-dir lock should make impossible) or the
-    caller's view is stale; the fix is to reload, never to retry blindly.
+    Replicas sharing a store race like this all the time (romanad catches up and plans
+    again); otherwise the caller's view is stale: reload, never retry blindly.
     """
 
     code = "conflict"
@@ -187,6 +187,12 @@ class RevisionConflict(StoreError, Conflict):
         )
         self.expected = expected
         self.actual = actual
+
+
+class OutcomeUnknown(StoreError):
+    """A write went out and no answer came back: it may or may not have happened."""
+
+    code = "outcome_unknown"
 
 
 class Compacted(Resync, StoreError):
@@ -309,6 +315,7 @@ for _cls in (
     Unavailable,
     Unreachable,
     StoreError,
+    OutcomeUnknown,
     StoreLocked,
     StoreDamaged,
     StoreRewound,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import errno
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -36,8 +37,10 @@ FactJson = dict[str, Any]
 class MemoryStore:
     """A store that keeps everything in memory (same semantics as SqliteStore's log)."""
 
-    def __init__(self, store_id: str | None = None) -> None:
+    def __init__(self, store_id: str | None = None, shared: bool = False) -> None:
         self.store_id = store_id or uuid.uuid4().hex
+        self.shared = shared  # True: several services may append (replicas), as on etcd
+        self._lock = threading.Lock()  # appends come from worker threads
         self.facts: dict[int, FactJson] = {}
         self.snapshots: dict[int, dict[str, Any]] = {}
         self.closed = False
@@ -55,19 +58,21 @@ class MemoryStore:
 
     def append(self, facts: Sequence[FactJson], expected_revision: int) -> int:
         self._check_open()
-        head = self._head()
-        if head != expected_revision:
-            raise RevisionConflict(expected_revision, head)
-        for i, fact in enumerate(facts, start=head + 1):
-            self.facts[i] = copy.deepcopy(fact)
-        return head + len(facts)
+        with self._lock:
+            head = self._head()
+            if head != expected_revision:
+                raise RevisionConflict(expected_revision, head)
+            for i, fact in enumerate(facts, start=head + 1):
+                self.facts[i] = copy.deepcopy(fact)
+            return head + len(facts)
 
     def read_since(self, revision: int, limit: int | None = None) -> list[tuple[int, FactJson]]:
         self._check_open()
-        first = min(self.facts, default=self._head() + 1)
-        if revision < first - 1:
-            raise Compacted(revision, first)
-        rows = [(r, copy.deepcopy(f)) for r, f in sorted(self.facts.items()) if r > revision]
+        with self._lock:
+            first = min(self.facts, default=self._head() + 1)
+            if revision < first - 1:
+                raise Compacted(revision, first)
+            rows = [(r, copy.deepcopy(f)) for r, f in sorted(self.facts.items()) if r > revision]
         return rows if limit is None else rows[:limit]
 
     def head(self) -> int:
@@ -106,23 +111,28 @@ class MemoryStore:
 
 class FailingStore:
     """Wraps a store; ``fail(op, times, exc)`` makes the next ``times`` calls of ``op``
-    raise ``exc`` (default: a StoreError, as a full disk would)."""
+    raise ``exc`` (default: a StoreError, as a full disk would); with ``after=True`` the
+    call is carried out first (a write whose answer was lost)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.store_id = inner.store_id
-        self._failures: dict[str, list[BaseException]] = {}
+        self.shared = getattr(inner, "shared", False)
+        self._failures: dict[str, list[tuple[BaseException, bool]]] = {}
         self.calls: dict[str, int] = {}
 
-    def fail(self, op: str, times: int = 1, exc: BaseException | None = None) -> None:
+    def fail(
+        self, op: str, times: int = 1, exc: BaseException | None = None, after: bool = False
+    ) -> None:
         error = exc or StoreError(f"injected failure of {op}")
-        self._failures.setdefault(op, []).extend([error] * times)
+        self._failures.setdefault(op, []).extend([(error, after)] * times)
 
-    def _maybe_fail(self, op: str) -> None:
-        self.calls[op] = self.calls.get(op, 0) + 1
+    def _maybe_fail(self, op: str, done: bool = False) -> None:
+        if not done:
+            self.calls[op] = self.calls.get(op, 0) + 1
         pending = self._failures.get(op)
-        if pending:
-            raise pending.pop(0)
+        if pending and pending[0][1] == done:
+            raise pending.pop(0)[0]
 
     def load(self) -> tuple[dict[str, Any] | None, list[tuple[int, FactJson]]]:
         self._maybe_fail("load")
@@ -130,7 +140,9 @@ class FailingStore:
 
     def append(self, facts: Sequence[FactJson], expected_revision: int) -> int:
         self._maybe_fail("append")
-        return self.inner.append(facts, expected_revision)  # type: ignore[no-any-return]
+        head: int = self.inner.append(facts, expected_revision)
+        self._maybe_fail("append", done=True)
+        return head
 
     def read_since(self, revision: int, limit: int | None = None) -> list[tuple[int, FactJson]]:
         self._maybe_fail("read_since")

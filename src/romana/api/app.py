@@ -80,7 +80,7 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         version="0.1.0",
         description="Romana IPAM service: topology, hosts, blocks and addresses.",
     )
-    metrics = Metrics(service.engine)
+    metrics = Metrics(service.engine, lambda: (service.stats, service.durable_revision))
     engine = service.engine
 
     async def authorize(request: Request) -> None:

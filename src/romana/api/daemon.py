@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="sqlite",
         metavar="sqlite|etcd://HOST:PORT[,HOST:PORT...]",
         help="sqlite (embedded, in --data-dir; the default) or an etcd cluster "
-        "(etcds:// for TLS); one romanad per store (several replicas: not yet)",
+        "(etcds:// for TLS), which any number of romanad replicas may share",
     )
     parser.add_argument(
         "--etcd-prefix", default="/romana", help="key prefix in etcd (default %(default)s)"
@@ -58,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="FILE",
         help="etcd user and password, as USER:PASSWORD on one line",
+    )
+    parser.add_argument(
+        "--etcd-timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="wait this long for an etcd answer before trying the next member; a write "
+        "with no answer is checked before anything else (default %(default)s)",
     )
     parser.add_argument(
         "--topology", type=Path, help="topology map to apply at start when the store holds none"
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from romana.api.app import create_app
     from romana.api.service import IpamService
-    from romana.errors import RomanaError
+    from romana.errors import RevisionConflict, RomanaError
     from romana.topology import read_file
 
     store: Any = None
@@ -158,7 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     if service.engine.topology is None and args.topology is not None:
         try:
             document = read_file(args.topology)
-            service.run_now(lambda: service.engine.apply_topology(document))
+            try:
+                service.run_now(lambda: service.engine.apply_topology(document))
+            except RevisionConflict:  # a replica starting beside us wrote first
+                service.reload_now()
+                if service.engine.topology is None:
+                    service.run_now(lambda: service.engine.apply_topology(document))
         except RomanaError as exc:
             store.close()
             sys.exit(f"romanad: --topology {args.topology}: {exc.message}")
@@ -219,6 +232,7 @@ def open_store(args: argparse.Namespace) -> tuple[Any, str]:
         ca=args.etcd_ca,
         cert=tuple(args.etcd_cert) if args.etcd_cert else None,
         auth=auth,
+        timeout=max(0.1, args.etcd_timeout),
     )
     return EtcdStore(client, args.etcd_prefix), f"{args.store} {args.etcd_prefix}"
 

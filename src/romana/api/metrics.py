@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from romana.ipam import Engine
@@ -35,8 +36,36 @@ class _IpamCollector(Collector):
         yield from (blocks, free, allocated)
 
 
+class _StoreCollector(Collector):
+    """The write path's counters (see romana.api.service.StoreStats), read at scrape."""
+
+    COUNTERS = (
+        ("appends", "Batches appended to the store"),
+        ("conflicts", "Appends lost to another replica (then undone, caught up, retried)"),
+        ("undone", "Batches taken back from memory by their inverse facts"),
+        ("reloads", "Times the state was rebuilt from the store"),
+        ("failed", "Appends that failed or whose outcome was unknown (answered 503)"),
+        ("foreign", "Facts applied from other replicas or read back after a failure"),
+    )
+
+    def __init__(self, stats: Callable[[], tuple[Any, int]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats, durable = self.stats()
+        for name, text in self.COUNTERS:
+            yield CounterMetricFamily(f"romana_store_{name}", text, value=getattr(stats, name))
+        yield GaugeMetricFamily(
+            "romana_store_behind",
+            "Facts this replica has heard of in the store and not applied yet (watch lag)",
+            value=max(0, stats.seen_head - durable),
+        )
+
+
 class Metrics:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, store_stats: Callable[[], tuple[Any, int]] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.allocations = Counter(
             "romana_allocations", "Addresses allocated", registry=self.registry
@@ -50,6 +79,8 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5),
         )
         self.registry.register(_IpamCollector(engine))
+        if store_stats is not None:
+            self.registry.register(_StoreCollector(store_stats))
 
     def observe(self, method: str, route: str, seconds: float) -> None:
         self.latency.labels(method, route).observe(seconds)

@@ -1,21 +1,31 @@
-"""The IPAM service: the engine, made durable by a store, with group commit.
+"""The IPAM service: the engine, made durable by a store, with group commit, on one
+store or as one of several replicas sharing a store (etcd).
 
-Everything runs on the event loop thread, so the engine needs no locks. A mutation runs in
-memory at once (its facts go to ``pending``); the caller then awaits ``durable(revision)``
-and answers only when the group-commit loop has appended its facts to the store.
-Concurrent requests share one store transaction (group commit), so one fsync serves many
-allocations.
+Everything runs on the event loop thread, so the engine needs no locks. A mutation is
+queued (:meth:`IpamService.run`); the *group-commit* loop takes every queued operation,
+runs them on the engine with a journal open (so they can be undone), and appends their
+facts to the store as one batch at the revision it holds. One fsync or one etcd
+transaction serves many requests.
 
-Reads show only durable state (:meth:`IpamService.durable_view`): a read waits until every
-applied fact is in the store, and mutations arriving meanwhile wait for the read, so no
-answer can describe a change a crash would undo.
+Several replicas append to one log with a compare-and-swap on its head, so there is one
+order of facts. A replica whose append lost the race (:class:`RevisionConflict`) undoes
+its batch (:mod:`romana.ipam.undo`; or rebuilds from the store when a fact has no
+inverse), applies the foreign facts, runs the same operations again and retries: the
+one conflict-retry loop, :meth:`IpamService._commit`. An append that failed or whose
+outcome is unknown is undone as well and answered 503 (a retry of the same request is
+safe: allocations by name are idempotent); the facts are read back from the store before
+the next batch, so a write that did land is applied like a foreign one.
 
-Two supervised loops (:mod:`romana.supervise`): *group-commit*, whose failure ends the
-process (memory would hold changes the store lacks; a restart rebuilds from the durable
-log), and *maintenance* (snapshots, compaction, checkpoints of the write-ahead log, the
-store marker), which is restarted with backoff if it fails: the log is durable without it.
-Snapshots are taken on a quiet moment (``durable_view``) so they describe one durable
-revision.
+Replicas learn of foreign facts from a watch on the head (the *tail* loop; a lost or
+compacted watch is made again) and, as a safety net, by reading the head once a second
+when idle. Reads show only durable state (:meth:`IpamService.durable_view`): they wait
+for the batch in flight, and on a shared store first read the head with a quorum read and
+catch up to it, so a change acknowledged by any replica is seen by a read on any other.
+
+Supervised loops (:mod:`romana.supervise`): *group-commit* (its failure ends the
+process: a restart rebuilds from the durable log), *tail* (restarted with backoff) and
+*maintenance* (snapshots, compaction, checkpoints, the store marker; restarted with
+backoff). Snapshots are taken between batches so they describe one durable revision.
 """
 
 from __future__ import annotations
@@ -25,11 +35,20 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from romana.errors import Unavailable
-from romana.ipam import fact_to_json
+from romana.errors import (
+    Compacted,
+    OutcomeUnknown,
+    RevisionConflict,
+    RomanaError,
+    StoreDamaged,
+    Unavailable,
+)
+from romana.ipam import fact_from_json, fact_to_json
 from romana.ipam.facts import Fact
+from romana.ipam.undo import Journal
 from romana.routes import RouteTracker
 from romana.store.base import Store
 from romana.store.replay import rebuild
@@ -42,6 +61,32 @@ SNAPSHOT_EVERY = 50_000  # facts between snapshots
 KEEP_HISTORY = 10_000  # facts kept before the newest snapshot, for lagging watchers
 MAINTENANCE_EVERY = 1.0  # seconds between store-marker updates while the log grows
 CHECKPOINT_EVERY = 10.0  # seconds between checkpoints of the write-ahead log
+IDLE_CHECK = 1.0  # seconds without news before a replica reads the shared head itself
+MAX_BATCH_OPS = 256  # operations per append: bounds a batch's size and its undo
+MAX_ATTEMPTS = 20  # appends of one batch lost to other replicas before it is refused
+CATCH_UP_PAGE = 1000  # foreign facts read per request
+
+
+@dataclass
+class StoreStats:
+    """Counters of the write path (``/metrics``, ``/healthz``)."""
+
+    appends: int = 0
+    conflicts: int = 0
+    undone: int = 0  # batches taken back from memory by their inverse facts
+    reloads: int = 0  # state rebuilt from the store (no inverse, or the log was trimmed)
+    failed: int = 0  # appends that failed or whose outcome was unknown
+    foreign: int = 0  # facts applied from other replicas (or read back after a failure)
+    seen_head: int = 0  # the newest head this replica has heard of
+
+
+class Pending:
+    """A queued operation and the future its request awaits."""
+
+    __slots__ = ("future", "operation")
+
+    def __init__(self, operation: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        self.operation, self.future = operation, future
 
 
 class IpamService:
@@ -55,6 +100,8 @@ class IpamService:
         checkpoint_every: float = CHECKPOINT_EVERY,
     ):
         self.store = store
+        self.where = where
+        self.shared = bool(getattr(store, "shared", False))  # other replicas may append
         self.snapshot_every = snapshot_every
         self.keep_history = keep_history
         self.checkpoint_every = checkpoint_every
@@ -66,12 +113,14 @@ class IpamService:
         engine.observers.append(self.routes.observe)
         engine.sink = self._pending_extend
         self._pending: list[Fact] = []
+        self._queue: list[Pending] = []
         self.durable_revision = engine.revision
+        self.stats = StoreStats(seen_head=engine.revision)
         self._snapshot_revision = snapshot["revision"] if snapshot else 0
         self._changed = asyncio.Event()
+        self._catch_up_due = False
         self._advanced: asyncio.Condition | None = None
-        self._readers = 0  # reads waiting for a durable view
-        self._readers_done: asyncio.Event | None = None
+        self._turn: asyncio.Lock | None = None  # held by a batch in flight or a read
         self.stopping = False
         self.supervisor = Supervisor(self.on_fatal)
         log.info(
@@ -89,14 +138,14 @@ class IpamService:
 
     def _pending_extend(self, facts: list[Fact]) -> None:
         self._pending.extend(facts)
-        self._changed.set()
 
     async def start(self) -> None:
         self._advanced = asyncio.Condition()
-        self._readers_done = asyncio.Event()
-        self._readers_done.set()
+        self._turn = asyncio.Lock()
         self.supervisor.start("group-commit", self._flush_loop, restart=False, stuck_after=30.0)
         self.supervisor.start("maintenance", self._maintenance_loop, restart=True)
+        if self.shared and hasattr(self.store, "watch_head"):
+            self.supervisor.start("tail", self._tail_loop, restart=True)
 
     def begin_stop(self) -> None:
         """Shutdown starts: watchers answer at once (503) instead of holding the store."""
@@ -112,38 +161,49 @@ class IpamService:
     async def stop(self) -> None:
         self.stopping = True
         if self._advanced is not None:
-            await self.wait_durable(self.engine.revision)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):  # let queued requests have their answers
+                    while self._queue:
+                        self._changed.set()
+                        await asyncio.sleep(0.01)
+                    assert self._turn is not None
+                    async with self._turn:
+                        pass
             await self.supervisor.stop()
         self.store.close()
 
     # -- writes and reads -------------------------------------------------------------
     async def run(self, operation: Callable[[], T]) -> T:
-        """Run an engine operation and return once its facts are durable."""
-        assert self._readers_done is not None, "service not started"
+        """Run an engine operation in the next batch; return once its facts are durable.
+
+        The operation may run more than once (its batch lost the race to another
+        replica): it must read the engine afresh each time, as every closure here does."""
+        assert self._turn is not None, "service not started"
         if self.stopping:
             raise Unavailable("romanad is stopping", ["retry against the next romanad"])
-        while self._readers:  # a read is waiting for a durable view: let it have one
-            await self._readers_done.wait()
-        result = operation()
-        await self.wait_durable(self.engine.revision)
-        return result
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(Pending(operation, future))
+        self._changed.set()
+        return await future
 
     @contextlib.asynccontextmanager
     async def durable_view(self) -> AsyncIterator[None]:
         """Inside the block, everything the engine shows is durable (read it without
-        awaiting). Mutations wait while reads do: each read costs writers at most one
-        group commit, and no read starves under a stream of writes."""
-        assert self._readers_done is not None, "service not started"
-        self._readers += 1
-        self._readers_done.clear()
-        try:
-            while self.durable_revision < self.engine.revision:
-                await self.wait_durable(self.engine.revision)
+        awaiting), and on a shared store it includes every change any replica had
+        acknowledged when the read began. Reads and batches take turns in arrival order:
+        a read costs writers at most one batch, and no read starves under writes."""
+        assert self._turn is not None, "service not started"
+        target = await self._shared_head() if self.shared else 0
+        async with self._turn:
+            if self.durable_revision < target:
+                await self._catch_up()
             yield
-        finally:
-            self._readers -= 1
-            if not self._readers:
-                self._readers_done.set()
+
+    async def _shared_head(self) -> int:
+        """The store's head by a quorum read (never a stale member's answer)."""
+        head = await asyncio.to_thread(self.store.head)
+        self.stats.seen_head = max(self.stats.seen_head, head)
+        return head
 
     def run_now(self, operation: Callable[[], T]) -> T:
         """Run an operation and write its facts synchronously (before serving starts)."""
@@ -153,30 +213,173 @@ class IpamService:
         self.durable_revision += len(batch)
         return result
 
+    def reload_now(self) -> None:
+        """Rebuild from the store synchronously (before serving: another replica wrote)."""
+        self._pending = []
+        self._replace_state(*self.store.load())
+
     async def wait_durable(self, revision: int) -> None:
         assert self._advanced is not None, "service not started"
         async with self._advanced:
             await self._advanced.wait_for(lambda: self.durable_revision >= revision)
 
-    # -- the loops --------------------------------------------------------------------
+    # -- the group-commit loop --------------------------------------------------------
     async def _flush_loop(self, loop: Loop) -> None:
-        assert self._advanced is not None
+        assert self._turn is not None
         while True:
+            woken = False
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(IDLE_CHECK):
                     await self._changed.wait()
+                    woken = True
             loop.beat()
             self._changed.clear()
-            if not self._pending:
+            if self.shared and not woken:
+                self._catch_up_due = True  # nothing heard for a while: look for ourselves
+            if not self._queue and not self._catch_up_due:
                 continue
-            batch, self._pending = self._pending, []
+            async with self._turn:
+                if self._catch_up_due:
+                    try:
+                        await self._catch_up()
+                    except StoreDamaged:
+                        raise
+                    except RomanaError as exc:  # the store is unreachable: answer, go on
+                        self._catch_up_due = True
+                        self._fail_queue(exc)
+                        continue
+                batch, self._queue = self._queue[:MAX_BATCH_OPS], self._queue[MAX_BATCH_OPS:]
+                if batch:
+                    await self._commit(batch)
+            if self._queue:
+                self._changed.set()
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        """Plan ``batch``, append it, and on a lost race undo, catch up and plan again."""
+        engine = self.engine
+        for _ in range(MAX_ATTEMPTS):
+            journal = engine.open_journal()
+            try:
+                outcomes = [_attempt(p.operation) for p in batch]
+            finally:
+                engine.close_journal()
+            facts, self._pending = self._pending, []
+            if not facts:
+                _answer(batch, outcomes)
+                return
             expected = self.durable_revision
-            wire = [fact_to_json(f) for f in batch]
-            # A failure here ends the process (see the module docstring): let it raise.
-            await asyncio.to_thread(self.store.append, wire, expected)
-            async with self._advanced:
-                self.durable_revision = expected + len(batch)
-                self._advanced.notify_all()
+            try:
+                wire = [fact_to_json(f) for f in facts]
+                head = await asyncio.to_thread(self.store.append, wire, expected)
+            except RevisionConflict as exc:
+                self.stats.conflicts += 1
+                self.stats.seen_head = max(self.stats.seen_head, exc.actual)
+                await self._take_back(journal)
+                try:
+                    await self._catch_up()
+                except StoreDamaged:
+                    raise
+                except RomanaError as caught:
+                    self._catch_up_due = True
+                    _fail(batch, caught)
+                    return
+                continue
+            except Exception as exc:  # failed, or no answer: nothing acknowledged either way
+                self.stats.failed += 1
+                log.warning(
+                    "append failed; its requests are answered 503",
+                    extra={"revision": expected, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                await self._take_back(journal)
+                self._catch_up_due = True  # a write that did land is read back first
+                _fail(batch, _unavailable(exc))
+                return
+            self.stats.appends += 1
+            self.stats.seen_head = max(self.stats.seen_head, head)
+            await self._advance(expected + len(facts))
+            _answer(batch, outcomes)
+            return
+        _fail(
+            batch,
+            Unavailable(
+                f"other replicas appended first {MAX_ATTEMPTS} times in a row",
+                ["retry: the request was not carried out"],
+            ),
+        )
+
+    async def _take_back(self, journal: Journal) -> None:
+        """Memory back to the durable revision: undo the batch, or rebuild from the store."""
+        if self.engine.undo(journal):
+            self.stats.undone += 1
+            return
+        await self._reload("a batch held a fact without an inverse")
+
+    async def _reload(self, why: str) -> None:
+        try:
+            snapshot, facts = await asyncio.to_thread(self.store.load)
+            self._replace_state(snapshot, facts)
+        except Exception as exc:  # memory holds changes the store may lack: start over
+            log.error("cannot rebuild the state from the store", extra={"why": why})
+            self.on_fatal(exc)
+            raise
+        log.info(
+            "state rebuilt from the store", extra={"why": why, "revision": self.durable_revision}
+        )
+
+    def _replace_state(self, snapshot: dict[str, Any] | None, facts: list[Any]) -> None:
+        rebuilt = rebuild(snapshot, facts, self.where)
+        self.engine.state = rebuilt.state
+        self.routes.reset()
+        self.durable_revision = self.engine.revision
+        self._snapshot_revision = snapshot["revision"] if snapshot else 0
+        self.stats.reloads += 1
+
+    async def _catch_up(self) -> None:
+        """Apply the facts other replicas appended (or a failed append did write)."""
+        self._catch_up_due = False
+        while True:
+            try:
+                rows = await asyncio.to_thread(
+                    self.store.read_since, self.durable_revision, CATCH_UP_PAGE
+                )
+            except Compacted:
+                await self._reload("the facts after our revision were trimmed from the log")
+                continue
+            if not rows:
+                return
+            first = self.durable_revision + 1
+            if rows[0][0] != first:
+                raise StoreDamaged(f"{self.where}: fact {first} is missing from the log")
+            self.engine.apply([fact_from_json(f) for _, f in rows])
+            self.stats.foreign += len(rows)
+            self.stats.seen_head = max(self.stats.seen_head, rows[-1][0])
+            await self._advance(rows[-1][0])
+            if len(rows) < CATCH_UP_PAGE:
+                return
+
+    async def _advance(self, revision: int) -> None:
+        assert self._advanced is not None
+        async with self._advanced:
+            self.durable_revision = revision
+            self._advanced.notify_all()
+
+    def _fail_queue(self, exc: RomanaError) -> None:
+        batch, self._queue = self._queue, []
+        _fail(batch, exc)
+
+    # -- the tail: news of other replicas' appends ------------------------------------
+    async def _tail_loop(self, loop: Loop) -> None:
+        watch = self.store.watch_head  # type: ignore[attr-defined]
+        self._catch_up_due = True  # whatever happened before this watch began
+        self._changed.set()
+        async for head in watch():
+            loop.beat()
+            if head > self.stats.seen_head:
+                self.stats.seen_head = head
+            if head > self.durable_revision:
+                self._catch_up_due = True
+                self._changed.set()
+        raise Unavailable("the store's watch ended")
 
     async def _maintenance_loop(self, loop: Loop) -> None:
         # The marker is rewritten more often than the log is checkpointed: a write-ahead
@@ -216,12 +419,28 @@ class IpamService:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok, loops = self.supervisor.health()
+        stats = self.stats
+        describe = getattr(self.store, "describe", None)
+        store: dict[str, Any] = dict(describe()) if describe else {"kind": "memory"}
+        store.update(
+            shared=self.shared,
+            seen_head=stats.seen_head,
+            behind=max(0, stats.seen_head - self.durable_revision),
+            appends=stats.appends,
+            conflicts=stats.conflicts,
+            undone=stats.undone,
+            reloads=stats.reloads,
+            failed_appends=stats.failed,
+            foreign_facts=stats.foreign,
+            queued=len(self._queue),
+        )
         return ok and not self.stopping, {
             "status": "ok" if ok else "degraded",
             "store_id": self.store_id,
             "revision": self.durable_revision,
             "durable_revision": self.durable_revision,
             "applied_revision": self.engine.revision,
+            "store": store,
             "loops": loops,
         }
 
@@ -250,6 +469,41 @@ class IpamService:
         # fact it got, not at the head: answer the revision it has actually seen.
         revision = rows[-1][0] if rows else self.durable_revision
         return revision, [{"revision": r, **f} for r, f in rows]
+
+
+def _attempt(operation: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, operation()
+    except Exception as exc:  # the request's own answer (4xx, or 500 for a bug)
+        return False, exc
+
+
+def _answer(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:
+    for pending, (ok, value) in zip(batch, outcomes, strict=True):
+        if pending.future.done():  # the request went away meanwhile
+            continue
+        if ok:
+            pending.future.set_result(value)
+        else:
+            pending.future.set_exception(value)
+
+
+def _fail(batch: list[Pending], exc: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    if isinstance(exc, OutcomeUnknown):
+        return OutcomeUnknown(
+            f"the store did not confirm the change: {exc}",
+            ["it may or may not have been made; retrying the same request is safe"],
+        )
+    return Unavailable(
+        f"the store refused the change: {type(exc).__name__}: {exc}",
+        ["the change was not made; retry"],
+    )
 
 
 def _exit_process(exc: BaseException) -> None:

@@ -35,6 +35,7 @@ from romana.ipam.placement import AreaChange, choose_block, claim, emptied
 from romana.ipam.reads import EngineReads
 from romana.ipam.replan import plan_topology
 from romana.ipam.state import HostRecord, IpamState
+from romana.ipam.undo import Journal, inverse
 from romana.ipam.views import AddressView, HostView
 from romana.policy.operations import PolicyOperations
 from romana.topology.model import Topology
@@ -52,6 +53,7 @@ class Engine(EngineReads, PolicyOperations):
         self.sink = sink
         # Called with facts after they are applied (route tracking, metrics).
         self.observers: list[FactSink] = []
+        self.journal: Journal | None = None
 
     @property
     def revision(self) -> int:
@@ -85,8 +87,34 @@ class Engine(EngineReads, PolicyOperations):
     def commit(self, facts: list[Fact]) -> None:
         if self.sink is not None:
             self.sink(facts)
-        self.state.apply(facts)
+        journal = self.journal
+        if journal is None:
+            self.state.apply(facts)
+        else:
+            for fact in facts:  # each inverse is read from the state just before its fact
+                journal.record(inverse(self.state, fact))
+                self.state.apply((fact,))
         self._notify(facts)
+
+    def open_journal(self) -> Journal:
+        """Record how to undo what is committed from now on (see :mod:`romana.ipam.undo`)."""
+        self.journal = Journal(self.revision)
+        return self.journal
+
+    def close_journal(self) -> None:
+        self.journal = None
+
+    def undo(self, journal: Journal) -> bool:
+        """Take the state back to where ``journal`` was opened; False if some fact had no
+        inverse (the caller must rebuild the state from the store)."""
+        self.journal = None
+        if not journal.complete:
+            return False
+        facts = journal.undo_facts()
+        self.state.apply(facts)
+        self.state.revision = journal.revision
+        self._notify(facts)
+        return True
 
     def _notify(self, facts: list[Fact]) -> None:
         for observer in self.observers:

@@ -58,8 +58,10 @@ def take(state: IpamState) -> dict[str, Any]:
             }
             for _, b in sorted(state.blocks.items())
         ],
+        # In address order: replicas that undid a batch hold the same addresses in a
+        # different insertion order, and their snapshots must still be equal.
         "addresses": [
-            [a.name, a.block.tree.name, ip_to_str(a.ip)] for a in state.addresses.values()
+            [a.name, a.block.tree.name, ip_to_str(a.ip)] for _, a in sorted(state.ips.items())
         ],
         "policy": state.book.snapshot(),
     }

@@ -50,7 +50,7 @@ class PolicyBook:
     def snapshot(self) -> dict[str, Any]:
         return {
             "tenants": dict(sorted(self.tenants.items())),
-            "endpoints": [[e.name, e.labels, e.ports] for e in self.endpoints.values()],
+            "endpoints": [[e.name, e.labels, e.ports] for _, e in sorted(self.endpoints.items())],
             "policies": [
                 {"key": p.key, "policy": p.policy, "source": p.source}
                 for p in self.policies.values()

@@ -103,11 +103,12 @@ class PolicyOperations:
         """What agents compile their rules from (``GET /policy/state``)."""
         st = self.state
         inputs = PolicyInputs(st.revision)
-        inputs.tenants = {k: dict(v) for k, v in st.book.tenants.items()}
+        # Sorted: insertion order differs between replicas (see romana.ipam.undo).
+        inputs.tenants = {k: dict(v) for k, v in sorted(st.book.tenants.items())}
         inputs.hosts = {name: record.ip for name, record in st.hosts.items()}
         book = st.book.endpoints
-        for name, address in st.addresses.items():
-            block = address.block
+        for _, address in sorted(st.ips.items()):
+            name, block = address.name, address.block
             meta = book.get(name)
             inputs.put_endpoint(
                 Endpoint(

@@ -129,6 +129,10 @@ class RouteTracker:
         return out
 
     # -- following facts --------------------------------------------------------------
+    def reset(self) -> None:
+        """The state was replaced wholesale (rebuilt from the store): start over."""
+        self._rebuild(count=True)
+
     def observe(self, facts: Iterable[Fact]) -> None:
         """Called after ``facts`` were applied to the state."""
         batch = list(facts)

@@ -16,8 +16,11 @@ snapshot's pieces are written first and the ``snapshot`` key last, so a crash mi
 leaves the older snapshot in force; old pieces and covered batches are deleted after.
 ``checkpoint`` compacts etcd's own history (etcd 3.4 keeps every version by default).
 
-This is the store only: romanad on etcd is one replica per store here. Several replicas
-(tailing the log with a watch, read-your-writes across replicas) are not built yet.
+Any number of romanad replicas share one prefix (``shared``): the head comparison puts
+their appends in one order, ``watch_head`` tells each of the others' appends, and
+``head`` is a quorum read (etcd's default, linearizable), which read-your-writes across
+replicas rests on (see :mod:`romana.api.service`). Snapshots are written by whichever
+replica gets there first; a snapshot older than the stored one is not written.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from romana.errors import Compacted, RevisionConflict, StoreDamaged, StoreError
-from romana.store.etcd_client import EtcdClient, UnknownOutcome, b64, prefix_end
+from romana.errors import Compacted, OutcomeUnknown, RevisionConflict, StoreDamaged, StoreError
+from romana.store.etcd_client import EtcdClient, b64, prefix_end
 
 FactJson = dict[str, Any]
 CHUNK = 512 * 1024  # bytes of snapshot text per key: base64 keeps a put under 1.5 MiB
@@ -47,7 +50,12 @@ def parse_url(url: str) -> list[str]:
     return [f"{scheme}://{hostport.strip()}" for hostport in parts.netloc.split(",")]
 
 
+WATCH_FOR = 10.0  # seconds per watch request: then watched again on the current endpoint
+
+
 class EtcdStore:
+    shared = True  # several romanad replicas may append to one prefix
+
     def __init__(self, client: EtcdClient, prefix: str = "/romana") -> None:
         self.client = client
         self.prefix = prefix.rstrip("/").encode()
@@ -112,8 +120,12 @@ class EtcdStore:
         ]
         try:
             done, _ = self.client.txn(compare, success)
-        except UnknownOutcome:
-            if self._appended(expected_revision + 1, request):
+        except OutcomeUnknown:
+            try:
+                landed = self._appended(expected_revision + 1, request)
+            except StoreError as exc:  # cannot even check: still unknown
+                raise OutcomeUnknown(f"{exc}; whether the append landed is unknown") from exc
+            if landed:
                 return new_head
             raise
         if not done:
@@ -148,8 +160,35 @@ class EtcdStore:
             out += [(first + i, f) for i, f in enumerate(batch["facts"]) if first + i > revision]
         return out if limit is None else out[:limit]
 
+    async def watch_head(self) -> AsyncIterator[int]:
+        """The head's new values as other writers move it, for as long as the caller
+        iterates (watched again every WATCH_FOR s, so a member cut off from the others
+        cannot keep the replica deaf; what happened between two watches is read by the
+        caller's catch-up, not here)."""
+        self._check_open()
+        while True:
+            async for kv in self.client.watch(self._key("head"), WATCH_FOR):
+                yield int(kv.value)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "etcd",
+            "endpoint": self.client.endpoint,
+            "endpoints": list(self.client.endpoints),
+            "prefix": self.prefix.decode(),
+            "failovers": self.client.failovers,
+        }
+
     def load(self) -> tuple[dict[str, Any] | None, list[tuple[int, FactJson]]]:
         self._check_open()
+        for _ in range(2):  # another replica may swap the snapshot as we read it
+            try:
+                return self._load()
+            except StoreDamaged:
+                continue
+        return self._load()
+
+    def _load(self) -> tuple[dict[str, Any] | None, list[tuple[int, FactJson]]]:
         snapshot = self._snapshot()
         after = 0 if snapshot is None else int(snapshot["revision"])
         facts = self.read_since(after)
@@ -182,15 +221,30 @@ class EtcdStore:
         head = self.head()
         if not 0 <= revision <= head:
             raise StoreError(f"cannot snapshot revision {revision}: the log head is {head}")
+        old = self.client.get(self._key("snapshot"))
+        if old is not None and int(json.loads(old.value)["revision"]) >= revision:
+            return  # another replica got there first
         text = json.dumps(snapshot, separators=(",", ":")).encode()
         ident = uuid.uuid4().hex
         pieces = [text[i : i + CHUNK] for i in range(0, len(text), CHUNK)] or [b""]
         for i, piece in enumerate(pieces):
             self.client.put(self._key("chunks", ident, f"{i:06d}"), piece)
-        old = self.client.get(self._key("snapshot"))
         meta = {"revision": revision, "id": ident, "chunks": len(pieces)}
         meta["sha256"] = hashlib.sha256(text).hexdigest()
-        self.client.put(self._key("snapshot"), json.dumps(meta).encode())
+        key = b64(self._key("snapshot"))
+        # Switched only if nobody else switched it since we looked.
+        unchanged = (
+            {"key": key, "target": "MOD", "mod_revision": str(old.mod_revision)}
+            if old is not None
+            else {"key": key, "target": "CREATE", "create_revision": "0"}
+        )
+        done, _ = self.client.txn(
+            [unchanged], [{"request_put": {"key": key, "value": b64(json.dumps(meta))}}]
+        )
+        ours = self._key("chunks", ident, "")
+        if not done:
+            self.client.delete_range(ours, prefix_end(ours))
+            return
         if old is not None:
             stale = self._key("chunks", json.loads(old.value)["id"], "")
             self.client.delete_range(stale, prefix_end(stale))

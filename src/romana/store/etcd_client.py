@@ -10,25 +10,22 @@ Failover: etcd clients do not move between endpoints by themselves over the gate
 every call goes to the current endpoint and, when it cannot be reached or answers
 "unavailable", moves to the next one with jittered backoff, until ``deadline`` seconds.
 A call whose outcome is unknown (the request went out, no answer came) raises
-:class:`UnknownOutcome`: the caller must check before it retries a write.
+:class:`OutcomeUnknown`: the caller must check before it retries a write.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from romana.backoff import Backoff
-from romana.errors import StoreError
-
-
-class UnknownOutcome(StoreError):
-    """A write went out and no answer came back: it may or may not have happened."""
+from romana.errors import OutcomeUnknown, StoreError
 
 
 def b64(data: bytes | str) -> str:
@@ -59,7 +56,7 @@ class EtcdClient:
     def __init__(
         self,
         endpoints: Sequence[str],
-        timeout: float = 5.0,
+        timeout: float = 2.0,
         deadline: float = 10.0,
         ca: str | None = None,
         cert: tuple[str, str] | None = None,
@@ -73,6 +70,7 @@ class EtcdClient:
         self.deadline = deadline
         verify: Any = ca if ca else True
         self._http = httpx.Client(timeout=timeout, verify=verify, cert=cert)
+        self._tls: dict[str, Any] = {"verify": verify, "cert": cert}
         self._auth = auth
         self._token: str | None = None
         self.failovers = 0
@@ -135,10 +133,49 @@ class EtcdClient:
         answer = self.call("/v3/kv/range", {"key": b64(b"\0"), "limit": 1}, write=False)
         return int(answer["header"]["revision"])
 
+    async def watch(self, key: bytes, duration: float) -> AsyncIterator[KeyValue]:
+        """Every new version of ``key`` for up to ``duration`` seconds, from the current
+        endpoint. Ends early when etcd cancels the watch (its start was compacted away)
+        and raises StoreError when the endpoint cannot be reached: the caller watches
+        again, and reads what it may have missed meanwhile."""
+        endpoint = self.endpoint
+        body = {"create_request": {"key": b64(key)}}
+        headers = {"authorization": self._token} if self._token else {}
+        timeout = httpx.Timeout(5.0, read=duration)  # a silent stream ends here too
+        until = time.monotonic() + duration
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout, **self._tls) as http,
+                http.stream("POST", endpoint + "/v3/watch", json=body, headers=headers) as answer,
+            ):
+                if answer.status_code != 200:
+                    await answer.aread()
+                    self._next()
+                    raise StoreError(f"etcd at {endpoint} refused a watch: {_error(answer)}")
+                async for line in answer.aiter_lines():
+                    if line.strip():
+                        result = json.loads(line).get("result")
+                        if result is None:
+                            raise StoreError(f"etcd at {endpoint} ended a watch: {line[:300]}")
+                        if result.get("canceled"):
+                            return
+                        for event in result.get("events", []):
+                            if event.get("type", "PUT") == "PUT":
+                                yield _kv(event["kv"])
+                    if time.monotonic() > until:
+                        return  # watched long enough: the caller watches again, maybe elsewhere
+        except httpx.ReadTimeout:
+            return
+        except httpx.HTTPError as exc:
+            self._next()
+            raise StoreError(
+                f"etcd at {endpoint}: watch failed: {exc or type(exc).__name__}"
+            ) from exc
+
     # -- plumbing ----------------------------------------------------------------------------
     def call(self, path: str, body: dict[str, Any], write: bool = True) -> dict[str, Any]:
         """POST ``body`` to ``path`` on the current endpoint, failing over until the
-        deadline; a write that may have happened raises UnknownOutcome."""
+        deadline; a write that may have happened raises OutcomeUnknown."""
         backoff = Backoff(0.05, 1.0)
         give_up = time.monotonic() + self.deadline
         last = ""
@@ -158,7 +195,7 @@ class EtcdClient:
             except httpx.TransportError as exc:
                 if write and sent:
                     self._next()
-                    raise UnknownOutcome(
+                    raise OutcomeUnknown(
                         f"etcd at {endpoint}: no answer to a write ({exc})"
                     ) from exc
                 last = f"{endpoint}: {exc or type(exc).__name__}"
@@ -212,4 +249,4 @@ def _retryable(status: int, error: str) -> bool:
     return (status >= 500 and any(w in error.lower() for w in words)) or status == 503
 
 
-__all__ = ["EtcdClient", "KeyValue", "UnknownOutcome", "b64", "prefix_end", "unb64"]
+__all__ = ["EtcdClient", "KeyValue", "b64", "prefix_end", "unb64"]
