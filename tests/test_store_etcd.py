@@ -4,6 +4,7 @@ endpoint failover, writes whose answer was lost, and romanad running on it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +200,28 @@ def test_romanad_on_etcd_keeps_addresses_across_a_kill(etcd: EtcdMember, tmp_pat
             assert c.post("/address", json={"name": "p20", "host": "h1"}).json()["ip"] not in ips
     finally:
         daemon.stop()
+
+
+def test_watch_head_tells_of_other_writers_appends(store: EtcdStore, etcd: EtcdMember) -> None:
+    other = EtcdStore(EtcdClient([etcd.url]), store.prefix.decode())
+
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+
+        async def watch() -> None:
+            async for head in store.watch_head():
+                seen.append(head)
+                if head >= 3:
+                    return
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)  # the watch is made
+        for n in range(3):
+            await asyncio.to_thread(other.append, [fact(n + 1)], n)
+        await asyncio.wait_for(task, 10)
+        return seen
+
+    try:
+        assert asyncio.run(scenario()) == [1, 2, 3]
+    finally:
+        other.close()
