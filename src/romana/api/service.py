@@ -337,6 +337,8 @@ class IpamService:
     async def _catch_up(self) -> None:
         """Apply the facts other replicas appended (or a failed append did write)."""
         self._catch_up_due = False
+        if self.shared and await self._shared_head() <= self.durable_revision:
+            return  # one small key read, not the newest batch (up to 1 MiB)
         while True:
             try:
                 rows = await asyncio.to_thread(
