@@ -5,6 +5,8 @@ endpoint failover, writes whose answer was lost, and romanad running on it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +227,21 @@ def test_watch_head_tells_of_other_writers_appends(store: EtcdStore, etcd: EtcdM
         assert asyncio.run(scenario()) == [1, 2, 3]
     finally:
         other.close()
+
+
+def test_an_etcd_with_auth_is_used_with_its_user_and_refuses_a_wrong_password() -> None:
+    with etcd_cluster(1) as (member,):
+        admin = ["etcdctl", "--endpoints", member.url]
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        for command in (["user", "add", "root", "--new-user-password=s3cret"], ["auth", "enable"]):
+            subprocess.run([*admin, *command], check=True, capture_output=True, env=env)
+        store = EtcdStore(EtcdClient([member.url], auth=("root", "s3cret")), "/auth-test")
+        try:
+            assert store.append([fact(1), fact(2)], 0) == 2
+            assert store.read_since(0) == [(1, fact(1)), (2, fact(2))]
+        finally:
+            store.close()
+        with pytest.raises(StoreError, match="refused the login"):
+            EtcdStore(EtcdClient([member.url], auth=("root", "wrong")), "/auth-test")
+        with pytest.raises(StoreError):  # no user at all: every call is refused
+            EtcdStore(EtcdClient([member.url], deadline=1.0), "/auth-test")

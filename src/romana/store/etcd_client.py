@@ -180,6 +180,9 @@ class EtcdClient:
         give_up = time.monotonic() + self.deadline
         last = ""
         logged_in = False
+        if self._auth is not None and self._token is None:
+            self._login()  # etcd answers an anonymous call "user name is empty"
+            logged_in = True
         while True:
             endpoint = self.endpoint
             sent = False
@@ -224,9 +227,13 @@ class EtcdClient:
     def _login(self) -> None:
         assert self._auth is not None
         name, password = self._auth
-        response = self._http.post(
-            self.endpoint + "/v3/auth/authenticate", json={"name": name, "password": password}
-        )
+        try:
+            response = self._http.post(
+                self.endpoint + "/v3/auth/authenticate", json={"name": name, "password": password}
+            )
+        except httpx.TransportError as exc:
+            self._next()
+            raise StoreError(f"etcd at {self.endpoint}: cannot log in: {exc}") from exc
         if response.status_code != 200:
             raise StoreError(f"etcd at {self.endpoint} refused the login: {_error(response)}")
         self._token = str(response.json()["token"])
