@@ -11,7 +11,8 @@ stop() {
   trap - INT TERM EXIT
   echo "stopping: ${pids[*]}"
   kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "${pids[@]}" 2>/dev/null || true  # whatever did not stop in 5 s
 }
 trap stop INT TERM EXIT
 
