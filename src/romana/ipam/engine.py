@@ -110,10 +110,13 @@ class Engine(EngineReads, PolicyOperations):
         self.journal = None
         if not journal.complete:
             return False
-        facts = journal.undo_facts()
-        self.state.apply(facts)
+        # One fact's inverse at a time, observed as it is applied: observers (the route
+        # tracker) read the state after each notice, and a block assigned then freed in
+        # one notice would no longer be there to read.
+        for undo in journal.undo_steps():
+            self.state.apply(undo)
+            self._notify(undo)
         self.state.revision = journal.revision
-        self._notify(facts)
         return True
 
     def _notify(self, facts: list[Fact]) -> None:

@@ -118,7 +118,8 @@ class Journal:
         elif self.complete:
             self.entries.append(undo)
 
-    def undo_facts(self) -> list[Fact]:
-        """The facts that take the state back to ``revision``, in the order to apply."""
+    def undo_steps(self) -> list[list[Fact]]:
+        """Each fact's inverse, last fact first: applied in this order they take the state
+        back to ``revision``."""
         assert self.complete, "an incomplete journal cannot undo"
-        return [fact for entry in reversed(self.entries) for fact in entry]
+        return self.entries[::-1]
