@@ -24,21 +24,38 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+    """On a free loopback port, or on the unix socket ``socket`` only (reachable from here
+    even when it runs inside the network namespace ``netns``)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        port: int | None = None,
+        socket: Path | None = None,
+        netns: str = "",
+    ) -> None:
         self.data_dir = data_dir
         self.extra = extra
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.socket, self.netns = socket, netns
+        self.port = 0 if socket else port or free_port()
+        self.url = f"unix:{socket}" if socket else f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data_dir.parent / f"romanad-{self.port}.log"
+        name = socket.stem if socket else f"romanad-{self.port}"
+        self.log = data_dir.parent / f"{name}.log"
 
     def start(self, timeout: float = 15.0) -> Daemon:
         log = self.log.open("ab")
+        where = ["ip", "netns", "exec", self.netns] if self.netns else []
+        if self.socket:
+            self.socket.unlink(missing_ok=True)
+        listen = self.url if self.socket else f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [
+                *where,
                 str(ROMANAD),
                 "--listen",
-                f"127.0.0.1:{self.port}",
+                listen,
                 "--data-dir",
                 str(self.data_dir),
                 *self.extra,
@@ -53,8 +70,9 @@ class Daemon:
                     f"romanad exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
                 )
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
+                with self.client() as c:
+                    if c.get("/healthz", timeout=1).status_code == 200:
+                        return self
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
@@ -80,6 +98,9 @@ class Daemon:
         self.stop(signal.SIGKILL)
 
     def client(self, **kw: object) -> httpx.Client:
+        if self.socket:
+            transport = httpx.HTTPTransport(uds=str(self.socket))
+            return httpx.Client(transport=transport, base_url="http://romanad", timeout=15, **kw)  # type: ignore[arg-type]
         return httpx.Client(base_url=self.url, timeout=10, **kw)  # type: ignore[arg-type]
 
 

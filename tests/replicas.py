@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import random
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,79 +20,18 @@ from typing import Any
 
 import httpx
 
-from .daemon import ROMANAD
+from .daemon import Daemon
 
 
-class Replica:
+class Replica(Daemon):
+    """romanad ``name`` on the etcd store at ``store`` (``etcd://...``), under ``prefix``."""
+
     def __init__(
         self, root: Path, name: str, store: str, prefix: str, *extra: str, netns: str = ""
     ) -> None:
-        self.name, self.store, self.prefix, self.extra, self.netns = (
-            name,
-            store,
-            prefix,
-            extra,
-            netns,
-        )
-        self.socket = root / f"{name}.sock"
-        self.log = root / f"{name}.log"
-        self.data_dir = root / f"{name}-data"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix:{self.socket}"
-
-    def start(self, timeout: float = 20.0) -> Replica:
-        where = ["ip", "netns", "exec", self.netns] if self.netns else []
-        self.socket.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                *where,
-                str(ROMANAD),
-                "--listen",
-                self.url,
-                "--data-dir",
-                str(self.data_dir),
-                "--store",
-                self.store,
-                "--etcd-prefix",
-                self.prefix,
-                *self.extra,
-            ],
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                with self.client() as c:
-                    if c.get("/healthz", timeout=1).status_code == 200:
-                        return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"{self.name} did not become healthy: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def client(self) -> httpx.Client:
-        transport = httpx.HTTPTransport(uds=str(self.socket))
-        return httpx.Client(transport=transport, base_url="http://romanad", timeout=15)
+        flags = ("--store", store, "--etcd-prefix", prefix, *extra)
+        super().__init__(root / f"{name}-data", *flags, socket=root / f"{name}.sock", netns=netns)
+        self.name = name
 
     def addresses(self) -> dict[str, str]:
         """Every address, name -> IP, read through every page."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from romana.errors import RomanaError
 from romana.ipam import Engine
+from romana.ipam.undo import Journal
 from romana.routes import RouteTracker
 
 from .test_ipam_properties import LABELS, OPS, check_invariants, run, topologies
@@ -70,6 +71,26 @@ def routes(tracker: RouteTracker) -> dict[str, Any]:
     return {name: s.to_json() for name, s in tracker.all_sets().items()}
 
 
+def prepared(
+    engine: Engine, doc: dict[str, Any], labels: list[dict[str, str]], before: list[Any]
+) -> dict[str, Any]:
+    """``engine`` with the map, six hosts and ``before`` done; its snapshot."""
+    engine.apply_topology(doc)
+    for op in [("add", i, host_labels) for i, host_labels in enumerate(labels)] + before:
+        outcome(engine, doc, op)
+    return engine.snapshot()
+
+
+def planned(engine: Engine, doc: dict[str, Any], batch: list[Any]) -> Journal:
+    """``batch`` done with a journal open, as a replica plans before it appends."""
+    journal = engine.open_journal()
+    for op in batch:
+        outcome(engine, doc, op)
+    undone = sum(len(entry) for entry in journal.entries)
+    event(f"journal of {'0' if not undone else '1-9' if undone < 10 else '10+'} facts")
+    return journal
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     doc=topologies(),
@@ -87,20 +108,12 @@ def test_an_undone_batch_leaves_no_trace(
 ) -> None:
     engine = Engine()
     tracker = tracked(engine)
-    engine.apply_topology(doc)
-    for op in [("add", i, host_labels) for i, host_labels in enumerate(labels)] + before:
-        outcome(engine, doc, op)
+    snapshot = prepared(engine, doc, labels, before)
     tracker.all_sets()  # the tracker holds every device's routes before the batch
-    snapshot = engine.snapshot()
-
-    journal = engine.open_journal()
-    for op in batch:
-        outcome(engine, doc, op)
+    journal = planned(engine, doc, batch)
     if not engine.undo(journal):
         event("not invertible: rebuilt from the store instead")
         return
-    undone = sum(len(entry) for entry in journal.entries)
-    event(f"undone {'0' if not undone else '1-9' if undone < 10 else '10+'} facts")
     assert engine.journal is None
     assert engine.revision == snapshot["revision"]
     assert engine.snapshot() == snapshot
@@ -147,14 +160,6 @@ def test_pod_starts_and_stops_always_undo(
 ) -> None:
     """Without blackouts or topology changes every batch undoes (no rebuild from the store)."""
     engine = Engine()
-    engine.apply_topology(doc)
-    for op in [("add", i, host_labels) for i, host_labels in enumerate(labels)] + before:
-        outcome(engine, doc, op)
-    snapshot = engine.snapshot()
-    journal = engine.open_journal()
-    for op in batch:
-        outcome(engine, doc, op)
-    undone = sum(len(entry) for entry in journal.entries)
-    event(f"undone {'0' if not undone else '1-9' if undone < 10 else '10+'} facts")
-    assert engine.undo(journal)
+    snapshot = prepared(engine, doc, labels, before)
+    assert engine.undo(planned(engine, doc, batch))
     assert engine.snapshot() == snapshot

@@ -196,7 +196,7 @@ class IpamService:
         target = await self._shared_head() if self.shared else 0
         async with self._turn:
             if self.durable_revision < target:
-                await self._catch_up()
+                await self._catch_up(target)
             yield
 
     async def _shared_head(self) -> int:
@@ -276,7 +276,7 @@ class IpamService:
                 self.stats.seen_head = max(self.stats.seen_head, exc.actual)
                 await self._take_back(journal)
                 try:
-                    await self._catch_up()
+                    await self._catch_up(exc.actual)  # the store read the head to say so
                 except StoreDamaged:
                     raise
                 except RomanaError as caught:
@@ -334,11 +334,16 @@ class IpamService:
         self._snapshot_revision = snapshot["revision"] if snapshot else 0
         self.stats.reloads += 1
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, head: int | None = None) -> None:
         """Apply the facts other replicas appended (or a failed append did write)."""
         self._catch_up_due = False
-        if self.shared and await self._shared_head() <= self.durable_revision:
-            return  # one small key read, not the newest batch (up to 1 MiB)
+        if self.shared:
+            # The head is one small key (the caller may have read it just now); the
+            # newest batch, read by read_since even when nothing is new, is up to 1 MiB.
+            if head is None:
+                head = await self._shared_head()
+            if head <= self.durable_revision:
+                return
         while True:
             try:
                 rows = await asyncio.to_thread(
