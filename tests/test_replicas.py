@@ -123,3 +123,22 @@ def test_a_replica_behind_a_trimmed_log_rebuilds_from_the_snapshot() -> None:
             await service.stop()
 
     run(scenario)
+
+
+def test_a_refusal_is_never_judged_on_a_stale_state() -> None:
+    """A request that changes nothing (refused, or repeated) has no compare-and-swap to
+    catch a stale state: the replica checks the head first."""
+
+    async def scenario() -> None:
+        store = MemoryStore(shared=True)
+        a, b = await replicas(store, 2)
+        await a.run(lambda: a.engine.add_host("late", "192.168.0.50", {"rack": "rack-1"}))
+        view = await a.run(lambda: a.engine.allocate("p", "late"))
+        assert b.durable_revision < store.head()  # b has heard nothing yet
+        # On b's stale state "late" does not exist and "p" is free: it must not say so.
+        again = await b.run(lambda: b.engine.allocate("p", "late"))
+        assert again.to_json() == view.to_json()
+        for service in (a, b):
+            await service.stop()
+
+    run(scenario)

@@ -265,6 +265,14 @@ class IpamService:
                 engine.close_journal()
             facts, self._pending = self._pending, []
             if not facts:
+                # Refusals and repeated requests change nothing, so no compare-and-swap
+                # checks the state they were judged on: check it is the newest here.
+                if self.shared:
+                    newer = await self._newer(batch)
+                    if newer is None:
+                        return
+                    if newer:
+                        continue
                 _answer(batch, outcomes)
                 return
             expected = self.durable_revision
@@ -275,13 +283,7 @@ class IpamService:
                 self.stats.conflicts += 1
                 self.stats.seen_head = max(self.stats.seen_head, exc.actual)
                 await self._take_back(journal)
-                try:
-                    await self._catch_up(exc.actual)  # the store read the head to say so
-                except StoreDamaged:
-                    raise
-                except RomanaError as caught:
-                    self._catch_up_due = True
-                    _fail(batch, caught)
+                if await self._newer(batch, exc.actual) is None:  # the store read the head
                     return
                 continue
             except Exception as exc:  # failed, or no answer: nothing acknowledged either way
@@ -306,6 +308,21 @@ class IpamService:
                 ["retry: the request was not carried out"],
             ),
         )
+
+    async def _newer(self, batch: list[Pending], head: int | None = None) -> bool | None:
+        """Catch up to ``head`` (the shared head, read now, when None) before ``batch`` runs
+        again: whether facts were applied, or None when the store could not be read (the
+        batch is then answered 503)."""
+        before = self.durable_revision
+        try:
+            await self._catch_up(head)
+        except StoreDamaged:
+            raise
+        except RomanaError as exc:
+            self._catch_up_due = True
+            _fail(batch, exc)
+            return None
+        return self.durable_revision != before
 
     async def _take_back(self, journal: Journal) -> None:
         """Memory back to the durable revision: undo the batch, or rebuild from the store."""
