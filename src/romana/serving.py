@@ -44,6 +44,8 @@ def setup_logging(level: str) -> None:
     handler.setFormatter(JsonFormatter())
     handler.addFilter(FloodFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for chatty in ("httpx", "httpx2"):  # a line per request: only with --log-level debug
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def bind(listen: str, mode: int = 0o660) -> socket.socket:

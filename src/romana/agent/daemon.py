@@ -21,9 +21,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from romana.errors import RomanaError
 from romana.serving import bind, read_token_file, serve, setup_logging
+
+if TYPE_CHECKING:
+    from romana.cni.service import PodDirectory
 
 DEFAULT_LISTEN = "127.0.0.1:9604"
 log = logging.getLogger("romana.agent")
@@ -85,6 +89,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "log_file is refused: the agent writes only where its own options say)",
     )
     parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="CNI: read a pod's labels and named ports from the API server (K8S_POD_NAME; "
+        "in-cluster service account or $KUBECONFIG)",
+    )
+    parser.add_argument(
+        "--kubeconfig", type=Path, help="CNI: kubeconfig for reading pods (implies --kubernetes)"
+    )
+    parser.add_argument(
         "--no-policy",
         action="store_true",
         help="do not enforce network policies (no nftables table; default: enforce)",
@@ -118,6 +131,19 @@ def cleanup(table: int, protocol: int, nft: str) -> None:
         "cleaned up",
         extra={"routes_removed": removed, "table": table, "policy_table_removed": policy_table},
     )
+
+
+def _pod_directory(args: argparse.Namespace) -> PodDirectory | None:
+    """With ``--kubernetes``: pods' labels and ports for the CNI, from the API server."""
+    if not (args.kubernetes or args.kubeconfig):
+        return None
+    from romana.kube.connect import connect, load_config
+    from romana.kube.pods import KubePods
+
+    try:
+        return KubePods(connect(load_config(args.kubeconfig)))
+    except RomanaError as exc:
+        sys.exit(f"romana-agent: {exc.message}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics.registry,
             request_log=str(args.cni_request_log) if args.cni_request_log else None,
             gate=enforcer,
+            pods=_pod_directory(args),
         )
 
     supervisor = Supervisor(on_fatal=lambda exc: os._exit(70))

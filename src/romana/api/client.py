@@ -272,6 +272,9 @@ class RomanaClient:
     def tenants(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self._call("GET", "/tenants")["tenants"])
 
+    def tenant(self, name: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("GET", f"/tenants/{_seg(name)}"))
+
     def label_tenant(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
         """Replace a tenant's labels with exactly ``labels``."""
         return cast(dict[str, Any], self._call("PUT", f"/tenants/{_seg(name)}", json=dict(labels)))
@@ -293,6 +296,10 @@ class RomanaClient:
     def put_network_policy(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """Add or replace a Kubernetes NetworkPolicy (same namespace and name)."""
         return cast(dict[str, Any], self._call("POST", "/k8s/networkpolicies", json=dict(document)))
+
+    def network_policies(self) -> list[dict[str, Any]]:
+        """Every Kubernetes NetworkPolicy romanad holds, as it was given."""
+        return cast(list[dict[str, Any]], self._call("GET", "/k8s/networkpolicies")["items"])
 
     def remove_network_policy(self, namespace: str, name: str) -> dict[str, Any]:
         path = f"/k8s/networkpolicies/{_seg(namespace)}/{_seg(name)}"

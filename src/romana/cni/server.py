@@ -22,7 +22,7 @@ from romana.cni.config import Mode
 from romana.cni.errors import INTERNAL, INVALID_CONFIG, IO_FAILURE
 from romana.cni.metrics import CniMetrics
 from romana.cni.podnet import PodNetwork
-from romana.cni.service import LATEST, CniService, PolicyGate
+from romana.cni.service import LATEST, CniService, PodDirectory, PolicyGate
 from romana.cni.shim import MAGIC
 from romana.serving import bind
 
@@ -79,6 +79,7 @@ class CniServer:
         registry: CollectorRegistry,
         request_log: str | None = None,
         gate: PolicyGate | None = None,
+        pods: PodDirectory | None = None,
     ) -> CniServer:
         """What romana-agent runs: its romanad, its host name, its route protocol, and its
         policy loop (``gate``)."""
@@ -89,6 +90,7 @@ class CniServer:
             CniMetrics(registry),
             request_log=request_log,
             gate=gate,
+            pods=pods,
         )
         return cls(sock, service)
 

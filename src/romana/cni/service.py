@@ -19,6 +19,7 @@ attachment's deferred veth deletion finishes before its next command starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import logging
@@ -66,6 +67,16 @@ class PolicyGate(Protocol):
     async def forget(self, name: str) -> None: ...
 
 
+class PodDirectory(Protocol):
+    """Where a Kubernetes pod's labels and named ports are read (``romana.kube.pods``)."""
+
+    async def lookup(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str], tuple[tuple[str, int, str], ...]]: ...
+
+    async def close(self) -> None: ...
+
+
 class CniService(CheckAndGc):
     def __init__(
         self,
@@ -76,8 +87,10 @@ class CniService(CheckAndGc):
         workers: int = 4,
         request_log: str | None = None,
         gate: PolicyGate | None = None,
+        pods: PodDirectory | None = None,
     ) -> None:
         self.podnet = podnet
+        self.pods = pods  # labels and ports of K8S_POD_NAME, from the API server
         self.gate = gate  # fail closed: a pod is in the policy table before it runs
         self.request_log = request_log  # the agent's --cni-request-log: a line per command
         self.allocator = allocator
@@ -96,6 +109,8 @@ class CniService(CheckAndGc):
         self._kernel.shutdown(wait=True)
         self._slow.shutdown(wait=True)
         await self.allocator.close()
+        if self.pods is not None:
+            await self.pods.close()
 
     # -- one invocation ---------------------------------------------------------------------
     async def handle(self, mode: Mode, env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
@@ -138,6 +153,8 @@ class CniService(CheckAndGc):
             return None
         if inv.command == "CHECK" and inv.conf.cni_version < "0.4.0":
             raise CniError(INCOMPATIBLE_VERSION, "CHECK needs CNI version 0.4.0 or later")
+        if inv.command == "ADD":
+            inv = await self._with_pod_metadata(inv)
         async with self._attachment(inv.address_name, inv.host_ifname):
             if inv.command == "ADD":
                 return await (self._add(inv) if inv.mode == "full" else self._add_ipam(inv))
@@ -146,6 +163,21 @@ class CniService(CheckAndGc):
                 return None
             await self._check(inv)
             return None
+
+    async def _with_pod_metadata(self, inv: Invocation) -> Invocation:
+        """The pod's own labels and named ports, when it is a Kubernetes pod and the agent
+        can read pods; they replace what the network configuration passed."""
+        namespace, name = inv.args.get("K8S_POD_NAMESPACE"), inv.args.get("K8S_POD_NAME")
+        if self.pods is None or not namespace or not name:
+            return inv
+        try:
+            labels, ports = await self.pods.lookup(namespace, name)
+        except RomanaError as exc:  # fail closed: unlabelled, policies could miss the pod
+            raise CniError(
+                TRY_AGAIN_LATER, f"cannot read pod {namespace}/{name}'s labels", exc.message
+            ) from None
+        conf = dataclasses.replace(inv.conf, labels=tuple(sorted(labels.items())), ports=ports)
+        return dataclasses.replace(inv, conf=conf)
 
     # -- ADD --------------------------------------------------------------------------------
     async def _add(self, inv: Invocation) -> dict[str, Any]:

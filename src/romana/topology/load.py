@@ -35,10 +35,24 @@ def parse_text(text: str, source: str = "<input>") -> Any:
         raise InvalidTopology([Problem("", f"{source}: invalid YAML{where}: {exc}")]) from exc
 
 
+PRESETS = Path(__file__).with_name("presets")
+
+
+def presets() -> list[str]:
+    """Names of the predefined topologies (kubeadm, kops-aws-REGION; docs/kubernetes.md)."""
+    return sorted(p.stem for p in PRESETS.glob("*.json"))
+
+
 def read_file(path: str | Path) -> Any:
+    """A topology file, or a predefined topology by name (a name that is no file)."""
     path = Path(path)
+    if not path.exists() and str(path) in presets():
+        path = PRESETS / f"{path}.json"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidTopology([Problem("", f"cannot read {path}: {exc.strerror}")]) from exc
+        known = ", ".join(presets())
+        raise InvalidTopology(
+            [Problem("", f"cannot read {path}: {exc.strerror} (predefined: {known})")]
+        ) from exc
     return parse_text(text, str(path))

@@ -1,0 +1,313 @@
+"""Keep romanad in step with the cluster: level-triggered and idempotent.
+
+Every watch event marks its key dirty; the loop compares, key by key, what romanad holds
+with what the object says (:mod:`romana.kube.desired`) and writes only the difference.
+A full comparison runs once every kind is listed (so a restarted listener converges,
+and what vanished while it was away is removed) and again every ``resync`` seconds
+(so a write that failed, or a host that could not move yet, is tried again).
+
+Every write sets a whole value (a host's labels, a tenant's labels, an endpoint's labels
+and ports, a policy by namespace and name) and a removal of something already gone is
+success: two listeners at once converge on the same state (see docs/kubernetes.md).
+
+Hosts are never moved silently. New node labels that no longer fit the host's group (or
+a new InternalIP) are applied by removing and re-adding the host only while it holds no
+addresses; otherwise the host stays, a Warning event is posted on the Node and logged,
+and every resync tries again. A deleted node's host is removed after ``grace`` seconds
+(its blocks are freed then), unless the node comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from romana.api.client import RomanaClient
+from romana.backoff import Backoff
+from romana.errors import Conflict, NotFound, RomanaError
+from romana.kube import desired
+from romana.kube.desired import MANAGED, EndpointSpec, HostSpec
+from romana.kube.reflector import Reflector
+from romana.policy.k8s import policy_key
+from romana.supervise import Loop
+
+log = logging.getLogger("romana.kube")
+Warn = Callable[[str, str, str], None]  # (node name, reason, message): a Warning event
+
+
+@dataclass(slots=True)
+class SyncStats:
+    full_syncs: int = 0
+    writes: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    pending_removals: int = 0
+    not_moved: list[str] = field(default_factory=list)
+    last_full_sync: float | None = None
+
+    def wrote(self, what: str) -> None:
+        self.writes[what] = self.writes.get(what, 0) + 1
+
+
+class Sync:
+    def __init__(
+        self,
+        romanad: RomanaClient,
+        reflectors: Mapping[str, Reflector],
+        warn: Warn,
+        grace: float = 300.0,
+        resync: float = 60.0,
+    ) -> None:
+        self.romanad, self.reflectors, self.warn = romanad, reflectors, warn
+        self.grace, self.resync = grace, resync
+        self.dirty: dict[str, set[str]] = {kind: set() for kind in reflectors}
+        self.wake = asyncio.Event()
+        self.full_due = True
+        self.removals: dict[str, float] = {}  # host -> when it goes (monotonic)
+        self.not_moved: dict[str, str] = {}  # host -> why (warned once per reason)
+        self.stats = SyncStats()
+        self._caches: dict[str, dict[str, Any]] = {kind: {} for kind in reflectors}
+        self.converged = asyncio.Event()  # set after each pass that left nothing to do
+
+    def changed(self, kind: str, key: str) -> None:
+        self.dirty.setdefault(kind, set()).add(key)
+        self.converged.clear()
+        self.wake.set()
+
+    def cache(self, kind: str) -> dict[str, Any]:
+        return self._caches[kind]
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self, loop: Loop) -> None:
+        for reflector in self.reflectors.values():
+            await reflector.synced.wait()
+        backoff = Backoff(0.2, 10.0)
+        next_full = 0.0
+        while True:
+            loop.beat()
+            if time.monotonic() >= next_full:
+                self.full_due, next_full = True, time.monotonic() + self.resync
+            # The pass runs in a thread (romanad's client is synchronous): it gets copies
+            # of the caches and of the dirty keys, taken here, on the loop that owns them.
+            self.wake.clear()
+            full, taken = self.full_due, self.dirty
+            self.dirty = {kind: set() for kind in self.reflectors}
+            self._caches = {k: dict(r.cache) for k, r in self.reflectors.items()}
+            try:
+                await asyncio.to_thread(self._pass, full, taken)
+                self.full_due = False
+                backoff.reset()
+            except RomanaError as exc:  # romanad away or refusing: keep what is dirty
+                for kind, keys in taken.items():
+                    self.dirty[kind] |= keys
+                self.stats.failures += 1
+                delay = backoff.next()
+                log.warning(
+                    "romanad write failed; retrying",
+                    extra={"error": exc.message, "retry_in": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+                continue
+            if not any(self.dirty.values()) and not self.wake.is_set():
+                self.converged.set()
+            deadlines = [next_full, *self.removals.values()]
+            timeout = max(0.0, min(deadlines) - time.monotonic())
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+                await asyncio.sleep(0.02)  # a burst of events becomes one pass
+            except TimeoutError:
+                pass
+
+    def _pass(self, full: bool, dirty: dict[str, set[str]]) -> None:
+        """A full comparison, or the dirty keys; then the removals that are due."""
+        if full:
+            self._full()
+        else:
+            for kind, keys in dirty.items():
+                for key in sorted(keys):
+                    self._one(kind, key)
+        self._due_removals()
+        self.stats.pending_removals = len(self.removals)
+        self.stats.not_moved = sorted(self.not_moved)
+
+    def _one(self, kind: str, key: str) -> None:
+        obj = self.cache(kind).get(key)
+        if kind == "Node":
+            self._node(key, obj, self._host(key))
+        elif kind == "Namespace":
+            self._tenant(key, self._tenant_labels(key))
+        elif kind == "Pod":
+            spec = desired.endpoint(obj) if obj is not None else None
+            if obj is not None and spec is not None:
+                on_node = self.romanad.addresses(host=obj.spec.nodeName)["addresses"]
+                self._endpoints([spec], {a["ip"]: a for a in on_node})
+        elif kind == "NetworkPolicy":
+            namespace, _, name = key.partition("/")
+            self._policy(namespace, name, obj, self._stored_policy(namespace, name))
+
+    def _full(self) -> None:
+        hosts = {h["name"]: h for h in self.romanad.hosts()["hosts"]}
+        nodes = self.cache("Node")
+        for name in sorted(hosts.keys() | nodes.keys()):
+            self._node(name, nodes.get(name), hosts.get(name))
+        tenants = {t["name"]: t["labels"] for t in self.romanad.tenants()}
+        for name in sorted(tenants.keys() | self.cache("Namespace").keys()):
+            self._tenant(name, tenants.get(name, {}))
+        pods = [desired.endpoint(p) for p in self.cache("Pod").values()]
+        addresses = {a["ip"]: a for a in self.romanad.addresses()["addresses"]}
+        self._endpoints([p for p in pods if p is not None], addresses)
+        stored = {_policy_name(p): p for p in self.romanad.network_policies()}
+        wanted = {tuple(k.split("/", 1)): v for k, v in self.cache("NetworkPolicy").items()}
+        for namespace, name in sorted(stored.keys() | wanted.keys()):
+            obj = wanted.get((namespace, name))
+            self._policy(namespace, name, obj, stored.get((namespace, name)))
+        self.stats.full_syncs += 1
+        self.stats.last_full_sync = time.time()
+
+    # -- hosts ----------------------------------------------------------------------------
+    def _host(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.romanad.host(name))
+        except NotFound:
+            return None
+
+    def _node(self, name: str, node: Any, held: Mapping[str, Any] | None) -> None:
+        spec = desired.host(node) if node is not None else None
+        if node is None:
+            managed = held is not None and held["labels"].get(MANAGED[0]) == MANAGED[1]
+            if managed and name not in self.removals:
+                log.info(
+                    "node deleted; its host goes after the grace period",
+                    extra={"host": name, "grace": self.grace},
+                )
+                self.removals[name] = time.monotonic() + self.grace
+            return
+        if self.removals.pop(name, None) is not None:
+            log.info("node is back; its host stays", extra={"host": name})
+        if spec is None:
+            log.warning("node has no InternalIP yet; not added", extra={"host": name})
+            return
+        if held is None:
+            self._add_host(spec)
+        elif held["ip"] != spec.ip:
+            self._move(spec, held, f"its InternalIP changed from {held['ip']} to {spec.ip}")
+        elif held["labels"] != spec.labels:
+            try:
+                self.romanad.set_labels(spec.name, spec.labels)
+                self.stats.wrote("host_labels")
+                self.not_moved.pop(spec.name, None)
+            except Conflict as exc:
+                self._move(spec, held, _why(exc))
+        else:
+            self.not_moved.pop(spec.name, None)
+
+    def _add_host(self, spec: HostSpec) -> None:
+        try:
+            self.romanad.add_host(spec.name, spec.ip, spec.labels)
+            self.stats.wrote("host_added")
+            self.not_moved.pop(spec.name, None)
+            log.info("host added", extra={"host": spec.name, "ip": spec.ip})
+        except Conflict as exc:  # e.g. the IP is another host's: nothing to do but say so
+            self._refused(spec.name, "RomanaHostRefused", _why(exc))
+
+    def _move(self, spec: HostSpec, held: Mapping[str, Any], why: str) -> None:
+        if held["block_count"] == 0:
+            with contextlib.suppress(NotFound):
+                self.romanad.remove_host(spec.name)
+            self.stats.wrote("host_moved")
+            log.info("host moved (it held no addresses)", extra={"host": spec.name, "why": why})
+            self._add_host(spec)
+            return
+        self._refused(
+            spec.name,
+            "RomanaHostNotMoved",
+            f"host {spec.name} keeps its place: {why}; it holds addresses "
+            f"({held['block_count']} blocks), so it moves once they are released",
+        )
+
+    def _refused(self, name: str, reason: str, message: str) -> None:
+        if self.not_moved.get(name) == message:
+            return  # said already; every resync tries again quietly
+        self.not_moved[name] = message
+        log.error("host not updated", extra={"host": name, "reason": reason, "why": message})
+        self.warn(name, reason, message)
+
+    def _due_removals(self) -> None:
+        now = time.monotonic()
+        for name, when in sorted(self.removals.items()):
+            if when > now:
+                continue
+            if name not in self.cache("Node"):
+                try:
+                    self.romanad.remove_host(name)
+                    self.stats.wrote("host_removed")
+                    log.info("host removed (node deleted)", extra={"host": name})
+                except NotFound:
+                    pass
+            del self.removals[name]
+            self.not_moved.pop(name, None)
+
+    # -- tenants, endpoints, policies -----------------------------------------------------
+    def _tenant_labels(self, name: str) -> dict[str, str]:
+        try:
+            return dict(self.romanad.tenant(name)["labels"])
+        except NotFound:
+            return {}
+
+    def _tenant(self, name: str, held: Mapping[str, str]) -> None:
+        namespace = self.cache("Namespace").get(name)
+        wanted = desired.tenant_labels(namespace) if namespace is not None else {}
+        if dict(held) != wanted:
+            self.romanad.label_tenant(name, wanted)
+            self.stats.wrote("tenant_labels")
+
+    def _endpoints(self, pods: Iterable[EndpointSpec], held: Mapping[str, Any]) -> None:
+        for spec in pods:
+            address = held.get(spec.ip)
+            if address is None:
+                continue  # the CNI has not allocated it yet (or not through romanad)
+            if address["tenant"] != spec.namespace:
+                log.warning(
+                    "pod IP is held by another tenant's address; labels not set",
+                    extra={"pod": spec.pod, "ip": spec.ip, "address": address["name"]},
+                )
+                continue
+            if address.get("labels") != spec.labels or address.get("ports") != spec.ports:
+                try:
+                    self.romanad.label_endpoint(address["name"], spec.labels, spec.ports)
+                    self.stats.wrote("endpoint_labels")
+                except NotFound:
+                    pass  # released meanwhile: the pod is gone or restarting
+
+    def _stored_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.romanad.policy(policy_key(namespace, name))["source"])
+        except NotFound:
+            return None
+
+    def _policy(self, namespace: str, name: str, obj: Any, held: Mapping[str, Any] | None) -> None:
+        wanted = desired.network_policy(obj) if obj is not None else None
+        if wanted is None:
+            if held is not None:
+                try:
+                    self.romanad.remove_network_policy(namespace, name)
+                    self.stats.wrote("policy_removed")
+                except NotFound:
+                    pass
+            return
+        if held != wanted:
+            self.romanad.put_network_policy(wanted)
+            self.stats.wrote("policy_put")
+
+
+def _why(exc: RomanaError) -> str:
+    return "; ".join([exc.message, *map(str, exc.details)])
+
+
+def _policy_name(source: Mapping[str, Any]) -> tuple[str, str]:
+    meta = source.get("metadata", {})
+    return str(meta.get("namespace", "default")), str(meta.get("name", ""))

@@ -1,0 +1,266 @@
+"""A test cluster: the project's Kubernetes API server (``romana.testing.FakeKubeApi``),
+objects built from the real-shaped ones in ``tests/data/kube/``, romana-listener
+processes stopped by PID, and the check that romanad holds what the API server holds."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from romana.api.client import RomanaClient
+from romana.policy.k8s import NetworkPolicy
+from romana.testing import FakeKubeApi, KubeApiThread
+from tests.daemon import free_port
+
+DATA = Path(__file__).parent / "data" / "kube"
+LISTENER = Path(sys.executable).parent / "romana-listener"
+PLURALS = {
+    "Node": "nodes",
+    "Namespace": "namespaces",
+    "Pod": "pods",
+    "NetworkPolicy": "networkpolicies",
+}
+MANAGED = {"romana.io/managed-by": "romana-listener"}
+PATHS = {
+    "nodes": "/api/v1/nodes",
+    "namespaces": "/api/v1/namespaces",
+    "pods": "/api/v1/namespaces/{ns}/pods",
+    "networkpolicies": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+}
+
+
+def template(name: str) -> dict[str, Any]:
+    return json.loads((DATA / f"{name}.json").read_text())  # type: ignore[no-any-return]
+
+
+def node(name: str, ip: str, zone: str | None = None, **labels: str) -> dict[str, Any]:
+    obj = template("node")
+    meta = obj["metadata"]
+    meta["name"] = name
+    meta["labels"]["kubernetes.io/hostname"] = name
+    for key in list(meta["labels"]):
+        if key.endswith(("/zone", "/region")):
+            del meta["labels"][key]
+    if zone is not None:
+        region = zone[:-1]
+        meta["labels"].update(
+            {
+                "topology.kubernetes.io/zone": zone,
+                "topology.kubernetes.io/region": region,
+                "failure-domain.beta.kubernetes.io/zone": zone,
+                "failure-domain.beta.kubernetes.io/region": region,
+            }
+        )
+    meta["labels"].update(labels)
+    obj["status"]["addresses"] = [
+        {"address": ip, "type": "InternalIP"},
+        {"address": name, "type": "Hostname"},
+    ]
+    return obj
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    obj = template("namespace")
+    obj["metadata"] = {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}}
+    return obj
+
+
+def pod(ns: str, name: str, node_name: str, ip: str | None = None, **labels: str) -> dict[str, Any]:
+    obj = template("pod")
+    meta = obj["metadata"]
+    meta.update({"name": name, "namespace": ns, "labels": dict(labels)})
+    meta.pop("generateName", None)
+    meta.pop("ownerReferences", None)
+    obj["spec"]["nodeName"] = node_name
+    if ip is not None:
+        obj["status"].update({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]})
+    return obj
+
+
+def policy(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    obj = template("networkpolicy")
+    obj["metadata"] = {"name": name, "namespace": ns}
+    obj["spec"] = spec
+    return obj
+
+
+class Cluster:
+    """The API server on a loopback port (TLS, a bearer token) and a client for it."""
+
+    TOKEN = "test-token-for-the-listener"
+
+    def __init__(
+        self, tmp: Path, bookmark_interval: float = 0.5, also: tuple[str, str] | None = None
+    ) -> None:
+        self.tmp = tmp
+        self.api = FakeKubeApi(token=self.TOKEN, bookmark_interval=bookmark_interval)
+        self.server = KubeApiThread(self.api, free_port(), str(tmp), also).start()
+        self.kubeconfig = tmp / "kubeconfig.yaml"
+        self.kubeconfig.write_text(yaml.safe_dump(self.server.kubeconfig(self.TOKEN)))
+        self.http = httpx.Client(
+            base_url=self.server.url,
+            verify=ssl.create_default_context(cafile=self.server.ca),
+            headers={"authorization": f"Bearer {self.TOKEN}"},
+            timeout=10,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+    def _path(self, plural: str, ns: str = "") -> str:
+        return PATHS[plural].format(ns=ns)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        plural = PLURALS[obj["kind"]]
+        ns = obj["metadata"].get("namespace", "")
+        answer = self.http.post(self._path(plural, ns), json=obj)
+        assert answer.status_code == 201, answer.text
+        return answer.json()  # type: ignore[no-any-return]
+
+    def patch(self, plural: str, name: str, change: dict[str, Any], ns: str = "") -> None:
+        path = f"{self._path(plural, ns)}/{name}"
+        headers = {"content-type": "application/merge-patch+json"}
+        answer = self.http.patch(path, content=json.dumps(change), headers=headers)
+        assert answer.status_code == 200, answer.text
+
+    def delete(self, plural: str, name: str, ns: str = "") -> None:
+        answer = self.http.delete(f"{self._path(plural, ns)}/{name}")
+        assert answer.status_code == 200, answer.text
+
+    def control(self, what: str, **params: Any) -> dict[str, Any]:
+        return self.http.post(f"/_test/{what}", params=params).json()  # type: ignore[no-any-return]
+
+    def items(self, plural: str) -> list[dict[str, Any]]:
+        return [o for (p, _, _), o in sorted(self.api.objects.items()) if p == plural]
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.items("events")
+
+
+class Listener:
+    """A romana-listener process; ``stop()`` by PID (SIGKILL after 10 s)."""
+
+    def __init__(self, cluster: Cluster, romanad_url: str, *extra: str, name: str = "listener"):
+        self.health = cluster.tmp / f"{name}.sock"
+        self.log = cluster.tmp / f"{name}.log"
+        self.args = [
+            str(LISTENER),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--romanad",
+            romanad_url,
+            "--health-listen",
+            f"unix:{self.health}",
+            "--resync",
+            "2",
+            "--node-grace",
+            "1",
+            *extra,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Listener:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=out, stderr=out)
+        return self
+
+    def state(self) -> dict[str, Any]:
+        transport = httpx.HTTPTransport(uds=str(self.health))
+        with httpx.Client(transport=transport, base_url="http://listener", timeout=5) as c:
+            return c.get("/healthz").json()  # type: ignore[no-any-return]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+
+def mismatches(romanad: RomanaClient, cluster: Cluster) -> list[str]:
+    """What romanad holds that the API server does not say (empty: in step)."""
+    out: list[str] = []
+    nodes = {n["metadata"]["name"]: n for n in cluster.items("nodes")}
+    hosts = {h["name"]: h for h in romanad.hosts()["hosts"]}
+    for name, obj in nodes.items():
+        ip = next(a["address"] for a in obj["status"]["addresses"] if a["type"] == "InternalIP")
+        want = {**obj["metadata"]["labels"], **MANAGED}
+        got = hosts.get(name)
+        if got is None or got["ip"] != ip or got["labels"] != want:
+            out.append(f"host {name}: {got and (got['ip'], got['labels'])} != {(ip, want)}")
+    out += [f"host {n} has no node" for n in hosts.keys() - nodes.keys()]
+    spaces = {
+        n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in cluster.items("namespaces")
+    }
+    tenants = {t["name"]: t["labels"] for t in romanad.tenants()}
+    for name in spaces.keys() | tenants.keys():
+        if spaces.get(name, {}) != tenants.get(name, {}):
+            out.append(f"tenant {name}: {tenants.get(name)} != {spaces.get(name)}")
+    addresses = {a["ip"]: a for a in romanad.addresses()["addresses"]}
+    for obj in cluster.items("pods"):
+        ip = obj["status"].get("podIP")
+        if ip is None or ip not in addresses:
+            continue
+        got = addresses[ip]
+        if got.get("labels") != obj["metadata"].get("labels", {}):
+            out.append(f"pod {obj['metadata']['name']}: labels {got.get('labels')}")
+    wanted = {
+        (p["metadata"]["namespace"], p["metadata"]["name"]): NetworkPolicy.model_validate(
+            p
+        ).source()
+        for p in cluster.items("networkpolicies")
+    }
+    held = {
+        (p["metadata"]["namespace"], p["metadata"]["name"]): p for p in romanad.network_policies()
+    }
+    if wanted != held:
+        out.append(f"policies {sorted(held)} != {sorted(wanted)}")
+    return out
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """``check()``'s first truthy result; fails with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or check}: last {last!r}")
+
+
+def in_step(romanad: RomanaClient, cluster: Cluster, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = mismatches(romanad, cluster)
+        if not problems:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                "romanad is not in step with the API server: " + "; ".join(problems)
+            )
+        time.sleep(0.1)
+
+
+def deep(obj: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(obj)

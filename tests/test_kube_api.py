@@ -1,0 +1,178 @@
+"""The test API server speaks the real wire format: shown with the installed kubectl and
+with lightkube (the listener's client), and its objects are of real shape (they validate
+against the Kubernetes schemas of a current release, offline)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from lightkube import ApiError
+from lightkube.resources.core_v1 import Node, Pod
+
+from romana.kube.connect import connect, load_config, watch
+from tests.kube import DATA, Cluster, namespace, node, pod, policy
+
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, bookmark_interval=0.2)
+    yield c
+    c.close()
+
+
+def kubectl(cluster: Cluster, *args: str, timeout: float = 30) -> str:
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "HOME": str(cluster.tmp), "PATH": "/usr/bin:/bin"}
+    cache = str(cluster.tmp / "kubectl-cache")
+    done = subprocess.run(
+        [str(KUBECTL), "--cache-dir", cache, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("name", ["node", "namespace", "pod", "networkpolicy"])
+def test_recorded_objects_validate_against_the_kubernetes_schemas(name: str) -> None:
+    document = json.loads((DATA / f"{name}.json").read_text())
+    kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_built_objects_validate_too() -> None:
+    version = kubernetes_validate.latest_version()
+    spec = {"podSelector": {}, "policyTypes": ["Ingress"]}
+    for obj in (node("w", "10.0.0.1", "z-1a"), namespace("a"), pod("a", "p", "w", "10.2.0.1"),
+                policy("a", "p", spec)):  # fmt: skip
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@needs_kubectl
+def test_kubectl_get_lists_pages_and_watches(cluster: Cluster) -> None:
+    for i in range(5):
+        cluster.create(node(f"worker-{i}", f"192.168.10.{11 + i}", "us-west-1a"))
+    cluster.create(namespace("shop"))
+    cluster.create(pod("shop", "web", "worker-1", "10.112.0.9", app="web"))
+    table = kubectl(cluster, "get", "nodes")
+    assert table.split()[:2] == ["NAME", "AGE"] and "worker-4" in table
+    names = kubectl(cluster, "get", "nodes", "-o", "name", "--chunk-size=2")
+    assert names.split() == [f"node/worker-{i}" for i in range(5)]
+    assert cluster.api.requests["get"] >= 3  # three pages of two
+    listed = json.loads(kubectl(cluster, "get", "pods", "-A", "-o", "json"))
+    assert [p["metadata"]["name"] for p in listed["items"]] == ["web"]
+    assert listed["items"][0]["status"]["podIP"] == "10.112.0.9"
+    one = json.loads(kubectl(cluster, "get", "pod", "web", "-n", "shop", "-o", "json"))
+    assert one["metadata"]["labels"] == {"app": "web"}
+    # A watch: the objects, then a change made while kubectl follows the stream.
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "HOME": str(cluster.tmp), "PATH": "/usr/bin:/bin"}
+    follower = subprocess.Popen(
+        [str(KUBECTL), "--cache-dir", str(cluster.tmp / "kc"), "get", "nodes", "--watch",
+         "-o", "json", "--output-watch-events"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while cluster.control("stats")["watchers"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.delete("nodes", "worker-0")
+        time.sleep(1.0)
+    finally:
+        follower.terminate()
+        out, err = follower.communicate(timeout=10)
+    decoder, events, text = json.JSONDecoder(), [], out.strip()
+    while text:
+        event, end = decoder.raw_decode(text)
+        events.append((event["type"], event["object"]["metadata"]["name"]))
+        text = text[end:].strip()
+    assert ("DELETED", "worker-0") in events, (events, err)
+    assert events.count(("ADDED", "worker-0")) == 1
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_lightkube_lists_in_pages_at_one_version(cluster: Cluster) -> None:
+    for i in range(7):
+        cluster.create(node(f"worker-{i}", f"192.168.10.{11 + i}"))
+
+    async def listing() -> tuple[list[str], str]:
+        client = connect(load_config(cluster.kubeconfig))
+        try:
+            pages = client.list(Node, chunk_size=3)
+            names = [n.metadata.name async for n in pages]
+            return names, pages.resourceVersion
+        finally:
+            await client.close()
+
+    names, version = run(listing())
+    assert names == [f"worker-{i}" for i in range(7)]
+    assert version == str(cluster.api.revision)
+
+
+def test_lightkube_watch_gets_events_bookmarks_and_410(cluster: Cluster) -> None:
+    cluster.create(namespace("shop"))
+    first = cluster.create(pod("shop", "web", "worker-1"))
+
+    async def follow() -> list[tuple[str, str]]:
+        client = connect(load_config(cluster.kubeconfig))
+        seen: list[tuple[str, str]] = []
+        try:
+            stream = watch(client, Pod, "*", first["metadata"]["resourceVersion"])
+            async for event, obj in stream:
+                seen.append((event, obj.metadata.resourceVersion))
+                if event == "BOOKMARK" and len(seen) == 1:
+                    await asyncio.to_thread(
+                        cluster.patch, "pods", "web", {"metadata": {"labels": {"a": "b"}}}, "shop"
+                    )
+                if event == "MODIFIED":
+                    break
+            # History compacted past a version: the stream says 410 Gone, the client raises.
+            await asyncio.to_thread(cluster.control, "compact")
+            await asyncio.to_thread(cluster.create, pod("shop", "db", "worker-1"))
+            with pytest.raises(ApiError) as gone:
+                async for _ in watch(client, Pod, "*", first["metadata"]["resourceVersion"]):
+                    pass
+            assert gone.value.status.code == 410
+            return seen
+        finally:
+            await client.close()
+
+    seen = run(follow())
+    assert seen[0][0] == "BOOKMARK" and seen[-1][0] == "MODIFIED"
+    assert int(seen[-1][1]) > int(first["metadata"]["resourceVersion"])
+
+
+def test_lightkube_sees_a_cut_stream_as_an_error(cluster: Cluster) -> None:
+    cluster.create(node("worker-1", "192.168.10.11"))
+
+    async def follow() -> str:
+        client = connect(load_config(cluster.kubeconfig))
+        try:
+            with pytest.raises(Exception) as cut:
+                async for event, _ in watch(client, Node, None, "1"):
+                    if event == "ADDED":
+                        await asyncio.to_thread(cluster.control, "cut")
+            return type(cut.value).__name__
+        finally:
+            await client.close()
+
+    assert run(follow()) == "RemoteProtocolError"
+
+
+def test_a_wrong_token_is_refused(cluster: Cluster) -> None:
+    answer = cluster.http.get("/api/v1/nodes", headers={"authorization": "Bearer nope"})
+    assert answer.status_code == 401 and answer.json()["reason"] == "Unauthorized"
