@@ -421,3 +421,31 @@ def test_the_shim_refuses_an_oversized_configuration_as_invalid(tmp_path: Path) 
     error = json.loads(answer.stdout)
     assert answer.returncode == 1 and error["code"] == 7, answer.stdout  # not 11: no retry
     assert "bytes" in error["msg"]
+
+
+def test_host_install_copies_the_shim_writes_the_conflist_and_uninstalls(tmp_path: Path) -> None:
+    """As the agent DaemonSet installs onto a node: the host's python3 runs a copy of the
+    shim (the container's interpreter is not on the host); uninstall leaves nothing."""
+    from romana.cni.install import main as install_main
+
+    bin_dir, conf_dir = tmp_path / "opt-cni-bin", tmp_path / "net.d"
+    host = ["--host-root", "/", "--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir)]
+    assert install_main(["install", *host, "--python", "/usr/bin/python3"]) == 0
+    launcher = (bin_dir / "romana").read_text()
+    assert launcher.startswith("#!/usr/bin/python3 -IS") and str(bin_dir / "romana.d") in launcher
+    assert (bin_dir / "romana.d" / "shim.py").read_text() == Path(shim.__file__).read_text()
+    conf = json.loads((conf_dir / "10-romana.conflist").read_text())
+    assert conf["plugins"] == [{"type": "romana", "agent_socket": "/run/romana/cni.sock"}]
+    done = subprocess.run(
+        [str(bin_dir / "romana")],
+        input=b'{"cniVersion": "1.0.0", "name": "x", "type": "romana"}',
+        env={"CNI_COMMAND": "VERSION"},
+        capture_output=True,
+        timeout=10,
+    )
+    assert done.returncode == 0 and b"supportedVersions" in done.stdout, done.stderr
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")]
+    assert leftovers == [], "no temporary file of the atomic writes is left"
+    assert install_main(["uninstall", *host]) == 0
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert install_main(["uninstall", *host]) == 0, "uninstall is idempotent"

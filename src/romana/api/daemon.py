@@ -68,7 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with no answer is checked before anything else (default %(default)s)",
     )
     parser.add_argument(
-        "--topology", type=Path, help="topology map to apply at start when the store holds none"
+        "--topology",
+        type=Path,
+        help="topology map to apply at start when the store holds none (a file, or a "
+        "predefined name: kubeadm, kops-aws-us-west-1, kops-aws-us-east-1)",
     )
     parser.add_argument(
         "--token-file", type=Path, help="require 'Authorization: Bearer <token>' on every change"
