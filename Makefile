@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := iproute2 iputils-ping netcat-openbsd curl bird2 etcd-server etcd-client \
+APT_PACKAGES := iproute2 iputils-ping netcat-openbsd curl openssl bird2 etcd-server etcd-client \
                 containernetworking-plugins nftables iptables ipset
 
 .PHONY: setup system-packages run run-ha test lint bench clean
