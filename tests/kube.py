@@ -4,7 +4,6 @@ processes stopped by PID, and the check that romanad holds what the API server h
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -260,7 +259,3 @@ def in_step(romanad: RomanaClient, cluster: Cluster, timeout: float = 20.0) -> N
                 "romanad is not in step with the API server: " + "; ".join(problems)
             )
         time.sleep(0.1)
-
-
-def deep(obj: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(obj)

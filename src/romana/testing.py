@@ -421,10 +421,10 @@ class FakeKubeApi:
     def _list(self, kind: KubeKind, namespace: str | None, params: Any) -> dict[str, Any]:
         token = params.get("continue")
         if token:
-            rv, _, key = token.partition(":")
+            rv = token.partition(":")[0]
             items = self._pages.pop(token, [])
         else:
-            rv, key = str(self.revision), ""
+            rv = str(self.revision)
             items = [_without_type(o) for o in self._matching(kind, namespace)]
         limit = int(params.get("limit") or 0)
         metadata: dict[str, Any] = {"resourceVersion": rv}
@@ -435,7 +435,6 @@ class FakeKubeApi:
             self._pages[following] = rest
             metadata["continue"] = following
             metadata["remainingItemCount"] = len(rest)
-        del key
         return {
             "kind": f"{kind.kind}List",
             "apiVersion": kind.group_version,

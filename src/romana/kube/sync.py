@@ -45,8 +45,6 @@ class SyncStats:
     full_syncs: int = 0
     writes: dict[str, int] = field(default_factory=dict)
     failures: int = 0
-    pending_removals: int = 0
-    not_moved: list[str] = field(default_factory=list)
     last_full_sync: float | None = None
 
     def wrote(self, what: str) -> None:
@@ -131,8 +129,6 @@ class Sync:
                 for key in sorted(keys):
                     self._one(kind, key)
         self._due_removals()
-        self.stats.pending_removals = len(self.removals)
-        self.stats.not_moved = sorted(self.not_moved)
 
     def _one(self, kind: str, key: str) -> None:
         obj = self.cache(kind).get(key)
