@@ -88,7 +88,7 @@ def test_snapshot_is_versioned_json_and_restores_exactly() -> None:
     snap = json.loads(json.dumps(engine.snapshot()))
     assert (snap["format"], snap["version"], snap["revision"]) == (
         "romana-ipam-snapshot",
-        3,
+        4,
         engine.revision,
     )
     # h1 gave up half its area to h3, which left: the half stays free for either to use.
@@ -116,6 +116,61 @@ def test_version_1_snapshots_from_before_areas_still_load() -> None:
     fresh = restored.allocate("new", "h1", "t9", "s")
     assert fresh.block not in {b.cidr for b in engine.blocks()}
     assert restored.host("h1").groups["net"]["areas"] != []
+
+
+POD = {"namespace": "shop", "name": "web-1", "uid": "4c9f0f8e-6f4b"}
+
+
+def test_an_endpoint_fact_carries_its_pod_and_old_ones_read_the_same() -> None:
+    facts: list[Fact] = []
+    engine = Engine(sink=facts.extend)
+    engine.apply_topology(racks_topology())
+    engine.add_host("h1", "192.168.0.1", {"rack": "rack-1"})
+    engine.allocate("web", "h1", "shop", labels={"app": "web"}, pod=POD)
+    engine.allocate("bare", "h1", "shop", pod={"namespace": "shop", "name": "bare"})
+    engine.allocate("old", "h1", "shop", labels={"app": "db"})
+    labeled = [f for f in facts if f.kind == "endpoint_labeled"]
+    wires = [json.loads(json.dumps(fact_to_json(f))) for f in labeled]
+    assert [fact_from_json(w) for w in wires] == labeled
+    assert wires[0] == {
+        "kind": "endpoint_labeled",
+        "name": "web",
+        "labels": {"app": "web"},
+        "ports": [],
+        "pod": POD,
+    }
+    assert wires[1]["pod"] == {"namespace": "shop", "name": "bare", "uid": ""}
+    # Without a pod, the fact keeps the wire form it had before pods were recorded.
+    assert wires[2] == {
+        "kind": "endpoint_labeled",
+        "name": "old",
+        "labels": {"app": "db"},
+        "ports": [],
+    }
+    assert Engine.replay(facts).snapshot() == engine.snapshot()
+
+
+def test_snapshots_keep_pods_and_version_3_ones_load_without() -> None:
+    engine, _ = busy_engine()
+    engine.allocate("web", "h1", "shop", labels={"app": "web"}, pod=POD)
+    engine.allocate("bare", "h1", "shop", pod={"namespace": "shop", "name": "bare"})
+    snap = json.loads(json.dumps(engine.snapshot()))
+    rows = {row[0]: row for row in snap["policy"]["endpoints"]}
+    assert rows["web"] == ["web", {"app": "web"}, [], POD]
+    assert rows["bare"] == ["bare", {}, [], {"namespace": "shop", "name": "bare", "uid": ""}]
+    restored = Engine.from_snapshot(snap)
+    assert restored.snapshot() == snap
+    assert restored.address("web").to_json()["pod"] == POD
+    assert "labels" not in restored.address("bare").to_json()
+    # Version 3: endpoint rows of three, no pods; such a snapshot loads as it was.
+    labeled, _ = busy_engine()
+    labeled.allocate("lab", "h1", "t0", labels={"app": "x"})
+    old = json.loads(json.dumps(labeled.snapshot()))
+    assert old["policy"]["endpoints"] == [["lab", {"app": "x"}, []]]
+    old["version"] = 3
+    old_engine = Engine.from_snapshot(old)
+    assert old_engine.snapshot() == {**old, "version": 4}
+    assert all("pod" not in a.to_json() for a in old_engine.addresses())
 
 
 def test_snapshot_version_and_format_are_checked() -> None:

@@ -314,3 +314,32 @@ def test_tenant_and_endpoint_labels_follow_the_feed_and_survive_restart(
         assert "shop:web-1" not in {
             e["name"] for e in again.get("/policy/state").json()["endpoints"]
         }
+
+
+def test_a_named_port_given_twice_is_refused_by_both_endpoints(client: httpx.Client) -> None:
+    """Kubernetes forbids two ports of one name and protocol; romanad kept the last one
+    silently. Now a 422 names the field and the duplicate; one name over two protocols
+    (DNS on 53/udp and 53/tcp) stays valid."""
+    twice = [
+        {"name": "http", "containerPort": 80, "protocol": "TCP"},
+        {"name": "http", "containerPort": 81},
+    ]
+    body = {"name": "shop:dup", "host": "h1", "tenant": "shop", "ports": twice}
+    r = client.post("/address", json=body)
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["error"]["details"]
+    assert detail["path"] == "body.ports"
+    assert "'http'/tcp" in detail["message"] and "80" in detail["message"]
+    assert client.get("/address/shop:dup").status_code == 404  # nothing was allocated
+    dns = [{"name": "dns", "port": 53, "protocol": "udp"}, {"name": "dns", "port": 53}]
+    r = client.post("/address", json={**body, "ports": dns})
+    assert r.status_code == 200, r.text
+    assert r.json()["ports"] == [
+        {"name": "dns", "port": 53, "protocol": "tcp"},
+        {"name": "dns", "port": 53, "protocol": "udp"},
+    ]
+    r = client.put("/address/shop:dup/labels", json={"ports": list(reversed(twice))})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["path"] == "body.ports"
+    assert client.get("/address/shop:dup").json()["ports"][0]["name"] == "dns"  # unchanged
+    assert client.delete("/address", params={"name": "shop:dup"}).status_code == 200

@@ -12,63 +12,30 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import racks_topology
 from .etcd import EtcdMember, etcd_cluster
 from .netns import Lab, wait_until
-from .replicas import Replica, Storm
+from .replicas import HOSTS, Replica, Storm, loopback_replicas, running_replicas
 
-HOSTS = [f"h{i}" for i in range(8)]
 PUBLISHER = str(Path(sys.executable).parent / "romana-publisher")
-
-
-def start_replicas(root: Path, members: list[EtcdMember], netns: str = "") -> list[Replica]:
-    topology = root / "topology.json"
-    topology.write_text(json.dumps(racks_topology(4)))
-    prefix = f"/romana-{uuid.uuid4().hex[:8]}"
-    replicas = []
-    for i in range(3):
-        # Each replica starts on a different member: failover moves them on from there.
-        order = [m.url.removeprefix("http://") for m in members[i:] + members[:i]]
-        extra = ("--topology", str(topology)) if i == 0 else ()
-        replicas.append(
-            Replica(root, f"r{i + 1}", "etcd://" + ",".join(order), prefix, *extra, netns=netns)
-        )
-    try:
-        replicas[0].start()
-        with replicas[0].client() as c:
-            for i, host in enumerate(HOSTS):
-                tags = {"rack": f"rack-{i % 4 + 1}"}
-                answer = c.post(
-                    "/hosts", json={"name": host, "ip": f"192.168.0.{i + 1}", "tags": tags}
-                )
-                assert answer.status_code in (200, 201), answer.text
-        for replica in replicas[1:]:
-            replica.start()
-    except BaseException:
-        for replica in replicas:
-            replica.kill()
-        raise
-    return replicas
 
 
 def check_agreement(replicas: list[Replica], storm: Storm) -> None:
     print(f"errors retried: {dict(storm.errors)}; longest gap {storm.longest_gap():.2f} s")
     assert storm.failed == [], f"never acknowledged: {storm.failed[:5]} ({storm.errors})"
-    assert len(storm.acked) == storm.count
-    assert len(set(storm.acked.values())) == storm.count  # no IP handed out twice
+    assert len(storm.held) == storm.count
+    assert len(set(storm.held.values())) == storm.count  # no IP handed out twice
     for replica in replicas:  # read-your-writes: no waiting for a replica to catch up
-        assert replica.addresses() == storm.acked, replica.name
+        assert replica.addresses() == storm.held, replica.name
     feeds = [replica.feed() for replica in replicas]
     assert feeds[0] == feeds[1] == feeds[2]  # the same facts in the same order
     allocated = Counter(f["name"] for f in feeds[0] if f["kind"] == "address_allocated")
-    assert set(allocated) == set(storm.acked) and max(allocated.values()) == 1
+    assert set(allocated) == set(storm.held) and max(allocated.values()) == 1
     routes = []
     for replica in replicas:
         with replica.client() as c:
@@ -85,13 +52,8 @@ def store_health(replica: Replica) -> dict[str, object]:
 
 @pytest.fixture
 def loopback_cluster(tmp_path: Path) -> Iterator[tuple[list[EtcdMember], list[Replica]]]:
-    with etcd_cluster(3) as members:
-        replicas = start_replicas(tmp_path, members)
-        try:
-            yield members, replicas
-        finally:
-            for replica in replicas:
-                replica.kill()
+    with loopback_replicas(tmp_path) as cluster:
+        yield cluster
 
 
 def test_two_thousand_allocations_over_three_replicas(
@@ -171,40 +133,38 @@ def test_a_member_cut_off_mid_storm_and_restored(tmp_path: Path) -> None:
             ns.ip("addr", "add", f"192.168.0.{201 + i}/24", "dev", "eth0")
             placed.append((f"192.168.0.{201 + i}", ns.name))
         clients = placed.pop()[1]
-        with etcd_cluster(placed=placed) as members:
-            replicas = start_replicas(tmp_path, members, netns=clients)
-            try:
-                storm = Storm(replicas, 2000, HOSTS).start()
-                storm.wait_for(300)
-                status = json.loads(
-                    run_in(
-                        clients,
-                        "etcdctl",
-                        "--endpoints",
-                        ",".join(m.url for m in members),
-                        "endpoint",
-                        "status",
-                        "-w",
-                        "json",
-                    )
+        with (
+            etcd_cluster(placed=placed) as members,
+            running_replicas(tmp_path, members, netns=clients) as replicas,
+        ):
+            storm = Storm(replicas, 2000, HOSTS).start()
+            storm.wait_for(300)
+            status = json.loads(
+                run_in(
+                    clients,
+                    "etcdctl",
+                    "--endpoints",
+                    ",".join(m.url for m in members),
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
                 )
-                leader_id = status[0]["Status"]["leader"]
-                cut = next(
-                    m
-                    for m, s in zip(members, status, strict=True)
-                    if s["Status"]["header"]["member_id"] == leader_id
-                )
-                assert cut.netns is not None
-                run_in(cut.netns, "ip", "link", "set", "eth0", "down")
-                cut_at = time.monotonic()
-                storm.wait_for(storm.progress() + 400)
-                resumed = min(t for t in storm.successes if t > cut_at)
-                run_in(cut.netns, "ip", "link", "set", "eth0", "up")
-                wait_until(cut.healthy, timeout=20, message="the cut member to rejoin")
-                storm.wait()
-                check_agreement(replicas, storm)
-                assert resumed - cut_at < 5.0
-                assert storm.longest_gap() < 5.0, storm.longest_gap()
-            finally:
-                for replica in replicas:
-                    replica.kill()
+            )
+            leader_id = status[0]["Status"]["leader"]
+            cut = next(
+                m
+                for m, s in zip(members, status, strict=True)
+                if s["Status"]["header"]["member_id"] == leader_id
+            )
+            assert cut.netns is not None
+            run_in(cut.netns, "ip", "link", "set", "eth0", "down")
+            cut_at = time.monotonic()
+            storm.wait_for(storm.progress() + 400)
+            resumed = min(t for t in storm.successes if t > cut_at)
+            run_in(cut.netns, "ip", "link", "set", "eth0", "up")
+            wait_until(cut.healthy, timeout=20, message="the cut member to rejoin")
+            storm.wait()
+            check_agreement(replicas, storm)
+            assert resumed - cut_at < 5.0
+            assert storm.longest_gap() < 5.0, storm.longest_gap()

@@ -68,3 +68,13 @@ def test_romanad_runs_on_uvloop_unless_told_otherwise(
             json.loads(line) for line in daemon.log.read_text().splitlines() if '"serving"' in line
         ]
     assert serving and serving[0]["event_loop"].startswith(loop), serving
+
+
+def test_long_polls_always_leave_a_quarter_of_the_connections_to_the_rest() -> None:
+    from romana.connections import watch_budget
+
+    assert watch_budget(4096, 3000) == 3000  # romanad's defaults: 1,096 left
+    assert watch_budget(1000, 1000) == 750
+    assert watch_budget(200, 50) == 50
+    assert watch_budget(100, 100) == 68  # at least 32 left
+    assert watch_budget(10, 100) == 1  # a tiny server still serves one watch

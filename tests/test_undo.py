@@ -17,10 +17,20 @@ from romana.routes import RouteTracker
 from .test_ipam_properties import LABELS, OPS, check_invariants, run, topologies
 
 POD_LABELS = st.sampled_from([{}, {"app": "web"}, {"app": "db", "tier": "1"}])
+# The pod an address is for; a retry with another uid is the same pod made again.
+PODS = st.sampled_from(
+    [
+        {"namespace": "t1", "name": "web-0", "uid": ""},
+        {"namespace": "t1", "name": "web-0", "uid": "4c9f0f8e"},
+        {"namespace": "t1", "name": "db-0", "uid": "0b7e8c1a"},
+    ]
+)
+ALLOC_POD = st.tuples(st.just("alloc_pod"), st.integers(0, 40), st.integers(0, 7), PODS, POD_LABELS)
 POLICY_OPS = st.one_of(
     st.tuples(st.just("label_pod"), st.integers(0, 40), POD_LABELS),
     st.tuples(st.just("label_tenant"), st.integers(0, 2), POD_LABELS),
     st.tuples(st.just("alloc_labeled"), st.integers(0, 40), st.integers(0, 7), POD_LABELS),
+    ALLOC_POD,
 )
 ANY_OPS = st.one_of(OPS, POLICY_OPS)
 # What a batch of pod starts and stops holds, with now and then anything at all.
@@ -33,6 +43,7 @@ HOT_OPS = st.one_of(
         st.integers(0, 1),
     ),
     st.tuples(st.just("alloc_labeled"), st.integers(0, 40), st.integers(0, 5), POD_LABELS),
+    ALLOC_POD,
     st.tuples(st.just("release"), st.integers(0, 40)),
     st.tuples(st.just("label_pod"), st.integers(0, 40), POD_LABELS),
     st.tuples(st.just("label_tenant"), st.integers(0, 2), POD_LABELS),
@@ -48,6 +59,8 @@ def run_any(engine: Engine, doc: dict[str, Any], op: tuple[Any, ...]) -> None:
         engine.label_tenant(f"t{op[1]}", op[2])
     elif kind == "alloc_labeled":
         engine.allocate(f"n{op[1]}", f"h{op[2]}", "t1", labels=op[3])
+    elif kind == "alloc_pod":  # labels or none: a retry without labels keeps them
+        engine.allocate(f"n{op[1]}", f"h{op[2]}", "t1", labels=op[4] or None, pod=op[3])
     else:
         run(engine, doc, op)
 
@@ -163,3 +176,32 @@ def test_pod_starts_and_stops_always_undo(
     snapshot = prepared(engine, doc, labels, before)
     assert engine.undo(planned(engine, doc, batch))
     assert engine.snapshot() == snapshot
+
+
+def test_what_a_batch_did_to_pods_undoes_to_the_pods_before() -> None:
+    """The inverses bring back a released address's pod, the pod a relabel or a retry for
+    a pod made again replaced, and take a new pod away."""
+    engine = Engine()
+    engine.apply_topology(
+        {
+            "networks": [{"name": "main", "cidr": "10.1.0.0/24", "block_mask": 29}],
+            "topologies": [{"networks": ["main"], "map": [{"name": "g0", "groups": []}]}],
+        }
+    )
+    engine.add_host("h0", "192.168.0.1")
+    web = {"namespace": "t1", "name": "web-0", "uid": "4c9f0f8e"}
+    engine.allocate("web", "h0", "t1", labels={"app": "web"}, pod=web)
+    engine.allocate("db", "h0", "t1", pod={"namespace": "t1", "name": "db-0", "uid": ""})
+    engine.allocate("bare", "h0", "t1")
+    snapshot = engine.snapshot()
+    journal = engine.open_journal()
+    engine.release("web")
+    engine.allocate("web", "h0", "t1", pod={**web, "uid": "0b7e8c1a"})
+    engine.label_endpoint("db", {"app": "db"})
+    engine.allocate("bare", "h0", "t1", pod={"namespace": "t1", "name": "bare-0"})
+    engine.allocate("new", "h0", "t1", pod={"namespace": "t1", "name": "new-0"})
+    kinds = [type(f).__name__ for entry in journal.entries for f in entry]
+    assert kinds.count("EndpointLabeled") == 5
+    assert engine.undo(journal)
+    assert engine.snapshot() == snapshot
+    assert engine.address("web").to_json()["pod"] == web

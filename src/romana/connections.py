@@ -9,6 +9,8 @@ loop spins writing errors. Here each connection must finish its request headers 
 at most ``max_connections`` are open at once: one more is answered ``503`` and closed.
 The process's descriptor limit is raised to what the cap needs, when the hard limit
 allows, and the cap lowered otherwise, so accepting never runs out of descriptors.
+Long polls, which hold a connection for long, get a smaller budget of their own
+(:func:`watch_budget`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0  # for the body once the head is in (bodies are 1 MiB at most)
 MAX_HEAD = 64 << 10  # request line and headers; romana's clients send well under 1 KiB
 SPARE_DESCRIPTORS = 128  # the store, log files, netlink and BIRD sockets, threads...
+MIN_RESERVED = 32  # connections long polls never take (see watch_budget)
 _REFUSAL_BODY = (
     b'{"error": {"code": "unavailable", "message": "too many connections", "details": []}}'
 )
@@ -38,6 +41,20 @@ _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
 )
+
+
+def watch_budget(connections: int, wanted: int) -> int:
+    """How many long polls may wait at once: ``wanted``, but leaving a quarter of the
+    ``connections`` (at least 32) to everything else, so that writes and the liveness
+    probe are served however many watchers come (see :mod:`romana.api.watches`)."""
+    reserved = max(MIN_RESERVED, connections // 4)
+    allowed = max(1, min(wanted, connections - reserved))
+    if allowed < wanted:
+        log.warning(
+            "watch limit too close to the connection limit; lowered",
+            extra={"wanted": wanted, "allowed": allowed, "connections": connections},
+        )
+    return allowed
 
 
 def descriptor_budget(wanted: int) -> int:

@@ -11,6 +11,7 @@ host       a node name: RFC 1123 subdomain, lower case, dot-separated       node
            labels of ``a-z 0-9 -`` (each 1-63, alphanumeric at both ends),
            253 at most
 tenant     a namespace: one RFC 1123 label (1-63); empty means no tenant    kube-system
+namespace  as a tenant, never empty (a pod's namespace)                     shop
 segment    a label value: 0-63 of ``A-Z a-z 0-9 - _ .``, alphanumeric ends  frontend
 network    as a label value, 1-63                                           pods
 group      as a label value, 1-63 (paths join them with ``/``)              rack-1
@@ -18,6 +19,7 @@ address    1-253 of ``A-Z a-z 0-9 - _ . :``, alphanumeric ends, and not     ns:p
            shaped like an IPv4 address (``release`` takes a name or an IP)
 policy     1-253 of ``A-Z a-z 0-9 - _ .``, alphanumeric ends               allow-web
 object     a Kubernetes object name: as a host name                        web-policy
+pod uid    a Kubernetes UID: 0-128 of ``A-Z a-z 0-9 -`` (empty: unknown)    4c9f0f8e-6f4b
 port name  an IANA service name: 1-15 of ``a-z 0-9 -``, a letter, no       http-alt
            ``--``, alphanumeric ends (a named container port)
 label key  ``[prefix/]name``: prefix a DNS subdomain (253), name as a       romana.io/rack
@@ -90,6 +92,13 @@ TENANT = Rule(
     "(a Kubernetes namespace, RFC 1123 label)",
     allow_empty=True,
 )
+NAMESPACE = Rule(
+    "namespace",
+    TENANT.pattern,
+    63,
+    "lower-case letters, digits and '-', starting and ending with a letter or digit "
+    "(a Kubernetes namespace, RFC 1123 label)",
+)
 SEGMENT = Rule(
     "segment name",
     re.compile(_LABEL_VALUE),
@@ -130,6 +139,13 @@ OBJECT = Rule(
     253,
     "lower-case letters, digits, '-' and '.', starting and ending with a letter or digit "
     "(a Kubernetes object name, RFC 1123 subdomain)",
+)
+POD_UID = Rule(
+    "pod uid",
+    re.compile(r"[A-Za-z0-9-]+"),
+    128,
+    "letters, digits and '-' (a Kubernetes object UID), or empty when not known",
+    allow_empty=True,
 )
 PORT_NAME = Rule(
     "port name",
@@ -194,8 +210,10 @@ __all__ = [
     "HOST",
     "LABEL_NAME",
     "LABEL_VALUE",
+    "NAMESPACE",
     "NETWORK",
     "OBJECT",
+    "POD_UID",
     "POLICY",
     "PORT_NAME",
     "SEGMENT",

@@ -21,6 +21,7 @@ from romana.api.middleware import AsciiJSONResponse, LimitsAndTiming
 from romana.api.models import AddressRequest, BlackoutRequest, HostRequest, Labels, ports_json
 from romana.api.policy_routes import add_policy_routes
 from romana.api.service import IpamService
+from romana.api.watches import DEFAULT_LIMIT, RETRY_AFTER, WatchBudget, unless_gone
 from romana.errors import (
     Compacted,
     InvalidRequest,
@@ -73,14 +74,21 @@ Cursor = Annotated[
 ]
 
 
-def create_app(service: IpamService, token: str | None = None) -> FastAPI:
+def create_app(
+    service: IpamService, token: str | None = None, max_watches: int = DEFAULT_LIMIT
+) -> FastAPI:
+    """romanad's API over ``service``; ``max_watches``: long polls waiting at once at most
+    (romanad's ``--max-watches``, see :mod:`romana.api.watches`)."""
     app = FastAPI(
         default_response_class=AsciiJSONResponse,
         title="romanad",
         version="0.1.0",
         description="Romana IPAM service: topology, hosts, blocks and addresses.",
     )
-    metrics = Metrics(service.engine, lambda: (service.stats, service.durable_revision))
+    watches = WatchBudget(max_watches)
+    metrics = Metrics(
+        service.engine, lambda: (service.stats, service.durable_revision), watches.to_json
+    )
     engine = service.engine
 
     async def authorize(request: Request) -> None:
@@ -226,17 +234,18 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
     @app.post("/address", dependencies=mutating)
     async def allocate(body: AddressRequest) -> Any:
         ports = ports_json(body.ports)
+        pod = None if body.pod is None else body.pod.model_dump()
         if body.ip is not None:
             ip = body.ip
             view = await service.run(
                 lambda: engine.allocate_ip(
-                    body.name, body.host, ip, body.tenant, body.segment, body.labels, ports
+                    body.name, body.host, ip, body.tenant, body.segment, body.labels, ports, pod
                 )
             )
         else:
             view = await service.run(
                 lambda: engine.allocate(
-                    body.name, body.host, body.tenant, body.segment, body.labels, ports
+                    body.name, body.host, body.tenant, body.segment, body.labels, ports, pod
                 )
             )
         metrics.allocations.inc()
@@ -316,6 +325,7 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
         """Durable revisions only (``applied_revision`` is memory ahead of the store); 503
         while a loop is failed, restarting or stuck, or romanad is stopping."""
         ok, answer = service.health()
+        answer["watches"] = watches.to_json()  # a full budget is load, not ill health
         return AsciiJSONResponse(answer, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -324,13 +334,23 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
 
     @app.get("/watch")
     async def watch(
+        request: Request,
         since: Annotated[int, Query(ge=0)] = 0,
         timeout: Annotated[float, Query(ge=0, le=300)] = 30.0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> Any:
-        """Long-poll the changes feed: facts after ``since`` (410 "resync" if compacted)."""
+        """Long-poll the changes feed: facts after ``since`` (410 "resync" if compacted;
+        503 with Retry-After when ``--max-watches`` long polls are open already)."""
+        busy = watches.refusal()
+        if busy is not None:  # closed, so a refused watcher holds no connection either
+            return AsciiJSONResponse(
+                busy.to_json(),
+                status_code=busy.status,
+                headers={"retry-after": str(RETRY_AFTER), "connection": "close"},
+            )
         try:
-            revision, changes = await service.changes(since, timeout, limit)
+            with watches.held():
+                found = await unless_gone(request, service.changes(since, timeout, limit))
         except Compacted as exc:
             return AsciiJSONResponse(
                 {
@@ -340,6 +360,9 @@ def create_app(service: IpamService, token: str | None = None) -> FastAPI:
                 },
                 status_code=410,
             )
+        if found is None:  # the client is gone: nobody reads an answer
+            return Response(status_code=204)
+        revision, changes = found
         return {"revision": revision, "store_id": service.store_id, "changes": changes}
 
     return app

@@ -46,6 +46,7 @@ class AddressJson(TypedDict):
     block: str
     labels: NotRequired[dict[str, str]]  # endpoint metadata, when it has any
     ports: NotRequired[list[dict[str, Any]]]
+    pod: NotRequired[dict[str, str]]  # {namespace, name, uid} of its pod, when known
 
 
 class AddressList(TypedDict):
@@ -234,14 +235,11 @@ class RomanaClient:
         ip: str | None = None,
         labels: Mapping[str, str] | None = None,
         ports: list[dict[str, Any]] | None = None,
+        pod: Mapping[str, str] | None = None,
     ) -> AddressJson:
-        body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant, "segment": segment}
-        if ip is not None:
-            body["ip"] = ip
-        if labels is not None:
-            body["labels"] = dict(labels)
-        if ports is not None:
-            body["ports"] = ports
+        """``pod``: ``{namespace, name, uid}`` of the pod the address is for (``uid`` may
+        be empty or left out)."""
+        body = _allocation(name, host, tenant, segment, ip, labels, ports, pod)
         return cast(AddressJson, self._call("POST", "/address", json=body))
 
     def label_endpoint(
@@ -373,6 +371,21 @@ class AsyncRomanaClient:
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def allocate(
+        self,
+        name: str,
+        host: str,
+        tenant: str = "",
+        segment: str = "",
+        ip: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        ports: list[dict[str, Any]] | None = None,
+        pod: Mapping[str, str] | None = None,
+    ) -> AddressJson:
+        """As :meth:`RomanaClient.allocate`."""
+        body = _allocation(name, host, tenant, segment, ip, labels, ports, pod)
+        return cast(AddressJson, await self._call("POST", "/address", json=body))
+
     async def routes(self, host: str | None = None, group: str | None = None) -> RouteSetJson:
         params = {"host": host} if host is not None else {"group": group or "/"}
         return cast(RouteSetJson, await self._call("GET", "/routes", params=params))
@@ -399,6 +412,29 @@ class AsyncRomanaClient:
         except httpx.TransportError as exc:
             raise _unreachable(self.url, exc) from exc
         return _json(_checked(response, method, path, self.url), method, path, self.url)
+
+
+def _allocation(
+    name: str,
+    host: str,
+    tenant: str,
+    segment: str,
+    ip: str | None,
+    labels: Mapping[str, str] | None,
+    ports: list[dict[str, Any]] | None,
+    pod: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """A ``POST /address`` body; what is None is left out (romanad keeps what it has)."""
+    body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant, "segment": segment}
+    if ip is not None:
+        body["ip"] = ip
+    if labels is not None:
+        body["labels"] = dict(labels)
+    if ports is not None:
+        body["ports"] = ports
+    if pod is not None:
+        body["pod"] = dict(pod)
+    return body
 
 
 def _checked(response: httpx.Response, method: str, path: str, url: str) -> httpx.Response:

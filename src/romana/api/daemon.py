@@ -12,9 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from romana.api.watches import DEFAULT_LIMIT as DEFAULT_WATCH_LIMIT
 from romana.serving import bind, read_token_file, serve, setup_logging
 
 DEFAULT_LISTEN = "127.0.0.1:9600"
+# A node's agent keeps two long polls (routes, policies) and a publisher one, plus short
+# requests: 4,096 connections and 3,000 watches serve about 1,000 nodes (docs/romanad.md).
+MAX_CONNECTIONS = 4096
 
 
 def default_data_dir() -> Path:
@@ -106,9 +110,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-connections",
         type=int,
-        default=1000,
+        default=MAX_CONNECTIONS,
         metavar="N",
-        help="open connections at most; one more is answered 503 (default %(default)s)",
+        help="open connections at most; one more is answered 503 (default %(default)s; "
+        "size it to the cluster: docs/romanad.md)",
+    )
+    parser.add_argument(
+        "--max-watches",
+        type=int,
+        default=DEFAULT_WATCH_LIMIT,
+        metavar="N",
+        help="long polls (GET /watch) waiting at once at most; one more is answered 503 "
+        "with Retry-After; a quarter of --max-connections always stays for other requests "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--header-timeout",
@@ -143,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from romana.api.app import create_app
     from romana.api.service import IpamService
+    from romana.connections import descriptor_budget, watch_budget
     from romana.errors import RevisionConflict, RomanaError
     from romana.topology import read_file
 
@@ -197,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         await service.stop()
         log.info("stopped cleanly", extra={"revision": service.engine.revision})
 
-    app = create_app(service, token)
+    connections = descriptor_budget(max(1, args.max_connections))
+    app = create_app(service, token, watch_budget(connections, max(1, args.max_watches)))
     app.router.lifespan_context = lifespan
     # Watchers hold long polls open: at the stop signal they are answered at once (503,
     # "stopping"), so the graceful shutdown (bounded at 2 s) does not wait on them.
@@ -208,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         graceful_timeout=2,
         on_stop=service.begin_stop,
         loop=args.event_loop,
-        max_connections=max(1, args.max_connections),
+        max_connections=connections,
         header_timeout=max(0.1, args.header_timeout),
     )
 

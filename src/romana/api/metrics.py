@@ -62,9 +62,31 @@ class _StoreCollector(Collector):
         )
 
 
+class _WatchCollector(Collector):
+    """The long-poll budget (see romana.api.watches), read at scrape."""
+
+    def __init__(self, watches: Callable[[], dict[str, int]]) -> None:
+        self.watches = watches
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        now = self.watches()
+        yield GaugeMetricFamily("romana_watches_open", "Long polls waiting", value=now["open"])
+        yield GaugeMetricFamily(
+            "romana_watches_limit", "Long polls served at once (--max-watches)", value=now["limit"]
+        )
+        yield CounterMetricFamily(
+            "romana_watches_refused",
+            "Watches answered 503 because --max-watches were open",
+            value=now["refused"],
+        )
+
+
 class Metrics:
     def __init__(
-        self, engine: Engine, store_stats: Callable[[], tuple[Any, int]] | None = None
+        self,
+        engine: Engine,
+        store_stats: Callable[[], tuple[Any, int]] | None = None,
+        watches: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.allocations = Counter(
@@ -81,6 +103,8 @@ class Metrics:
         self.registry.register(_IpamCollector(engine))
         if store_stats is not None:
             self.registry.register(_StoreCollector(store_stats))
+        if watches is not None:
+            self.registry.register(_WatchCollector(watches))
 
     def observe(self, method: str, route: str, seconds: float) -> None:
         self.latency.labels(method, route).observe(seconds)

@@ -34,19 +34,46 @@ class NamedPort(_Body):
         return value.lower() if isinstance(value, str) else value
 
 
-Ports = Annotated[list[NamedPort], Field(max_length=256)]
+def _unique_ports(ports: list[NamedPort]) -> list[NamedPort]:
+    """One port per name and protocol, as Kubernetes requires: a policy's named port must
+    resolve to one number (silently keeping the last one would open the other)."""
+    seen: dict[tuple[str, str], int] = {}
+    for p in ports:
+        first = seen.get((p.name, p.protocol))
+        if first is not None:
+            raise ValueError(
+                f"named port {p.name!r}/{p.protocol} is given twice ({first} and {p.port}); "
+                "a name may appear once per protocol"
+            )
+        seen[(p.name, p.protocol)] = p.port
+    return ports
+
+
+Ports = Annotated[list[NamedPort], Field(max_length=256), AfterValidator(_unique_ports)]
 
 
 def ports_json(ports: list[NamedPort] | None) -> list[dict[str, object]] | None:
     if ports is None:
         return None
-    unique = {(p.name, p.protocol): p.port for p in ports}
-    return [{"name": n, "port": port, "protocol": pr} for (n, pr), port in sorted(unique.items())]
+    return [
+        {"name": p.name, "port": p.port, "protocol": p.protocol}
+        for p in sorted(ports, key=lambda p: (p.name, p.protocol))
+    ]
 
 
 class EndpointMetadata(_Body):
     labels: Labels | None = None
     ports: Ports | None = None
+
+
+class PodIdentity(_Body):
+    """The Kubernetes pod an address is for (who matches pods to addresses goes by it)."""
+
+    namespace: Annotated[str, AfterValidator(names.NAMESPACE.check)]
+    name: Annotated[str, AfterValidator(names.OBJECT.check)]
+    uid: Annotated[str, AfterValidator(names.POD_UID.check)] = Field(
+        default="", description="The pod's UID; empty or left out when not known."
+    )
 
 
 class AddressRequest(_Body):
@@ -59,6 +86,7 @@ class AddressRequest(_Body):
     )
     labels: Labels | None = Field(default=None, description="The pod's labels (policies).")
     ports: Ports | None = Field(default=None, description="The pod's named container ports.")
+    pod: PodIdentity | None = Field(default=None, description="The pod the address is for.")
 
 
 class HostRequest(_Body):

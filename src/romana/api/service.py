@@ -118,6 +118,7 @@ class IpamService:
         self.stats = StoreStats(seen_head=engine.revision)
         self._snapshot_revision = snapshot["revision"] if snapshot else 0
         self._changed = asyncio.Event()
+        self._reads: dict[tuple[int, int, int], asyncio.Future[list[tuple[int, Any]]]] = {}
         self._catch_up_due = False
         self._advanced: asyncio.Condition | None = None
         self._turn: asyncio.Lock | None = None  # held by a batch in flight or a read
@@ -342,6 +343,7 @@ class IpamService:
         log.info(
             "state rebuilt from the store", extra={"why": why, "revision": self.durable_revision}
         )
+        await self._advance(self.durable_revision)  # watchers may wait for what it read
 
     def _replace_state(self, snapshot: dict[str, Any] | None, facts: list[Any]) -> None:
         rebuilt = rebuild(snapshot, facts, self.where)
@@ -374,7 +376,20 @@ class IpamService:
             first = self.durable_revision + 1
             if rows[0][0] != first:
                 raise StoreDamaged(f"{self.where}: fact {first} is missing from the log")
-            self.engine.apply([fact_from_json(f) for _, f in rows])
+            facts = [fact_from_json(f) for _, f in rows]
+            try:
+                self.engine.apply(facts)
+            except Exception as exc:
+                # Memory holds part of the page: applying it again on top would fail the
+                # same way at every retry. Rebuild from the store (it says what is damaged
+                # if the facts themselves are) and go on from there.
+                log.error(
+                    "facts from the store did not apply; rebuilding from the store",
+                    exc_info=exc,
+                    extra={"revision": first},
+                )
+                await self._reload(f"facts from revision {first} did not apply")
+                continue
             self.stats.foreign += len(rows)
             self.stats.seen_head = max(self.stats.seen_head, rows[-1][0])
             await self._advance(rows[-1][0])
@@ -488,11 +503,25 @@ class IpamService:
             raise Unavailable("romanad is stopping", ["watch the next romanad"])
         if self.durable_revision <= since:
             return self.durable_revision, []
-        rows = await asyncio.to_thread(self.store.read_since, since, limit)
+        rows = await self._shared_read(since, limit)
         # With ``limit`` cutting the batch short, the client must continue after the last
         # fact it got, not at the head: answer the revision it has actually seen.
         revision = rows[-1][0] if rows else self.durable_revision
         return revision, [{"revision": r, **f} for r, f in rows]
+
+    async def _shared_read(self, since: int, limit: int) -> list[tuple[int, Any]]:
+        """The store's facts after ``since``: one read for every watcher that asks the same
+        at once. After a commit every follower (two per node) wakes with the same
+        ``since``; a read each would cost the loop a thread hop each, and the store a
+        query each, for one answer."""
+        key = (since, limit, self.durable_revision)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(asyncio.to_thread(self.store.read_since, since, limit))
+            self._reads[key] = read
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        rows: list[tuple[int, Any]] = await asyncio.shield(read)
+        return rows
 
 
 def _attempt(operation: Callable[[], Any]) -> tuple[bool, Any]:

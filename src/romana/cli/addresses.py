@@ -46,18 +46,21 @@ def show_addresses(addresses: list[AddressJson]) -> None:
     if not addresses:
         console.print("no addresses")
         return
-    grid = table("NAME", "IP", "HOST", "NETWORK", "BLOCK", "TENANT", "SEGMENT")
+    pods = any("pod" in a for a in addresses)  # a column only where romanad knows pods
+    grid = table("NAME", "IP", "HOST", "NETWORK", "BLOCK", "TENANT", "SEGMENT", *["POD"] * pods)
     for a in addresses:
-        grid.add_row(
-            a["name"],
-            a["ip"],
-            a["host"],
-            a["network"],
-            a["block"],
-            a["tenant"] or "-",
-            a["segment"] or "-",
-        )
+        row = [a["name"], a["ip"], a["host"], a["network"], a["block"]]
+        row += [a["tenant"] or "-", a["segment"] or "-"]
+        if pods:
+            row.append(pod_text(a))
+        grid.add_row(*row)
     console.print(grid)
+
+
+def pod_text(address: AddressJson) -> str:
+    """``namespace/name`` of the address's pod, ``-`` when romanad does not know it."""
+    pod = address.get("pod")
+    return f"{pod['namespace']}/{pod['name']}" if pod else "-"
 
 
 @app.command("allocate")

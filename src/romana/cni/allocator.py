@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from romana.cni.config import NetConf
@@ -51,15 +51,17 @@ class Allocator:
         segment_label: str,
         labels: dict[str, str] | None = None,
         ports: list[dict[str, Any]] | None = None,
+        pod: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The pod's segment is its own ``segment_label`` label if it has one, else the
-        host's; ``labels`` and ``ports`` go with the allocation (policies select by them)."""
+        host's; ``labels`` and ``ports`` go with the allocation (policies select by them),
+        and ``pod`` (``{namespace, name, uid}``) ties the address to its pod."""
         if labels and segment_label in labels:
             segment = labels[segment_label]
         else:
             segment = await self.segment(client, host, segment_label)
         try:
-            return await client.allocate(name, host, tenant, segment, labels, ports)
+            return await client.allocate(name, host, tenant, segment, labels, ports, pod)
         except Unreachable as exc:
             raise _unreachable("allocate an address", exc) from None
         except RomanaError as exc:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -72,12 +73,16 @@ class RomanadClient:
         segment: str = "",
         labels: dict[str, str] | None = None,
         ports: list[dict[str, Any]] | None = None,
+        pod: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
+        """``pod``: ``{namespace, name, uid}`` of the pod the address is for."""
         body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant, "segment": segment}
         if labels:
             body["labels"] = labels
         if ports:
             body["ports"] = ports
+        if pod is not None:
+            body["pod"] = dict(pod)
         return await self.call("POST", "/address", body)  # type: ignore[no-any-return]
 
     async def address(self, name: str) -> dict[str, Any] | None:

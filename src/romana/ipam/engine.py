@@ -16,6 +16,7 @@ from romana.ipam import snapshot
 from romana.ipam.addr import cidr_str, ip_to_str
 from romana.ipam.blocks import Address, first_free_in
 from romana.ipam.facts import (
+    RESTRUCTURING,
     AddressAllocated,
     AddressReleased,
     AreaReleased,
@@ -43,6 +44,7 @@ from romana.topology.validate import check
 
 FactSink = Callable[[list[Fact]], None]
 Ports = Sequence[Mapping[str, Any]]
+Pod = Mapping[str, str]  # {namespace, name, uid}: see romana.ipam.facts.PodRef
 
 
 class Engine(EngineReads, PolicyOperations):
@@ -76,15 +78,32 @@ class Engine(EngineReads, PolicyOperations):
         return snapshot.take(self.state)
 
     def apply(self, facts: Iterable[Fact]) -> None:
-        """Apply already-durable facts (replay, or a replica tailing the log)."""
+        """Apply already-durable facts (replay, or a replica tailing the log).
+
+        A page of the log is no one operation's plan: it may assign a block and free it
+        again, and an observer told of the whole page would look for that block in a state
+        without it. So observers hear of each fact right after it is applied, as in
+        :meth:`undo`; except the page's run up to its last host or topology fact, told at
+        once (observers recompute from the state after such facts: once, not once each)."""
         if not self.observers:
             self.state.apply(facts)
             return
-        batch = list(facts)
-        self.state.apply(batch)
-        self._notify(batch)
+        page = list(facts)
+        last = max((i for i, f in enumerate(page) if isinstance(f, RESTRUCTURING)), default=-1)
+        apply, notify = self.state.apply, self._notify
+        if last >= 0:
+            head = page[: last + 1]
+            apply(head)
+            notify(head)
+        for fact in page[last + 1 :]:
+            one = [fact]
+            apply(one)
+            notify(one)
 
     def commit(self, facts: list[Fact]) -> None:
+        """Make one operation's facts durable (the sink), then apply them. Observers hear
+        of them together: they were planned on one state as one change (a device's route
+        update counts once), and no operation assigns and frees the same block."""
         if self.sink is not None:
             self.sink(facts)
         journal = self.journal
@@ -239,12 +258,14 @@ class Engine(EngineReads, PolicyOperations):
         segment: str = "",
         labels: Mapping[str, str] | None = None,
         ports: Ports | None = None,
+        pod: Pod | None = None,
     ) -> AddressView:
         """Allocate the next address for (tenant, segment) on ``host``; ``labels`` and
-        ``ports`` are the endpoint's metadata for policies (None: none, or unchanged)."""
+        ``ports`` are the endpoint's metadata for policies, ``pod`` the pod it is for
+        (``{namespace, name, uid}``); None: none, or unchanged."""
         st = self.state
         if name in st.addresses:
-            return self._same_request(name, host, tenant, segment, None, labels, ports)
+            return self._same_request(name, host, tenant, segment, None, labels, ports, pod)
         record = st.hosts.get(host)
         if record is None:
             raise NotFound(f'host "{host}" not found')
@@ -273,7 +294,7 @@ class Engine(EngineReads, PolicyOperations):
             break
         if facts is None:
             raise self._exhausted(record, tenant)
-        self.commit(facts + self.endpoint_facts(name, labels, ports))
+        self.commit(facts + self.endpoint_facts(name, labels, ports, pod))
         return self._view(st.addresses[name])
 
     def _same_request(
@@ -285,10 +306,11 @@ class Engine(EngineReads, PolicyOperations):
         ip: int | None = None,
         labels: Mapping[str, str] | None = None,
         ports: Ports | None = None,
+        pod: Pod | None = None,
     ) -> AddressView:
         """A retried allocation (a CNI runtime after a timeout) gets the address it holds
-        (with the metadata it gives now); the same name asked for another host, tenant,
-        segment or IP is a conflict naming the difference."""
+        (with the metadata it gives now: labels, ports, pod); the same name asked for
+        another host, tenant, segment or IP is a conflict naming the difference."""
         address = self.state.addresses[name]
         block = address.block
         held = {"host": block.host, "tenant": block.tenant, "segment": block.segment}
@@ -302,7 +324,7 @@ class Engine(EngineReads, PolicyOperations):
                 f"with other parameters: {', '.join(different)}",
                 ["release it first, or use another name"],
             )
-        relabel = self.endpoint_facts(name, labels, ports)
+        relabel = self.endpoint_facts(name, labels, ports, pod)
         if relabel:
             self.commit(relabel)
         return self._view(address)
@@ -330,12 +352,13 @@ class Engine(EngineReads, PolicyOperations):
         segment: str = "",
         labels: Mapping[str, str] | None = None,
         ports: Ports | None = None,
+        pod: Pod | None = None,
     ) -> AddressView:
         """Allocate a specific address; it must be free and inside the host's group."""
         st = self.state
         value = int(_parse_ip(ip))
         if name in st.addresses:
-            return self._same_request(name, host, tenant, segment, value, labels, ports)
+            return self._same_request(name, host, tenant, segment, value, labels, ports, pod)
         record = self._host(host)
         tree = next(
             (t for t in st.trees.values() if t.base <= value < t.base + (1 << (32 - t.prefixlen))),
@@ -368,7 +391,7 @@ class Engine(EngineReads, PolicyOperations):
             facts += _area_facts(tree, leaf, claim(leaf.areas, host, index))
             facts.append(BlockAssigned(tree.name, base, tree.block_mask, host, tenant, segment))
         facts.append(AddressAllocated(name, tree.name, value))
-        self.commit(facts + self.endpoint_facts(name, labels, ports))
+        self.commit(facts + self.endpoint_facts(name, labels, ports, pod))
         return self._view(st.addresses[name])
 
     def release(self, name_or_ip: str) -> AddressView:

@@ -155,13 +155,33 @@ class BlackoutRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class PodRef:
+    """The Kubernetes pod an address was allocated for: an IP is handed out again as soon
+    as it is released, so whoever matches pods to addresses (the listener) goes by this,
+    never by IP. ``uid`` is empty when the runtime did not give it."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PodRef:
+        return cls(d["namespace"], d["name"], d.get("uid") or "")
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointLabeled:
-    """The labels and named container ports of the endpoint (pod) an address names."""
+    """The endpoint's (pod's) metadata an address carries, replaced whole: its labels and
+    named container ports (policies select by them) and, when known, its pod."""
 
     kind: ClassVar[str] = wire.ENDPOINT_LABELED
     name: str
     labels: dict[str, str]
     ports: list[dict[str, Any]]  # [{name, port, protocol}], protocol tcp|udp|sctp
+    pod: PodRef | None = None  # logs from before pods were recorded: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +229,10 @@ Fact = (
     | PolicyRemoved
 )
 
+# Facts that change which hosts exist or where they sit: whoever derives something from
+# the placements (the route tracker) recomputes it from the state after them.
+RESTRUCTURING = (TopologyApplied, HostAdded, HostRemoved, HostLabelsUpdated)
+
 FACT_TYPES: dict[str, Any] = {
     t.kind: t
     for t in (
@@ -249,6 +273,9 @@ def fact_to_json(fact: Fact) -> dict[str, Any]:
         elif f.name == "areas":
             if value:  # facts from before areas stay byte-identical
                 out["areas"] = [a.to_json() for a in value]
+        elif f.name == "pod":
+            if value is not None:  # so do endpoint facts without a pod
+                out["pod"] = value.to_json()
         else:
             out[f.name] = value
     return out
@@ -275,6 +302,8 @@ def fact_from_json(d: dict[str, Any]) -> Fact:
             args["blackouts"] = {k: list(v) for k, v in d.get("blackouts", {}).items()}
         elif f.name == "areas":
             args["areas"] = tuple(AreaState.from_json(a) for a in d.get("areas", ()))
+        elif f.name == "pod":
+            args["pod"] = PodRef.from_json(d["pod"]) if d.get("pod") else None
         else:
             args[f.name] = d[f.name]
     return kind(**args)  # type: ignore[no-any-return]

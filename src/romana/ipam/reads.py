@@ -52,6 +52,7 @@ class EngineReads:
     def _view(self, address: Address) -> AddressView:
         block = address.block
         meta = self.state.book.endpoints.get(address.name)
+        labeled = meta is not None and bool(meta.labels or meta.ports)
         return AddressView(
             address.name,
             ip_to_str(address.ip),
@@ -60,8 +61,9 @@ class EngineReads:
             block.tenant,
             block.segment,
             cidr_str(block.base, block.tree.block_mask),
-            None if meta is None else dict(meta.labels),
-            None if meta is None else list(meta.ports),
+            dict(meta.labels) if meta is not None and labeled else None,
+            list(meta.ports) if meta is not None and labeled else None,
+            meta.pod.to_json() if meta is not None and meta.pod is not None else None,
         )
 
     def address(self, name: str) -> AddressView:

@@ -3,9 +3,11 @@
 A snapshot is the smallest set of facts that rebuilds the state (topology with hosts,
 blackouts and host areas, then blocks, then addresses) plus the revision it was taken at.
 Restoring goes through the same appliers as live changes, so it cannot disagree with them.
-Version 3 adds endpoint metadata, tenant labels and policies (:mod:`romana.policy.book`).
-Versions 1 (before host areas) and 2 (before policies) still load: their state simply
-has no areas, or no policies.
+Version 3 adds endpoint metadata, tenant labels and policies (:mod:`romana.policy.book`);
+version 4 the pod an endpoint belongs to (a fourth element of an endpoint's row, when
+known: a build that reads only version 3 would misread it, so it says 4 and is refused
+there by name). Versions 1 (before host areas), 2 (before policies) and 3 (before pods)
+still load: their state simply has no areas, no policies, or no pods.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from romana.ipam.state import IpamState
 from romana.policy import book
 
 FORMAT = "romana-ipam-snapshot"
-VERSION = 3
-READABLE = (1, 2, 3)
+VERSION = 4
+READABLE = (1, 2, 3, 4)
 
 
 def take(state: IpamState) -> dict[str, Any]:

@@ -17,6 +17,7 @@ class AddressView:
     block: str
     labels: dict[str, str] | None = None  # endpoint metadata, when it has any
     ports: list[dict[str, Any]] | None = None
+    pod: dict[str, str] | None = None  # {namespace, name, uid} of its pod, when known
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -31,6 +32,8 @@ class AddressView:
         if self.labels is not None:
             out["labels"] = self.labels
             out["ports"] = self.ports
+        if self.pod is not None:
+            out["pod"] = self.pod
         return out
 
 

@@ -1,4 +1,5 @@
-"""romanad's record of endpoint metadata, tenant labels and policies (applied from facts).
+"""romanad's record of endpoint metadata (labels, named ports, the pod), tenant labels and
+policies (applied from facts).
 
 It lives inside :class:`romana.ipam.state.IpamState` so that one log, one replay and one
 snapshot carry addresses and the metadata policies select them by; an address released
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from romana.ipam.facts import EndpointLabeled, PolicyAdded, PolicyRemoved, TenantLabeled
+from romana.ipam.facts import EndpointLabeled, PodRef, PolicyAdded, PolicyRemoved, TenantLabeled
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,7 @@ class PolicyBook:
     policies: dict[str, StoredPolicy] = field(default_factory=dict)
 
     def endpoint_labeled(self, fact: EndpointLabeled) -> None:
-        if fact.labels or fact.ports:
+        if fact.labels or fact.ports or fact.pod is not None:
             self.endpoints[fact.name] = fact
         else:
             self.endpoints.pop(fact.name, None)
@@ -50,7 +51,7 @@ class PolicyBook:
     def snapshot(self) -> dict[str, Any]:
         return {
             "tenants": dict(sorted(self.tenants.items())),
-            "endpoints": [[e.name, e.labels, e.ports] for _, e in sorted(self.endpoints.items())],
+            "endpoints": [_endpoint_row(e) for _, e in sorted(self.endpoints.items())],
             "policies": [
                 {"key": p.key, "policy": p.policy, "source": p.source}
                 for p in self.policies.values()
@@ -58,9 +59,19 @@ class PolicyBook:
         }
 
 
+def _endpoint_row(e: EndpointLabeled) -> list[Any]:
+    """``[name, labels, ports]``, and the pod fourth when known (snapshot version 4)."""
+    row: list[Any] = [e.name, e.labels, e.ports]
+    if e.pod is not None:
+        row.append(e.pod.to_json())
+    return row
+
+
 def facts_of(snapshot: dict[str, Any]) -> list[Any]:
     """The facts that rebuild a book from :meth:`PolicyBook.snapshot` (after addresses)."""
     facts: list[Any] = [TenantLabeled(t, dict(v)) for t, v in snapshot.get("tenants", {}).items()]
-    facts += [EndpointLabeled(n, dict(lb), list(p)) for n, lb, p in snapshot.get("endpoints", ())]
+    for name, labels, ports, *pod in snapshot.get("endpoints", ()):
+        ref = PodRef.from_json(pod[0]) if pod else None
+        facts.append(EndpointLabeled(name, dict(labels), list(ports), ref))
     facts += [PolicyAdded(p["key"], p["policy"], p["source"]) for p in snapshot.get("policies", ())]
     return facts

@@ -12,7 +12,14 @@ from typing import Any
 
 from romana.errors import Conflict, NotFound
 from romana.ipam.addr import ip_to_str
-from romana.ipam.facts import EndpointLabeled, Fact, PolicyAdded, PolicyRemoved, TenantLabeled
+from romana.ipam.facts import (
+    EndpointLabeled,
+    Fact,
+    PodRef,
+    PolicyAdded,
+    PolicyRemoved,
+    TenantLabeled,
+)
 from romana.ipam.state import IpamState
 from romana.policy.book import StoredPolicy
 from romana.policy.inputs import PolicyInputs, ports_from_json
@@ -25,19 +32,29 @@ class PolicyOperations:
 
     # -- endpoints and tenants ------------------------------------------------------------
     def endpoint_facts(
-        self, name: str, labels: Mapping[str, str] | None, ports: Sequence[Mapping[str, Any]] | None
+        self,
+        name: str,
+        labels: Mapping[str, str] | None,
+        ports: Sequence[Mapping[str, Any]] | None,
+        pod: Mapping[str, str] | None = None,
     ) -> list[Fact]:
-        """The fact giving address ``name`` these labels/ports (None: keep); [] if same."""
+        """The fact giving address ``name`` these labels, ports and pod (None: keep what
+        it has); [] if that is what it has."""
         old = self.state.book.endpoints.get(name)
         new_labels = dict(labels) if labels is not None else dict(old.labels if old else {})
         new_ports = (
             [dict(p) for p in ports] if ports is not None else list(old.ports if old else [])
         )
-        if old is None and not new_labels and not new_ports:
+        new_pod = (
+            PodRef(pod["namespace"], pod["name"], pod.get("uid") or "")
+            if pod is not None
+            else (old.pod if old else None)
+        )
+        if old is None and not new_labels and not new_ports and new_pod is None:
             return []
-        if old is not None and old.labels == new_labels and old.ports == new_ports:
+        if old is not None and (old.labels, old.ports, old.pod) == (new_labels, new_ports, new_pod):
             return []
-        return [EndpointLabeled(name, new_labels, new_ports)]
+        return [EndpointLabeled(name, new_labels, new_ports, new_pod)]
 
     def label_endpoint(
         self,
@@ -45,6 +62,7 @@ class PolicyOperations:
         labels: Mapping[str, str] | None,
         ports: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
+        """Replace an endpoint's labels and/or ports (None: keep); its pod stays."""
         if name not in self.state.addresses:
             raise NotFound(f'address "{name}" not found')
         facts = self.endpoint_facts(name, labels, ports)

@@ -16,8 +16,14 @@ for, so a fact costs microseconds however large the rack is, and so does start-u
   under it (a block may stop or start being stray).
 - In L3-to-host groups, a host's holes are recomputed when a prefix of its group changes.
 
-Host and topology facts are rare and rebuild everything. Counting is exact: segments are
-compared, not guessed.
+Host and topology facts (:data:`~romana.ipam.facts.RESTRUCTURING`) are rare and rebuild
+everything from the state after them. Counting is exact: segments are compared, not
+guessed.
+
+A notice is read against the state right after its facts, so its facts must not undo one
+another: the engine tells an operation's facts together when it commits them (one plan),
+and another replica's page fact by fact, except its run up to the last host or topology
+fact, which a rebuild covers whole (:meth:`romana.ipam.Engine.apply`).
 """
 
 from __future__ import annotations
@@ -26,15 +32,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from romana.ipam.facts import (
+    RESTRUCTURING,
     AreaReleased,
     AreaReserved,
     BlockAssigned,
     BlockFreed,
     Fact,
-    HostAdded,
-    HostLabelsUpdated,
-    HostRemoved,
-    TopologyApplied,
 )
 from romana.ipam.groups import GroupNode
 from romana.ipam.state import IpamState
@@ -51,10 +54,18 @@ from romana.routes.compute import (
 from romana.routes.model import RouteSet, group_vantage, host_vantage
 from romana.routes.prefixes import HostPrefixes, holes, is_stray, leaf_prefixes
 
-_REBUILD = (TopologyApplied, HostAdded, HostRemoved, HostLabelsUpdated)
-_MOVING = frozenset({*_REBUILD, BlockAssigned, BlockFreed, AreaReserved, AreaReleased})
+_MOVING = frozenset({*RESTRUCTURING, BlockAssigned, BlockFreed, AreaReserved, AreaReleased})
 HostKey = tuple[str, str]  # (network, host)
 LeafKey = tuple[str, str]  # (network, leaf path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Carriers:
+    """Who carries the prefixes of a leaf's hosts, besides each host itself."""
+
+    host_routes: bool  # then every host of the leaf carries every other's prefixes
+    hosts: tuple[str, ...]  # the leaf's host vantages
+    router: str | None  # the leaf's router, unless a lone host gets the whole leaf
 
 
 @dataclass(slots=True)
@@ -73,6 +84,7 @@ class RouteTracker:
         self._stale: dict[str, Segments] = {}  # set aside by a rebuild, compared when remade
         self._memo: dict[str, RouteSet] = {}
         self.stats: dict[str, DeviceStats] = {}
+        self._leaf_carriers: dict[LeafKey, _Carriers] = {}  # made on first use
         self._rebuild(count=False)
 
     # -- reading ----------------------------------------------------------------------
@@ -103,7 +115,9 @@ class RouteTracker:
 
     def _count(self, vantage: str, route_changes: int) -> None:
         if route_changes:
-            stats = self.stats.setdefault(vantage, DeviceStats())
+            stats = self.stats.get(vantage)
+            if stats is None:  # not setdefault: that would build a DeviceStats every call
+                stats = self.stats[vantage] = DeviceStats()
             stats.updates += 1
             stats.route_changes += route_changes
 
@@ -134,14 +148,14 @@ class RouteTracker:
         self._rebuild(count=True)
 
     def observe(self, facts: Iterable[Fact]) -> None:
-        """Called after ``facts`` were applied to the state."""
+        """Called after ``facts`` were applied to the state (see the module's docstring)."""
         batch = list(facts)
         kinds = {type(fact) for fact in batch}
         if kinds.isdisjoint(_MOVING):
             return  # addresses inside existing blocks: the point of blocks
-        if not kinds.isdisjoint(_REBUILD):
-            # Checked first: the state already reflects the whole batch (a removed host's
-            # blocks are freed in the same batch that removes the host).
+        if not kinds.isdisjoint(RESTRUCTURING):
+            # Checked first: the state already reflects the whole notice (a removed host's
+            # blocks are freed in the same notice that removes the host).
             self._rebuild(count=True)
             return
         state = self._state()
@@ -176,7 +190,7 @@ class RouteTracker:
         for network, leaf, start, size in regions:
             self._reclassify(network, leaf, start, size, changed, dirty)
         for (network, _), leaf in dirty.items():
-            if not routing_mode(leaf).host_routes:
+            if not self._carriers(network, leaf).host_routes:
                 self._refresh_holes(network, leaf, changed)
         for vantage, route_changes in changed.items():
             self._count(vantage, route_changes)
@@ -264,17 +278,32 @@ class RouteTracker:
         self, network: str, leaf: GroupNode, host: str, delta: int, changed: dict[str, int]
     ) -> None:
         """Forget the memoized routes of every device carrying ``host``'s prefixes."""
-        touched = [host_vantage(host)]
-        if routing_mode(leaf).host_routes:
-            touched += [host_vantage(n) for n in leaf.hosts if n != host]
-        if len(leaf.hosts) > 1:  # alone, the router routes the whole leaf to it (rule 1)
-            touched.append(group_vantage(leaf.path))
-        for vantage in touched:
-            self._memo.pop(vantage, None)
+        carriers = self._carriers(network, leaf)
+        memo = self._memo
+        for vantage in carriers.hosts if carriers.host_routes else (host_vantage(host),):
+            memo.pop(vantage, None)
             changed[vantage] = changed.get(vantage, 0) + delta
+        if carriers.router is not None:
+            memo.pop(carriers.router, None)
+            changed[carriers.router] = changed.get(carriers.router, 0) + delta
+
+    def _carriers(self, network: str, leaf: GroupNode) -> _Carriers:
+        """Who carries a leaf's host prefixes; kept until the next rebuild (a leaf's hosts
+        and routing change only by host and topology facts, which rebuild)."""
+        key = (network, leaf.path)
+        found = self._leaf_carriers.get(key)
+        if found is None:
+            found = self._leaf_carriers[key] = _Carriers(
+                routing_mode(leaf).host_routes,
+                tuple(host_vantage(n) for n in leaf.hosts),
+                # Alone, the router routes the whole leaf to the host (rule 1).
+                group_vantage(leaf.path) if len(leaf.hosts) > 1 else None,
+            )
+        return found
 
     def _rebuild(self, count: bool) -> None:
         state = self._state()
+        self._leaf_carriers = {}
         self._prefixes, self._holes, self._strays = {}, {}, {}
         for tree in state.trees.values():
             for leaf in tree.leaves.values():
