@@ -16,9 +16,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from lightkube import ApiError
-from lightkube.resources.core_v1 import Node, Pod
+from lightkube.resources.core_v1 import Namespace, Node, Pod
 
-from romana.kube.connect import connect, load_config, watch
+from romana.kube.connect import OtherKind, connect, load_config, watch
 from tests.kube import DATA, Cluster, namespace, node, pod, policy
 
 KUBECTL = shutil.which("kubectl")
@@ -171,6 +171,41 @@ def test_lightkube_sees_a_cut_stream_as_an_error(cluster: Cluster) -> None:
             await client.close()
 
     assert run(follow()) == "RemoteProtocolError"
+
+
+def test_the_watch_tells_unknown_event_types_and_other_kinds_apart(cluster: Cluster) -> None:
+    """What only a broken or hostile server sends, written into the stream as it is."""
+    cluster.create(namespace("shop"))
+    stray = node("node-x", "192.168.10.70")
+    stray["metadata"]["resourceVersion"] = str(cluster.api.revision)
+    lines = [
+        {"type": "FROB", "object": namespace("frob")},
+        {"type": "ADDED", "object": stray},
+        {"type": "MODIFIED", "object": {**namespace("shop"), "metadata": stray["metadata"]}},
+    ]
+
+    async def follow() -> list[tuple[str, Any]]:
+        client = connect(load_config(cluster.kubeconfig))
+        seen: list[tuple[str, Any]] = []
+        try:
+            async for event, obj in watch(client, Namespace, None, str(cluster.api.revision)):
+                if event == "BOOKMARK" and not seen:
+                    blank = "/_test/raw?plural=namespaces"  # an empty line: skipped
+                    await asyncio.to_thread(cluster.http.post, blank)
+                    for line in lines:
+                        await asyncio.to_thread(cluster.raw, "namespaces", line)
+                if event != "BOOKMARK":
+                    seen.append((event, obj))
+                if len(seen) == len(lines):
+                    return seen
+            return seen
+        finally:
+            await client.close()
+
+    (frob, frob_obj), (added, other), (modified, shop) = run(follow())
+    assert (frob, frob_obj) == ("FROB", None)  # not even decoded
+    assert added == "ADDED" and isinstance(other, OtherKind) and other.kind == "Node"
+    assert modified == "MODIFIED" and shop.metadata.name == "node-x"  # of the watched kind
 
 
 def test_a_wrong_token_is_refused(cluster: Cluster) -> None:

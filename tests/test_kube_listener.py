@@ -4,19 +4,15 @@ holds (``tests.kube.mismatches``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from romana.api.client import RomanaClient
 from romana.policy.inputs import PolicyInputs
-from tests.daemon import Daemon
 from tests.kube import (
     Cluster,
     Listener,
     in_step,
+    listener_fixtures,
     namespace,
     node,
     pod,
@@ -27,27 +23,7 @@ from tests.kube import (
 ZONES = {"us-west-1a": "10.112.0.0/13", "us-west-1b": "10.120.0.0/13"}
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def romanad(tmp_path: Path) -> Iterator[RomanaClient]:
-    daemon = Daemon(tmp_path / "romanad", "--topology", "kops-aws-us-west-1").start()
-    client = RomanaClient(daemon.url)
-    yield client
-    client.close()
-    daemon.stop()
-
-
-@pytest.fixture
-def listener(cluster: Cluster, romanad: RomanaClient) -> Iterator[Listener]:
-    running = Listener(cluster, romanad.url).start()
-    yield running
-    assert running.stop() == 0, running.log.read_text()[-3000:]
+cluster, romanad, listener = listener_fixtures()
 
 
 def zone_of(romanad: RomanaClient, host: str) -> str:

@@ -3,8 +3,10 @@
 Lists and watches Nodes, Namespaces, Pods and NetworkPolicies and writes what they mean to
 romanad: nodes become hosts (name, InternalIP, labels: the topology's ``assignment`` puts
 them in their group), namespaces tenants with their labels, pods the labels and named
-ports of the endpoints holding their IPs, NetworkPolicies romanad's Kubernetes policies.
+ports of the addresses they hold, NetworkPolicies romanad's Kubernetes policies (or, when
+one cannot be enforced as written, a stand-in that isolates its pods: fail closed).
 Every write is idempotent, so several listeners may run at once (docs/kubernetes.md).
+An object romanad refuses is reported (a Warning Event, /healthz) and stops no other.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from romana.api.client import DEFAULT_URL, RomanaClient
 from romana.errors import RomanaError
+from romana.kube.refusals import API_VERSIONS, Refusals, Subject
 from romana.serving import read_token_file, setup_logging
 
 log = logging.getLogger("romana.kube")
@@ -63,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--event-namespace",
         default="default",
-        help="namespace of the events posted about nodes (cluster-scoped objects)",
+        help="namespace of the events posted about nodes and namespaces (cluster-scoped "
+        "objects); events about pods and NetworkPolicies go to their own namespace",
     )
     p.add_argument(
         "--health-listen", metavar="HOST:PORT", help="serve /healthz (HOST:PORT or unix:/path)"
@@ -98,9 +103,10 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
-    def warn(node: str, reason: str, message: str) -> None:  # called from the sync thread
-        event = _node_event(node, reason, message)
-        future = asyncio.run_coroutine_threadsafe(_post(client, event, args.event_namespace), loop)
+    def warn(subject: Subject, reason: str, message: str) -> None:  # from the sync thread
+        event = _warning_event(subject, reason, message)
+        namespace = subject.namespace or args.event_namespace
+        future = asyncio.run_coroutine_threadsafe(_post(client, event, namespace), loop)
         future.add_done_callback(lambda f: f.exception())  # failures are logged in _post
 
     reflectors: dict[str, Reflector] = {}
@@ -121,9 +127,15 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
     supervisor.start("sync", sync.run, restart=True, stuck_after=None)
 
     def health() -> tuple[bool, dict[str, Any]]:
+        # ``ok`` (the HTTP status, what a liveness probe acts on) is the listener's own
+        # health: a restart cannot help an object romanad refuses, so stuck objects make
+        # it "degraded", listed, and leave ``ok`` alone (docs/kubernetes.md).
         ok, loops = supervisor.health()
+        stuck = sync.refusals.to_json()
         return ok, {
             "ok": ok,
+            "status": ("degraded" if stuck else "ok") if ok else "failing",
+            "stuck": stuck,
             "loops": loops,
             "watches": {k: r.to_json() for k, r in reflectors.items()},
             "sync": {
@@ -131,6 +143,7 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
                 "full_syncs": sync.stats.full_syncs,
                 "writes": dict(sync.stats.writes),
                 "failures": sync.stats.failures,
+                "stuck": len(stuck),
                 "pending_removals": sorted(sync.removals),
                 "not_moved": dict(sync.not_moved),
             },
@@ -141,7 +154,9 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
 
         from romana.publisher.health import serve_in_thread
 
-        serve_in_thread(args.health_listen, CollectorRegistry(), health)
+        registry = CollectorRegistry()
+        registry.register(_StuckObjects(sync.refusals))
+        serve_in_thread(args.health_listen, registry, health)
     log.info("listening to the cluster", extra={"romanad": args.romanad})
     await stopping.wait()
     await supervisor.stop()
@@ -151,15 +166,21 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
         sys.exit(70)
 
 
-def _node_event(node: str, reason: str, message: str) -> Any:
+def _warning_event(subject: Subject, reason: str, message: str) -> Any:
     from lightkube.models.core_v1 import EventSource, ObjectReference
     from lightkube.models.meta_v1 import ObjectMeta
     from lightkube.resources.core_v1 import Event
 
     now = datetime.now(UTC)
     return Event(
-        metadata=ObjectMeta(name=f"{node}.{uuid.uuid4().hex[:16]}"),
-        involvedObject=ObjectReference(apiVersion="v1", kind="Node", name=node),
+        metadata=ObjectMeta(name=f"{subject.name}.{uuid.uuid4().hex[:16]}"),
+        involvedObject=ObjectReference(
+            apiVersion=API_VERSIONS[subject.kind],
+            kind=subject.kind,
+            name=subject.name,
+            namespace=subject.namespace,
+            uid=subject.uid,
+        ),
         reason=reason,
         message=message[:1024],
         type="Warning",
@@ -169,6 +190,25 @@ def _node_event(node: str, reason: str, message: str) -> Any:
         lastTimestamp=now,
         count=1,
     )
+
+
+class _StuckObjects:
+    """``romana_listener_stuck_objects{kind}``: objects romanad refused (an alert's input)."""
+
+    def __init__(self, refusals: Refusals) -> None:
+        self.refusals = refusals
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        gauge = GaugeMetricFamily(
+            "romana_listener_stuck_objects",
+            "Objects whose writes romanad refuses (NetworkPolicies: enforced fail-closed)",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self.refusals.counts().items()):
+            gauge.add_metric([kind], count)
+        yield gauge
 
 
 async def _post(client: Any, event: Any, namespace: str) -> None:

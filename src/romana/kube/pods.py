@@ -11,7 +11,7 @@ from lightkube.resources.core_v1 import Pod
 from romana.errors import NotFound, RomanaError, Unreachable
 from romana.kube.desired import named_ports
 
-PodMetadata = tuple[dict[str, str], tuple[tuple[str, int, str], ...]]
+PodMetadata = tuple[dict[str, str], tuple[tuple[str, int, str], ...], str]
 
 
 class KubePods:
@@ -19,8 +19,8 @@ class KubePods:
         self.client = client
 
     async def lookup(self, namespace: str, name: str) -> PodMetadata:
-        """(labels, named ports); NotFound if the API server has no such pod, Unreachable
-        if it cannot be asked."""
+        """(labels, named ports, uid); NotFound if the API server has no such pod,
+        Unreachable if it cannot be asked."""
         try:
             pod = await self.client.get(Pod, name, namespace=namespace)
         except ApiError as exc:
@@ -30,8 +30,10 @@ class KubePods:
         except Exception as exc:  # httpx2 transport errors, TLS, timeouts
             raise Unreachable(f"cannot reach the API server: {type(exc).__name__}: {exc}") from exc
         ports = tuple((p["name"], p["port"], p["protocol"]) for p in named_ports(pod))
-        labels = pod.metadata.labels if pod.metadata is not None else None
-        return dict(labels or {}), ports
+        meta = pod.metadata
+        labels = meta.labels if meta is not None else None
+        uid = meta.uid if meta is not None else None
+        return dict(labels or {}), ports, uid or ""
 
     async def close(self) -> None:
         await self.client.close()

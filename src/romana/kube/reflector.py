@@ -8,6 +8,9 @@
 - A watch that ends or breaks (connection cut, server error, 429) is resumed from the
   last version after a jittered backoff; 410 Gone (the history was compacted past it)
   is answered by a new list at once.
+- An event of a type the protocol does not have, or an object of another kind than the
+  one watched, is ignored (counted, logged once per type or kind): only a broken or
+  hostile API server sends them, and neither may enter the cache.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 
 from romana.backoff import Backoff
-from romana.kube.connect import watch
+from romana.kube.connect import OtherKind, watch
 from romana.supervise import Loop
 
 log = logging.getLogger("romana.kube")
 PAGE = 500
+IGNORED_KINDS = 32  # distinct unknown types/kinds counted (and logged) on their own
 Changed = Callable[[str, str], None]  # (kind, key): something about this key changed
 
 
@@ -48,6 +52,7 @@ class Reflector:
         self.resource_version = ""
         self.synced = asyncio.Event()
         self.lists = self.expired = self.broken = self.events = self.bookmarks = 0
+        self.ignored: dict[str, int] = {}  # "type X" / "kind X" -> events ignored
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +64,7 @@ class Reflector:
             "broken_watches": self.broken,
             "events": self.events,
             "bookmarks": self.bookmarks,
+            "ignored": dict(self.ignored),
         }
 
     async def run(self, loop: Loop) -> None:
@@ -120,6 +126,9 @@ class Reflector:
         async for event, obj in stream:
             self.backoff.reset()
             loop.beat()
+            if obj is None or isinstance(obj, OtherKind):
+                self._ignore(f"type {event}" if obj is None else f"kind {obj.kind}")
+                continue
             version = obj.metadata.resourceVersion
             if event == "BOOKMARK":
                 self.bookmarks += 1
@@ -133,3 +142,14 @@ class Reflector:
                 self.cache[key] = obj
             self.resource_version = version
             self.changed(self.kind, key)
+
+    def _ignore(self, what: str) -> None:
+        if what not in self.ignored and len(self.ignored) >= IGNORED_KINDS:
+            what = "other"  # a server inventing names must not grow this without bound
+        seen = self.ignored.get(what, 0)
+        self.ignored[what] = seen + 1
+        if not seen:
+            log.warning(
+                "watch event ignored: the API server sent what no watch of this kind has",
+                extra={"kind": self.kind, "ignored": what},
+            )

@@ -10,6 +10,13 @@ Every write sets a whole value (a host's labels, a tenant's labels, an endpoint'
 and ports, a policy by namespace and name) and a removal of something already gone is
 success: two listeners at once converge on the same state (see docs/kubernetes.md).
 
+Each object is its own problem (:mod:`romana.kube.refusals`): a write romanad refuses
+(a 4xx) is recorded against that object, reported, and never blocks the others; only
+romanad being away or broken (5xx, no answer) stops a pass, and the keys it had not done
+yet stay dirty. A NetworkPolicy that cannot be enforced as written (untranslatable, or
+refused by romanad) fails closed: its stand-in (:meth:`NetworkPolicy.isolating`) isolates
+the pods it selects and allows nothing, until the policy is fixed.
+
 Hosts are never moved silently. New node labels that no longer fit the host's group (or
 a new InternalIP) are applied by removing and re-adding the host only while it holds no
 addresses; otherwise the host stays, a Warning event is posted on the Node and logged,
@@ -23,21 +30,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from romana.api.client import RomanaClient
 from romana.backoff import Backoff
 from romana.errors import Conflict, NotFound, RomanaError
-from romana.kube import desired
+from romana.kube import desired, endpoints
 from romana.kube.desired import MANAGED, EndpointSpec, HostSpec
+from romana.kube.endpoints import Holdings
 from romana.kube.reflector import Reflector
+from romana.kube.refusals import (
+    NOT_ENFORCED,
+    Refusal,
+    Refusals,
+    Subject,
+    Warn,
+    is_transient,
+    refusal_of,
+)
 from romana.policy.k8s import policy_key
 from romana.supervise import Loop
 
 log = logging.getLogger("romana.kube")
-Warn = Callable[[str, str, str], None]  # (node name, reason, message): a Warning event
+NAMESPACED = ("Pod", "NetworkPolicy")
 
 
 @dataclass(slots=True)
@@ -67,8 +86,11 @@ class Sync:
         self.full_due = True
         self.removals: dict[str, float] = {}  # host -> when it goes (monotonic)
         self.not_moved: dict[str, str] = {}  # host -> why (warned once per reason)
+        self.refusals = Refusals(warn)
         self.stats = SyncStats()
         self._caches: dict[str, dict[str, Any]] = {kind: {} for kind in reflectors}
+        self._done: set[tuple[str, str]] = set()  # (kind, key) finished in this pass
+        self._claims: Counter[str] | None = None  # live pods per IP, for this pass
         self.converged = asyncio.Event()  # set after each pass that left nothing to do
 
     def changed(self, kind: str, key: str) -> None:
@@ -95,13 +117,14 @@ class Sync:
             full, taken = self.full_due, self.dirty
             self.dirty = {kind: set() for kind in self.reflectors}
             self._caches = {k: dict(r.cache) for k, r in self.reflectors.items()}
+            self._done, self._claims = set(), None
             try:
                 await asyncio.to_thread(self._pass, full, taken)
                 self.full_due = False
                 backoff.reset()
-            except RomanaError as exc:  # romanad away or refusing: keep what is dirty
+            except RomanaError as exc:  # romanad away: keep what this pass had not done
                 for kind, keys in taken.items():
-                    self.dirty[kind] |= keys
+                    self.dirty[kind] |= {k for k in keys if (kind, k) not in self._done}
                 self.stats.failures += 1
                 delay = backoff.next()
                 log.warning(
@@ -132,37 +155,80 @@ class Sync:
 
     def _one(self, kind: str, key: str) -> None:
         obj = self.cache(kind).get(key)
+        subject = self._subject(kind, key, obj)
         if kind == "Node":
-            self._node(key, obj, self._host(key))
+            self._guarded(subject, lambda: self._node(key, obj, self._host(key)))
         elif kind == "Namespace":
-            self._tenant(key, self._tenant_labels(key))
+            self._guarded(subject, lambda: self._tenant(key, self._tenant_labels(key)))
         elif kind == "Pod":
-            spec = desired.endpoint(obj) if obj is not None else None
-            if obj is not None and spec is not None:
-                on_node = self.romanad.addresses(host=obj.spec.nodeName)["addresses"]
-                self._endpoints([spec], {a["ip"]: a for a in on_node})
+            self._guarded(subject, lambda: self._pod(obj))
         elif kind == "NetworkPolicy":
             namespace, _, name = key.partition("/")
-            self._policy(namespace, name, obj, self._stored_policy(namespace, name))
+            self._guarded(
+                subject,
+                lambda: self._policy(namespace, name, obj, self._stored_policy(namespace, name)),
+            )
 
     def _full(self) -> None:
         hosts = {h["name"]: h for h in self.romanad.hosts()["hosts"]}
         nodes = self.cache("Node")
         for name in sorted(hosts.keys() | nodes.keys()):
-            self._node(name, nodes.get(name), hosts.get(name))
+            node = nodes.get(name)
+            self._guarded(
+                self._subject("Node", name, node), partial(self._node, name, node, hosts.get(name))
+            )
         tenants = {t["name"]: t["labels"] for t in self.romanad.tenants()}
-        for name in sorted(tenants.keys() | self.cache("Namespace").keys()):
-            self._tenant(name, tenants.get(name, {}))
-        pods = [desired.endpoint(p) for p in self.cache("Pod").values()]
-        addresses = {a["ip"]: a for a in self.romanad.addresses()["addresses"]}
-        self._endpoints([p for p in pods if p is not None], addresses)
+        spaces = self.cache("Namespace")
+        for name in sorted(tenants.keys() | spaces.keys()):
+            self._guarded(
+                self._subject("Namespace", name, spaces.get(name)),
+                partial(self._tenant, name, tenants.get(name, {})),
+            )
+        pods = self.cache("Pod")
+        holdings = Holdings(self.romanad.addresses()["addresses"], self._pod_claims())
+        for key in sorted(pods):
+            spec = desired.endpoint(pods[key])
+            if spec is not None:
+                self._guarded(
+                    self._subject("Pod", key, pods[key]),
+                    partial(self._label, spec, holdings),
+                )
+        # Pods no longer live were not visited: a refusal about them is moot now.
+        self.refusals.keep_only("Pod", {k for k in pods if desired.live(pods[k])})
         stored = {_policy_name(p): p for p in self.romanad.network_policies()}
         wanted = {tuple(k.split("/", 1)): v for k, v in self.cache("NetworkPolicy").items()}
         for namespace, name in sorted(stored.keys() | wanted.keys()):
             obj = wanted.get((namespace, name))
-            self._policy(namespace, name, obj, stored.get((namespace, name)))
+            self._guarded(
+                self._subject("NetworkPolicy", f"{namespace}/{name}", obj),
+                partial(self._policy, namespace, name, obj, stored.get((namespace, name))),
+            )
         self.stats.full_syncs += 1
         self.stats.last_full_sync = time.time()
+
+    # -- one object at a time -------------------------------------------------------------
+    def _guarded(self, subject: Subject, write: Callable[[], Refusal | None]) -> None:
+        """``write`` for one object: a refusal (returned, or a 4xx raised) is recorded
+        against it and the pass goes on; romanad away or broken ends the pass."""
+        try:
+            refusal = write()
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            refusal = refusal_of(subject.kind, exc)
+        if refusal is None:
+            self.refusals.cleared(subject.kind, subject.key)
+        else:
+            self.refusals.refused(subject, refusal)
+        self._done.add((subject.kind, subject.key))
+
+    def _subject(self, kind: str, key: str, obj: Any) -> Subject:
+        meta = getattr(obj, "metadata", None)
+        uid = getattr(meta, "uid", None) or None
+        if kind in NAMESPACED:
+            namespace, _, name = key.partition("/")
+            return Subject(kind, name, namespace, uid)
+        return Subject(kind, key, None, uid)
 
     # -- hosts ----------------------------------------------------------------------------
     def _host(self, name: str) -> dict[str, Any] | None:
@@ -202,13 +268,12 @@ class Sync:
             self.not_moved.pop(spec.name, None)
 
     def _add_host(self, spec: HostSpec) -> None:
-        try:
-            self.romanad.add_host(spec.name, spec.ip, spec.labels)
-            self.stats.wrote("host_added")
-            self.not_moved.pop(spec.name, None)
-            log.info("host added", extra={"host": spec.name, "ip": spec.ip})
-        except Conflict as exc:  # e.g. the IP is another host's: nothing to do but say so
-            self._refused(spec.name, "RomanaHostRefused", _why(exc))
+        # A refusal (the IP is another host's, no group fits its labels, it lies inside a
+        # pod network...) is this node's alone: _guarded records and reports it.
+        self.romanad.add_host(spec.name, spec.ip, spec.labels)
+        self.stats.wrote("host_added")
+        self.not_moved.pop(spec.name, None)
+        log.info("host added", extra={"host": spec.name, "ip": spec.ip})
 
     def _move(self, spec: HostSpec, held: Mapping[str, Any], why: str) -> None:
         if held["block_count"] == 0:
@@ -230,7 +295,7 @@ class Sync:
             return  # said already; every resync tries again quietly
         self.not_moved[name] = message
         log.error("host not updated", extra={"host": name, "reason": reason, "why": message})
-        self.warn(name, reason, message)
+        self.warn(Subject("Node", name), reason, message)
 
     def _due_removals(self) -> None:
         now = time.monotonic()
@@ -238,14 +303,19 @@ class Sync:
             if when > now:
                 continue
             if name not in self.cache("Node"):
-                try:
-                    self.romanad.remove_host(name)
-                    self.stats.wrote("host_removed")
-                    log.info("host removed (node deleted)", extra={"host": name})
-                except NotFound:
-                    pass
+                # A refusal drops the removal too: the next full pass, finding the host
+                # without its node, schedules it again (after the grace period).
+                self._guarded(Subject("Node", name), partial(self._remove_host, name))
             del self.removals[name]
             self.not_moved.pop(name, None)
+
+    def _remove_host(self, name: str) -> None:
+        try:
+            self.romanad.remove_host(name)
+            self.stats.wrote("host_removed")
+            log.info("host removed (node deleted)", extra={"host": name})
+        except NotFound:
+            pass
 
     # -- tenants, endpoints, policies -----------------------------------------------------
     def _tenant_labels(self, name: str) -> dict[str, str]:
@@ -261,23 +331,27 @@ class Sync:
             self.romanad.label_tenant(name, wanted)
             self.stats.wrote("tenant_labels")
 
-    def _endpoints(self, pods: Iterable[EndpointSpec], held: Mapping[str, Any]) -> None:
-        for spec in pods:
-            address = held.get(spec.ip)
-            if address is None:
-                continue  # the CNI has not allocated it yet (or not through romanad)
-            if address["tenant"] != spec.namespace:
-                log.warning(
-                    "pod IP is held by another tenant's address; labels not set",
-                    extra={"pod": spec.pod, "ip": spec.ip, "address": address["name"]},
-                )
+    def _pod(self, obj: Any) -> None:
+        spec = desired.endpoint(obj) if obj is not None else None
+        if spec is None or spec.node is None:
+            return  # gone, not ours to label (terminating...), or not on a node yet
+        on_node = self.romanad.addresses(host=spec.node)["addresses"]
+        self._label(spec, Holdings(on_node, self._pod_claims()))
+
+    def _pod_claims(self) -> Counter[str]:
+        if self._claims is None:
+            self._claims = endpoints.claims(self.cache("Pod").values())
+        return self._claims
+
+    def _label(self, spec: EndpointSpec, holdings: Holdings) -> None:
+        for address in holdings.of(spec):
+            if address.get("labels") == spec.labels and address.get("ports") == spec.ports:
                 continue
-            if address.get("labels") != spec.labels or address.get("ports") != spec.ports:
-                try:
-                    self.romanad.label_endpoint(address["name"], spec.labels, spec.ports)
-                    self.stats.wrote("endpoint_labels")
-                except NotFound:
-                    pass  # released meanwhile: the pod is gone or restarting
+            try:
+                self.romanad.label_endpoint(address["name"], spec.labels, spec.ports)
+                self.stats.wrote("endpoint_labels")
+            except NotFound:
+                pass  # released meanwhile: the pod is gone or restarting
 
     def _stored_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -285,18 +359,40 @@ class Sync:
         except NotFound:
             return None
 
-    def _policy(self, namespace: str, name: str, obj: Any, held: Mapping[str, Any] | None) -> None:
-        wanted = desired.network_policy(obj) if obj is not None else None
-        if wanted is None:
+    def _policy(
+        self, namespace: str, name: str, obj: Any, held: Mapping[str, Any] | None
+    ) -> Refusal | None:
+        """Put the policy (or, failing that, its fail-closed stand-in); remove it when the
+        object is gone. A Refusal when the stand-in is what romanad enforces."""
+        if obj is None:
             if held is not None:
                 try:
                     self.romanad.remove_network_policy(namespace, name)
                     self.stats.wrote("policy_removed")
                 except NotFound:
                     pass
-            return
-        if held != wanted:
-            self.romanad.put_network_policy(wanted)
+            return None
+        wanted = desired.network_policy(obj)
+        why, error = wanted.not_enforced, "untranslatable"
+        if why is None:
+            try:
+                self._put_policy(wanted.source, held)
+                return None
+            except RomanaError as exc:
+                if is_transient(exc):
+                    raise
+                why, error = f"refused by romanad: {_why(exc)}", exc.wire_code
+            wanted = desired.stand_in(desired.policy_document(obj), why)
+        self._put_policy(wanted.source, held)  # a refusal of the stand-in: RomanaPolicyRefused
+        message = (
+            f"NetworkPolicy {namespace}/{name} is not enforced as written ({why}); "
+            "the pods it selects are isolated and nothing is allowed until it is fixed"
+        )
+        return Refusal(NOT_ENFORCED, message, error, fail_closed=True)
+
+    def _put_policy(self, source: dict[str, Any], held: Mapping[str, Any] | None) -> None:
+        if held != source:
+            self.romanad.put_network_policy(source)
             self.stats.wrote("policy_put")
 
 

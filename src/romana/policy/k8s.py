@@ -12,23 +12,72 @@ translated to :class:`romana.policy.model.Policy` with the full v1 semantics.
   ``ipBlock`` matches addresses (pod IPs included) in ``cidr`` but no ``except``.
 - Named ports are resolved on the destination pod by name and protocol; ``endPort`` makes
   a range. IPv6 blocks are accepted and match nothing (pods here are IPv4).
+
+Accepted as the API server accepts it, so that a policy it holds is never left
+unenforced for want of a translation: no count limit on rules, peers, ports, ``except``
+or selector values (the API server has none; romanad's 1 MiB body limit bounds the
+total); CIDRs read as Go's parser read them before Go 1.17, leading zeros as decimal
+(the API server keeps such stored CIDRs valid on update); selector values any string
+(it keeps values stored under older rules valid too: a value no label can have matches
+nothing). What would make the translation wrong is still refused. A policy that cannot
+be translated all the same is replaced, by the listener, with :meth:`NetworkPolicy.isolating`:
+the pods it selects are isolated and nothing is allowed (fail closed).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from romana import names
 from romana.policy.model import Allow, Block, Endpoints, Peer, Policy, Port, Requirement, Selector
 
 ObjectName = Annotated[str, AfterValidator(names.OBJECT.check)]
 Namespace = Annotated[str, AfterValidator(names.TENANT.check)]
-LabelKey = Annotated[str, AfterValidator(names.LABEL_NAME.check)]
-LabelValue = Annotated[str, AfterValidator(names.LABEL_VALUE.check)]
-Labels = Annotated[dict[str, str], AfterValidator(names.check_labels)]
+# The annotation that marks the fail-closed stand-in of a policy (its value says why); the
+# only annotation a stored source keeps.
+NOT_ENFORCED = "romana.io/not-enforced"
+
+
+def _selector_key(key: str) -> str:
+    problems = names.label_problems({key: ""})  # "" is a valid value: only the key is checked
+    if problems:
+        raise ValueError(problems[0][1])
+    return key
+
+
+def _selector_value(value: str) -> str:
+    """Any string the API server could have stored (UTF-8): older API servers took values
+    today's rules refuse, and it keeps them valid; a value no label has matches nothing."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"label value {names.show(value)} is not valid UTF-8") from None
+    return value
+
+
+def _selector_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        _selector_key(key)
+        _selector_value(value)
+    return labels
+
+
+LabelKey = Annotated[str, AfterValidator(_selector_key)]
+SelectorValue = Annotated[str, AfterValidator(_selector_value)]
+SelectorLabels = Annotated[dict[str, str], AfterValidator(_selector_labels)]
 
 
 class _Strict(BaseModel):
@@ -38,7 +87,7 @@ class _Strict(BaseModel):
 class Expression(_Strict):
     key: LabelKey
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[LabelValue] | None = Field(default=None, max_length=1000)
+    values: list[SelectorValue] | None = None
 
     @model_validator(mode="after")
     def _values(self) -> Expression:
@@ -51,10 +100,8 @@ class Expression(_Strict):
 
 
 class LabelSelector(_Strict):
-    match_labels: Labels = Field(default_factory=dict, alias="matchLabels")
-    match_expressions: list[Expression] = Field(
-        default_factory=list, alias="matchExpressions", max_length=1000
-    )
+    match_labels: SelectorLabels = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: list[Expression] = Field(default_factory=list, alias="matchExpressions")
 
     def selector(self) -> Selector:
         found = {Requirement(k, "In", (v,)) for k, v in self.match_labels.items()}
@@ -66,8 +113,8 @@ class LabelSelector(_Strict):
 
 
 class IPBlock(_Strict):
-    cidr: str = Field(max_length=43)
-    excluded: list[str] = Field(default_factory=list, alias="except", max_length=1000)
+    cidr: str
+    excluded: list[str] = Field(default_factory=list, alias="except")
 
     @model_validator(mode="after")
     def _nested(self) -> IPBlock:
@@ -80,11 +127,11 @@ class IPBlock(_Strict):
         return self
 
     def peer(self) -> Block | None:
-        outer = ipaddress.ip_network(self.cidr, strict=False)
-        if outer.version != 4:
+        outer = go_cidr(self.cidr)
+        if not isinstance(outer, ipaddress.IPv4Network):
             return None
         inner = ipaddress.collapse_addresses(
-            ipaddress.IPv4Network(t, strict=False) for t in self.excluded
+            n for n in map(go_cidr, self.excluded) if isinstance(n, ipaddress.IPv4Network)
         )
         return Block(str(outer), tuple(str(n) for n in inner))
 
@@ -145,13 +192,13 @@ class PolicyPort(_Strict):
 
 
 class IngressRule(_Strict):
-    peers: list[PolicyPeer] | None = Field(default=None, alias="from", max_length=1000)
-    ports: list[PolicyPort] | None = Field(default=None, max_length=1000)
+    peers: list[PolicyPeer] | None = Field(default=None, alias="from")
+    ports: list[PolicyPort] | None = None
 
 
 class EgressRule(_Strict):
-    peers: list[PolicyPeer] | None = Field(default=None, alias="to", max_length=1000)
-    ports: list[PolicyPort] | None = Field(default=None, max_length=1000)
+    peers: list[PolicyPeer] | None = Field(default=None, alias="to")
+    ports: list[PolicyPort] | None = None
 
 
 class Spec(_Strict):
@@ -159,14 +206,24 @@ class Spec(_Strict):
     policy_types: list[Literal["Ingress", "Egress"]] | None = Field(
         default=None, alias="policyTypes", max_length=2
     )
-    ingress: list[IngressRule] | None = Field(default=None, max_length=1000)
-    egress: list[EgressRule] | None = Field(default=None, max_length=1000)
+    ingress: list[IngressRule] | None = None
+    egress: list[EgressRule] | None = None
 
 
 class Metadata(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # uid, resourceVersion, annotations...
+    model_config = ConfigDict(extra="ignore")  # uid, resourceVersion, labels...
     name: ObjectName
     namespace: Namespace = "default"
+    annotations: dict[str, str] | None = None  # NOT_ENFORCED only (see _kept)
+
+    @field_validator("annotations", mode="before")
+    @classmethod
+    def _kept(cls, value: Any) -> dict[str, str] | None:
+        """Only the fail-closed marker: other annotations (kubectl's last-applied copy of
+        the whole object, say) are not the policy and would only fatten the log."""
+        if not isinstance(value, Mapping) or not isinstance(value.get(NOT_ENFORCED), str):
+            return None
+        return {NOT_ENFORCED: value[NOT_ENFORCED]}
 
 
 class NetworkPolicy(BaseModel):
@@ -196,6 +253,37 @@ class NetworkPolicy(BaseModel):
     def source(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    @classmethod
+    def isolating(cls, document: Mapping[str, Any], reason: str) -> NetworkPolicy:
+        """The fail-closed stand-in for ``document``, a policy that cannot be enforced as
+        written: under its namespace and name, it isolates the pods it selects (all pods
+        of the namespace if even its podSelector cannot be read) in the directions of its
+        policyTypes as the API server defaults them (both if they cannot be read) and
+        allows nothing. Marked with the annotation :data:`NOT_ENFORCED` giving ``reason``.
+
+        Raises ValidationError only if the name or namespace themselves are invalid."""
+        meta = _mapping(document.get("metadata"))
+        spec = _mapping(document.get("spec"))
+        try:
+            selector = LabelSelector.model_validate(spec.get("podSelector") or {})
+        except ValidationError:
+            selector = LabelSelector()
+        return cls.model_validate(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": meta.get("name"),
+                    "namespace": meta.get("namespace") or "default",
+                    "annotations": {NOT_ENFORCED: reason[:1024]},
+                },
+                "spec": {
+                    "podSelector": selector.model_dump(by_alias=True),
+                    "policyTypes": _defaulted_types(document.get("spec")),
+                },
+            }
+        )
+
 
 def policy_key(namespace: str, name: str) -> str:
     """``k8s:NAMESPACE:NAME``: ':' is in no Kubernetes name nor in any Romana policy id."""
@@ -211,11 +299,66 @@ def _allow(peers: list[PolicyPeer] | None, ports: list[PolicyPort] | None, names
     return Allow(translated, matched)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _defaulted_types(spec: Any) -> list[str]:
+    """policyTypes as the API server defaults them; both when ``spec`` is unreadable."""
+    both = ["Ingress", "Egress"]
+    if not isinstance(spec, Mapping):
+        return both
+    given, egress = spec.get("policyTypes"), spec.get("egress")
+    if given:
+        if not isinstance(given, list) or not set(given) <= set(both):
+            return both
+        return [t for t in both if t in given]
+    if egress is None or egress == []:
+        return ["Ingress"]
+    return both  # egress rules given (or something unreadable there): isolate egress too
+
+
+_DECIMAL = re.compile(r"[0-9]+\Z")
+_HEX = re.compile(r"[0-9A-Fa-f]+\Z")
+
+
+def go_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR as Go's ``net.ParseCIDR`` read it before Go 1.17 (Kubernetes keeps that
+    reading for CIDRs stored by older versions): ADDRESS/PREFIX with a decimal prefix,
+    IPv4 parts in decimal whatever their leading zeros (``010.0.0.0/8`` is 10.0.0.0/8),
+    IPv6 groups of any length up to 0xffff; host bits are masked. ValueError otherwise."""
+    address, slash, prefix = text.partition("/")
+    if not slash or not _DECIMAL.match(prefix) or "%" in address:
+        raise ValueError("expected ADDRESS/PREFIX with a decimal prefix length")
+    if ":" in address:
+        head, _, last = address.rpartition(":")
+        groups = [_hex_group(g) for g in head.split(":")]
+        address = ":".join([*groups, _dotted_quad(last) if "." in last else _hex_group(last)])
+    else:
+        address = _dotted_quad(address)
+    return ipaddress.ip_network(f"{address}/{int(prefix)}", strict=False)
+
+
+def _dotted_quad(text: str) -> str:
+    parts = text.split(".")
+    if len(parts) != 4 or not all(_DECIMAL.match(p) and int(p) <= 255 for p in parts):
+        raise ValueError(f"{text!r} is not an IPv4 address")
+    return ".".join(str(int(p)) for p in parts)
+
+
+def _hex_group(text: str) -> str:
+    if text == "":  # either side of "::"
+        return text
+    if not _HEX.match(text) or int(text, 16) > 0xFFFF:
+        raise ValueError(f"{text!r} is not an IPv6 group")
+    return f"{int(text, 16):x}"
+
+
 def _network(text: str, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        return ipaddress.ip_network(text, strict=False)
+        return go_cidr(text)
     except ValueError as exc:
         raise ValueError(f"{field}: {text!r} is not a CIDR ({exc})") from None
 
 
-__all__ = ["NetworkPolicy", "policy_key"]
+__all__ = ["NOT_ENFORCED", "NetworkPolicy", "go_cidr", "policy_key"]
