@@ -25,6 +25,7 @@ Sections, all in one run:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import platform
@@ -235,61 +236,94 @@ def section_nft(inputs: PolicyInputs, ruleset: Ruleset, args: argparse.Namespace
     }
 
 
-_SET = re.compile(r"ip (saddr|daddr) @(\w+)")
-_CIDR = re.compile(r"ip (saddr|daddr) (\d+\.\d+\.\d+\.\d+/\d+)")
-_EXCEPT = re.compile(r"ip (saddr|daddr) != \{ ([^}]*) \}")
-_NAMED = re.compile(r"ip daddr \. th dport @(\w+)")
+_PEER = re.compile(r"^ip (saddr|daddr) (@\w+|[0-9./-]+) ")
+_INLINE_PORT = re.compile(r"meta l4proto (\w+)(?: th dport (\d+)(?:-(\d+))?)?(?= accept$)")
+_PORT_SET = re.compile(r"meta l4proto \. th dport @(\w+)")
+_NAMED = re.compile(r"ip daddr \. meta l4proto \. th dport @(\w+)")
+_ICMP = re.compile(r"meta l4proto icmp(?: icmp type (\d+))?(?: icmp code (\d+))?")
+_FLAG = {"saddr": "-s", "daddr": "-d"}
+
+
+def _span(text: str) -> str:
+    return text.replace("-", ":")
+
+
+def _cidrs(element: str) -> list[str]:
+    """An interval set element (address, prefix or range) as CIDRs."""
+    if "-" not in element:
+        return [element]
+    low, high = (ipaddress.IPv4Address(a) for a in element.split("-"))
+    return [str(n) for n in ipaddress.summarize_address_range(low, high)]
 
 
 def iptables_rules(chain: str, rule: str, ruleset: Ruleset, use_ipset: bool) -> list[str]:
-    """One nft rule of ours as iptables rules (expanded over set members without ipset)."""
-    direction = {"saddr": "-s", "daddr": "-d"}
-    base = []
-    proto = re.search(r"meta l4proto (\w+)", rule)
-    if proto:
-        base += ["-p", proto.group(1)]
-    ports = re.search(r"th dport (\d+)(?:-(\d+))?(?! @)", rule)
-    if ports and "@" not in rule[ports.start() : ports.end() + 2]:
-        span = ports.group(1) if ports.group(2) is None else f"{ports.group(1)}:{ports.group(2)}"
-        base += ["--dport", span]
-    block: list[str] = []
-    if m := _CIDR.search(rule):
-        block = [direction[m.group(1)], m.group(2)]
-    excepts = []
-    if m := _EXCEPT.search(rule):
-        excepts = [(direction[m.group(1)], c.strip()) for c in m.group(2).split(",")]
-    target = "ACCEPT" if rule.endswith("accept") else "DROP"
+    """One nft rule of ours as iptables rules: each set iptables cannot match as one ipset
+    (every set without ipset; port sets always: an ipset cannot hold protocol and port
+    ranges) becomes one rule per element."""
     if rule.startswith("jump "):
         return [f"-A {chain} -j {rule.split()[1]}"]
     if rule == "drop":
         return [f"-A {chain} -j DROP"]
     alternatives: list[list[str]] = [[]]
-    if m := _SET.search(rule):
-        members = sorted(ruleset.sets[m.group(2)].elements)
-        if use_ipset:
-            alternatives = [
-                ["-m", "set", "--match-set", m.group(2), "src" if m.group(1) == "saddr" else "dst"]
-            ]
+
+    def times(options: list[list[str]]) -> None:
+        nonlocal alternatives
+        alternatives = [[*a, *o] for a in alternatives for o in options]
+
+    if m := _PEER.search(rule):
+        flag, what = _FLAG[m.group(1)], m.group(2)
+        if not what.startswith("@"):
+            times(
+                [["-m", "iprange", "--src-range" if flag == "-s" else "--dst-range", what]]
+                if "-" in what
+                else [[flag, what]]
+            )
+        elif use_ipset:
+            times([["-m", "set", "--match-set", what[1:], "src" if flag == "-s" else "dst"]])
         else:
-            alternatives = [[direction[m.group(1)], ip] for ip in members]
+            members = sorted(ruleset.sets[what[1:]].elements)
+            times([[flag, c] for e in members for c in _cidrs(e)])
     if m := _NAMED.search(rule):
         members = sorted(ruleset.sets[m.group(1)].elements)
         if use_ipset:
-            alternatives = [
-                [*a, "-m", "set", "--match-set", m.group(1), "dst,dst"] for a in alternatives
-            ]
+            times([["-m", "set", "--match-set", m.group(1), "dst,dst"]])
         else:
-            pairs = [e.split(" . ") for e in members]
-            alternatives = [
-                [*a, "-d", ip, "--dport", port] for a in alternatives for ip, port in pairs
-            ]
-    out = []
-    # An except is a RETURN before the accept (iptables has no negated address list).
-    for flag, cidr in excepts:
-        out += [f"-A {chain} {' '.join([*base, *a, flag, cidr])} -j RETURN" for a in alternatives]
-    # (an except lies inside its block, so its RETURN needs no block match)
-    out += [f"-A {chain} {' '.join([*base, *block, *a])} -j {target}" for a in alternatives]
-    return out
+            triples = [e.split(" . ") for e in members]
+            times([["-d", ip, "-p", proto, "--dport", port] for ip, proto, port in triples])
+    elif m := _PORT_SET.search(rule):
+        pairs = [e.split(" . ") for e in sorted(ruleset.sets[m.group(1)].elements)]
+        times([["-p", proto, "--dport", _span(span)] for proto, span in pairs])
+    elif m := _ICMP.search(rule):
+        kind = (
+            ""
+            if m.group(1) is None
+            else m.group(1) + ("" if m.group(2) is None else f"/{m.group(2)}")
+        )
+        times([["-p", "icmp", *(["--icmp-type", kind] if kind else [])]])
+    elif m := _INLINE_PORT.search(rule):
+        dport = (
+            []
+            if m.group(2) is None
+            else ["--dport", m.group(2) + (f":{m.group(3)}" if m.group(3) else "")]
+        )
+        times([["-p", m.group(1), *dport]])
+    return [f"-A {chain} {' '.join(a)} -j ACCEPT".replace("  ", " ") for a in alternatives]
+
+
+def _ipset(name: str, s: Any) -> list[str]:
+    """ipset restore lines for one of our sets (port sets have no ipset equivalent)."""
+    if name.startswith("t_"):
+        return []
+    if name.startswith("n_"):
+        lines = [f"create {name} hash:ip,port maxelem 1000000"]
+        for element in sorted(s.elements):
+            ip, proto, port = element.split(" . ")
+            lines.append(f"add {name} {ip},{proto}:{port}")
+        return lines
+    kind = "hash:net" if s.flags else "hash:ip"
+    lines = [f"create {name} {kind} maxelem 1000000"]
+    lines += [f"add {name} {c}" for e in sorted(s.elements) for c in _cidrs(e)]
+    return lines
 
 
 def iptables_script(ruleset: Ruleset, use_ipset: bool) -> tuple[str, str, int]:
@@ -319,14 +353,9 @@ def iptables_script(ruleset: Ruleset, use_ipset: bool) -> tuple[str, str, int]:
             rules += iptables_rules(chain, rule, ruleset, use_ipset)
     ipsets = []
     if use_ipset:
-        for s in ruleset.sets.values():
-            if s.is_map:
-                continue
-            kind = "hash:ip,port" if "inet_service" in s.type else "hash:ip"
-            ipsets.append(f"create {s.name} {kind} maxelem 1000000")
-            for e in sorted(s.elements):
-                ip, _, port = e.partition(" . ")
-                ipsets.append(f"add {s.name} {ip}" + (f",tcp:{port}" if port else ""))
+        for name, s in ruleset.sets.items():
+            if not s.is_map:
+                ipsets += _ipset(name, s)
     return "\n".join(lines + rules + ["COMMIT"]) + "\n", "\n".join(ipsets) + "\n", len(rules)
 
 
@@ -335,10 +364,13 @@ def expanded_rule_count(ruleset: Ruleset) -> int:
     count = 3 + sum(len(ruleset.sets[m].elements) for m in ("egress_of", "ingress_of"))
     for rules in ruleset.chains.values():
         for rule in rules:
-            peers = len(ruleset.sets[m.group(2)].elements) if (m := _SET.search(rule)) else 1
-            named = len(ruleset.sets[m.group(1)].elements) if (m := _NAMED.search(rule)) else 1
-            excepts = len(m.group(2).split(",")) if (m := _EXCEPT.search(rule)) else 0
-            count += peers * named * (1 + excepts)
+            factor = 1
+            if (m := _PEER.search(rule)) and m.group(2).startswith("@"):
+                members = ruleset.sets[m.group(2)[1:]].elements
+                factor *= sum(len(_cidrs(e)) for e in members)
+            if m := (_NAMED.search(rule) or _PORT_SET.search(rule)):
+                factor *= len(ruleset.sets[m.group(1)].elements)
+            count += factor
     return count
 
 
@@ -486,6 +518,8 @@ def section_end_to_end(
                 revision = client.get("/healthz").json()["revision"]
                 wait(lambda r=revision: (_policy(health).get("revision") or 0) >= r, 30, 0.002)
                 pod_latency.append(time.perf_counter() - t0)
+            wide_s, wide = wide_then_deny(client, health, local, args.wide)
+            repairs = flush_and_wait(ns, health, args.changes)
             final = _policy(health)
     finally:
         for proc in (agent, romanad):
@@ -501,7 +535,75 @@ def section_end_to_end(
         "agent_first_table_s": round(first_s, 3),
         "policy_change_to_enforced": quantiles(policy_latency),
         "remote_pod_to_enforced": quantiles(pod_latency),
+        "wide_policy_then_other_namespace_deny_all": {
+            "blocks_x_ports": f"{args.wide} x {args.wide}",
+            "wide_posted_to_both_enforced_s": round(wide_s, 3),
+            **wide,
+        },
+        "table_back_after_nft_flush_ruleset": quantiles(repairs),
         "agent": {k: final.get(k) for k in ("rules", "elements", "isolated_endpoints", "loads")},
+    }
+
+
+def flush_and_wait(ns: str, health: httpx.Client, times: int) -> list[float]:
+    """``nft flush ruleset`` in the agent's namespace (another process removes its table),
+    then the seconds until the table is listed again (``nft list`` polled; each poll
+    takes a few ms, which bounds the resolution)."""
+    out = []
+    for _ in range(times):
+        repairs = _policy(health)["table"]["repairs"]
+        t0 = time.perf_counter()
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "flush", "ruleset"], check=True)
+        listed = ["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "romana"]
+        while subprocess.run(listed, capture_output=True).returncode != 0:
+            if time.perf_counter() - t0 > 60:
+                raise SystemExit("the table did not come back within 60 s")
+        out.append(time.perf_counter() - t0)
+        wait(lambda r=repairs: _policy(health)["table"]["repairs"] > r, 30)
+    return out
+
+
+def wide_then_deny(
+    client: httpx.Client, health: httpx.Client, local: list[dict[str, Any]], n: int
+) -> tuple[float, dict[str, Any]]:
+    """A NetworkPolicy of ``n`` ipBlocks x ``n`` ports in one rule (what issue 22's attack
+    posted: 1,000,000 rules before peers and ports were sets) protecting a pod of this
+    host, then at once another namespace's deny-all: the seconds until the agent has
+    loaded both, and the table's size then."""
+    target, other = (
+        local[0],
+        next(d for d in local if d["metadata"]["namespace"] != local[0]["metadata"]["namespace"]),
+    )
+    blocks = [{"ipBlock": {"cidr": f"172.{16 + i // 125}.{2 * (i % 125)}.0/24"}} for i in range(n)]
+    ports = [{"port": 1 + 2 * i, "protocol": "TCP"} for i in range(n)]
+    wide = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "wide", "namespace": target["metadata"]["namespace"]},
+        "spec": {
+            "podSelector": target["spec"]["podSelector"],
+            "ingress": [{"from": blocks, "ports": ports}],
+        },
+    }
+    deny = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-all", "namespace": other["metadata"]["namespace"]},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    }
+    t0 = time.perf_counter()
+    client.post("/k8s/networkpolicies", json=wide).raise_for_status()
+    t1 = time.perf_counter()
+    client.post("/k8s/networkpolicies", json=deny).raise_for_status()
+    revision = client.get("/healthz").json()["revision"]
+    wait(lambda: (_policy(health).get("revision") or 0) >= revision, 300, 0.002)
+    done = time.perf_counter()
+    state = _policy(health)
+    return done - t0, {
+        "deny_all_posted_to_enforced_s": round(done - t1, 3),
+        "rules": state.get("rules"),
+        "elements": state.get("elements"),
+        "refused": sorted(state.get("refused_policies", {})),
     }
 
 
@@ -538,6 +640,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument(
+        "--wide", type=int, default=1000, help="blocks and ports of the wide policy (N x N)"
+    )
     parser.add_argument(
         "--expanded-limit",
         type=int,

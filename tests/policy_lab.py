@@ -66,8 +66,11 @@ class RunningPod:
 
 
 class PolicyCluster:
-    def __init__(self, lab: Lab, romanad_url: str, workdir: Path) -> None:
+    def __init__(
+        self, lab: Lab, romanad_url: str, workdir: Path, agent_args: tuple[str, ...] = ()
+    ) -> None:
         self.lab, self.workdir = lab, workdir
+        self.agent_args = agent_args
         self.url = romanad_url
         self.client = RomanaClient(romanad_url)
         self.bin = workdir / "bin"
@@ -117,6 +120,7 @@ class PolicyCluster:
             f"unix:{self.agent_socket(name)}",
             "--nft",
             nft,
+            *self.agent_args,
             log=self.workdir / f"agent-{name}.log",
         )
         wait_until((self.workdir / f"cni-{name}.sock").is_socket, 15, message=f"{name}'s agent")
@@ -130,23 +134,53 @@ class PolicyCluster:
         """CNI ADD as a runtime runs it, then the pod's servers and prober."""
         labels = labels if labels is not None else {"pod": pod}
         netns = self.lab.netns(f"{ns}-{pod}")
+        args = {
+            "cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]},
+            "romana": {"ports": NAMED_PORTS},
+        }
+        answer = self._cni("ADD", ns, pod, host, netns, args)
+        ip = json.loads(answer)["ips"][0]["address"].removesuffix("/32")
+        model = Pod(ns, pod, ip, host, dict(labels), [dict(p) for p in NAMED_PORTS])
+        running = self._prober(netns, model, ",".join(map(str, SERVED)))
+        running.name = f"net:{ns}-{pod}:eth0"
+        self.pods[f"{ns}/{pod}"] = running
+        return running
+
+    def remove_pod(self, key: str) -> None:
+        """CNI DEL of pod ``key`` (namespace/name) as a runtime runs it; its processes stop."""
+        running = self.pods.pop(key)
+        ns, pod = key.split("/")
+        self._cni("DEL", ns, pod, running.pod.node, running.netns)
+        running.proc.kill()
+        running.proc.wait()
+        run("ip", "netns", "del", running.netns.name)
+        self.lab.namespaces.remove(running.netns)
+
+    def _cni(
+        self,
+        command: str,
+        ns: str,
+        pod: str,
+        host: str,
+        netns: Netns,
+        args: dict[str, Any] | None = None,
+    ) -> str:
+        """The plugin run in ``host``'s namespace for pod ns/pod; its stdout (it must
+        succeed)."""
         conf = {
             "cniVersion": "1.0.0",
             "name": "net",
             "type": "romana",
             "agent_socket": str(self.workdir / f"cni-{host}.sock"),
-            "args": {
-                "cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]},
-                "romana": {"ports": NAMED_PORTS},
-            },
+            **({"args": args} if args else {}),
         }
         env = {
-            "CNI_COMMAND": "ADD",
+            "CNI_COMMAND": command,
             "CNI_CONTAINERID": f"{ns}-{pod}",
             "CNI_NETNS": netns.path,
             "CNI_IFNAME": "eth0",
             "CNI_PATH": str(self.bin),
-            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns}",
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}",
             "PATH": os.environ["PATH"],
         }
         done = subprocess.run(
@@ -158,12 +192,7 @@ class PolicyCluster:
             timeout=60,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        ip = json.loads(done.stdout)["ips"][0]["address"].removesuffix("/32")
-        model = Pod(ns, pod, ip, host, dict(labels), [dict(p) for p in NAMED_PORTS])
-        running = self._prober(netns, model, ",".join(map(str, SERVED)))
-        running.name = f"net:{ns}-{pod}:eth0"
-        self.pods[f"{ns}/{pod}"] = running
-        return running
+        return done.stdout
 
     def _prober(self, netns: Netns, pod: Pod, ports: str) -> RunningPod:
         proc = subprocess.Popen(
@@ -277,7 +306,7 @@ def _all_at_once(
 
 
 @contextmanager
-def policy_cluster(workdir: Path) -> Iterator[PolicyCluster]:
+def policy_cluster(workdir: Path, *agent_args: str) -> Iterator[PolicyCluster]:
     (workdir / "topology.json").write_text(json.dumps(TOPOLOGY))
     socket = workdir / "romanad.sock"
     romanad = Daemon(
@@ -285,7 +314,7 @@ def policy_cluster(workdir: Path) -> Iterator[PolicyCluster]:
     ).start()
     try:
         with Lab("pol", workdir) as lab:
-            cluster = PolicyCluster(lab, f"unix:{socket}", workdir)
+            cluster = PolicyCluster(lab, f"unix:{socket}", workdir, agent_args)
             try:
                 yield cluster
             finally:

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from romana.api.client import RomanaClient
+from romana.cni.config import host_ifname
 from romana.errors import NotFound
 
 from .daemon import Daemon
@@ -657,3 +658,39 @@ def test_hostile_invocations_get_spec_errors_and_leave_the_agent_serving(cluster
     ok = c.cni("h1", "ADD", c.conf("h1"), "after-hostile", ns.path)
     assert ok.rc == 0, ok.stdout
     assert c.cni("h1", "DEL", c.conf("h1"), "after-hostile", ns.path).rc == 0
+
+
+def test_a_netns_path_that_is_no_network_namespace_is_refused_without_blocking(
+    cluster: Cluster,
+) -> None:
+    """CNI_NETNS is opened without blocking and must be a network namespace: a FIFO (a
+    plain open waits for a writer, which froze the whole agent), a file, another kind of
+    namespace and the host's own namespace get code 4, nothing is allocated or left
+    behind, and an ordinary ADD started while the FIFO's ADD runs is served."""
+    c = cluster
+    conf = c.conf("h1")
+    fifo = c.workdir / "not-a-netns.fifo"
+    os.mkfifo(fifo)
+    plain = c.workdir / "not-a-netns.txt"
+    plain.write_text("")
+    before = c.veths("h1")
+    agent_pid = c.agents["h1"].pid
+    cases = {
+        "fifo": str(fifo),
+        "file": str(plain),
+        "uts": f"/proc/{agent_pid}/ns/uts",
+        "own": f"/proc/{agent_pid}/ns/net",
+    }
+    blocked = c.start("h1", "ADD", conf, "nn-fifo", str(fifo))
+    ok_ns = c.pod()
+    ok = c.cni("h1", "ADD", conf, "nn-ok", ok_ns.path)  # served while the FIFO's ADD runs
+    assert ok.rc == 0, ok.stdout
+    error = error_of(c.finish(blocked))
+    assert error["code"] == 4 and "network namespace" in error["details"], error
+    for label, path in cases.items():
+        error = error_of(c.cni("h1", "ADD", conf, f"nn-{label}", path))
+        assert error["code"] == 4, (label, error)
+        assert c.allocated(f"net:nn-{label}:eth0") is None
+    assert "host's own" in error["msg"]  # the last case: the agent's own namespace
+    assert c.veths("h1") - before == {host_ifname("net:nn-ok:eth0")}
+    assert c.cni("h1", "DEL", conf, "nn-ok", ok_ns.path) == Reply(0, "")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -139,7 +140,7 @@ def test_policy_facts_round_trip_replay_and_snapshot() -> None:
         assert fact_from_json(json.loads(json.dumps(fact_to_json(fact)))) == fact
     replayed = Engine.replay(facts)
     restored = Engine.from_snapshot(json.loads(json.dumps(engine.snapshot())))
-    assert engine.snapshot()["version"] == 3
+    assert engine.snapshot()["version"] == 4
     for other in (replayed, restored):
         assert other.state.book == engine.state.book
         assert other.policy_inputs().to_json() == engine.policy_inputs().to_json()
@@ -273,8 +274,14 @@ def nft_accepts(script: str) -> str:
 
 NEEDLES = {
     # h1 holds t0's endpoints (the deny and web policies), h2 t1's (egress, the native one)
-    "h1": ("ip daddr . th dport @n_tcp_http", "!= { 10.1.0.0/24 }", "th dport 9000-9100"),
-    "h2": ("icmp type 8 icmp code 0", "sctp th dport 7777", "ip saddr @hosts", "th dport 20-22"),
+    "h1": (
+        "ip daddr . meta l4proto . th dport @n_tcp_http accept",
+        "10.1.0.0 . tcp . 8080",
+        "10.0.0.0/16,\n      10.1.1.0-10.255.255.255",  # 10.0.0.0/8 except 10.1.0.0/24
+        "tcp . 9000-9100,\n      udp . 53",
+        "flags interval",
+    ),
+    "h2": ("icmp type 8 icmp code 0", "sctp . 7777", "ip saddr @hosts", "th dport 20-22"),
 }
 
 
@@ -290,7 +297,17 @@ def test_nft_accepts_every_shape_of_rule(host: str) -> None:
 
 
 def same_ruleset(a: object, b: object) -> bool:
-    fields = ("chains", "sets", "isolated", "policies", "ips", "peer_sets", "named_sets")
+    fields = (
+        "chains",
+        "sets",
+        "isolated",
+        "policies",
+        "ips",
+        "peer_sets",
+        "named_sets",
+        "oversized",
+        "uses",
+    )
     return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 
@@ -481,3 +498,89 @@ def test_a_stale_holder_of_a_reused_ip_is_displaced_in_both_paths() -> None:
     assert full.isolated["fresh"] == ("k8s:t0:deny",)  # fresh's policies, not stale's too
     updated = update_members(before, inputs, "h1", changed)  # existing chains suffice
     assert updated is not None and same_ruleset(updated, full)
+
+
+# -- Kubernetes NetworkPolicies: accepted as the API server accepts them --------------------
+def k8s_policy(spec: dict[str, Any]) -> NetworkPolicy:
+    return NetworkPolicy.model_validate(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "t0"},
+            "spec": spec,
+        }
+    )
+
+
+def test_a_policy_of_1001_peers_and_ports_is_translated_as_written() -> None:
+    """The API server sets no count limit on rules, peers, ports or except."""
+    peers = [{"ipBlock": {"cidr": f"172.16.{i // 250}.{i % 250}/32"}} for i in range(1001)]
+    ports = [{"port": 1 + i} for i in range(1001)]
+    spec = {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": peers, "ports": ports}],
+    }
+    [rule] = k8s_policy(spec).translate().ingress or ()
+    assert rule.peers is not None and rule.ports is not None
+    assert len(rule.peers) == 1001 and len(rule.ports) == 1001
+    assert rule.peers[1000].to_json() == {"cidr": "172.16.4.0/32", "except": []}
+
+
+def test_cidrs_with_leading_zeros_are_read_as_go_read_them() -> None:
+    """Go before 1.17 read ``010.0.0.0/8`` as decimal 10.0.0.0/8, and the API server keeps
+    CIDRs stored then valid."""
+    block = {"cidr": "010.000.0.0/08", "except": ["010.1.0.0/16", "10.2.0.1/016"]}
+    [rule] = k8s_policy({"ingress": [{"from": [{"ipBlock": block}]}]}).translate().ingress or ()
+    assert [p.to_json() for p in rule.peers or ()] == [
+        {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.2.0.0/16"]}
+    ]
+    for bad in ("10.0.0.0/255.0.0.0", "10.0.0.1", "256.0.0.0/8", "1.2.3/8", "10.0.0.0/33"):
+        with pytest.raises(ValueError, match="is not a CIDR"):
+            k8s_policy({"ingress": [{"from": [{"ipBlock": {"cidr": bad}}]}]})
+    outside = {"cidr": "010.0.0.0/8", "except": ["011.0.0.0/16"]}
+    with pytest.raises(ValueError, match="strictly inside"):
+        k8s_policy({"ingress": [{"from": [{"ipBlock": outside}]}]})
+
+
+def test_selector_values_older_api_servers_stored_are_accepted_and_match_nothing() -> None:
+    odd = ["-not-a-label-value", "has spaces", "x" * 100, "caf\u00e9"]
+    peer = {"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": odd}]}}
+    spec = {"podSelector": {"matchLabels": {"app": odd[0]}}, "ingress": [{"from": [peer]}]}
+    policy = k8s_policy(spec).translate()
+    assert not policy.applied_to[0].labels.matches({"app": "web"})
+    [rule] = policy.ingress or ()
+    [selected] = rule.peers or ()
+    assert selected.to_json()["labels"] == [["tier", "In", sorted(odd)]]
+    # Keys are still checked (the API server always checked them), and values are text.
+    with pytest.raises(ValueError, match="label key"):
+        k8s_policy({"podSelector": {"matchLabels": {"bad key!": "x"}}})
+    with pytest.raises(ValueError, match="UTF-8"):
+        k8s_policy({"podSelector": {"matchLabels": {"app": "\ud800"}}})
+
+
+def test_the_fail_closed_stand_in_isolates_what_the_original_selects_and_allows_nothing() -> None:
+    original = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "p", "namespace": "t0", "annotations": {"team": "a"}},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "egress": [{"to": [{"ipBlock": {"cidr": "not a cidr"}}]}],
+        },
+    }
+    stand_in = NetworkPolicy.isolating(original, "cannot be translated: the cidr")
+    policy = stand_in.translate()
+    assert policy.key == "k8s:t0:p" and policy.ingress == () and policy.egress == ()
+    [target] = policy.applied_to
+    assert target.tenant == "t0" and target.labels.matches({"app": "web"})
+    assert not target.labels.matches({"app": "db"})
+    source = stand_in.source()
+    assert source["metadata"]["annotations"] == {
+        "romana.io/not-enforced": "cannot be translated: the cidr"
+    }
+    assert NetworkPolicy.model_validate(source).source() == source  # stored as sent
+    # Nothing readable: both directions, every pod of the namespace.
+    garbage = {"metadata": {"name": "p", "namespace": "t0"}, "spec": "garbage"}
+    policy = NetworkPolicy.isolating(garbage, "unreadable").translate()
+    assert policy.ingress == () and policy.egress == ()
+    assert policy.applied_to[0].labels.requirements == ()

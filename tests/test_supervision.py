@@ -296,6 +296,28 @@ def test_the_agent_refuses_a_rewound_feed_and_keeps_its_routes(change: str) -> N
     run(scenario)
 
 
+def test_a_refused_watch_keeps_the_agents_place_in_the_feed() -> None:
+    """503 to a watch (romanad's long polls all taken) is not an outage: the agent watches
+    again from where it was, without a full route sync on top of romanad's load."""
+
+    async def scenario() -> None:
+        upstream, table = FakeUpstream(), FakeRouteTable()
+        upstream.route_list = [LOCAL]
+        upstream.revision = 3
+        busy = Unavailable("3000 watches are open (--max-watches)")
+        upstream.script = [busy, busy, {"revision": 4, "store_id": "store-a", "changes": []}]
+        agent = agent_with(upstream, table, watch_timeout=0.05)
+        supervisor = Supervisor(on_fatal=pytest.fail)
+        supervisor.start("follow", agent.follow, restart=True)
+        await until(lambda: upstream.calls.count("watch") >= 4, timeout=10)
+        assert upstream.calls.count("routes") == 1  # the first sync only
+        assert agent.romanad_up  # busy, not away
+        await supervisor.stop()
+        agent.close()
+
+    run(scenario)
+
+
 def test_an_outage_keeps_routes_and_backs_off() -> None:
     async def scenario() -> None:
         upstream, table = FakeUpstream(), FakeRouteTable()

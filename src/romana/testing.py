@@ -271,9 +271,20 @@ class FakeNftTable:
     def __init__(self) -> None:
         self.loaded: Ruleset | None = None
         self.refusals = 0
+        self.own_pids: set[int] = set()
+        self.problem: str | None = None  # what ``check`` reports (a test sets it)
 
     def refuse(self, times: int = 1) -> None:
         self.refusals += times
+
+    def reload(self, ruleset: Ruleset) -> Loaded:
+        self.loaded = None
+        loaded = self.load(ruleset)  # a refusal leaves the problem in place
+        self.problem = None
+        return loaded
+
+    def check(self) -> str | None:
+        return self.problem
 
     def load(self, ruleset: Ruleset) -> Loaded:
         if self.refusals:
@@ -313,7 +324,8 @@ KUBE_KINDS = {
 class _Watcher:
     def __init__(self, kind: KubeKind, namespace: str | None) -> None:
         self.kind, self.namespace = kind, namespace
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        # An event, a raw line (bytes: sent as they are), or None: cut the stream.
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | bytes | None] = asyncio.Queue()
 
 
 class FakeKubeApi:
@@ -331,7 +343,10 @@ class FakeKubeApi:
 
     Faults, under ``/_test/``: ``cut`` ends every watch stream mid-line (the connection drops
     without the closing chunk), ``compact`` forgets the history up to now, ``refuse?n=N``
-    answers the next N watch requests 429, ``stats`` counts requests by verb.
+    answers the next N watch requests 429, ``raw?plural=P`` writes a line (the body, or
+    ``&line=``) as it is into every open watch of that kind (an unknown event type, an
+    object of another kind: what a broken or hostile server sends), ``stats`` counts
+    requests by verb.
     """
 
     def __init__(self, token: str | None = None, bookmark_interval: float = 1.0) -> None:
@@ -359,6 +374,10 @@ class FakeKubeApi:
 
         path = request.url.path.rstrip("/")
         if path.startswith("/_test/"):
+            if path == "/_test/raw":
+                given = request.query_params.get("line")
+                line = given.encode() if given is not None else await request.body()
+                return JSONResponse(self._raw(request.query_params["plural"], line))
             return JSONResponse(self._control(path.removeprefix("/_test/"), request))
         if self.token is not None and request.headers.get("authorization") != (
             f"Bearer {self.token}"
@@ -409,6 +428,13 @@ class FakeKubeApi:
         if what == "stats":
             return {"requests": dict(self.requests), "watchers": len(self.watchers)}
         return {"error": f"no such control {what}"}
+
+    def _raw(self, plural: str, line: bytes) -> dict[str, Any]:
+        kind = KUBE_KINDS[plural]
+        watchers = [w for w in self.watchers if w.kind is kind]
+        for watcher in watchers:
+            watcher.queue.put_nowait(line if line.endswith(b"\n") else line + b"\n")
+        return {"raw": len(watchers)}
 
     # -- reads ------------------------------------------------------------------------------
     def _matching(self, kind: KubeKind, namespace: str | None) -> list[dict[str, Any]]:
@@ -489,7 +515,7 @@ class FakeKubeApi:
                     if item is None:
                         yield b'{"type":"MODIFIED","object":{"kind":'
                         raise ConnectionAbortedError("watch cut by the test")
-                    yield _line(*item)
+                    yield item if isinstance(item, bytes) else _line(*item)
             finally:
                 self.watchers.discard(watcher)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from romana.errors import RomanaError
+from romana.policy.compile import Budget
 from romana.serving import bind, read_token_file, serve, setup_logging
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="full resync period, repairs foreign edits (default %(default)s)",
+        help="full resync period: repairs foreign edits of routes, and compares the policy "
+        "table with the kernel's (default %(default)s)",
     )
     parser.add_argument(
         "--listen",
@@ -101,6 +103,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-policy",
         action="store_true",
         help="do not enforce network policies (no nftables table; default: enforce)",
+    )
+    parser.add_argument(
+        "--policy-max-size",
+        type=int,
+        default=Budget().policy,
+        metavar="N",
+        help="refuse (fail closed: allow nothing) a policy that compiles to more than N "
+        "rules and set elements on this host (default %(default)s)",
+    )
+    parser.add_argument(
+        "--policy-max-table",
+        type=int,
+        default=Budget().table,
+        metavar="N",
+        help="refuse policies (fail closed) that would take the host's table past N rules "
+        "and set elements (default %(default)s)",
     )
     parser.add_argument(
         "--nft",
@@ -187,8 +205,16 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_policy:
         from romana.agent.nftables import NftTable
         from romana.agent.policy import PolicyEnforcer
+        from romana.cni.config import VETH_PREFIX
 
-        enforcer = PolicyEnforcer(args.host, upstream, NftTable(args.nft), metrics.registry)
+        enforcer = PolicyEnforcer(
+            args.host,
+            upstream,
+            NftTable(args.nft, pod_interfaces=f"{VETH_PREFIX}*"),
+            metrics.registry,
+            budget=Budget(args.policy_max_size, args.policy_max_table),
+            repair_interval=args.resync_interval,
+        )
     cni = None
     if cni_socket is not None:
         from romana.cni.server import CniServer
@@ -219,6 +245,12 @@ def main(argv: list[str] | None = None) -> None:
         if enforcer is not None:
             supervisor.start(
                 "policy", enforcer.follow, restart=True, stuck_after=enforcer.watch_timeout + 60
+            )
+            supervisor.start(
+                "policy-guard",
+                enforcer.guard,
+                restart=True,
+                stuck_after=enforcer.repair_interval + enforcer.table.timeout + 60,
             )
         if cni is not None:
             await cni.start()

@@ -28,7 +28,7 @@ from romana.agent.netlink import ApplyResult, RouteTable
 from romana.agent.reconcile import KernelRoute, RouteDiff, diff_routes, from_route_set
 from romana.api.client import AsyncRomanaClient
 from romana.backoff import Backoff
-from romana.errors import FeedRewound, Resync, RomanaError, Unavailable
+from romana.errors import FeedRewound, Resync, RomanaError, Unavailable, Unreachable
 from romana.feed import FeedGuard
 from romana.supervise import Loop
 from romana.wire import ROUTE_FACTS
@@ -196,9 +196,15 @@ class RouteAgent:
                     since = max(since, await self.sync("watch"))
             except Resync:
                 since = None
-            except Unavailable as exc:  # unreachable, or stopping: it will be back
+            except Unreachable as exc:  # unreachable, or stopping: it will be back
                 self._mark_down(exc)
                 since = None
+                await asyncio.sleep(backoff.next())
+            except Unavailable as exc:
+                # romanad answered 503 (e.g. its long polls are all taken: --max-watches).
+                # A refused watch keeps its place in the feed: no full re-read on top of
+                # the load that made romanad refuse.
+                self.metrics.errors.labels(type(exc).__name__).inc()
                 await asyncio.sleep(backoff.next())
             except FeedRewound:
                 since = None  # keep the kernel as it is; look again later

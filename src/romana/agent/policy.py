@@ -11,8 +11,21 @@ its rules: a pod isolated stays isolated.
 Fail closed: the CNI ADD of a pod on this host waits for :meth:`PolicyEnforcer.admit`,
 which puts the pod into the table before its address is configured, so a selected pod is
 isolated from its first packet; an ADD that cannot be enforced fails. A policy this host's
-nftables refuses keeps isolating its endpoints but allows nothing, is reported (metrics,
-``/healthz``, the log), and never keeps the other policies from loading.
+nftables refuses, or one past the size budget (:class:`romana.policy.compile.Budget`),
+keeps isolating its endpoints but allows nothing, is reported (metrics, ``/healthz``, the
+log), and never keeps the other policies from loading.
+
+The table in the kernel is guarded (:meth:`PolicyEnforcer.guard`): a transaction of any
+other process that touches it (``nft flush ruleset``, a hand edit) is seen in the kernel's
+nftables notifications and the table is loaded whole again at once; every
+``repair_interval`` seconds the kernel's table is also compared with what was loaded, which
+catches what notifications cannot (dropped ones). ``/healthz`` says what was found.
+
+Flows tracked for an address that changes hands are deleted (:mod:`romana.netlink.conntrack`):
+the table accepts established flows first, and the next holder of a released IP must not
+inherit the old holder's. A CNI ADD deletes them once the new pod is in the table (and
+fails if it cannot: fail closed), a CNI DEL once the pod is out, and every host does so for
+each release the feed shows (and for each IP whose holder changed across a reload).
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -29,11 +42,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from romana import wire
 from romana.agent.nftables import Loaded, NftTable
+from romana.agent.nftevents import TableEvents
 from romana.api.client import AsyncRomanaClient
 from romana.backoff import Backoff
-from romana.errors import FeedRewound, PolicyError, Resync, RomanaError, Unavailable
+from romana.errors import (
+    FeedRewound,
+    PolicyError,
+    Resync,
+    RomanaError,
+    Unavailable,
+    Unreachable,
+)
 from romana.feed import FeedGuard
-from romana.policy.compile import Ruleset, compile_host
+from romana.netlink.conntrack import forget_flows
+from romana.policy.compile import TABLE, Budget, Ruleset, compile_host
 from romana.policy.incremental import update_members
 from romana.policy.inputs import Changed, PolicyInputs
 from romana.policy.model import Endpoint, Policy
@@ -82,7 +104,26 @@ class PolicyMetrics:
             registry=r,
         )
         self.broken = Gauge(
-            "romana_policy_refused_policies", "Policies this host's nft refused.", registry=r
+            "romana_policy_refused_policies",
+            "Policies this host enforces as allow-nothing: nft refused them, or too large.",
+            registry=r,
+        )
+        self.repairs = Counter(
+            "romana_policy_table_repairs_total",
+            "Whole loads of a table another process changed, by how it was found "
+            "(notification, check).",
+            ["found_by"],
+            registry=r,
+        )
+        self.flows = Counter(
+            "romana_policy_flows_deleted_total",
+            "Tracked flows deleted because their address was released or handed out again.",
+            registry=r,
+        )
+        self.checks = Counter(
+            "romana_policy_table_checks_total",
+            "Comparisons of the kernel's table with what was loaded.",
+            registry=r,
         )
         self.revision = Gauge(
             "romana_policy_revision", "romanad revision the table reflects.", registry=r
@@ -98,8 +139,14 @@ class PolicyEnforcer:
         registry: CollectorRegistry,
         watch_timeout: float = 30.0,
         admit_timeout: float = 10.0,
+        budget: Budget = Budget(),
+        repair_interval: float = 30.0,
+        flow_forgetter: Callable[[Iterable[str]], int] = forget_flows,
     ) -> None:
         self.host = host
+        self.flow_forgetter = flow_forgetter
+        self.budget = budget
+        self.repair_interval = repair_interval
         self.upstream = upstream
         self.table = table
         self.metrics = PolicyMetrics(registry)
@@ -116,12 +163,22 @@ class PolicyEnforcer:
         self.admitted: dict[str, Endpoint] = {}  # CNI ADDs the feed has not shown yet
         self.last_error: str | None = None
         self.enforced = asyncio.Event()  # set once the table reflects romanad's policies
+        # The kernel's table as last found: what differed, if anything, and repairs made.
+        self.table_problem: str | None = None
+        self.checked = self.repaired = 0
+        self.repairs: list[dict[str, Any]] = []  # the last few, newest last
+        self.watching = False  # following the kernel's nftables notifications
+        self.flows_deleted = 0
+        self.flows_pending: set[str] = set()  # released IPs whose flows could not be deleted
+        self._flows_done: dict[str, float] = {}  # IP -> when this host's CNI deleted them
+        self._flows = ThreadPoolExecutor(1, thread_name_prefix="conntrack")
         self.feed = FeedGuard(log, "the policy loop")
         self._lock = asyncio.Lock()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="policy")
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
+        self._flows.shutdown(wait=True)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -173,11 +230,11 @@ class PolicyEnforcer:
         started = time.perf_counter()
         broken = frozenset(self.broken)
         ruleset = None
-        if self.ruleset is not None:
+        if self.ruleset is not None and self.ruleset.budget == self.budget:
             ruleset = update_members(self.ruleset, inputs, self.host, pending, broken)
         kind = "update"
         if ruleset is None:
-            ruleset, kind = compile_host(inputs, self.host, broken), "full"
+            ruleset, kind = compile_host(inputs, self.host, broken, self.budget), "full"
         self.metrics.compile_seconds.labels(kind).observe(time.perf_counter() - started)
         try:
             loaded = self.table.load(ruleset)
@@ -186,7 +243,7 @@ class PolicyEnforcer:
             if not newly:
                 raise
             trial = {**self.broken, **{k: (said, inputs.policies[k]) for k, said in newly.items()}}
-            ruleset = compile_host(inputs, self.host, frozenset(trial))
+            ruleset = compile_host(inputs, self.host, frozenset(trial), self.budget)
             loaded = self.table.load(ruleset)
             self.broken = trial
             for key, said in newly.items():
@@ -195,7 +252,13 @@ class PolicyEnforcer:
                     extra={"policy": key, "error": said, "whole_load": refused.message},
                 )
             self.metrics.errors.labels("refused_policy").inc(len(newly))
-        self.metrics.broken.set(len(self.broken))
+        new_oversized = ruleset.oversized.keys() - (self.ruleset.oversized if self.ruleset else {})
+        for key in sorted(new_oversized):
+            log.error(
+                "policy too large for this host; its endpoints allow nothing",
+                extra={"policy": key, "error": ruleset.oversized[key]},
+            )
+        self.metrics.broken.set(len(self.broken) + len(ruleset.oversized))
         self.ruleset = ruleset
         self.metrics.rules.set(ruleset.rules)
         self.metrics.elements.set(ruleset.elements)
@@ -211,7 +274,9 @@ class PolicyEnforcer:
                 inputs.revision, inputs.store_id, inputs.endpoints, inputs.tenants, inputs.hosts
             )
             alone.policies = {key: inputs.policies[key]}
-            said = self.table.accepts(render_full(compile_host(alone, self.host)))
+            said = self.table.accepts(
+                render_full(compile_host(alone, self.host, budget=self.budget))
+            )
             if said is not None:
                 found[key] = said
         return found
@@ -226,7 +291,8 @@ class PolicyEnforcer:
 
     # -- the CNI's side -------------------------------------------------------------------
     async def admit(self, endpoint: Endpoint) -> None:
-        """Put a starting pod into the table before it can send (CNI ADD)."""
+        """Put a starting pod into the table before it can send (CNI ADD), then delete the
+        flows still tracked for its IP: from now on they are judged as the new pod's."""
         try:
             await asyncio.wait_for(self.enforced.wait(), self.admit_timeout)
         except TimeoutError:
@@ -238,17 +304,56 @@ class PolicyEnforcer:
             self.pending.endpoints |= {endpoint.name, *self.inputs.put_endpoint(endpoint)}
             self.admitted[endpoint.name] = endpoint
         await self.enforce("cni")
+        await self._delete_flows([endpoint.ip], "cni add")
 
     async def forget(self, name: str) -> None:
-        """A pod deleted here (CNI DEL): out of the sets now, not when the feed says so."""
+        """A pod deleted here (CNI DEL): out of the sets now, not when the feed says so,
+        and its IP's tracked flows deleted."""
         async with self._lock:
             self.admitted.pop(name, None)
-            gone = self.inputs is not None and self.inputs.drop_endpoint(name) is not None
-            if gone:
+            gone = self.inputs.drop_endpoint(name) if self.inputs is not None else None
+            if gone is not None:
                 self.pending.endpoints.add(name)
-        if gone:
+        if gone is not None:
             with contextlib.suppress(PolicyError):  # reported; the next change loads again
                 await self.enforce("cni")
+            with contextlib.suppress(PolicyError):  # reported; the feed's release retries
+                await self._delete_flows([gone.ip], "cni del")
+
+    async def _delete_flows(self, ips: Collection[str], why: str) -> None:
+        """Delete the tracked flows of ``ips``; PolicyError if the kernel refuses."""
+        loop = asyncio.get_running_loop()
+        try:
+            count = await loop.run_in_executor(self._flows, self.flow_forgetter, ips)
+        except OSError as exc:
+            self.metrics.errors.labels("conntrack").inc()
+            log.error(
+                "cannot delete tracked flows of released addresses",
+                extra={"ips": sorted(ips), "why": why, "error": str(exc)},
+            )
+            raise PolicyError(f"cannot delete the tracked flows of {sorted(ips)}: {exc}") from None
+        now = time.monotonic()
+        if why.startswith("cni"):
+            self._flows_done.update(dict.fromkeys(ips, now))
+        self.flows_pending.difference_update(ips)
+        self.flows_deleted += count
+        self.metrics.flows.inc(count)
+        if count:
+            log.info(
+                "tracked flows deleted", extra={"ips": sorted(ips), "flows": count, "why": why}
+            )
+
+    async def _flows_released(self, ips: Iterable[str], why: str) -> None:
+        """Releases this host learned of: delete their flows, unless this host's CNI did so
+        already (after a DEL nothing can be tracked for the IP again: it has no route)."""
+        now = time.monotonic()
+        self._flows_done = {ip: t for ip, t in self._flows_done.items() if now - t < 60.0}
+        todo = (set(ips) | self.flows_pending) - self._flows_done.keys()
+        if not todo:
+            return
+        self.flows_pending |= todo
+        with contextlib.suppress(PolicyError):  # logged; retried with the next change
+            await self._delete_flows(todo, why)
 
     # -- following romanad ----------------------------------------------------------------
     async def load_state(self) -> int:
@@ -256,6 +361,7 @@ class PolicyEnforcer:
         inputs = PolicyInputs.from_json(answer)
         self.feed.check(inputs.store_id, inputs.revision)
         async with self._lock:
+            before = dict(self.inputs.ip_owners) if self.inputs is not None else {}
             # Pods admitted here that the state does not show yet stay (their allocation
             # is acknowledged; the feed will confirm it). Anything else the state lacks,
             # e.g. released while romanad was out of reach, is gone.
@@ -267,6 +373,9 @@ class PolicyEnforcer:
             self.inputs = inputs
             self.pending.structural = True
         await self.enforce("start" if not self.enforced.is_set() else "resync")
+        # Holders that changed while the feed was not followed: their releases were missed.
+        moved = [ip for ip, name in before.items() if inputs.ip_owners.get(ip) != name]
+        await self._flows_released(moved, "reload")
         return inputs.revision
 
     async def follow(self, loop: Loop) -> None:
@@ -281,6 +390,11 @@ class PolicyEnforcer:
                 answer = await self.upstream.watch(since, self.watch_timeout)
                 revision = int(answer["revision"])
                 self.feed.check(answer.get("store_id"), revision, floor=since)
+                released = [
+                    str(c["ip"])
+                    for c in answer["changes"]
+                    if c.get("kind") == wire.ADDRESS_RELEASED and "ip" in c
+                ]
                 async with self._lock:  # never while a compile reads the inputs
                     assert self.inputs is not None
                     changed = self.inputs.follow(answer["changes"])
@@ -291,13 +405,20 @@ class PolicyEnforcer:
                         self.revision = revision  # nothing the table depends on moved
                 if self.pending:  # new changes, or earlier ones whose load failed
                     await self.enforce("watch")
+                if released or self.flows_pending:
+                    await self._flows_released(released, "released")
                 backoff.reset()
             except Resync:
                 since = None
-            except (Unavailable, FeedRewound) as exc:
+            except (Unreachable, FeedRewound) as exc:
                 # Keep the table as it is: isolated pods stay isolated.
                 self.metrics.errors.labels(type(exc).__name__).inc()
                 since = None
+                await asyncio.sleep(backoff.next())
+            except Unavailable as exc:
+                # romanad answered 503 (busy: e.g. --max-watches long polls open). Keep the
+                # place in the feed: re-reading /policy/state (megabytes) would add load.
+                self.metrics.errors.labels(type(exc).__name__).inc()
                 await asyncio.sleep(backoff.next())
             except (RomanaError, OSError) as exc:
                 self.metrics.errors.labels(type(exc).__name__).inc()
@@ -311,6 +432,85 @@ class PolicyEnforcer:
             if c.get("kind") in (wire.ADDRESS_ALLOCATED, wire.ADDRESS_RELEASED):
                 self.admitted.pop(c.get("name", ""), None)
 
+    # -- guarding the kernel's table ------------------------------------------------------
+    async def guard(self, loop: Loop) -> None:
+        """Keep the kernel's table what was loaded: load it whole again as soon as another
+        process's transaction touches it, and compare it with the kernel every
+        ``repair_interval`` seconds (and whenever notifications were dropped)."""
+        events = None
+        try:
+            events = TableEvents(TABLE, self.table.own_pids)
+        except OSError as exc:  # still guarded, by the periodic check alone
+            log.warning(
+                "cannot follow nftables notifications; checking the table periodically only",
+                extra={"error": str(exc), "interval": self.repair_interval},
+            )
+        self.watching = events is not None
+        try:
+            next_check = time.monotonic() + self.repair_interval
+            while True:
+                loop.beat()
+                timeout = max(0.0, next_check - time.monotonic())
+                if events is None:
+                    await asyncio.sleep(timeout)
+                    change = None
+                else:
+                    try:
+                        change = await asyncio.wait_for(events.next(), timeout)
+                    except TimeoutError:
+                        change = None
+                if change is not None and not change.lost:
+                    await self.repair(str(change), "notification")
+                    continue
+                await self.check()
+                next_check = time.monotonic() + self.repair_interval
+        finally:
+            self.watching = False
+            if events is not None:
+                events.close()
+
+    async def check(self) -> str | None:
+        """Compare the kernel's table with what was loaded; repair it if they differ.
+        Returns what differed."""
+        async with self._lock:
+            try:
+                problem = await self._off_loop(self.table.check)
+            except PolicyError as exc:
+                problem = exc.message
+            self.checked += 1
+            self.metrics.checks.inc()
+        if problem is not None:
+            await self.repair(problem, "check")
+        return problem
+
+    async def repair(self, reason: str, found_by: str) -> None:
+        """Load the last compiled ruleset whole: someone else changed the table."""
+        async with self._lock:
+            ruleset = self.ruleset
+            if ruleset is None:
+                return
+            self.table_problem = reason
+            try:
+                loaded = await self._off_loop(self.table.reload, ruleset)
+            except PolicyError as exc:
+                self._failed(exc)
+                return
+            self.table_problem = None
+            self.repaired += 1
+            self.metrics.repairs.labels(found_by).inc()
+            self.repairs = [
+                *self.repairs[-9:],
+                {"at": round(time.time(), 3), "found_by": found_by, "reason": reason},
+            ]
+            log.warning(
+                "policy table changed by someone else; loaded again",
+                extra={
+                    "reason": reason,
+                    "found_by": found_by,
+                    "ms": round(loaded.seconds * 1000, 1),
+                },
+            )
+
     def health(self) -> dict[str, Any]:
         rs = self.ruleset
         return {
@@ -320,8 +520,21 @@ class PolicyEnforcer:
             "elements": rs.elements if rs else 0,
             "isolated_endpoints": len(rs.isolated) if rs else 0,
             "loads": dict(self.loads),
-            "refused_policies": {k: said for k, (said, _) in self.broken.items()},
+            "refused_policies": {
+                **{k: said for k, (said, _) in self.broken.items()},
+                **(rs.oversized if rs else {}),
+            },
             "last_error": self.last_error,
+            "flows_deleted": self.flows_deleted,
+            "flows_pending": sorted(self.flows_pending),
+            "table": {
+                "intact": self.table_problem is None,
+                "problem": self.table_problem,
+                "notifications": self.watching,
+                "checks": self.checked,
+                "repairs": self.repaired,
+                "last_repairs": self.repairs[-5:],
+            },
         }
 
 

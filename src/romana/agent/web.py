@@ -47,7 +47,9 @@ def create_app(
         )
 
     async def readyz(_: Request) -> JSONResponse:
-        ready = agent.synced.is_set() and (enforcer is None or enforcer.enforced.is_set())
+        ready = agent.synced.is_set() and (
+            enforcer is None or (enforcer.enforced.is_set() and enforcer.table_problem is None)
+        )
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def prometheus(_: Request) -> Response:

@@ -96,6 +96,15 @@ class Invocation:
     def tenant(self) -> str:
         return self.args.get("K8S_POD_NAMESPACE", "")
 
+    @property
+    def pod(self) -> dict[str, str] | None:
+        """The Kubernetes pod this attachment is for, when the runtime names it: romanad
+        stores it with the address, so the listener labels this pod's address only."""
+        namespace, name = self.args.get("K8S_POD_NAMESPACE"), self.args.get("K8S_POD_NAME")
+        if not namespace or not name:
+            return None
+        return {"namespace": namespace, "name": name, "uid": self.args.get("K8S_POD_UID", "")}
+
 
 def address_name(network: str, container_id: str, ifname: str) -> str:
     return f"{network}:{container_id}:{ifname}"

@@ -68,11 +68,11 @@ class PolicyGate(Protocol):
 
 
 class PodDirectory(Protocol):
-    """Where a Kubernetes pod's labels and named ports are read (``romana.kube.pods``)."""
+    """Where a Kubernetes pod's labels, named ports and uid are read (``romana.kube.pods``)."""
 
     async def lookup(
         self, namespace: str, name: str
-    ) -> tuple[dict[str, str], tuple[tuple[str, int, str], ...]]: ...
+    ) -> tuple[dict[str, str], tuple[tuple[str, int, str], ...], str]: ...
 
     async def close(self) -> None: ...
 
@@ -171,13 +171,16 @@ class CniService(CheckAndGc):
         if self.pods is None or not namespace or not name:
             return inv
         try:
-            labels, ports = await self.pods.lookup(namespace, name)
+            labels, ports, uid = await self.pods.lookup(namespace, name)
         except RomanaError as exc:  # fail closed: unlabelled, policies could miss the pod
             raise CniError(
                 TRY_AGAIN_LATER, f"cannot read pod {namespace}/{name}'s labels", exc.message
             ) from None
         conf = dataclasses.replace(inv.conf, labels=tuple(sorted(labels.items())), ports=ports)
-        return dataclasses.replace(inv, conf=conf)
+        args = inv.args
+        if uid and not args.get("K8S_POD_UID"):  # the runtime's own word comes first
+            args = {**args, "K8S_POD_UID": uid}
+        return dataclasses.replace(inv, conf=conf, args=args)
 
     # -- ADD --------------------------------------------------------------------------------
     async def _add(self, inv: Invocation) -> dict[str, Any]:
@@ -252,6 +255,7 @@ class CniService(CheckAndGc):
             conf.segment_label,
             dict(conf.labels),
             [{"name": n, "port": p, "protocol": pr} for n, p, pr in conf.ports],
+            pod=inv.pod,
         )
         undo.append(lambda: self.allocator.release(client, inv.address_name))
         return address
@@ -291,8 +295,10 @@ class CniService(CheckAndGc):
                 )
 
     def _open_netns(self, inv: Invocation) -> int:
+        """The pod's namespace; never blocks (see ``open_netns``) and never the agent's
+        own namespace, where the pod's interface would replace a host interface."""
         try:
-            return open_netns(inv.netns)
+            fd = open_netns(inv.netns)
         except OSError as exc:
             code = UNKNOWN_CONTAINER if exc.errno == errno.ENOENT else INVALID_ENVIRONMENT
             raise CniError(
@@ -300,6 +306,15 @@ class CniService(CheckAndGc):
                 f"cannot open the pod's network namespace {inv.netns}",
                 exc.strerror or str(exc),
             ) from None
+        pod, own = os.fstat(fd), os.stat("/proc/self/ns/net")
+        if (pod.st_dev, pod.st_ino) == (own.st_dev, own.st_ino):
+            os.close(fd)
+            raise CniError(
+                INVALID_ENVIRONMENT,
+                f"the pod's network namespace {inv.netns} is the host's own",
+                "CNI_NETNS must name the pod's network namespace",
+            )
+        return fd
 
     # -- DEL --------------------------------------------------------------------------------
     async def _del(self, inv: Invocation) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from pyroute2.netlink import (
 from romana.netlink.messages import SEQ_OFFSET, U32, DumpInterrupted, Message, split_datagram
 
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace fd (Linux 4.11)
 NETNS_DIR = "/var/run/netns"  # where ``ip netns`` keeps named namespaces
 RCVBUF = 1 << 20  # asked for; the kernel caps it at net.core.rmem_max (and doubles it)
 ACK_COST = 2048  # receive-buffer bytes one queued acknowledgement may take (measured ~832)
@@ -38,8 +40,23 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def open_netns(path: str) -> int:
-    """An fd for a namespace path (``/proc/PID/ns/net`` or a bind mount)."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """An fd for a network namespace path (``/proc/PID/ns/net`` or a bind mount).
+
+    The path comes from the runtime (``CNI_NETNS``) and may be anything: it is opened
+    without blocking (a plain open of a FIFO waits for a writer, and the caller is often an
+    event loop) and without becoming a controlling terminal, then asked for its namespace
+    type. Anything but a network namespace raises ``OSError(EINVAL)``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a network namespace", path) from None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "a namespace, but not a network namespace", path)
+    return fd
 
 
 def _socket() -> socket.socket:

@@ -10,7 +10,9 @@ in full); the tests check that equality.
 
 from __future__ import annotations
 
-from romana.policy.compile import DIRECTIONS, NftSet, Ruleset, verdict_chain
+from dataclasses import replace
+
+from romana.policy.compile import DIRECTIONS, Ruleset, named_elements, verdict_chain
 from romana.policy.inputs import Changed, PolicyInputs, Selection
 from romana.policy.model import Endpoint, Endpoints
 
@@ -24,7 +26,8 @@ def update_members(
     changed: Changed,
     broken: frozenset[str] = frozenset(),
 ) -> Ruleset | None:
-    """``previous`` with the endpoints in ``changed`` re-placed; None: compile in full."""
+    """``previous`` with the endpoints in ``changed`` re-placed; None: compile in full
+    (also when a policy would now exceed the size budget: the compile refuses it)."""
     if changed.structural or broken != previous.broken:
         return None
     index = inputs.index()
@@ -63,8 +66,8 @@ class _Update:
         if ip is None:
             return
         prefix = f"{ip} "
-        for set_name, peer in self.previous.peer_sets.items():
-            if isinstance(peer, Endpoints) and ip in self.previous.sets[set_name].elements:
+        for set_name in self.previous.peer_sets:
+            if set_name != "hosts" and ip in self.previous.sets[set_name].elements:
                 self._set(set_name).discard(ip)
         for set_name in (*self.previous.named_sets, *MAPS):
             gone = {e for e in self._current(set_name) if e.startswith(prefix)}
@@ -75,13 +78,13 @@ class _Update:
         """Put ``ep`` where it belongs; False if that needs a chain the ruleset lacks."""
         prev = self.previous
         self.ips[ep.name] = ep.ip
-        for set_name, peer in prev.peer_sets.items():
-            if isinstance(peer, Endpoints) and index.contains(peer, ep, host):
+        for set_name, peers in prev.peer_sets.items():
+            if any(isinstance(p, Endpoints) and index.contains(p, ep, host) for p in peers):
                 self._set(set_name).add(ep.ip)
-        for set_name, (port_name, protocol) in prev.named_sets.items():
-            port = ep.named_port(port_name, protocol)
-            if port is not None:
-                self._set(set_name).add(f"{ep.ip} . {port}")
+        for set_name, ports in prev.named_sets.items():
+            elements = named_elements(ep, ports)
+            if elements:
+                self._set(set_name).update(elements)
         if ep.host != host:
             return True
         keys = [
@@ -117,8 +120,8 @@ class _Update:
             return None  # a verdict chain no endpoint uses any more
         sets = dict(prev.sets)
         for name, elements in self.sets.items():
-            sets[name] = NftSet(name, prev.sets[name].type, frozenset(elements))
-        return Ruleset(
+            sets[name] = replace(prev.sets[name], elements=frozenset(elements))
+        updated = Ruleset(
             chains=prev.chains,
             sets=sets,
             isolated=self.isolated,
@@ -127,7 +130,12 @@ class _Update:
             named_sets=prev.named_sets,
             ips=self.ips,
             broken=prev.broken,
+            oversized=prev.oversized,
+            uses=prev.uses,
+            budget=prev.budget,
         )
+        touched = set(self.sets)
+        return None if touched and updated.over_budget(touched) else updated
 
 
 __all__ = ["update_members"]

@@ -5,6 +5,12 @@ A whole load is ``table inet romana {}`` + ``delete table inet romana`` + the ta
 ``nft -f`` transaction: atomic (the old rules stay until the new ones are in) and
 idempotent whether the table existed or not. An update adds and deletes elements only
 (a map element whose verdict changed is deleted and added in the same transaction).
+
+Besides the policies, the whole table carries the anti-spoofing check: a packet that comes
+in on a pod's interface must carry a source address whose route leads back out of that
+same interface (``fib saddr . iif``: the pod's own /32, which the CNI routes to its veth),
+or it is dropped before conntrack sees it, whatever the host's ``rp_filter`` says. Without
+it a pod with CAP_NET_RAW could send as an allowed pod's IP and pass ingress policies.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ BASE_CHAINS = {
     "ingress": ("filter", "ip daddr vmap @ingress_of"),
 }
 CHUNK = 2000  # elements per statement: keeps each line of the script bounded
+ANTISPOOF_CHAIN = "antispoof"
 
 
-def render_full(ruleset: Ruleset) -> str:
+def render_full(ruleset: Ruleset, pod_interfaces: str | None = None) -> str:
+    """The whole table; ``pod_interfaces`` (an interface name pattern such as ``rmn*``)
+    turns on the anti-spoofing check for packets from those interfaces."""
     lines = [f"table {FAMILY} {TABLE} {{}}", f"delete table {FAMILY} {TABLE}"]
     lines.append(f"table {FAMILY} {TABLE} {{")
     # Declaration order: sets used by rules, the rules' chains, then the maps that jump
@@ -43,6 +52,14 @@ def render_full(ruleset: Ruleset) -> str:
             f"    type filter hook forward priority {priority}; policy accept;",
             "    ct state established,related accept",
             f"    {dispatch}",
+            "  }",
+        ]
+    if pod_interfaces is not None:
+        # Priority raw: before conntrack, so a spoofed packet never makes an entry.
+        lines += [
+            f"  chain {ANTISPOOF_CHAIN} {{",
+            "    type filter hook prerouting priority raw; policy accept;",
+            f'    meta nfproto ipv4 iifname "{pod_interfaces}" fib saddr . iif oif missing drop',
             "  }",
         ]
     lines.append("}")
@@ -72,7 +89,10 @@ def render_changes(old: Ruleset, new: Ruleset) -> str | None:
     are added, changed chains flushed and refilled, elements updated, and what is gone
     deleted once nothing refers to it. None if a set changed type (load whole)."""
     common = old.sets.keys() & new.sets.keys()
-    if any(old.sets[n].type != new.sets[n].type for n in common):
+    if any(
+        (old.sets[n].type, old.sets[n].flags) != (new.sets[n].type, new.sets[n].flags)
+        for n in common
+    ):
         return None
     table = f"{FAMILY} {TABLE}"
     lines: list[str] = []
@@ -105,6 +125,8 @@ def _kind(s: NftSet) -> str:
 
 def _declare(s: NftSet, header: str | None = None) -> list[str]:
     lines = [header or f"  {_kind(s)} {s.name} {{", f"    type {s.type}"]
+    if s.flags:
+        lines.append(f"    flags {s.flags}")
     if s.elements:
         items = sorted(s.elements)
         lines.append("    elements = {")
