@@ -569,7 +569,8 @@ def wide_then_deny(
     """A NetworkPolicy of ``n`` ipBlocks x ``n`` ports in one rule (what issue 22's attack
     posted: 1,000,000 rules before peers and ports were sets) protecting a pod of this
     host, then at once another namespace's deny-all: the seconds until the agent has
-    loaded both, and the table's size then."""
+    loaded both; then, 2 s later (as the attack did), one more deny-all: the seconds from
+    its post until it is enforced; and the table's size."""
     target, other = (
         local[0],
         next(d for d in local if d["metadata"]["namespace"] != local[0]["metadata"]["namespace"]),
@@ -598,9 +599,18 @@ def wide_then_deny(
     revision = client.get("/healthz").json()["revision"]
     wait(lambda: (_policy(health).get("revision") or 0) >= revision, 300, 0.002)
     done = time.perf_counter()
+    # As the attack did: another namespace's policy 2 s after the wide one.
+    time.sleep(2.0)
+    later = {**deny, "metadata": {**deny["metadata"], "name": "deny-all-later"}}
+    t2 = time.perf_counter()
+    client.post("/k8s/networkpolicies", json=later).raise_for_status()
+    revision = client.get("/healthz").json()["revision"]
+    wait(lambda: (_policy(health).get("revision") or 0) >= revision, 300, 0.002)
+    later_s = time.perf_counter() - t2
     state = _policy(health)
     return done - t0, {
         "deny_all_posted_to_enforced_s": round(done - t1, 3),
+        "deny_all_2s_later_posted_to_enforced_s": round(later_s, 3),
         "rules": state.get("rules"),
         "elements": state.get("elements"),
         "refused": sorted(state.get("refused_policies", {})),

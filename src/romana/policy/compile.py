@@ -32,6 +32,7 @@ with the reason, so one namespace's policy cannot stall every other one's on the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -142,6 +143,7 @@ def verdict_chain(direction: str, chains: list[str]) -> str:
     return f"{direction}_{_digest('|'.join(chains))}"
 
 
+@functools.lru_cache(maxsize=16384)
 def peer_set_name(peers: PeerSelectors, host: str) -> str:
     """The set of the IPs of endpoints (or hosts) any of ``peers`` selects."""
     if peers == (Hosts(),):
@@ -293,13 +295,12 @@ class _Compiler:
     def _peer_matches(
         self, peers: Sequence[Endpoints | Block | Hosts], side: str, draft: _Draft
     ) -> list[str]:
-        blocks = [p for p in peers if isinstance(p, Block)]
+        blocks = tuple(p for p in peers if isinstance(p, Block))
         matches = []
         if blocks:
-            intervals = block_intervals(blocks)
-            if intervals == [(0, ALL_IPV4)]:
+            elements = block_elements(blocks)
+            if elements is None:
                 return [""]  # any address: the other peers add nothing
-            elements = [_render_interval(lo, hi) for lo, hi in intervals]
             if len(elements) == 1:
                 matches.append(f"ip {side} {elements[0]}")
             else:
@@ -327,40 +328,19 @@ class _Compiler:
             draft.use(found)
         return name
 
-    def _port_matches(self, ports: Sequence[Port], draft: _Draft) -> list[str]:
-        matches = []
-        numbered: dict[str, list[Interval]] = {}
-        for port in ports:
-            if port.protocol == "icmp":
-                matches.append(_icmp(port))
-            elif port.name is None:
-                low = 0 if port.port is None else port.port
-                high = 65535 if port.port is None else (port.end_port or port.port)
-                numbered.setdefault(port.protocol, []).append((low, high))
-        spans = [
-            (protocol, low, high)
-            for protocol in TRANSPORTS
-            if protocol in numbered
-            for low, high in _merge(numbered[protocol])
-        ]
-        if len(spans) == 1:
-            protocol, low, high = spans[0]
-            match = f"meta l4proto {protocol}"
-            if (low, high) != (0, 65535):
-                match += f" th dport {_span(low, high)}"
-            matches.append(match)
-        elif spans:
-            elements = [f"{protocol} . {_span(low, high)}" for protocol, low, high in spans]
-            name = f"t_{_digest('|'.join(elements))}"
-            draft.use(self._shared(name, "inet_proto . inet_service", elements, "interval"))
+    def _port_matches(self, ports: tuple[Port, ...], draft: _Draft) -> list[str]:
+        plan = port_plan(ports)
+        matches = list(plan.inline)
+        if plan.elements:
+            name = f"t_{_digest('|'.join(plan.elements))}"
+            draft.use(self._shared(name, "inet_proto . inet_service", plan.elements, "interval"))
             matches.append(f"meta l4proto . th dport @{name}")
-        named = tuple(sorted({(p.name, p.protocol) for p in ports if p.name is not None}))
-        if named:
-            name = self._named_set(named, draft)
+        if plan.named:
+            name = self._named_set(plan.named, draft)
             matches.append(f"ip daddr . meta l4proto . th dport @{name}")
         return matches
 
-    def _shared(self, name: str, type_: str, elements: list[str], flags: str) -> NftSet:
+    def _shared(self, name: str, type_: str, elements: Sequence[str], flags: str) -> NftSet:
         """A set whose elements are its name's content (address blocks, port ranges)."""
         return self.out.sets.get(name) or NftSet(name, type_, frozenset(elements), flags)
 
@@ -385,6 +365,52 @@ class _Compiler:
                 draft.named_sets[name] = ports
             draft.use(found)
         return name
+
+
+# -- what an allow entry's ports and blocks compile to (cached: policies repeat them, and a
+# compile that parses them again makes garbage the collector then walks the inputs for) ---
+@dataclass(frozen=True, slots=True)
+class PortPlan:
+    inline: tuple[str, ...]  # matches written in the rule (ICMP; a single span)
+    elements: tuple[str, ...]  # "tcp . 80-90" of a port set, if more than one span
+    named: NamedPorts  # named ports, for an ip . protocol . port set
+
+
+@functools.lru_cache(maxsize=4096)
+def port_plan(ports: tuple[Port, ...]) -> PortPlan:
+    inline = [_icmp(p) for p in ports if p.protocol == "icmp"]
+    numbered: dict[str, list[Interval]] = {}
+    for port in ports:
+        if port.protocol != "icmp" and port.name is None:
+            low = 0 if port.port is None else port.port
+            high = 65535 if port.port is None else (port.end_port or port.port)
+            numbered.setdefault(port.protocol, []).append((low, high))
+    spans = [
+        (protocol, low, high)
+        for protocol in TRANSPORTS
+        if protocol in numbered
+        for low, high in _merge(numbered[protocol])
+    ]
+    elements: list[str] = []
+    if len(spans) == 1:
+        protocol, low, high = spans[0]
+        match = f"meta l4proto {protocol}"
+        inline.append(
+            match if (low, high) == (0, 65535) else f"{match} th dport {_span(low, high)}"
+        )
+    else:
+        elements = [f"{protocol} . {_span(low, high)}" for protocol, low, high in spans]
+    named = tuple(sorted({(p.name, p.protocol) for p in ports if p.name is not None}))
+    return PortPlan(tuple(inline), tuple(elements), named)
+
+
+@functools.lru_cache(maxsize=4096)
+def block_elements(blocks: tuple[Block, ...]) -> tuple[str, ...] | None:
+    """The elements of an interval set holding ``blocks``; None: every address."""
+    intervals = block_intervals(blocks)
+    if intervals == [(0, ALL_IPV4)]:
+        return None
+    return tuple(_render_interval(low, high) for low, high in intervals)
 
 
 # -- address blocks as intervals ---------------------------------------------------------------
