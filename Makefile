@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python benchmarks/readers_bench.py
 	$(BIN)/python benchmarks/topology_bench.py
 	$(BIN)/python benchmarks/policy_bench.py
+	$(BIN)/python benchmarks/conntrack_bench.py
 
 clean:
 	rm -rf $(DATA_DIR) $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from romana.errors import PolicyError
 from romana.policy.compile import FAMILY, TABLE, Ruleset
 from romana.policy.nft import (
-    ANTISPOOF_CHAIN,
-    BASE_CHAINS,
+    base_rules,
     render_changes,
     render_full,
     render_update,
@@ -88,9 +87,7 @@ class NftTable:
         if listing is None:
             return f"table {FAMILY} {TABLE} is missing"
         want = {f"chain {name}": len(rules) for name, rules in expected.chains.items()}
-        want |= {f"chain {name}": 2 for name in BASE_CHAINS}
-        if self.pod_interfaces is not None:
-            want[f"chain {ANTISPOOF_CHAIN}"] = 1
+        want |= {f"chain {name}": n for name, n in base_rules(self.pod_interfaces).items()}
         want |= {f"set {name}": len(s.elements) for name, s in expected.sets.items()}
         differences = [
             f"{what}: {'missing' if have is None else have} instead of {count}"

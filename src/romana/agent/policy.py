@@ -304,7 +304,7 @@ class PolicyEnforcer:
             self.pending.endpoints |= {endpoint.name, *self.inputs.put_endpoint(endpoint)}
             self.admitted[endpoint.name] = endpoint
         await self.enforce("cni")
-        await self._delete_flows([endpoint.ip], "cni add")
+        await self._delete_flows([endpoint.ip], "cni add", by_cni=True)
 
     async def forget(self, name: str) -> None:
         """A pod deleted here (CNI DEL): out of the sets now, not when the feed says so,
@@ -318,10 +318,11 @@ class PolicyEnforcer:
             with contextlib.suppress(PolicyError):  # reported; the next change loads again
                 await self.enforce("cni")
             with contextlib.suppress(PolicyError):  # reported; the feed's release retries
-                await self._delete_flows([gone.ip], "cni del")
+                await self._delete_flows([gone.ip], "cni del", by_cni=True)
 
-    async def _delete_flows(self, ips: Collection[str], why: str) -> None:
-        """Delete the tracked flows of ``ips``; PolicyError if the kernel refuses."""
+    async def _delete_flows(self, ips: Collection[str], why: str, by_cni: bool = False) -> None:
+        """Delete the tracked flows of ``ips``; PolicyError if the kernel refuses.
+        ``by_cni``: for a pod of this host, so the feed's release need not do it again."""
         loop = asyncio.get_running_loop()
         try:
             count = await loop.run_in_executor(self._flows, self.flow_forgetter, ips)
@@ -333,7 +334,7 @@ class PolicyEnforcer:
             )
             raise PolicyError(f"cannot delete the tracked flows of {sorted(ips)}: {exc}") from None
         now = time.monotonic()
-        if why.startswith("cni"):
+        if by_cni:
             self._flows_done.update(dict.fromkeys(ips, now))
         self.flows_pending.difference_update(ips)
         self.flows_deleted += count

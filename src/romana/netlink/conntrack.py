@@ -12,11 +12,13 @@ alive). When an address is released or handed out again, the entries that involv
 
 Each is one dump filtered in the kernel (``CTA_FILTER``, Linux 5.11; an older kernel
 ignores the filter and the match is made here) followed by one delete per entry, keyed by
-the entry's own original tuple, zone and id, so only that entry goes. The kernel walks its
-whole table for each dump: ~0.9 us per entry here, so ~90 ms per dump at 100,000 entries
-(docs/benchmarks.md). Messages are built and read with :mod:`romana.netlink.nfmsg`; a
-socket per call, in the caller's network namespace, so any thread may call
-:func:`forget_flows`.
+the entry's own original tuple, zone and id, so only that entry goes. The kernel walks
+every bucket of its hash table for each dump, whatever this namespace tracks: ~14 ms per
+dump here (262,144 buckets), ~42 ms at 100,000 entries (``benchmarks/conntrack_bench.py``).
+For a burst of releases on a host that tracks few flows, one unfiltered dump matched here
+costs less than two filtered dumps per address: :func:`one_walk_cheaper` chooses.
+Messages are built and read with :mod:`romana.netlink.nfmsg`; a socket per call, in the
+caller's network namespace, so any thread may call :func:`forget_flows`.
 """
 
 from __future__ import annotations
@@ -50,23 +52,56 @@ CTA_FILTER_FLAG_IP_SRC = 1 << 0
 _ERROR = struct.Struct("=i")
 RECV_SIZE = 1 << 16
 WINDOW = 256  # deletes per send(); their acknowledgements must fit the receive buffer
-SIDES = ((CTA_TUPLE_ORIG, CTA_FILTER_ORIG_FLAGS), (CTA_TUPLE_REPLY, CTA_FILTER_REPLY_FLAGS))
+SIDES = (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY)
+FILTER_FLAGS = {CTA_TUPLE_ORIG: CTA_FILTER_ORIG_FLAGS, CTA_TUPLE_REPLY: CTA_FILTER_REPLY_FLAGS}
 
 
-def forget_flows(ips: Iterable[str]) -> int:
+def forget_flows(ips: Iterable[str], one_walk: bool | None = None) -> int:
     """Delete every tracked flow an address of ``ips`` started or was sent (IPv4);
     returns how many went. OSError if the kernel refuses (entries already gone are not
-    an error)."""
+    an error). ``one_walk``: read the namespace's whole table once and match here,
+    instead of two filtered dumps per address (None: whichever :func:`one_walk_cheaper`
+    says)."""
     wanted = sorted({ipaddress.IPv4Address(ip).packed for ip in ips})
     if not wanted:
         return 0
+    if one_walk is None:
+        one_walk = one_walk_cheaper(len(wanted), *_table_size())
     with _Socket() as sock:
         entries: dict[bytes, bytes] = {}  # raw id (or tuple) -> the delete request's attributes
-        for address in wanted:
-            for side, flags in SIDES:
-                for key, request in sock.matching(address, side, flags):
-                    entries.setdefault(key, request)
+        if one_walk:
+            entries.update(sock.matching(set(wanted), None))
+        else:
+            for address in wanted:
+                for side in SIDES:
+                    entries.update(sock.matching({address}, side))
         return sock.delete(list(entries.values()))
+
+
+# What a dump costs here (kernel 6.18, 262,144 buckets, docs/benchmarks.md): the kernel
+# walks every hash bucket of every namespace for each dump; a filtered dump then costs
+# little per entry, an unfiltered one mostly the Python that reads each entry.
+WALK_PER_BUCKET = 55e-9  # seconds
+FILTERED_PER_ENTRY = 0.4e-6
+READ_PER_ENTRY = 14e-6
+
+
+def one_walk_cheaper(addresses: int, tracked: int, buckets: int) -> bool:
+    """Whether one unfiltered dump (matched here) beats two filtered dumps per address:
+    for a burst of releases on a host tracking few flows."""
+    walk = buckets * WALK_PER_BUCKET
+    return walk + tracked * READ_PER_ENTRY < addresses * 2 * (walk + tracked * FILTERED_PER_ENTRY)
+
+
+def _table_size() -> tuple[int, int]:
+    """(entries this namespace tracks, the kernel's hash buckets); unknown: a large table."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as count:
+            tracked = int(count.read())
+        with open("/proc/sys/net/netfilter/nf_conntrack_buckets") as buckets:
+            return tracked, int(buckets.read())
+    except (OSError, ValueError):
+        return 1 << 30, 1
 
 
 class _Socket:
@@ -87,23 +122,26 @@ class _Socket:
         kind = (NFNL_SUBSYS_CTNETLINK << 8) | kind
         return self.seq, HEADER.pack(HEADER.size + len(body), kind, flags, self.seq, 0) + body
 
-    def matching(self, address: bytes, side: int, flags: int) -> Iterator[tuple[bytes, bytes]]:
-        """Entries whose ``side`` tuple has source ``address``: (identity, what deletes it)."""
-        filter_tuple = nested(side, nested(CTA_TUPLE_IP, attribute(CTA_IP_V4_SRC, address)))
-        filter_flags = nested(
-            CTA_FILTER, attribute(flags, struct.pack("=I", CTA_FILTER_FLAG_IP_SRC))
-        )
-        seq, request = self._message(
-            IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, filter_tuple + filter_flags
-        )
+    def matching(self, addresses: set[bytes], side: int | None) -> Iterator[tuple[bytes, bytes]]:
+        """Entries whose ``side`` tuple's source is one of ``addresses`` (one address:
+        filtered in the kernel), or, with ``side`` None, whose original or reply source
+        is (the whole table read): (identity, what deletes it)."""
+        attrs_filter = b""
+        if side is not None:
+            (address,) = addresses
+            flags = struct.pack("=I", CTA_FILTER_FLAG_IP_SRC)
+            attrs_filter = nested(side, nested(CTA_TUPLE_IP, attribute(CTA_IP_V4_SRC, address)))
+            attrs_filter += nested(CTA_FILTER, attribute(FILTER_FLAGS[side], flags))
+        seq, request = self._message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, attrs_filter)
         self.sock.send(request)
+        sides = SIDES if side is None else (side,)
         for kind, payload in self._replies(seq):
             if kind == NLMSG_DONE:
                 return
             attrs = attributes(payload[NFGEN.size :])
-            tuple_bytes = attrs.get(side, b"")
-            if _source(tuple_bytes) != address:
-                continue  # a kernel without CTA_FILTER sends every entry
+            # Matched here too: a kernel without CTA_FILTER sends every entry.
+            if not any(_source(attrs.get(s, b"")) in addresses for s in sides):
+                continue
             orig = attrs.get(CTA_TUPLE_ORIG)
             if orig is None:
                 continue

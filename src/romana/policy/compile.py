@@ -40,14 +40,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from romana.policy.inputs import PolicyInputs
-from romana.policy.model import Allow, Block, Endpoint, Endpoints, Hosts, Policy, Port
+from romana.policy.model import (
+    Allow,
+    Block,
+    Endpoint,
+    Endpoints,
+    Hosts,
+    NamedPort,
+    Policy,
+    Port,
+)
 
 TABLE = "romana"
 FAMILY = "inet"
 TRANSPORTS = ("tcp", "udp", "sctp")  # the protocols with ports
 Interval = tuple[int, int]  # inclusive bounds
 NamedPorts = tuple[tuple[str, str], ...]  # ((port name, protocol), ...), sorted
-PeerSelectors = tuple[Endpoints | Hosts, ...]
+SetPeer = Endpoints | Hosts  # a peer whose members are IPs in a set
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +93,7 @@ class Ruleset:
     isolated: dict[str, tuple[str, ...]] = field(default_factory=dict)  # endpoint -> keys
     policies: dict[str, str] = field(default_factory=dict)  # policy key -> chain prefix
     # What :mod:`romana.policy.incremental` needs to update members without a compile:
-    peer_sets: dict[str, PeerSelectors] = field(default_factory=dict)  # set -> any of these
+    peer_sets: dict[str, SetPeer] = field(default_factory=dict)  # set -> its selector
     named_sets: dict[str, NamedPorts] = field(default_factory=dict)  # set -> ports it holds
     ips: dict[str, str] = field(default_factory=dict)  # every endpoint's IP, by name
     broken: frozenset[str] = frozenset()  # refused by this host's nft (see the agent)
@@ -144,17 +153,14 @@ def verdict_chain(direction: str, chains: list[str]) -> str:
 
 
 @functools.lru_cache(maxsize=16384)
-def peer_set_name(peers: PeerSelectors, host: str) -> str:
-    """The set of the IPs of endpoints (or hosts) any of ``peers`` selects."""
-    if peers == (Hosts(),):
+def peer_set_name(peer: SetPeer, host: str) -> str:
+    """The set of the IPs of the endpoints (or hosts) ``peer`` selects."""
+    if isinstance(peer, Hosts):
         return "hosts"
-    idents = []
-    for peer in peers:
-        ident = json.dumps(peer.to_json(), sort_keys=True)
-        if isinstance(peer, Endpoints) and peer.same_host:
-            ident += host  # "on the protected endpoint's host" differs per host
-        idents.append(ident)
-    return f"e_{_digest('|'.join(idents))}"
+    ident = json.dumps(peer.to_json(), sort_keys=True)
+    if peer.same_host:
+        ident += host  # "on the protected endpoint's host" differs per host
+    return f"e_{_digest(ident)}"
 
 
 def named_set_name(ports: NamedPorts) -> str:
@@ -167,11 +173,11 @@ def named_set_name(ports: NamedPorts) -> str:
 def named_elements(endpoint: Endpoint, wanted: NamedPorts) -> set[str]:
     """The elements ``endpoint`` puts into a named-port set holding ``wanted``."""
     pairs = set(wanted)
-    return {
-        f"{endpoint.ip} . {p.protocol} . {p.port}"
-        for p in endpoint.ports
-        if (p.name, p.protocol) in pairs
-    }
+    return {_named_element(endpoint, p) for p in endpoint.ports if (p.name, p.protocol) in pairs}
+
+
+def _named_element(endpoint: Endpoint, port: NamedPort) -> str:
+    return f"{endpoint.ip} . {port.protocol} . {port.port}"
 
 
 DIRECTIONS = (("in", "ingress", "ingress_of"), ("out", "egress", "egress_of"))
@@ -183,7 +189,7 @@ class _Draft:
     def __init__(self) -> None:
         self.chains: dict[str, tuple[str, ...]] = {}
         self.sets: dict[str, NftSet] = {}
-        self.peer_sets: dict[str, PeerSelectors] = {}
+        self.peer_sets: dict[str, SetPeer] = {}
         self.named_sets: dict[str, NamedPorts] = {}
         self.size = 0  # rules + elements of every set used
 
@@ -310,21 +316,18 @@ class _Compiler:
         # One set per selector, not one per entry: the same selector recurs across a
         # cluster's policies (shared sets), while unions of selectors rarely do.
         for selector in dict.fromkeys(p for p in peers if isinstance(p, Endpoints)):
-            matches.append(f"ip {side} @{self._ip_set((selector,), draft)}")
+            matches.append(f"ip {side} @{self._ip_set(selector, draft)}")
         if any(isinstance(p, Hosts) for p in peers):
-            matches.append(f"ip {side} @{self._ip_set((Hosts(),), draft)}")
+            matches.append(f"ip {side} @{self._ip_set(Hosts(), draft)}")
         return matches
 
-    def _ip_set(self, peers: PeerSelectors, draft: _Draft) -> str:
-        name = peer_set_name(peers, self.host)
+    def _ip_set(self, peer: SetPeer, draft: _Draft) -> str:
+        name = peer_set_name(peer, self.host)
         if name not in draft.sets:
             found = self.out.sets.get(name)
-            if found is None:  # selectors used by several policies: one set
-                ips: set[str] = set()
-                for peer in peers:
-                    ips.update(self.index.peer_ips(peer, self.host))
-                found = NftSet(name, "ipv4_addr", frozenset(ips))
-                draft.peer_sets[name] = peers
+            if found is None:  # a selector used by several policies: one set
+                found = NftSet(name, "ipv4_addr", frozenset(self.index.peer_ips(peer, self.host)))
+                draft.peer_sets[name] = peer
             draft.use(found)
         return name
 
@@ -349,9 +352,7 @@ class _Compiler:
         self.by_name: dict[tuple[str, str], set[str]] = {}
         for ep in self.inputs.endpoints.values():
             for p in ep.ports:
-                self.by_name.setdefault((p.name, p.protocol), set()).add(
-                    f"{ep.ip} . {p.protocol} . {p.port}"
-                )
+                self.by_name.setdefault((p.name, p.protocol), set()).add(_named_element(ep, p))
 
     def _named_set(self, ports: NamedPorts, draft: _Draft) -> str:
         name = named_set_name(ports)

@@ -66,8 +66,8 @@ class _Update:
         if ip is None:
             return
         prefix = f"{ip} "
-        for set_name in self.previous.peer_sets:
-            if set_name != "hosts" and ip in self.previous.sets[set_name].elements:
+        for set_name, peer in self.previous.peer_sets.items():
+            if isinstance(peer, Endpoints) and ip in self.previous.sets[set_name].elements:
                 self._set(set_name).discard(ip)
         for set_name in (*self.previous.named_sets, *MAPS):
             gone = {e for e in self._current(set_name) if e.startswith(prefix)}
@@ -78,8 +78,8 @@ class _Update:
         """Put ``ep`` where it belongs; False if that needs a chain the ruleset lacks."""
         prev = self.previous
         self.ips[ep.name] = ep.ip
-        for set_name, peers in prev.peer_sets.items():
-            if any(isinstance(p, Endpoints) and index.contains(p, ep, host) for p in peers):
+        for set_name, peer in prev.peer_sets.items():
+            if isinstance(peer, Endpoints) and index.contains(peer, ep, host):
                 self._set(set_name).add(ep.ip)
         for set_name, ports in prev.named_sets.items():
             elements = named_elements(ep, ports)

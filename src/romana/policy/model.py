@@ -250,12 +250,6 @@ class Endpoint:
             return dict(self.labels)
         return {**self.labels, SEGMENT_LABEL: self.segment}
 
-    def named_port(self, name: str, protocol: str) -> int | None:
-        for p in self.ports:
-            if p.name == name and p.protocol == protocol:
-                return p.port
-        return None
-
 
 def tenant_labels(name: str, labels: Mapping[str, str]) -> dict[str, str]:
     """A tenant's labels with the implied ``kubernetes.io/metadata.name``."""

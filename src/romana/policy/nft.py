@@ -27,6 +27,14 @@ CHUNK = 2000  # elements per statement: keeps each line of the script bounded
 ANTISPOOF_CHAIN = "antispoof"
 
 
+def base_rules(pod_interfaces: str | None = None) -> dict[str, int]:
+    """The base chains :func:`render_full` writes, with how many rules each holds."""
+    counts = dict.fromkeys(BASE_CHAINS, 2)  # ct state established,related; the dispatch
+    if pod_interfaces is not None:
+        counts[ANTISPOOF_CHAIN] = 1
+    return counts
+
+
 def render_full(ruleset: Ruleset, pod_interfaces: str | None = None) -> str:
     """The whole table; ``pod_interfaces`` (an interface name pattern such as ``rmn*``)
     turns on the anti-spoofing check for packets from those interfaces."""
@@ -143,4 +151,4 @@ def _elements(verb: str, name: str, items: list[str]) -> list[str]:
     ]
 
 
-__all__ = ["render_changes", "render_full", "render_update"]
+__all__ = ["base_rules", "render_changes", "render_full", "render_update"]
