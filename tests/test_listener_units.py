@@ -274,3 +274,36 @@ def test_a_pass_goes_past_refusals_and_stops_at_an_outage_keeping_what_it_had_no
     assert romanad.added == ["b"]
     assert sync._done == {("Node", "a"), ("Node", "b")}  # c and d stay dirty
     assert [s["key"] for s in sync.refusals.to_json()] == ["a"]
+
+
+class _RacedRomanad:
+    """romanad in which another listener removes the host between its read and our write."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str, Any]] = []
+
+    def host(self, name: str) -> Any:
+        return {"name": name, "ip": "192.168.1.0", "labels": {"old": "x"}, "block_count": 0}
+
+    def set_labels(self, name: str, labels: Any) -> None:
+        raise NotFound(f"host {name} not found")
+
+    def add_host(self, name: str, ip: str, labels: Any) -> None:
+        self.added.append((name, ip, labels))
+
+
+def test_a_host_removed_by_another_listener_while_relabelled_is_added_not_refused() -> None:
+    """Two listeners: one moves a relabelled node (remove + add), the other's relabel
+    finds it gone. That is a race, not the node's fault: no refusal, the host is added."""
+    from lightkube.resources.core_v1 import Node
+
+    from tests.kube import node
+
+    romanad = _RacedRomanad()
+    events: list[Any] = []
+    sync = Sync(romanad, {}, lambda *event: events.append(event))  # type: ignore[arg-type]
+    sync._caches = {"Node": {"a": Node.from_dict(node("a", "192.168.1.0"))}}
+    sync._pass(False, {"Node": {"a"}})
+    assert [name for name, _, _ in romanad.added] == ["a"]
+    assert sync.refusals.to_json() == [] and events == []
+    assert sync._done == {("Node", "a")}

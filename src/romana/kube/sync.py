@@ -264,6 +264,10 @@ class Sync:
                 self.not_moved.pop(spec.name, None)
             except Conflict as exc:
                 self._move(spec, held, _why(exc))
+            except NotFound:
+                # Removed since it was read: another listener is moving it to the group its
+                # new labels need. Adding it as it should be is idempotent whoever is first.
+                self._add_host(spec)
         else:
             self.not_moved.pop(spec.name, None)
 
