@@ -4,11 +4,31 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := iproute2 iputils-ping netcat-openbsd curl openssl bird2 etcd-server etcd-client \
-                containernetworking-plugins nftables iptables ipset
+                containernetworking-plugins nftables iptables ipset \
+                gcc musl-tools containerd runc podman umoci mmdebstrap busybox-static
 
-.PHONY: setup system-packages run run-ha test lint bench clean
+.PHONY: setup system-packages run run-ha test lint bench clean plugin image
+
+# The CNI plugin nodes run: one static C executable that needs nothing on the node
+# (docs/cni.md says why C). setup builds it when a C compiler is there; `make plugin`
+# insists (romana-cni install needs it).
+PLUGIN     := src/romana/cni/bin/romana-cni-plugin
+PLUGIN_CC  := $(firstword $(shell for cc in musl-gcc gcc; do command -v $$cc; done 2>/dev/null))
+VERSION    := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' src/romana/__init__.py)
 
 setup: $(STAMP)
+	@if [ -n "$(PLUGIN_CC)" ]; then $(MAKE) --no-print-directory plugin; \
+	else echo "no musl-gcc or gcc: the CNI plugin is not built (make system-packages plugin)"; fi
+
+plugin: $(PLUGIN)
+
+# -static, and no PT_INTERP: tests/test_cni_plugin.py checks the ELF headers.
+$(PLUGIN): src/romana/cni/plugin.c src/romana/__init__.py
+	@test -n "$(PLUGIN_CC)" || { echo "make plugin: needs musl-gcc or gcc (apt-get install musl-tools)"; exit 1; }
+	@mkdir -p $(@D)
+	$(PLUGIN_CC) -static -Os -s -std=c11 -Wall -Wextra -Werror \
+	  -DROMANA_VERSION='"$(VERSION)"' -o $@.tmp $<
+	mv $@.tmp $@
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,13 +66,14 @@ run: setup
 run-ha: setup system-packages
 	BIN=$(BIN) DATA_DIR=$(DATA_DIR) scripts/run-ha.sh
 
-test: setup system-packages lint
+# system-packages first: setup builds the CNI plugin with the compiler it installs.
+test: system-packages setup plugin lint
 	$(BIN)/pytest
 
 # ruff (lint rules and formatting) and mypy (strict, configured in pyproject.toml).
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 
 bench: setup
@@ -67,6 +88,14 @@ bench: setup
 	$(BIN)/python benchmarks/topology_bench.py
 	$(BIN)/python benchmarks/policy_bench.py
 	$(BIN)/python benchmarks/conntrack_bench.py
+	$(BIN)/python benchmarks/cni_startup_bench.py
+	$(BIN)/python benchmarks/runtime_cni_bench.py
+	$(BIN)/python benchmarks/agent_memory_bench.py
+
+# The one OCI image (every process, ip, nft, BIRD) from Debian packages and PyPI, under
+# build/image/ (tagged with the version; skipped when its inputs are unchanged): docs/image.md.
+image: system-packages setup plugin
+	$(BIN)/python scripts/build_image.py
 
 clean:
 	rm -rf $(DATA_DIR) $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,6 +1,6 @@
 """CNI plugin benchmark (issue: CNI plugin). Run as root. Prints one JSON object.
 
-ADD and DEL latency of ``romana`` (the installed shim + romana-agent + romanad) against the
+ADD and DEL latency of ``romana`` (the installed static plugin + romana-agent + romanad) against the
 reference plugins ``ptp`` + ``host-local`` (Go, from ``/usr/lib/cni``), in the same run, on
 the same machine, invoked the same way a runtime does (environment + config on stdin).
 
@@ -17,7 +17,7 @@ load hits both alike, with a pause (``--gap-ms``) before every call so the after
 one (romana deletes a pod's veth after answering DEL) never lands in the next.
 
 Also reported: each plugin's bare start-up (``VERSION``), the agent's own time per command
-(from the plugin's ``log_file``; the rest is the shim and the socket), and what is left
+(from the agent's ``--cni-request-log``; the rest is the plugin and the socket), and what is left
 after the DELs (addresses in romanad, romana veths on the host).
 
 Targets: romana ADD p50 <= 2 x the reference's; romana DEL p50 <= the reference's.
@@ -181,6 +181,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         run("ip", "-n", host_ns, "link", "set", "lo", "up")
         (tmp / "topology.json").write_text(json.dumps(TOPOLOGY))
         romanad_sock, cni_sock = tmp / "romanad.sock", tmp / "cni.sock"
+        log_file = tmp / "cni.log"  # the agent's request log: its own time per command
         stack.enter_context(
             process(
                 [
@@ -218,6 +219,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     f"unix:{tmp / 'agent.sock'}",
                     "--log-level",
                     "warning",
+                    "--cni-request-log",
+                    str(log_file),
                 ],
                 tmp / "agent.log",
                 cni_sock,
@@ -227,7 +230,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         run(str(BIN / "romana-cni"), "install", "--bin-dir", str(bin_dir))
         for plugin in ("ptp", "host-local"):
             (bin_dir / plugin).symlink_to(REFERENCE_DIR / plugin)
-        log_file = tmp / "cni.log"
         spec = {
             "pods": args.pods,
             "gap_ms": args.gap_ms,
@@ -260,7 +262,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                             "name": "romana",
                             "type": "romana",
                             "agent_socket": str(cni_sock),
-                            "log_file": str(log_file),
                         }
                     ),
                 },
@@ -316,7 +317,7 @@ def report(
             "version_ms": summary(ref["VERSION"]),
         },
         "romana": {
-            "plugin": "romana shim -> romana-agent -> romanad",
+            "plugin": "romana (static C plugin) -> romana-agent -> romanad",
             "add_ms": summary(ours["ADD"]),
             "del_ms": summary(ours["DEL"]),
             "version_ms": summary(ours["VERSION"]),

@@ -7,8 +7,10 @@ address; then ``romana.netlink.conntrack.forget_flows`` deletes that address's f
 flows made again each time), and the same for an address without any flow (the cost
 every host pays for each release it reads from the feed); and a burst of ``--burst``
 addresses (default 20) released at once, deleted by two filtered dumps per address and by
-one unfiltered walk of the table, beside what ``one_walk_cheaper`` would choose. Medians
-and every run.
+one unfiltered walk of the table, beside what ``one_walk_cheaper`` would choose; and the
+agent's sweep (``sweep_flows``: one walk that reads every entry, deleting the ``--matching``
+flows of one condemned address), paid once at start, reload or block gained, after which
+an ADD of a clean address makes no dump at all. Medians and every run.
 
 The kernel walks its whole hash table for each dump (every bucket, of every namespace:
 ``nf_conntrack_buckets``), so there is a floor whatever the namespace tracks, and the cost
@@ -31,7 +33,7 @@ from typing import Any
 # Runs inside the namespace: makes the flows, times the deletions, prints one JSON line.
 INSIDE = """
 import json, socket, sys, time
-from romana.netlink.conntrack import forget_flows, one_walk_cheaper, _table_size
+from romana.netlink.conntrack import forget_flows, one_walk_cheaper, sweep_flows, _table_size
 
 entries, matching, repeat, burst = map(int, sys.argv[1:5])
 target, other = "127.0.3.9", "127.0.3.10"
@@ -55,7 +57,8 @@ def timed(ips, one_walk=None):
     return time.perf_counter() - t, deleted
 
 flows(entries - matching)
-out = {"hit_s": [], "miss_s": [], "deleted": [], "burst_filtered_s": [], "burst_one_walk_s": []}
+out = {"hit_s": [], "miss_s": [], "deleted": [], "burst_filtered_s": [], "burst_one_walk_s": [],
+       "sweep_s": [], "swept": []}
 for _ in range(repeat):
     touched(target, matching)
     seconds, deleted = timed([target])
@@ -66,6 +69,11 @@ for _ in range(repeat):
         for victim in victims:
             touched(victim, 2)
         out[key].append(timed(victims, one_walk)[0])
+    touched(target, matching)
+    t = time.perf_counter()
+    swept = sweep_flows(lambda ip: ip == target)
+    out["sweep_s"].append(time.perf_counter() - t)
+    out["swept"].append([swept.deleted, len(swept.seen)])
 out["tracked"] = _table_size()[0]
 out["burst_auto_one_walk"] = one_walk_cheaper(burst, *_table_size())
 print(json.dumps(out))
@@ -121,6 +129,8 @@ def main() -> None:
                 f"burst_of_{args.burst}_filtered_dumps": ms(raw["burst_filtered_s"]),
                 f"burst_of_{args.burst}_one_walk": ms(raw["burst_one_walk_s"]),
                 "burst_chooses_one_walk": raw["burst_auto_one_walk"],
+                "sweep": ms(raw["sweep_s"]),
+                "sweep_deleted_and_seen_per_run": raw["swept"],
                 "wall_s": round(time.perf_counter() - started, 1),
             },
             indent=2,

@@ -100,6 +100,20 @@ class Lab:
         a.ip("link", "set", a_name, "up")
         b.ip("link", "set", b_name, "up")
 
+    def endpoint(self, host: Netns, link: str, name: str, ip: str) -> Netns:
+        """A pod wired as the CNI wires one: namespace ``name`` with ``ip``/32 on eth0 and a
+        default route via a link-local gateway, veth ``link`` on ``host`` answering ARP
+        for it (proxy ARP, at once) and routing ``ip`` to it."""
+        ns = self.netns(name)
+        self.veth(host, link, ns, "eth0")
+        ns.ip("addr", "add", f"{ip}/32", "dev", "eth0")
+        ns.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        ns.ip("route", "add", "default", "via", "169.254.1.1")
+        host.sysctl(f"net.ipv4.conf.{link}.proxy_arp", "1")
+        host.sysctl(f"net.ipv4.neigh.{link}.proxy_delay", "0")  # the default waits 0.8 s
+        host.ip("route", "add", f"{ip}/32", "dev", link, "scope", "link")
+        return ns
+
     def bridge(self, ns: Netns, name: str, ports: Sequence[str] = ()) -> None:
         ns.ip("link", "add", name, "type", "bridge")
         for port in ports:

@@ -158,16 +158,8 @@ class Cluster:
     def add_pod(self, pod: str, host: str) -> Pod:
         ip = self.client.allocate(pod, host)["ip"]
         self._links += 1
-        ns = self.lab.netns(f"pod{self._links}")
         link = f"cali{self._links}"
-        self.lab.veth(self.hosts[host], link, ns, "eth0")
-        ns.ip("addr", "add", f"{ip}/32", "dev", "eth0")
-        ns.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-        ns.ip("route", "add", "default", "via", "169.254.1.1")
-        self.hosts[host].sysctl(f"net.ipv4.conf.{link}.proxy_arp", "1")
-        # As the CNI does: answer ARP at once (the default delays up to 0.8 s).
-        self.hosts[host].sysctl(f"net.ipv4.neigh.{link}.proxy_delay", "0")
-        self.hosts[host].ip("route", "add", f"{ip}/32", "dev", link, "scope", "link")
+        ns = self.lab.endpoint(self.hosts[host], link, f"pod{self._links}", ip)
         self.pods[pod] = Pod(pod, ns, ip, host, link)
         return self.pods[pod]
 
@@ -333,16 +325,7 @@ def test_l3_host_sends_a_loan_inside_its_area_to_its_router(cluster: Cluster) ->
     assert area == "10.1.0.0/17"  # h11 is alone in rack-1: the whole rack is its area
     # A pod of h12 given an address inside h11's area (a pinned IP, as a loan would be).
     pinned = cluster.client.allocate("lent", "h12", ip="10.1.100.1")
-    ns = cluster.lab.netns("podlent")
-    cluster.lab.veth(cluster.hosts["h12"], "calilent", ns, "eth0")
-    ns.ip("addr", "add", f"{pinned['ip']}/32", "dev", "eth0")
-    ns.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-    ns.ip("route", "add", "default", "via", "169.254.1.1")
-    cluster.hosts["h12"].sysctl("net.ipv4.conf.calilent.proxy_arp", "1")
-    cluster.hosts["h12"].sysctl("net.ipv4.neigh.calilent.proxy_delay", "0")
-    cluster.hosts["h12"].ip(
-        "route", "add", f"{pinned['ip']}/32", "dev", "calilent", "scope", "link"
-    )
+    ns = cluster.lab.endpoint(cluster.hosts["h12"], "calilent", "podlent", pinned["ip"])
     cluster.pods["lent"] = Pod("lent", ns, pinned["ip"], "h12", "calilent")
     cluster.add_pod("b1", "h12")
     cluster.program_routers()

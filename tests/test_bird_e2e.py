@@ -195,16 +195,7 @@ class Fabric:
         ip = self.client.allocate(name, host, "t", segment)["ip"]
         self.ips[name] = ip
         host_ns = self.ns[host]
-        ep = self.ns[name] = self.lab.netns(name)
-        veth = f"cali{len(self.ips)}"
-        self.lab.veth(host_ns, veth, ep, "eth0")
-        ep.ip("addr", "add", f"{ip}/32", "dev", "eth0")
-        ep.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-        ep.ip("route", "add", "default", "via", "169.254.1.1")
-        host_ns.sysctl(f"net.ipv4.conf.{veth}.proxy_arp", "1")
-        # As the CNI does: answer ARP at once (the default delays up to 0.8 s).
-        host_ns.sysctl(f"net.ipv4.neigh.{veth}.proxy_delay", "0")
-        host_ns.ip("route", "add", f"{ip}/32", "dev", veth, "scope", "link")
+        self.ns[name] = self.lab.endpoint(host_ns, f"cali{len(self.ips)}", name, ip)
         return ip
 
     def bird(self, name: str, router_id: str) -> Bird:

@@ -421,7 +421,7 @@ def test_failures_leave_nothing_behind(cluster: Cluster) -> None:
     assert error["code"] == 3
     assert c.allocated("net:f5:eth0") is None
     # The agent cannot be reached: 11 for ADD, 50 for STATUS, and VERSION still answers.
-    nowhere = c.conf("h1", agent_socket=str(c.workdir / "absent.sock"))
+    nowhere = c.conf("h1", agent_socket=str(c.workdir / "absent.sock"), agent_wait_seconds=0)
     assert error_of(c.cni("h1", "ADD", nowhere, "f6", c.pod().path))["code"] == 11
     assert error_of(c.cni("h1", "STATUS", {**nowhere, "cniVersion": "1.1.0"}))["code"] == 50
     version = c.cni("h1", "VERSION", nowhere)
@@ -557,7 +557,7 @@ def test_versions_errors_log_file_and_segments(cluster: Cluster) -> None:
     assert (
         error_of(c.cni("h1", "ADD", c.conf("h1", version="9.9.9"), "v3", c.pod().path))["code"] == 1
     )
-    # Cut short: the shim still finds its socket, the agent cannot decode the rest.
+    # Cut short: the plugin still finds its socket, the agent cannot decode the rest.
     truncated = json.dumps(
         {"agent_socket": str(c.socket("h1")), "cniVersion": "1.0.0", "name": "net"}
     )[:-3]
@@ -599,6 +599,9 @@ _JSON_JUNK = st.recursive(
 @st.composite
 def hostile_invocations(draw: st.DrawFn, socket: str) -> tuple[str, dict[str, Any] | str, str, str]:
     conf: dict[str, Any] = {
+        # First, so a body cut short keeps it: the plugin must not wait for a default socket
+        # that no agent serves here.
+        "agent_wait_seconds": 0,
         "cniVersion": draw(st.sampled_from(["1.0.0", "0.4.0", "1.1.0", "9.9.9", 1, None])),
         "name": draw(st.one_of(_ENV_TEXT, _JSON_JUNK)),
         "type": "romana",
@@ -626,7 +629,8 @@ def hostile_invocations(draw: st.DrawFn, socket: str) -> tuple[str, dict[str, An
         conf[key] = draw(_JSON_JUNK)
     body: dict[str, Any] | str = conf
     if draw(st.integers(0, 9)) == 0:
-        body = json.dumps(conf)[: draw(st.integers(0, 40))]  # cut short
+        kept = len('{"agent_wait_seconds": 0')
+        body = json.dumps(conf)[: draw(st.integers(kept, kept + 40))]  # cut short
     command = draw(st.sampled_from(["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "NOPE"]))
     return command, body, draw(_ENV_TEXT), draw(_ENV_TEXT)
 

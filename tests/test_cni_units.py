@@ -1,5 +1,6 @@
-"""The CNI plugin's parts without namespaces: the shim, the wire format, configuration,
-results, the leak verdicts and the romanad client (against real sockets and servers)."""
+"""The CNI plugin's parts without namespaces: the protocol, the installed executable,
+configuration, results, the leak verdicts and the romanad client (against real sockets and
+servers)."""
 
 from __future__ import annotations
 
@@ -24,37 +25,45 @@ from romana.cni.server import ProtocolError, decode
 from romana.errors import CniError, RomanaError
 
 from .daemon import running
+from .test_cni_plugin import build_plugin
 
 
-# -- the shim ---------------------------------------------------------------------------------
+# -- the plugin's protocol (the shim is its reference; tests/test_cni_plugin.py runs both) ------
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('{"cniVersion": "1.0.0", "agent_socket": "/run/a.sock"}', "/run/a.sock"),
-        ('{"cniVersion":"1.0.0","ipam":{"type":"romana-ipam","agent_socket" :\n "/x"}}', "/x"),
-        ('{"agent_socket": "/with \\"quote\\".sock"}', '/with "quote".sock'),  # json fallback
-        ('{"ipam": {"agent_socket": "/e\\u0073c"}}', "/esc"),
+        ('{"cniVersion": "1.0.0", "agent_socket": "/run/a.sock"}', b"/run/a.sock"),
+        ('{"cniVersion":"1.0.0","ipam":{"type":"romana-ipam","agent_socket" :\n "/x"}}', b"/x"),
+        ('{"agent_socket": "/with \\"quote\\".sock"}', b'/with "quote".sock'),
+        ('{"ipam": {"agent_socket": "/e\\u0073c\\u00e9"}}', "/esc\u00e9".encode()),
         ('{"type": "agent_socket", "name": "n"}', None),  # the key only as a value
+        ('{"type": "agent_socket", "agent_socket": "/later"}', b"/later"),
         ('{"cniVersion": "1.0.0"}', None),
         ('{"agent_socket": 5}', None),
+        ('{"agent_socket": "/bad\\escape"}', None),
+        ('{"agent_socket": "/unterminated', None),
     ],
 )
-def test_shim_finds_the_agent_socket_without_a_json_parser(text: str, expected: str | None) -> None:
+def test_shim_finds_the_agent_socket_without_a_json_parser(
+    text: str, expected: bytes | None
+) -> None:
     assert shim.string_field(text.encode(), "agent_socket") == expected
 
 
 def test_shim_error_objects_are_json_with_any_message() -> None:
-    raw = shim.error_object("1.0.0", 11, 'agent "down"\\', "line\nbreak\ttab é")
+    raw = shim.error_object(
+        b"1.0.0", 11, b'agent "down"\\', "line\nbreak\ttab \u00e9".encode() + b"\xff"
+    )
     assert json.loads(raw) == {
         "cniVersion": "1.0.0",
         "code": 11,
         "msg": 'agent "down"\\',
-        "details": "line\nbreak\ttab é",
+        "details": "line\nbreak\ttab \u00e9\ufffd",
     }
 
 
 def shim_request(mode: str, env: dict[str, str], stdin: bytes) -> bytes:
-    """The bytes the shim sends (built the way ``shim.run`` builds them)."""
+    """The bytes the plugin sends (built the way ``shim.run`` builds them)."""
     block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
     return shim.MAGIC + mode.encode() + b"\0" + block + b"\0" + stdin
 
@@ -67,6 +76,11 @@ def test_the_agent_decodes_what_the_shim_sends() -> None:
     for bad in (b"GET / HTTP/1.1\r\n", shim.MAGIC + b"other\0\0", shim.MAGIC + b"full\0A=b"):
         with pytest.raises(ProtocolError):
             decode(bad)
+
+
+@pytest.fixture(scope="module")
+def executable() -> Path:
+    return build_plugin()
 
 
 @pytest.fixture
@@ -97,38 +111,56 @@ def agent_stub(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
     server.close()
 
 
-def run_plugin(
-    plugin: Path, env: dict[str, str], stdin: str, *python_flags: str
-) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-IS", *python_flags, str(plugin)] if python_flags else [str(plugin)]
+def run_plugin(plugin: Path, env: dict[str, str], stdin: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, input=stdin, env=env, capture_output=True, text=True, timeout=30, check=False
+        [str(plugin)], input=stdin, env=env, capture_output=True, text=True, timeout=30, check=False
     )
 
 
-def test_installed_plugin_forwards_and_imports_nothing_heavy(
-    tmp_path: Path, agent_stub: tuple[Path, list[bytes]]
+def test_installed_plugin_forwards_under_both_names(
+    tmp_path: Path, executable: Path, agent_stub: tuple[Path, list[bytes]]
 ) -> None:
     path, seen = agent_stub
-    installed = install(tmp_path / "bin", sys.executable, {"full": "romana", "ipam": "romana-ipam"})
+    installed = install(tmp_path / "bin")
     assert [p.name for p in installed] == ["romana", "romana-ipam"]
     assert all(os.access(p, os.X_OK) for p in installed)
+    assert all(p.read_bytes() == executable.read_bytes() for p in installed)
     config_text = json.dumps({"cniVersion": "1.0.0", "name": "n", "agent_socket": str(path)})
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "HOME": "/nowhere"}
-    answer = run_plugin(tmp_path / "bin" / "romana-ipam", env, config_text)
-    assert (answer.returncode, answer.stdout) == (0, "{}\n")
-    assert seen[-1] == shim_request(
-        "ipam", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1"}, config_text.encode()
-    )  # HOME is not forwarded
-    # What the plugin imports beyond a bare interpreter: the shim and _socket, nothing else.
+    for mode, plugin in (("ipam", "romana-ipam"), ("full", "romana")):
+        answer = run_plugin(tmp_path / "bin" / plugin, env, config_text)
+        assert (answer.returncode, answer.stdout) == (0, "{}\n")
+        assert seen[-1] == shim_request(
+            mode, {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1"}, config_text.encode()
+        )  # HOME is not forwarded
+
+
+def test_shim_imports_nothing_heavy(tmp_path: Path, agent_stub: tuple[Path, list[bytes]]) -> None:
+    """The reference (and the console scripts' fast path) imports the shim and ``_socket``
+    beyond a bare interpreter, nothing else (``time`` only while waiting for an agent)."""
+    path, _ = agent_stub
+    config_text = json.dumps({"cniVersion": "1.0.0", "name": "n", "agent_socket": str(path)})
     baseline = subprocess.run(
         [sys.executable, "-IS", "-X", "importtime", "-c", "pass"],
         capture_output=True,
         text=True,
         check=True,
     ).stderr
-    traced = run_plugin(tmp_path / "bin" / "romana", env, config_text, "-X", "importtime")
-    assert traced.returncode == 0
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        f"import posix, sys\nsys.path.append({str(Path(shim.__file__).parent)!r})\n"
+        "import shim\nposix._exit(shim.run('full'))\n"
+    )
+    traced = subprocess.run(
+        [sys.executable, "-IS", "-X", "importtime", str(launcher)],
+        input=config_text,
+        env={"CNI_COMMAND": "ADD"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr
 
     def modules(trace: str) -> set[str]:
         return {
@@ -140,16 +172,25 @@ def test_installed_plugin_forwards_and_imports_nothing_heavy(
     assert modules(traced.stderr) - modules(baseline) == {"shim", "_socket"}
 
 
-def test_shim_answers_version_and_unreachable_agent_by_itself(tmp_path: Path) -> None:
-    install(tmp_path, sys.executable, {"full": "romana"})
+def test_plugin_answers_version_and_unreachable_agent_by_itself(
+    tmp_path: Path, executable: Path
+) -> None:
+    install(tmp_path)
     plugin = tmp_path / "romana"
-    conf = json.dumps({"cniVersion": "0.4.0", "agent_socket": str(tmp_path / "none.sock")})
+    conf = json.dumps(
+        {
+            "cniVersion": "0.4.0",
+            "agent_socket": str(tmp_path / "none.sock"),
+            "agent_wait_seconds": 0,
+        }
+    )
     version = run_plugin(plugin, {"CNI_COMMAND": "VERSION"}, conf)
     assert version.returncode == 0
     assert json.loads(version.stdout) == {
         "cniVersion": "0.4.0",
         "supportedVersions": list(config.SUPPORTED_VERSIONS),
     }
+    assert shim.SUPPORTED_VERSIONS == config.SUPPORTED_VERSIONS
     for command, code in (("ADD", 11), ("DEL", 11), ("STATUS", 50), ("", 4)):
         answer = run_plugin(plugin, {"CNI_COMMAND": command}, conf)
         error = json.loads(answer.stdout)
@@ -407,8 +448,10 @@ def test_lengths_are_blamed_on_the_field_that_is_too_long() -> None:
     assert caught.value.cni_code == 7 and "network name is too long" in caught.value.msg
 
 
-def test_the_shim_refuses_an_oversized_configuration_as_invalid(tmp_path: Path) -> None:
-    install(tmp_path, sys.executable, {"full": "romana"})
+def test_the_plugin_refuses_an_oversized_configuration_as_invalid(
+    tmp_path: Path, executable: Path
+) -> None:
+    install(tmp_path)
     huge = json.dumps(
         {
             "cniVersion": "1.0.0",
@@ -423,17 +466,28 @@ def test_the_shim_refuses_an_oversized_configuration_as_invalid(tmp_path: Path) 
     assert "bytes" in error["msg"]
 
 
-def test_host_install_copies_the_shim_writes_the_conflist_and_uninstalls(tmp_path: Path) -> None:
-    """As the agent DaemonSet installs onto a node: the host's python3 runs a copy of the
-    shim (the container's interpreter is not on the host); uninstall leaves nothing."""
+def test_agent_wait_seconds_is_checked_by_the_agent() -> None:
+    good = {"cniVersion": "1.0.0", "name": "net"}
+    assert parse({**good, "agent_wait_seconds": 0}).conf.network == "net"
+    assert parse({**good, "ipam": {"agent_wait_seconds": 600}}, "ipam").conf.network == "net"
+    for bad in (-1, 601, 1.5, "60", True, None):
+        assert code_of({**good, "agent_wait_seconds": bad}) == 7, bad
+
+
+def test_host_install_copies_the_executable_writes_the_conflist_and_uninstalls(
+    tmp_path: Path, executable: Path
+) -> None:
+    """As the agent DaemonSet installs onto a node: the static executable under both names
+    and the conflist; uninstall leaves nothing, the old Python launcher's dir included."""
     from romana.cni.install import main as install_main
 
     bin_dir, conf_dir = tmp_path / "opt-cni-bin", tmp_path / "net.d"
     host = ["--host-root", "/", "--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir)]
-    assert install_main(["install", *host, "--python", "/usr/bin/python3"]) == 0
-    launcher = (bin_dir / "romana").read_text()
-    assert launcher.startswith("#!/usr/bin/python3 -IS") and str(bin_dir / "romana.d") in launcher
-    assert (bin_dir / "romana.d" / "shim.py").read_text() == Path(shim.__file__).read_text()
+    (bin_dir / "romana.d").mkdir(parents=True)  # what versions before the executable left
+    (bin_dir / "romana.d" / "shim.py").write_text("# old\n")
+    assert install_main(["install", *host]) == 0
+    for name in ("romana", "romana-ipam"):
+        assert (bin_dir / name).read_bytes() == executable.read_bytes()
     conf = json.loads((conf_dir / "10-romana.conflist").read_text())
     assert conf["plugins"] == [{"type": "romana", "agent_socket": "/run/romana/cni.sock"}]
     done = subprocess.run(
@@ -444,8 +498,12 @@ def test_host_install_copies_the_shim_writes_the_conflist_and_uninstalls(tmp_pat
         timeout=10,
     )
     assert done.returncode == 0 and b"supportedVersions" in done.stdout, done.stderr
+    # Reinstalling replaces the files; an old manifest's --python is accepted, ignored.
+    assert install_main(["install", *host, "--python", "/usr/bin/python3"]) == 0
+    assert (bin_dir / "romana").read_bytes() == executable.read_bytes()
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")]
     assert leftovers == [], "no temporary file of the atomic writes is left"
     assert install_main(["uninstall", *host]) == 0
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert not (bin_dir / "romana.d").exists()
     assert install_main(["uninstall", *host]) == 0, "uninstall is idempotent"

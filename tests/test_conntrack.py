@@ -1,38 +1,27 @@
 """Deleting a released IP's tracked connections (``romana.netlink.conntrack``) against the
 kernel's conntrack in a throwaway namespace: both ways (two filtered dumps per address,
 one walk of the table) delete exactly the flows an address started or was sent, and
-nothing else; and the benchmarks that measure it and the policy path run at a tiny size,
-so they cannot rot."""
+nothing else; the agent's sweep reports every source it saw and deletes exactly the
+condemned addresses' flows; and the benchmarks that measure it and the policy path run at
+a tiny size, so they cannot rot."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from .bench_runs import run_benchmark
+from .conntrack_lab import FLOW_HELPERS, tracking_netns
 
-INSIDE = """
+INSIDE = (
+    FLOW_HELPERS
+    + """
 import json, socket, sys
 from romana.netlink.conntrack import forget_flows
-
-def count():
-    with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
-        return int(f.read())
-
-def touched(address, started, received):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((address, 0))
-        for i in range(started):
-            s.sendto(b"x", ("127.1.0.1", 3000 + i))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for i in range(received):
-            s.sendto(b"x", (address, 4000 + i))
 
 results = {}
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # flows of nobody concerned
@@ -40,29 +29,22 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # flows of nobody c
         s.sendto(b"x", ("127.2.0.1", 5000 + i))
 unrelated = count()
 for one_walk in (False, True):
-    touched("127.0.5.1", 3, 2)
-    touched("127.0.5.2", 1, 4)
-    touched("127.0.5.3", 2, 2)
+    plant("127.0.5.1", 3, 2)
+    plant("127.0.5.2", 1, 4)
+    plant("127.0.5.3", 2, 2)
     before = count()
     first = forget_flows(["127.0.5.1"], one_walk)
     rest = forget_flows(["127.0.5.2", "127.0.5.3", "127.0.5.4"], one_walk)
     results[str(one_walk)] = [before - unrelated, first, rest, count() - unrelated]
 print(json.dumps(results))
 """
+)
 
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"rt{os.getpid() % 100000}ct"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        inside = ["ip", "netns", "exec", name]
-        subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
-        rule = "add table inet t; add chain inet t out { type filter hook output priority 0; };"
-        subprocess.run([*inside, "nft", rule + " add rule inet t out ct state new accept"])
+    with tracking_netns("ct") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_both_ways_delete_exactly_the_flows_of_the_addresses(netns: str) -> None:
@@ -77,21 +59,52 @@ def test_both_ways_delete_exactly_the_flows_of_the_addresses(netns: str) -> None
         assert (first, rest, left) == (5, 9, 0), one_walk  # the 200 others are all there
 
 
-def run_benchmark(script: str, *args: str) -> dict[str, object]:
+SWEEP = (
+    FLOW_HELPERS
+    + """
+import json, socket
+from romana.netlink.conntrack import sweep_flows
+
+plant("127.0.5.1", 3, 2)
+plant("127.0.5.2", 1, 4)
+plant("127.0.5.3", 2, 0)
+asked = []
+def condemned(ip):
+    asked.append(ip)
+    return ip in ("127.0.5.1", "127.0.5.3")
+swept = sweep_flows(condemned)
+again = sweep_flows(lambda ip: False)
+print(json.dumps({
+    "seen": sorted(swept.seen), "deleted": swept.deleted, "failed": sorted(swept.failed),
+    "asked": sorted(asked), "left": count(), "seen_after": sorted(again.seen),
+}))
+"""
+)
+
+
+def test_the_sweep_deletes_the_condemned_and_reports_every_source(netns: str) -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args],
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SWEEP],
         capture_output=True,
         text=True,
-        timeout=600,
+        check=True,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return dict(json.loads(done.stdout))
+    out = json.loads(done.stdout)
+    # Original sources: the three, and 127.0.0.1 (flows sent to them); reply sources: the
+    # three (flows sent to them) and 127.1.0.1 (replies to the flows they started).
+    sources = ["127.0.0.1", "127.0.5.1", "127.0.5.2", "127.0.5.3", "127.1.0.1"]
+    assert out["seen"] == sources and out["asked"] == sources  # each asked about once
+    assert out["deleted"] == 5 + 2 and out["failed"] == []
+    assert out["left"] == 5  # 127.0.5.2's flows only
+    assert out["seen_after"] == ["127.0.0.1", "127.0.5.2", "127.1.0.1"]
 
 
 def test_the_conntrack_benchmark_runs_at_a_tiny_size() -> None:
     figures = run_benchmark("conntrack_bench.py", "--entries", "300", "--repeat", "1")
     assert figures["flows_deleted_per_run"] == [50]
     assert figures["burst_chooses_one_walk"] is True  # few flows tracked: one walk wins
+    swept = figures["sweep_deleted_and_seen_per_run"]
+    assert isinstance(swept, list) and [deleted for deleted, _ in swept] == [50]
 
 
 def test_the_policy_benchmark_runs_at_a_tiny_size() -> None:

@@ -230,7 +230,14 @@ def test_non_object_documents() -> None:
 def test_schema_describes_the_format_and_extensions() -> None:
     schema = json_schema()
     defs = schema["$defs"]
-    assert set(defs["Network"]["properties"]) == {"name", "cidr", "block_mask", "tenants"}
+    assert set(defs["Network"]["properties"]) == {
+        "name",
+        "cidr",
+        "block_mask",
+        "tenants",
+        "nat_outgoing",
+    }
+    assert set(schema["properties"]) == {"networks", "topologies", "cluster_ranges"}
     assert set(defs["HostGroup"]["properties"]) == {
         "name",
         "hosts",

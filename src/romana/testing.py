@@ -317,6 +317,7 @@ KUBE_KINDS = {
         KubeKind("v1", "Pod", "pods", True),
         KubeKind("v1", "Event", "events", True),
         KubeKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", True),
+        KubeKind("v1", "Secret", "secrets", True),
     )
 }
 
@@ -339,7 +340,10 @@ class FakeKubeApi:
       ``allowWatchBookmarks`` adds BOOKMARK events (an object with only a resourceVersion);
       a version older than the compacted history gets an ERROR event with a 410 Status;
     - create (409 AlreadyExists), replace (409 Conflict on a stale resourceVersion), merge
-      patch (also on ``/status``), delete (a DELETED event with the last state).
+      patch (also on ``/status``), delete (a DELETED event with the last state);
+    - Secrets admitted as the real server does (``data`` must be base64, ``stringData`` is
+      merged into it, ``type`` defaults to Opaque); ``calls`` lists every request as
+      (RBAC verb, resource, namespace, name), to compare with a Role's rules.
 
     Faults, under ``/_test/``: ``cut`` ends every watch stream mid-line (the connection drops
     without the closing chunk), ``compact`` forgets the history up to now, ``refuse?n=N``
@@ -359,6 +363,9 @@ class FakeKubeApi:
         self.watchers: set[_Watcher] = set()
         self.refuse_watches = 0
         self.requests: dict[str, int] = {}
+        # (verb, plural, namespace, name) of every resource request, in order: what an RBAC
+        # Role would have to allow (tests compare it with the manifests' rules).
+        self.calls: list[tuple[str, str, str | None, str | None]] = []
         self._pages: dict[str, list[dict[str, Any]]] = {}
 
     # -- the ASGI app -----------------------------------------------------------------------
@@ -397,6 +404,10 @@ class FakeKubeApi:
         watching = params.get("watch") in ("1", "true")
         counted = "watch" if watching else verb
         self.requests[counted] = self.requests.get(counted, 0) + 1
+        rbac_verb = {"post": "create", "put": "update"}.get(verb, verb)
+        if verb == "get":
+            rbac_verb = "watch" if watching else ("list" if name is None else "get")
+        self.calls.append((rbac_verb, kind.plural, namespace, name))
         for selector in ("labelSelector", "fieldSelector"):
             if params.get(selector):
                 return _status(400, "BadRequest", f"this test server has no {selector}")
@@ -546,6 +557,10 @@ class FakeKubeApi:
             name = str(body["metadata"]["name"])
         key = (kind.plural, namespace or "", name or "")
         old = self.objects.get(key)
+        if verb in ("post", "put") and kind.plural == "secrets":
+            invalid = _admit_secret(body)
+            if invalid:
+                return _status(422, "Invalid", invalid)
         if verb == "post":
             if old is not None:
                 return _status(409, "AlreadyExists", f'{kind.plural} "{name}" already exists')
@@ -778,6 +793,26 @@ def _socket_in_netns(netns: str, address: tuple[str, int]) -> Any:
     if not made:
         raise RuntimeError(f"could not listen on {address} in {netns}")
     return made[0]
+
+
+def _admit_secret(body: dict[str, Any]) -> str | None:
+    """As kube-apiserver admits a Secret: ``data`` values must be base64 (else 422),
+    ``stringData`` is merged into ``data`` (encoded) and never stored, ``type`` defaults
+    to Opaque. Changes ``body`` in place; returns the refusal, if any."""
+    import base64
+    import binascii
+
+    data = body.setdefault("data", {}) or {}
+    for key, value in data.items():
+        try:
+            base64.b64decode(str(value), validate=True)
+        except binascii.Error:
+            return f"data[{key}]: Invalid value: illegal base64 data"
+    for key, value in (body.pop("stringData", None) or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    body["data"] = data
+    body.setdefault("type", "Opaque")
+    return None
 
 
 def _in(obj: dict[str, Any], namespace: str | None) -> bool:

@@ -8,7 +8,9 @@ flowing while it restarts); ``--cleanup`` removes its routes and rules instead.
 With ``--cni-socket`` it also serves the CNI plugin (``romana.cni``): pods' veths,
 addresses and /32 routes, done here with the connections the agent already holds.
 Unless ``--no-policy``, it enforces network policies in an nftables table of its own
-(``romana.agent.policy``); the table stays in place when the agent stops.
+(``romana.agent.policy``); the table stays in place when the agent stops. Networks whose
+map entry asks for ``nat_outgoing`` get outbound NAT in a table of its own
+(``romana.agent.nat``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from romana.buildinfo import add_version_option
 from romana.errors import RomanaError
 from romana.policy.compile import Budget
 from romana.serving import bind, read_token_file, serve, setup_logging
@@ -124,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--nft",
         default="nft",
         metavar="PATH",
-        help="the nft program that loads the policy table (default %(default)s)",
+        help="the nft program that loads the policy and outbound NAT tables (default %(default)s)",
     )
     parser.add_argument(
         "--cleanup",
@@ -134,10 +137,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    add_version_option(parser)
     return parser.parse_args(argv)
 
 
 def cleanup(table: int, protocol: int, nft: str) -> None:
+    from romana.agent.nat import NatPlan, NatTable
     from romana.agent.netlink import RouteTable
     from romana.agent.nftables import NftTable
 
@@ -145,9 +150,15 @@ def cleanup(table: int, protocol: int, nft: str) -> None:
         removed = routes.flush()
         routes.remove_rules()
     policy_table = NftTable(nft).remove()
+    nat_failure = NatTable(nft).load(NatPlan())  # no NAT: the table deleted
     log.info(
         "cleaned up",
-        extra={"routes_removed": removed, "table": table, "policy_table_removed": policy_table},
+        extra={
+            "routes_removed": removed,
+            "table": table,
+            "policy_table_removed": policy_table,
+            "nat_table_failure": nat_failure,
+        },
     )
 
 
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from romana.agent.follow import RouteAgent
     from romana.agent.metrics import AgentMetrics
+    from romana.agent.nat import NatKeeper, NatTable
     from romana.agent.netlink import RouteTable
     from romana.agent.web import create_app
     from romana.api.client import AsyncRomanaClient
@@ -201,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     agent = RouteAgent(
         args.host, upstream, table, metrics, args.rule_priority, args.resync_interval
     )
+    nat = NatKeeper(upstream, NatTable(args.nft), metrics.registry)
+    agent.after_sync.append(nat.after_sync)
     enforcer = None
     if not args.no_policy:
         from romana.agent.nftables import NftTable
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         table.close()
         log.info("agent stopped; kernel routes left in place", extra={"host": args.host})
 
-    app = create_app(agent, metrics, supervisor, enforcer)
+    app = create_app(agent, metrics, supervisor, enforcer, nat)
     app.router.lifespan_context = lifespan
     unix = [f"unix:{args.cni_socket}"] if cni_socket is not None else []
     serve(app, sockets, listen + unix)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from romana.backoff import Backoff
 from romana.errors import FeedRewound, Resync, RomanaError, Unavailable, Unreachable
 from romana.feed import FeedGuard
 from romana.supervise import Loop
-from romana.wire import ROUTE_FACTS
+from romana.wire import ROUTE_FACTS, TOPOLOGY_APPLIED
 
 log = logging.getLogger("romana.agent")
 T = TypeVar("T")
@@ -62,6 +62,9 @@ class RouteAgent:
         self._outage_logged = False
         self._lock = asyncio.Lock()
         self._networks: tuple[str, ...] | None = None
+        # Run at the end of every sync with (reason, whether the map may have changed):
+        # what follows the map too (outbound NAT) needs no feed of its own.
+        self.after_sync: list[Callable[[str, bool], Awaitable[None]]] = []
         # pyroute2 sockets are not shared between threads: one thread does all netlink work.
         self._kernel = ThreadPoolExecutor(1, thread_name_prefix="netlink")
 
@@ -72,8 +75,9 @@ class RouteAgent:
         self._kernel.shutdown(wait=True)
 
     # -- one sync ---------------------------------------------------------------------
-    async def sync(self, reason: str) -> int:
-        """Make the kernel match romanad's route set for this host; returns the revision."""
+    async def sync(self, reason: str, topology_changed: bool = True) -> int:
+        """Make the kernel match romanad's route set for this host; returns the revision.
+        ``topology_changed``: the map may differ from the last sync's (``after_sync``)."""
         async with self._lock:
             started = time.perf_counter()
             route_set = await self.upstream.routes(host=self.host)
@@ -89,6 +93,8 @@ class RouteAgent:
             diff, result = await self.in_kernel(self._reconcile, desired, cidrs)
             elapsed = time.perf_counter() - started
             self._record(reason, desired, diff, result, elapsed)
+            for hook in self.after_sync:
+                await hook(reason, topology_changed)
             self.revision = int(route_set.get("revision", 0))
             self.metrics.revision.set(self.revision)
             self.synced.set()
@@ -190,10 +196,11 @@ class RouteAgent:
                 revision = int(answer["revision"])
                 self._check_feed(answer.get("store_id"), revision, floor=since)
                 since = revision
-                if any(c.get("kind") in ROUTE_FACTS for c in answer["changes"]):
+                kinds = {c.get("kind") for c in answer["changes"]}
+                if kinds & ROUTE_FACTS:
                     # The sync reads the head: continue after what it covered, or the next
                     # (limited) watch answer would look like a feed that went back in time.
-                    since = max(since, await self.sync("watch"))
+                    since = max(since, await self.sync("watch", TOPOLOGY_APPLIED in kinds))
             except Resync:
                 since = None
             except Unreachable as exc:  # unreachable, or stopping: it will be back
@@ -224,7 +231,7 @@ class RouteAgent:
             if not self.synced.is_set() or self.rewound is not None:
                 continue
             try:
-                await self.sync("periodic")
+                await self.sync("periodic", topology_changed=False)
             except (Unavailable, FeedRewound):
                 pass
             except (RomanaError, OSError) as exc:

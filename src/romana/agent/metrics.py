@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from romana.buildinfo import register_build_info
+
 
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        register_build_info(r)
         self.routes = Gauge(
             "romana_agent_routes_managed", "Routes the agent keeps in its table.", registry=r
         )

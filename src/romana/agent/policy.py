@@ -26,12 +26,27 @@ the table accepts established flows first, and the next holder of a released IP 
 inherit the old holder's. A CNI ADD deletes them once the new pod is in the table (and
 fails if it cannot: fail closed), a CNI DEL once the pod is out, and every host does so for
 each release the feed shows (and for each IP whose holder changed across a reload).
+
+Most ADDs need no dump: :attr:`PolicyEnforcer.maybe_tracked` keeps the invariant "an address
+of a clean block (one this host has owned since the last sweep) that is not in
+``maybe_tracked`` has no tracked flow here". A sweep (one walk of the table, after each full
+load of the state and whenever this host gains a block) deletes the flows of every address
+of a block that no endpoint holds and starts the set afresh: the addresses held; every
+address that gains a holder joins it; one leaves only once its flows were deleted while it
+had no holder (CNI DEL, a release in the feed). It holds because an address of this host's
+blocks that nobody holds is routed ``unreachable`` here (:mod:`romana.agent.reconcile`): a
+packet to it is dropped before its conntrack entry is confirmed, and forged sources are
+dropped before conntrack. An ADD whose address is outside the set skips its two dumps
+(each walks every bucket of the kernel's hash: ~30 ms per ADD on an idle host); until a
+sweep succeeds, and in blocks gained since, every ADD dumps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -54,7 +69,7 @@ from romana.errors import (
     Unreachable,
 )
 from romana.feed import FeedGuard
-from romana.netlink.conntrack import forget_flows
+from romana.netlink.conntrack import Swept, forget_flows, sweep_flows
 from romana.policy.compile import TABLE, Budget, Ruleset, compile_host
 from romana.policy.incremental import update_members
 from romana.policy.inputs import Changed, PolicyInputs
@@ -64,6 +79,8 @@ from romana.supervise import Loop
 
 log = logging.getLogger("romana.agent.policy")
 T = TypeVar("T")
+Block = tuple[int, int]  # (network address, prefix length), as PolicyInputs.blocks keys them
+SWEEP_RETRY = 60.0  # seconds between attempts after a failed sweep
 
 
 class PolicyMetrics:
@@ -120,6 +137,17 @@ class PolicyMetrics:
             "Tracked flows deleted because their address was released or handed out again.",
             registry=r,
         )
+        self.dumps_skipped = Counter(
+            "romana_policy_flow_dumps_skipped_total",
+            "CNI ADDs whose tracked flows needed no dump: the address cannot have any.",
+            registry=r,
+        )
+        self.sweeps = Counter(
+            "romana_policy_flow_sweeps_total",
+            "Walks of the whole conntrack table (start, reload, block gained), by result.",
+            ["result"],
+            registry=r,
+        )
         self.checks = Counter(
             "romana_policy_table_checks_total",
             "Comparisons of the kernel's table with what was loaded.",
@@ -142,9 +170,15 @@ class PolicyEnforcer:
         budget: Budget = Budget(),
         repair_interval: float = 30.0,
         flow_forgetter: Callable[[Iterable[str]], int] = forget_flows,
+        flow_sweeper: Callable[[Callable[[str], bool]], Swept] | None = None,
     ) -> None:
         self.host = host
         self.flow_forgetter = flow_forgetter
+        # The sweep must walk the table the forgetter deletes from: a stand-in forgetter
+        # (tests) without a sweeper of its own means no sweep, i.e. a dump at every ADD.
+        if flow_sweeper is None and flow_forgetter is forget_flows:
+            flow_sweeper = sweep_flows
+        self.flow_sweeper = flow_sweeper
         self.budget = budget
         self.repair_interval = repair_interval
         self.upstream = upstream
@@ -171,6 +205,16 @@ class PolicyEnforcer:
         self.flows_deleted = 0
         self.flows_pending: set[str] = set()  # released IPs whose flows could not be deleted
         self._flows_done: dict[str, float] = {}  # IP -> when this host's CNI deleted them
+        # Addresses of clean blocks that may have tracked flows here (the invariant is in
+        # the module's docstring): the addresses of this host's blocks that are held, plus
+        # those whose flows could not be deleted, so about as many as this host's pods.
+        self.maybe_tracked: set[str] = set()
+        self.swept = False  # the last sweep succeeded (since the last full load)
+        self.clean_blocks: set[Block] = set()  # this host's blocks since that sweep
+        self._sweep_added: set[str] | None = None  # gained a holder during the sweep
+        self._sweep_tried = -SWEEP_RETRY  # monotonic time of the last attempt
+        self.sweep: dict[str, Any] = {"done": 0, "failed": 0, "last": None}
+        self.flow_dumps_skipped = 0
         self._flows = ThreadPoolExecutor(1, thread_name_prefix="conntrack")
         self.feed = FeedGuard(log, "the policy loop")
         self._lock = asyncio.Lock()
@@ -301,9 +345,20 @@ class PolicyEnforcer:
             ) from None
         async with self._lock:
             assert self.inputs is not None
+            # Decided before the address joins the set: outside it (and in a clean block)
+            # it had no holder since the sweep, so nothing can be tracked for it. Not while
+            # a sweep walks: it condemns what was unheld when it started, so it could delete
+            # this pod's first flows; the dump waits for the sweep to end, and so does the ADD.
+            clean = self._sweep_added is None and self._clean(endpoint.ip)
+            self._may_track([endpoint.ip])
             self.pending.endpoints |= {endpoint.name, *self.inputs.put_endpoint(endpoint)}
             self.admitted[endpoint.name] = endpoint
         await self.enforce("cni")
+        if clean:
+            self.flow_dumps_skipped += 1
+            self.metrics.dumps_skipped.inc()
+            log.debug("no tracked flows possible; dump skipped", extra={"ip": endpoint.ip})
+            return
         await self._delete_flows([endpoint.ip], "cni add", by_cni=True)
 
     async def forget(self, name: str) -> None:
@@ -337,6 +392,9 @@ class PolicyEnforcer:
         if by_cni:
             self._flows_done.update(dict.fromkeys(ips, now))
         self.flows_pending.difference_update(ips)
+        # Deleted while nobody holds them: they stay without flows until a holder comes.
+        held = self.inputs.ip_owners if self.inputs is not None else {}
+        self.maybe_tracked.difference_update(ip for ip in ips if ip not in held)
         self.flows_deleted += count
         self.metrics.flows.inc(count)
         if count:
@@ -356,6 +414,82 @@ class PolicyEnforcer:
         with contextlib.suppress(PolicyError):  # logged; retried with the next change
             await self._delete_flows(todo, why)
 
+    # -- which addresses may have tracked flows ---------------------------------------------
+    def _clean(self, ip: str) -> bool:
+        """Whether ``ip`` surely has no tracked flow here (so its ADD needs no dump)."""
+        if not self.swept or ip in self.maybe_tracked:
+            return False
+        return _block_of(ip, self.clean_blocks) is not None
+
+    def _may_track(self, ips: Iterable[str]) -> None:
+        """``ips`` gained a holder: they may have flows from now on."""
+        for ip in ips:
+            if self._sweep_added is not None:
+                self._sweep_added.add(ip)  # the sweep's outcome must not forget them
+            if self.swept and _block_of(ip, self.clean_blocks) is not None:
+                self.maybe_tracked.add(ip)
+
+    def _own_blocks(self) -> set[Block]:
+        assert self.inputs is not None
+        return {key for key, (host, _, _) in self.inputs.blocks.items() if host == self.host}
+
+    async def _sweep(self, why: str) -> bool:
+        """One walk of the table: delete the flows of every unheld address of a block, then
+        start ``maybe_tracked`` afresh. On failure no block is clean: every ADD dumps."""
+        if self.flow_sweeper is None or self.inputs is None or self._sweep_added is not None:
+            return False
+        self._sweep_tried = time.monotonic()
+        # Snapshots taken on the event loop: the walk runs in the conntrack thread while
+        # the inputs keep changing.
+        held = frozenset(self.inputs.ip_owners)
+        blocks = frozenset(self.inputs.blocks)
+        prefixlens = frozenset(p for _, p in blocks)
+        own = self._own_blocks()
+        sweeper = self.flow_sweeper
+
+        def condemned(ip: str) -> bool:
+            return ip not in held and _block_of(ip, blocks, prefixlens) is not None
+
+        self._sweep_added = set()
+        started = time.perf_counter()
+        try:
+            swept = await asyncio.get_running_loop().run_in_executor(
+                self._flows, sweeper, condemned
+            )
+        except OSError as exc:
+            self.swept, self.clean_blocks = False, set()
+            self.sweep["failed"] += 1
+            self.metrics.sweeps.labels("failed").inc()
+            self.metrics.errors.labels("conntrack").inc()
+            log.error(
+                "cannot sweep the tracked flows; every CNI ADD dumps them",
+                extra={"why": why, "error": str(exc)},
+            )
+            return False
+        finally:
+            added, self._sweep_added = self._sweep_added, None
+        # Only the follow task sweeps and applies the feed, so this host's blocks did not
+        # move during the walk; CNI commands did add holders (``added``).
+        self.maybe_tracked = {
+            ip
+            for ip in itertools.chain(held, swept.failed, added)
+            if _block_of(ip, own) is not None
+        }
+        self.swept, self.clean_blocks = True, own
+        self.flows_deleted += swept.deleted
+        self.metrics.flows.inc(swept.deleted)
+        self.sweep["done"] += 1
+        self.sweep["last"] = {
+            "why": why,
+            "seen": len(swept.seen),
+            "deleted": swept.deleted,
+            "failed": sorted(swept.failed),
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        self.metrics.sweeps.labels("done").inc()
+        log.info("tracked flows swept", extra=self.sweep["last"])
+        return True
+
     # -- following romanad ----------------------------------------------------------------
     async def load_state(self) -> int:
         answer = await self.upstream.policy_state()
@@ -363,6 +497,10 @@ class PolicyEnforcer:
         self.feed.check(inputs.store_id, inputs.revision)
         async with self._lock:
             before = dict(self.inputs.ip_owners) if self.inputs is not None else {}
+            # What happened while the feed was not followed is unknown (a block may have
+            # left and come back): nothing is clean until the sweep below.
+            self.swept, self.clean_blocks = False, set()
+            self.maybe_tracked = set()
             # Pods admitted here that the state does not show yet stay (their allocation
             # is acknowledged; the feed will confirm it). Anything else the state lacks,
             # e.g. released while romanad was out of reach, is gone.
@@ -377,6 +515,7 @@ class PolicyEnforcer:
         # Holders that changed while the feed was not followed: their releases were missed.
         moved = [ip for ip, name in before.items() if inputs.ip_owners.get(ip) != name]
         await self._flows_released(moved, "reload")
+        await self._sweep("start" if not before and self.sweep["done"] == 0 else "reload")
         return inputs.revision
 
     async def follow(self, loop: Loop) -> None:
@@ -396,8 +535,14 @@ class PolicyEnforcer:
                     for c in answer["changes"]
                     if c.get("kind") == wire.ADDRESS_RELEASED and "ip" in c
                 ]
+                gained = self._blocks_moved(answer["changes"])
                 async with self._lock:  # never while a compile reads the inputs
                     assert self.inputs is not None
+                    self._may_track(
+                        str(c["ip"])
+                        for c in answer["changes"]
+                        if c.get("kind") == wire.ADDRESS_ALLOCATED and "ip" in c
+                    )
                     changed = self.inputs.follow(answer["changes"])
                     self._confirmed(answer["changes"])
                     self.pending.merge(changed)
@@ -408,6 +553,10 @@ class PolicyEnforcer:
                     await self.enforce("watch")
                 if released or self.flows_pending:
                     await self._flows_released(released, "released")
+                if gained:
+                    await self._sweep("block gained")
+                elif not self.swept and time.monotonic() - self._sweep_tried >= SWEEP_RETRY:
+                    await self._sweep("retry")  # no-op without a sweeper
                 backoff.reset()
             except Resync:
                 since = None
@@ -426,6 +575,21 @@ class PolicyEnforcer:
                 log.error("policy loop failed; retrying", extra={"error": str(exc)})
                 since = None
                 await asyncio.sleep(backoff.next())
+
+    def _blocks_moved(self, changes: list[dict[str, Any]]) -> bool:
+        """Blocks that leave this host are no longer clean (if one comes back, flows it
+        gained elsewhere may be tracked here); whether this host gained one (to sweep)."""
+        gained = False
+        for c in changes:
+            kind = c.get("kind")
+            if kind not in (wire.BLOCK_ASSIGNED, wire.BLOCK_FREED):
+                continue
+            if kind == wire.BLOCK_ASSIGNED and c.get("host") == self.host:
+                gained = True
+                continue
+            net = ipaddress.IPv4Network(str(c["cidr"]))
+            self.clean_blocks.discard((int(net.network_address), net.prefixlen))
+        return gained
 
     def _confirmed(self, changes: list[dict[str, Any]]) -> None:
         """The feed now speaks for admitted pods whose allocation or release it showed."""
@@ -528,6 +692,13 @@ class PolicyEnforcer:
             "last_error": self.last_error,
             "flows_deleted": self.flows_deleted,
             "flows_pending": sorted(self.flows_pending),
+            "flows": {
+                "swept": self.swept,
+                "clean_blocks": len(self.clean_blocks),
+                "sweeps": dict(self.sweep),
+                "dumps_skipped": self.flow_dumps_skipped,
+                "maybe_tracked": len(self.maybe_tracked),
+            },
             "table": {
                 "intact": self.table_problem is None,
                 "problem": self.table_problem,
@@ -537,6 +708,18 @@ class PolicyEnforcer:
                 "last_repairs": self.repairs[-5:],
             },
         }
+
+
+def _block_of(
+    ip: str, blocks: Collection[Block], prefixlens: Iterable[int] | None = None
+) -> Block | None:
+    """The block of ``blocks`` that contains ``ip``, if any."""
+    value = int(ipaddress.IPv4Address(ip))
+    for prefixlen in {p for _, p in blocks} if prefixlens is None else prefixlens:
+        key = (value & ~((1 << (32 - prefixlen)) - 1), prefixlen)
+        if key in blocks:
+            return key
+    return None
 
 
 __all__ = ["PolicyEnforcer", "PolicyMetrics"]

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from romana.agent.follow import RouteAgent
 from romana.agent.metrics import AgentMetrics
+from romana.agent.nat import NatKeeper
 from romana.agent.policy import PolicyEnforcer
 from romana.supervise import Supervisor
 
@@ -21,6 +22,7 @@ def create_app(
     metrics: AgentMetrics,
     supervisor: Supervisor,
     enforcer: PolicyEnforcer | None = None,
+    nat: NatKeeper | None = None,
 ) -> Starlette:
     started = time.time()
 
@@ -40,6 +42,7 @@ def create_app(
                 "store_id": agent.store_id,
                 "revision": agent.revision,
                 "policy": enforcer.health() if enforcer is not None else None,
+                "nat": nat.health() if nat is not None else None,
                 "loops": loops,
                 "uptime_s": round(time.time() - started, 1),
             },

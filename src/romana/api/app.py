@@ -6,7 +6,9 @@ import asyncio
 import functools
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
@@ -16,12 +18,14 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from romana import __version__
 from romana.api.metrics import Metrics
 from romana.api.middleware import AsciiJSONResponse, LimitsAndTiming
 from romana.api.models import AddressRequest, BlackoutRequest, HostRequest, Labels, ports_json
 from romana.api.policy_routes import add_policy_routes
 from romana.api.service import IpamService
 from romana.api.watches import DEFAULT_LIMIT, RETRY_AFTER, WatchBudget, unless_gone
+from romana.buildinfo import RomanadVersion, build_info
 from romana.errors import (
     Compacted,
     InvalidRequest,
@@ -82,7 +86,7 @@ def create_app(
     app = FastAPI(
         default_response_class=AsciiJSONResponse,
         title="romanad",
-        version="0.1.0",
+        version=__version__,
         description="Romana IPAM service: topology, hosts, blocks and addresses.",
     )
     watches = WatchBudget(max_watches)
@@ -90,6 +94,10 @@ def create_app(
         service.engine, lambda: (service.stats, service.durable_revision), watches.to_json
     )
     engine = service.engine
+    started_at, started = datetime.now(UTC), time.monotonic()
+    build = build_info()  # fixed for the process's life: read once
+    describe = getattr(service.store, "describe", None)
+    store_kind = str(describe()["kind"]) if describe else "memory"
 
     async def authorize(request: Request) -> None:
         if token is None:
@@ -326,7 +334,21 @@ def create_app(
         while a loop is failed, restarting or stuck, or romanad is stopping."""
         ok, answer = service.health()
         answer["watches"] = watches.to_json()  # a full budget is load, not ill health
+        answer["version"] = build["version"]  # which build answers, seen by every probe
         return AsciiJSONResponse(answer, status_code=200 if ok else 503)
+
+    # response_model=None: the answer's type is a typing.TypedDict (romana.buildinfo stays
+    # stdlib-only for the CLI), which pydantic refuses as a model before Python 3.12.
+    @app.get("/version", response_model=None)
+    async def version() -> RomanadVersion:
+        """This romanad's build (version, Python, the commit when the build recorded one),
+        its store's kind and since when it serves."""
+        return {
+            **build,
+            "store": store_kind,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "uptime_seconds": round(time.monotonic() - started, 3),
+        }
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from romana.buildinfo import RomanadVersion
 from romana.errors import RomanaError, Unreachable, from_wire
 
 DEFAULT_URL = "http://127.0.0.1:9600"
@@ -99,6 +100,7 @@ class Health(TypedDict):
     durable_revision: int
     applied_revision: int  # applied in memory, possibly not yet on disk
     loops: dict[str, Any]
+    version: NotRequired[str]  # romanad's version (an older romanad sends none)
 
 
 class RouteJson(TypedDict):
@@ -319,6 +321,10 @@ class RomanaClient:
     def health(self) -> Health:
         return cast(Health, self._call("GET", "/healthz"))
 
+    def version(self) -> RomanadVersion:
+        """romanad's build, store kind and uptime."""
+        return cast(RomanadVersion, self._call("GET", "/version"))
+
     def metrics(self) -> str:
         """The Prometheus exposition text."""
         return self._send("GET", "/metrics").text
@@ -392,6 +398,10 @@ class AsyncRomanaClient:
 
     async def networks(self) -> list[NetworkJson]:
         return cast(list[NetworkJson], await self._call("GET", "/networks"))
+
+    async def topology(self) -> dict[str, Any]:
+        """The applied map, annotated (the agent reads outbound NAT from it)."""
+        return cast(dict[str, Any], await self._call("GET", "/topology"))
 
     async def health(self) -> Health:
         return cast(Health, await self._call("GET", "/healthz"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from romana.api.watches import DEFAULT_LIMIT as DEFAULT_WATCH_LIMIT
+from romana.buildinfo import add_version_option
 from romana.serving import bind, read_token_file, serve, setup_logging
 
 DEFAULT_LISTEN = "127.0.0.1:9600"
@@ -81,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--token-file", type=Path, help="require 'Authorization: Bearer <token>' on every change"
     )
     parser.add_argument(
+        "--auth-reads",
+        action="store_true",
+        help="require the token on reads too (all but /healthz, /readyz and /metrics); "
+        "needs --token-file",
+    )
+    parser.add_argument(
         "--snapshot-every",
         type=int,
         default=50_000,
@@ -141,6 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    add_version_option(parser)
     return parser.parse_args(argv)
 
 
@@ -154,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as exc:
         sys.exit(f"romanad: cannot listen on {listen}: {exc}")
     token = read_token_file("romanad", args.token_file)
+    if args.auth_reads and token is None:
+        sys.exit("romanad: --auth-reads needs --token-file (the token that reads require)")
 
     from romana.api.app import create_app
     from romana.api.service import IpamService
@@ -205,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                 "listen": listen,
                 "data_dir": str(args.data_dir),
                 "auth": token is not None,
+                "auth_reads": args.auth_reads,
                 "event_loop": f"{loop.__module__}.{loop.__qualname__}",
             },
         )
@@ -215,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     connections = descriptor_budget(max(1, args.max_connections))
     app = create_app(service, token, watch_budget(connections, max(1, args.max_watches)))
     app.router.lifespan_context = lifespan
+    if args.auth_reads and token is not None:
+        from romana.api.middleware import TokenForReads
+
+        app.add_middleware(TokenForReads, token=token)
     # Watchers hold long polls open: at the stop signal they are answered at once (503,
     # "stopping"), so the graceful shutdown (bounded at 2 s) does not wait on them.
     serve(

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from romana.buildinfo import register_build_info
 from romana.ipam import Engine
 
 
@@ -89,6 +90,7 @@ class Metrics:
         watches: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
+        register_build_info(self.registry)
         self.allocations = Counter(
             "romana_allocations", "Addresses allocated", registry=self.registry
         )

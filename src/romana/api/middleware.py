@@ -1,7 +1,9 @@
-"""romanad's outermost layer: body limits, request ids, timing, and the catch-all 500."""
+"""romanad's outermost layers: body limits, request ids, timing, and the catch-all 500;
+with ``--auth-reads``, the token on reads too."""
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import json
 import logging
@@ -13,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from romana.api.metrics import Metrics
-from romana.errors import Internal, RomanaError, TooLarge
+from romana.errors import Internal, RomanaError, TooLarge, Unauthorized
 
 MAX_BODY = 1 << 20
 
@@ -96,6 +98,37 @@ class LimitsAndTiming:
             self.metrics.observe(
                 scope["method"], getattr(route, "path", "unmatched"), time.perf_counter() - started
             )
+
+
+# Open to anyone who reaches romanad even with --auth-reads: kubelet's probes carry no
+# token, and Prometheus scrapes without one by default; /metrics holds counts per group and
+# network, never an address, a name of a pod or a policy (docs/security.md).
+OPEN_WITHOUT_TOKEN = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class TokenForReads:
+    """``romanad --auth-reads``: every request but :data:`OPEN_WITHOUT_TOKEN` needs
+    ``Authorization: Bearer <token>`` (compared in constant time), reads included. Writes
+    are checked again by the API's own dependency, which is what they always needed."""
+
+    def __init__(
+        self, app: ASGIApp, token: str, open_paths: frozenset[str] = OPEN_WITHOUT_TOKEN
+    ) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
+            given = b""
+            for key, value in scope["headers"]:
+                if key == b"authorization":
+                    given = value
+                    break
+            if not hmac.compare_digest(given, self.expected):
+                await _answer(Unauthorized(), scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _answer(exc: RomanaError, scope: Scope, receive: Receive, send: Send) -> None:

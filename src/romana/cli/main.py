@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from romana.cli import addresses, bird, hosts, ipam, network, policy, routes, store, topology
+from romana.buildinfo import version_line
+from romana.cli import (
+    addresses,
+    bird,
+    hosts,
+    ipam,
+    network,
+    policy,
+    routes,
+    store,
+    topology,
+    version,
+)
 
 app = typer.Typer(
     help="Romana: routed, overlay-free networking with a topology-aware IPAM.",
@@ -24,10 +36,25 @@ app.add_typer(ipam.app, name="ipam")
 app.add_typer(store.app, name="store")
 app.add_typer(policy.app, name="policy")
 app.add_typer(policy.tenant_app, name="tenant")
+version.register(app)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(version_line("romana"))
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,  # answered before any command is looked for
+        callback=_print_version,
+        help="Print this client's version and exit (romanad's too: romana version).",
+    ),
+) -> None:
     """Romana: routed, overlay-free networking with a topology-aware IPAM."""
 
 

@@ -73,12 +73,16 @@ def render_tree(document: dict[str, Any]) -> Tree:
     networks = {n["name"]: n for n in document["networks"]}
     for mapping in document["topologies"]:
         label = ", ".join(
-            f"{name} {networks[name]['cidr']} (/{networks[name]['block_mask']} blocks)"
+            f"{name} {networks[name]['cidr']} (/{networks[name]['block_mask']} blocks"
+            + (", outbound NAT" if networks[name].get("nat_outgoing") else "")
+            + ")"
             for name in mapping["networks"]
         )
         branch = root.add(f"[bold cyan]{label}[/]")
         for group in mapping["map"]:
             _render_group(branch, group)
+    if document.get("cluster_ranges"):
+        root.add("cluster ranges (never translated) " + ", ".join(document["cluster_ranges"]))
     return root
 
 

@@ -48,6 +48,9 @@ AGENT_SETTINGS = {
     "host": "--host",
 }
 DEFAULT_ROUTES: tuple[dict[str, str], ...] = ({"dst": "0.0.0.0/0"},)  # IPAM mode
+# How long the plugin waits for an agent that is away (restarting, being upgraded); the
+# plugin's own copies are in shim.py and plugin.c.
+AGENT_WAIT_SECONDS, MAX_AGENT_WAIT_SECONDS = 60, 600
 
 Mode = Literal["full", "ipam"]
 
@@ -252,7 +255,9 @@ def _netconf(mode: Mode, command: str, document: dict[str, Any]) -> NetConf:
         labels=_pod_labels(document),
         ports=_pod_ports(document),
     )
-    fields.text("agent_socket")  # read by the shim; checked here so a typo is reported
+    # Read by the plugin executable itself (plugin.c); checked here so a typo is reported.
+    fields.text("agent_socket")
+    fields.integer("agent_wait_seconds", AGENT_WAIT_SECONDS, 0, MAX_AGENT_WAIT_SECONDS)
     return conf
 
 

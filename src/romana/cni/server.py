@@ -1,8 +1,9 @@
 """The agent's end of the plugin's Unix socket: decode a request, serve it, answer.
 
-The wire format is the shim's (``romana.cni.shim``): one request per connection, the
-``CNI_*`` environment and the raw stdin in, the exit status and stdout out. The socket is
-created mode 0600 (the runtime runs plugins as root), in a directory made if missing.
+The wire format is the plugin's (``plugin.c``; ``romana.cni.shim`` is its reference in
+Python): one request per connection, the ``CNI_*`` environment and the raw stdin in, the
+exit status and stdout out. The socket is created mode 0600 (the runtime runs plugins as
+root), in a directory made if missing.
 """
 
 from __future__ import annotations

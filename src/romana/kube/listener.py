@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from romana.api.client import DEFAULT_URL, RomanaClient
+from romana.buildinfo import add_version_option, register_build_info
 from romana.errors import RomanaError
 from romana.kube.refusals import API_VERSIONS, Refusals, Subject
 from romana.serving import read_token_file, setup_logging
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--health-listen", metavar="HOST:PORT", help="serve /healthz (HOST:PORT or unix:/path)"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_version_option(p)
     return p.parse_args(argv)
 
 
@@ -155,6 +157,7 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
         from romana.publisher.health import serve_in_thread
 
         registry = CollectorRegistry()
+        register_build_info(registry)
         registry.register(_StuckObjects(sync.refusals))
         serve_in_thread(args.health_listen, registry, health)
     log.info("listening to the cluster", extra={"romanad": args.romanad})

@@ -17,6 +17,11 @@ every bucket of its hash table for each dump, whatever this namespace tracks: ~1
 dump here (262,144 buckets), ~42 ms at 100,000 entries (``benchmarks/conntrack_bench.py``).
 For a burst of releases on a host that tracks few flows, one unfiltered dump matched here
 costs less than two filtered dumps per address: :func:`one_walk_cheaper` chooses.
+:func:`sweep_flows` is the agent's start-up sweep: one walk of the whole table that
+deletes the flows of every address a predicate condemns and reports every address seen,
+so that afterwards the agent knows which addresses can have flows at all and skips the
+dumps of the others (:mod:`romana.agent.policy`).
+
 Messages are built and read with :mod:`romana.netlink.nfmsg`; a socket per call, in the
 caller's network namespace, so any thread may call :func:`forget_flows`.
 """
@@ -28,7 +33,8 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from romana.netlink.nfmsg import (
     HEADER,
@@ -78,6 +84,49 @@ def forget_flows(ips: Iterable[str], one_walk: bool | None = None) -> int:
         return sock.delete(list(entries.values()))
 
 
+@dataclass(frozen=True)
+class Swept:
+    """What one walk of the table found: ``seen``, every address that was the original or
+    the reply source of an entry (the two sides :func:`forget_flows` matches); ``deleted``,
+    the entries deleted; ``failed``, addresses with an entry the kernel refused to delete."""
+
+    seen: frozenset[str]
+    deleted: int
+    failed: frozenset[str]
+
+
+def sweep_flows(condemned: Callable[[str], bool]) -> Swept:
+    """Read every IPv4 entry of this namespace's table once and delete those whose original
+    or reply source is an address ``condemned`` says yes to (asked once per address).
+    OSError if the walk itself fails; a refused delete only lands its addresses in
+    ``failed`` (the caller must then still treat them as tracked)."""
+    verdicts: dict[bytes, bool] = {}
+    requests: list[bytes] = []
+    doomed: list[frozenset[bytes]] = []  # per request: the condemned addresses it carries
+    with _Socket() as sock:
+        for attrs in sock.entries(b""):
+            sources = {s for s in (_source(attrs.get(side, b"")) for side in SIDES) if s}
+            hit = set()
+            for address in sources:
+                verdict = verdicts.get(address)
+                if verdict is None:
+                    verdict = verdicts[address] = condemned(_text(address))
+                if verdict:
+                    hit.add(address)
+            request = _delete_request(attrs) if hit else None
+            if request is not None:
+                requests.append(request)
+                doomed.append(frozenset(hit))
+        refused: list[int] = []
+        deleted = sock.delete(requests, refused)
+    failed = {_text(a) for i in refused for a in doomed[i]}
+    return Swept(frozenset(_text(a) for a in verdicts), deleted, frozenset(failed))
+
+
+def _text(address: bytes) -> str:
+    return str(ipaddress.IPv4Address(address))
+
+
 # What a dump costs here (kernel 6.18, 262,144 buckets, docs/benchmarks.md): the kernel
 # walks every hash bucket of every namespace for each dump; a filtered dump then costs
 # little per entry, an unfiltered one mostly the Python that reads each entry.
@@ -122,6 +171,16 @@ class _Socket:
         kind = (NFNL_SUBSYS_CTNETLINK << 8) | kind
         return self.seq, HEADER.pack(HEADER.size + len(body), kind, flags, self.seq, 0) + body
 
+    def entries(self, attrs_filter: bytes) -> Iterator[dict[int, bytes]]:
+        """Every IPv4 entry the kernel sends for one dump (``attrs_filter``: CTA_FILTER, or
+        nothing for the whole table), as its attributes."""
+        seq, request = self._message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, attrs_filter)
+        self.sock.send(request)
+        for kind, payload in self._replies(seq):
+            if kind == NLMSG_DONE:
+                return
+            yield attributes(payload[NFGEN.size :])
+
     def matching(self, addresses: set[bytes], side: int | None) -> Iterator[tuple[bytes, bytes]]:
         """Entries whose ``side`` tuple's source is one of ``addresses`` (one address:
         filtered in the kernel), or, with ``side`` None, whose original or reply source
@@ -132,26 +191,18 @@ class _Socket:
             flags = struct.pack("=I", CTA_FILTER_FLAG_IP_SRC)
             attrs_filter = nested(side, nested(CTA_TUPLE_IP, attribute(CTA_IP_V4_SRC, address)))
             attrs_filter += nested(CTA_FILTER, attribute(FILTER_FLAGS[side], flags))
-        seq, request = self._message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, attrs_filter)
-        self.sock.send(request)
         sides = SIDES if side is None else (side,)
-        for kind, payload in self._replies(seq):
-            if kind == NLMSG_DONE:
-                return
-            attrs = attributes(payload[NFGEN.size :])
+        for attrs in self.entries(attrs_filter):
             # Matched here too: a kernel without CTA_FILTER sends every entry.
             if not any(_source(attrs.get(s, b"")) in addresses for s in sides):
                 continue
-            orig = attrs.get(CTA_TUPLE_ORIG)
-            if orig is None:
-                continue
-            delete = nested(CTA_TUPLE_ORIG, orig)
-            for extra in (CTA_ZONE, CTA_ID):  # only this very entry, in its zone
-                if extra in attrs:
-                    delete += attribute(extra, attrs[extra])
-            yield attrs.get(CTA_ID, orig), delete
+            delete = _delete_request(attrs)
+            if delete is not None:
+                yield attrs.get(CTA_ID, attrs[CTA_TUPLE_ORIG]), delete
 
-    def delete(self, requests: list[bytes]) -> int:
+    def delete(self, requests: list[bytes], refused: list[int] | None = None) -> int:
+        """Send the deletes; how many went. A refusal (other than the entry being gone
+        already) raises OSError, or with ``refused`` given is listed there by index."""
         deleted = 0
         for start in range(0, len(requests), WINDOW):
             window = [
@@ -159,15 +210,19 @@ class _Socket:
                 for attrs in requests[start : start + WINDOW]
             ]
             self.sock.send(b"".join(message for _, message in window))
-            pending = {seq for seq, _ in window}
+            pending = {seq: start + i for i, (seq, _) in enumerate(window)}
             while pending:
                 for seq, code in self._acks():
-                    if seq not in pending:
+                    index = pending.pop(seq, None)
+                    if index is None:
                         continue
-                    pending.discard(seq)
                     if code == 0:
                         deleted += 1
-                    elif code != -errno.ENOENT:  # gone meanwhile (it timed out, or closed)
+                    elif code == -errno.ENOENT:  # gone meanwhile (it timed out, or closed)
+                        continue
+                    elif refused is not None:
+                        refused.append(index)
+                    else:
                         raise OSError(-code, f"conntrack delete: {os.strerror(-code)}")
         return deleted
 
@@ -193,9 +248,21 @@ class _Socket:
                 yield seq, _ERROR.unpack_from(payload)[0]
 
 
+def _delete_request(attrs: dict[int, bytes]) -> bytes | None:
+    """What deletes this very entry: its original tuple, zone and id."""
+    orig = attrs.get(CTA_TUPLE_ORIG)
+    if orig is None:
+        return None
+    delete = nested(CTA_TUPLE_ORIG, orig)
+    for extra in (CTA_ZONE, CTA_ID):  # only this very entry, in its zone
+        if extra in attrs:
+            delete += attribute(extra, attrs[extra])
+    return delete
+
+
 def _source(tuple_bytes: bytes) -> bytes | None:
     ip = attributes(tuple_bytes).get(CTA_TUPLE_IP)
     return None if ip is None else attributes(ip).get(CTA_IP_V4_SRC)
 
 
-__all__ = ["forget_flows"]
+__all__ = ["Swept", "forget_flows", "sweep_flows"]

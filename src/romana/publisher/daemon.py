@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from romana.api.client import DEFAULT_URL, RomanaClient
+from romana.buildinfo import add_version_option
 from romana.errors import RouterError
 from romana.publisher import templates
 from romana.publisher.announce import Policy
@@ -127,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve /metrics (Prometheus) and /healthz (HOST:PORT or unix:/path)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_version_option(p)
     return p.parse_args(argv)
 
 

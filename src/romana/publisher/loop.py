@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from romana.api.client import RomanaClient
 from romana.backoff import Backoff
+from romana.buildinfo import register_build_info
 from romana.errors import BirdError, FeedRewound, NotFound, Resync, RomanaError, TemplateError
 from romana.feed import FeedGuard
 from romana.publisher import source, templates
@@ -40,6 +41,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        register_build_info(r)
         self.renders = Counter(
             "romana_publisher_renders_total",
             "Configurations rendered from the template",

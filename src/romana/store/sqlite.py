@@ -107,6 +107,10 @@ class SqliteStore:
             release_lock(self._lock_fd)
             raise
 
+    def describe(self) -> dict[str, Any]:
+        """What /healthz and /version say about the store (reads are open: no path)."""
+        return {"kind": "sqlite"}
+
     # -- opening --------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         try:

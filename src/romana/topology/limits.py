@@ -11,6 +11,7 @@ MAX_GROUP_DEPTH = 16
 MAX_NETWORKS = 64
 MAX_GROUPS = 10_000
 MAX_MAP_HOSTS = 10_000
+MAX_CLUSTER_RANGES = 1_000
 
 
 def limit_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:

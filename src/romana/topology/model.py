@@ -3,7 +3,8 @@
 These models are the single source of the format's field names: the validator checks
 documents against them (unknown fields are typos), ``romana topology schema`` exports their
 JSON Schema, and the engine consumes instances that passed validation. Extensions to the
-original format: ``tenants`` on a network and ``routing`` on a host group.
+original format: ``tenants`` and ``nat_outgoing`` on a network, ``routing`` on a host
+group, ``cluster_ranges`` on the map.
 """
 
 from __future__ import annotations
@@ -29,8 +30,23 @@ def canonical_ip(text: str) -> str:
     return str(IPv4Address(text.strip()))
 
 
+def canonical_flag(value: bool | None) -> bool | None:
+    """``false`` is what an absent flag means: stored as absent, so a map that spells the
+    default out and one that leaves it out are the same stored map."""
+    return True if value else None
+
+
+def canonical_ranges(ranges: list[str] | None) -> list[str] | None:
+    """Canonical CIDRs (each already through :func:`canonical_cidr`), sorted by address;
+    an empty list means what an absent one does."""
+    if not ranges:
+        return None
+    return sorted(dict.fromkeys(ranges), key=IPv4Network)
+
+
 CidrText = Annotated[str, AfterValidator(canonical_cidr)]
 IPText = Annotated[str, AfterValidator(canonical_ip)]
+Flag = Annotated[bool | None, AfterValidator(canonical_flag)]
 
 
 class _Strict(BaseModel):
@@ -82,6 +98,11 @@ class Network(_Strict):
         default=None,
         description="Extension: only these tenants (Kubernetes namespaces) may use it.",
     )
+    nat_outgoing: Flag = Field(
+        default=None,
+        description="Extension: pod traffic to destinations outside every pod network and "
+        "outside cluster_ranges leaves with the node's address (masquerade); default false.",
+    )
 
     @property
     def network(self) -> IPv4Network:
@@ -104,6 +125,11 @@ class Topology(_Strict):
 
     networks: list[Network] = Field(min_length=1)
     topologies: list[TopologyMapping] = Field(min_length=1)
+    cluster_ranges: Annotated[list[CidrText] | None, AfterValidator(canonical_ranges)] = Field(
+        default=None,
+        description="Extension: the cluster's own ranges (node addresses, the service range) "
+        "that outbound NAT never translates, as pod networks are never translated.",
+    )
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

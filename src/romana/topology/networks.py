@@ -1,4 +1,5 @@
-"""Validation of a map's ``networks`` section: names, CIDRs, block masks, tenants."""
+"""Validation of a map's ``networks`` section (names, CIDRs, block masks, tenants, outbound
+NAT) and of the ``cluster_ranges`` that outbound NAT never translates."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from ipaddress import AddressValueError, IPv4Network, NetmaskValueError
 from typing import Any
 
 from romana import names
+from romana.topology.limits import MAX_CLUSTER_RANGES
 from romana.topology.model import DEFAULT_BLOCK_MASK, Network, canonical_cidr
 from romana.topology.shape import ShapeChecker, describe
 
@@ -16,6 +18,7 @@ class NetworkChecks(ShapeChecker):
         self.service_cidr = service_cidr
         # name -> (network, block_mask) for networks whose cidr and block_mask are valid
         self.networks: dict[str, tuple[IPv4Network, int]] = {}
+        self.nat_paths: list[str] = []  # networks[i].nat_outgoing set to true
 
     def named(self, obj: dict[str, Any], key: str, path: str, rule: names.Rule) -> str | None:
         """A required name that follows ``rule`` (else a problem naming the rule)."""
@@ -46,6 +49,7 @@ class NetworkChecks(ShapeChecker):
             cidr = self.network_cidr(net, path)
             mask = self.block_mask(net, path, cidr)
             self.tenants(net, path)
+            self.nat_outgoing(net, path)
             if cidr is None:
                 continue
             for other_path, other in valid_cidrs:
@@ -69,7 +73,9 @@ class NetworkChecks(ShapeChecker):
         text = self.required_string(net, "cidr", path)
         if text is None:
             return None
-        where = f"{path}.cidr"
+        return self.cidr(text, f"{path}.cidr")
+
+    def cidr(self, text: str, where: str) -> IPv4Network | None:
         try:
             return IPv4Network(canonical_cidr(text))
         except (AddressValueError, NetmaskValueError):
@@ -127,3 +133,81 @@ class NetworkChecks(ShapeChecker):
                 self.problems.error(f"{where}[{j}]", f'duplicate tenant "{tenant}"')
             else:
                 seen.add(tenant)
+
+    def nat_outgoing(self, net: dict[str, Any], path: str) -> None:
+        value = net.get("nat_outgoing")
+        if value is None:
+            return
+        if not isinstance(value, bool):
+            self.problems.error(
+                f"{path}.nat_outgoing",
+                f"expected true or false, got {describe(value)}",
+                '"nat_outgoing": true translates pod traffic leaving the cluster',
+            )
+        elif value:
+            self.nat_paths.append(f"{path}.nat_outgoing")
+
+    # -- cluster ranges -------------------------------------------------------------
+    def cluster_ranges_section(self, doc: dict[str, Any]) -> None:
+        """``cluster_ranges``: valid, distinct CIDRs; then the warnings of outbound NAT."""
+        value = doc.get("cluster_ranges")
+        ranges: list[tuple[str, IPv4Network]] = []
+        if isinstance(value, list) and len(value) > MAX_CLUSTER_RANGES:
+            self.problems.error(
+                "cluster_ranges",
+                f"{len(value)} ranges; a map holds at most {MAX_CLUSTER_RANGES}",
+                "list the node subnets and the service range, aggregated",
+            )
+            return
+        if value is not None and not isinstance(value, list):
+            self.problems.error(
+                "cluster_ranges",
+                f"expected a list of CIDRs, got {describe(value)}",
+                'e.g. ["192.168.0.0/16", "10.96.0.0/12"] (node subnets, service range)',
+            )
+        for j, text in enumerate(value if isinstance(value, list) else []):
+            where = f"cluster_ranges[{j}]"
+            if not isinstance(text, str) or not text.strip():
+                self.problems.error(
+                    where, f"expected a CIDR, got {describe(text)}", 'e.g. "192.168.0.0/16"'
+                )
+                continue
+            cidr = self.cidr(text, where)
+            if cidr is None:
+                continue
+            self.cluster_range_overlaps(where, cidr, ranges)
+            ranges.append((where, cidr))
+        if not ranges:
+            for path in self.nat_paths:
+                self.problems.warning(
+                    path,
+                    "no cluster_ranges: traffic from this network to node addresses is "
+                    "translated too",
+                    "list the node subnets (and the service range) in cluster_ranges",
+                )
+
+    def cluster_range_overlaps(
+        self, where: str, cidr: IPv4Network, earlier: list[tuple[str, IPv4Network]]
+    ) -> None:
+        for other_path, other in earlier:
+            if cidr == other:
+                self.problems.error(where, f"{cidr} is listed twice", f"already at {other_path}")
+                return
+            if cidr.overlaps(other):
+                self.problems.warning(
+                    where, f"{cidr} overlaps {other} of {other_path}", "list the larger one only"
+                )
+                return
+        if cidr.prefixlen == 0:
+            self.problems.warning(
+                where,
+                "0.0.0.0/0 covers every address: outbound NAT translates nothing",
+                'set "nat_outgoing": false on the networks instead',
+            )
+        for name, (network, _) in self.networks.items():
+            if cidr.subnet_of(network):
+                self.problems.warning(
+                    where,
+                    f'{cidr} lies inside pod network "{name}" ({network})',
+                    "pod networks are never translated: the range adds nothing",
+                )

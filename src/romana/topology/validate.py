@@ -272,6 +272,7 @@ class _Walker(NetworkChecks):
             if isinstance(n, dict) and isinstance(n.get("name"), str)
         ]
         self.networks_section(doc)
+        self.cluster_ranges_section(doc)
         self.topologies_section(doc)
         for i, net in enumerate(self.raw_networks):
             name = net.get("name") if isinstance(net, dict) else None
