@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.conntrack_lab import tracking_netns
+
 # Runs inside the namespace: makes the flows, times the deletions, prints one JSON line.
 INSIDE = """
 import json, socket, sys, time
@@ -89,26 +92,16 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces)")
-    ns = f"romana-bench-ct-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        inside = ["ip", "netns", "exec", ns]
-        subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
-        # Something must use conntrack in the namespace for it to track flows there.
-        rule = "add table inet bench; add chain inet bench out { type filter hook output "
-        rule += "priority 0; }; add rule inet bench out ct state new accept"
-        subprocess.run([*inside, "nft", rule], check=True)
+    with tracking_netns("bct") as ns:
         started = time.perf_counter()
         counts = (args.entries, args.matching, args.repeat, args.burst)
         done = subprocess.run(
-            [*inside, sys.executable, "-c", INSIDE, *map(str, counts)],
+            ["ip", "netns", "exec", ns, sys.executable, "-c", INSIDE, *map(str, counts)],
             capture_output=True,
             text=True,
             check=True,
         )
         raw: dict[str, Any] = json.loads(done.stdout)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
     ms = lambda runs: {  # noqa: E731
         "median_ms": round(1000 * statistics.median(runs), 2),
         "runs_ms": [round(1000 * r, 2) for r in runs],

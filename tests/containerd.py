@@ -710,14 +710,16 @@ class ImageCluster(Cluster):
         return node.installed
 
     def uninstall(self, name: str) -> list[Path]:
-        """deploy/uninstall's DaemonSet on the node: its uninstall-cni init container."""
+        """deploy/uninstall's DaemonSet on the node: its init containers in order (the CNI
+        files, then the agent's kernel state); the files the first one removed."""
         cluster = dataclasses.replace(self.spec, objects=self.uninstall_objects)
         (daemonset,) = [o for o in self.uninstall_objects if o["kind"] == "DaemonSet"]
         specs = resolve(cluster, "DaemonSet", daemonset["metadata"]["name"],
                         self.pod_node(name), None, self.image_user)  # fmt: skip
-        (init,) = [s for s in specs if s.init]
-        self.podman.run(init)
-        out = self.podman.outputs[init.container_name]
+        inits = [s for s in specs if s.init]
+        for init in inits:
+            self.podman.run(init)
+        out = self.podman.outputs[inits[0].container_name]
         return written(out, "removed ", Path("/host"), self.nodes[name].runtime.fs)
 
     def start_agent(self, name: str) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -454,3 +455,25 @@ def test_from_route_set_translates_and_reports_skipped_routes() -> None:
     ]
     assert all(isinstance(s, SkippedRoute) and s.reason for s in skipped)
     assert from_route_set({"vantage": "host:h9", "default": None, "routes": []}) == ({}, [])
+
+
+def test_routing_drops_is_what_the_kernels_lookup_finds(netns: str) -> None:
+    """The policy enforcer skips a conntrack dump only where routing drops an unheld
+    address: an unreachable, blackhole or prohibit route, or none; a more specific route
+    that forwards (a pod's /32) is not a drop."""
+    ip(netns, "route", "add", "unreachable", "10.9.0.0/24")
+    ip(netns, "route", "add", "blackhole", "10.9.1.0/24")
+    ip(netns, "route", "add", "prohibit", "10.9.2.0/24")
+    ip(netns, "route", "add", "10.9.0.7/32", "dev", "veth0", "scope", "link")
+    asked = ["10.9.0.5", "10.9.0.7", "10.9.1.5", "10.9.2.5", f"{GW_NET}.9", "172.31.9.9"]
+    script = (
+        "import json, sys\nfrom romana.agent.netlink import routing_drops\n"
+        "print(json.dumps([routing_drops(a) for a in sys.argv[1:]]))"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", script, *asked],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout) == [True, False, True, True, False, True]

@@ -46,7 +46,10 @@ class Dumps:
 def failing_sweep(condemned):
     raise OSError(95, "injected: conntrack refused the walk")
 
-def agent(sweeper=sweep_flows, endpoints=(("a", "127.0.5.3"),)):
+# The pods live on loopback here, which the local table routes whatever the main table
+# says; "routing drops this block's unheld addresses" is therefore given (routed=...).
+# The real lookup (romana.agent.netlink.routing_drops) is tested in test_agent_netlink.py.
+def agent(sweeper=sweep_flows, endpoints=(("a", "127.0.5.3"),), routed=True):
     upstream = FakeUpstream()
     upstream.policy_document = {
         "hosts": {"h1": "192.168.0.1", "h2": "192.168.0.2"},
@@ -60,7 +63,7 @@ def agent(sweeper=sweep_flows, endpoints=(("a", "127.0.5.3"),)):
     dumps = Dumps()
     enforcer = PolicyEnforcer(
         "h1", upstream, FakeNftTable(), CollectorRegistry(),
-        flow_forgetter=dumps, flow_sweeper=sweeper,
+        flow_forgetter=dumps, flow_sweeper=sweeper, route_drops=lambda ip: routed,
     )
     return enforcer, upstream, dumps
 
@@ -163,6 +166,24 @@ async def main():
         out["skipped"] = enforcer.flow_dumps_skipped
     finally:
         task.cancel()
+asyncio.run(main())
+print(json.dumps(out))
+"""
+
+NOT_ROUTED_OR_NOT_OURS = """
+async def main():
+    # A block routing does not drop yet (the route loop has not programmed it).
+    enforcer, _, dumps = agent(routed=False)
+    await enforcer.load_state()
+    await enforcer.admit(pod("b", "127.0.5.5"))
+    out["unrouted_calls"] = dumps.calls
+    out["unrouted_clean_blocks"] = enforcer.health()["flows"]["clean_blocks"]
+    # A routed block, but the pod's interface is another plugin's (IPAM mode).
+    enforcer, _, dumps = agent()
+    await enforcer.load_state()
+    await enforcer.admit(pod("c", "127.0.5.6"), routed_here=False)
+    out["ipam_calls"] = dumps.calls
+    out["skipped"] = enforcer.flow_dumps_skipped
 asyncio.run(main())
 print(json.dumps(out))
 """
@@ -292,3 +313,12 @@ def test_an_add_during_a_sweep_waits_for_it_and_dumps(netns: str) -> None:
     assert out["done_before_the_sweep"] is False
     assert out["calls"] == [["127.0.5.5"]] and out["skipped"] == 0
     assert out["tracked"] == ["127.0.5.3", "127.0.5.5"]
+
+
+def test_no_skip_where_routing_does_not_drop_or_another_plugin_routes(netns: str) -> None:
+    """Flows to an unheld address are confirmed if routing forwards it: a block not yet
+    routed unreachable here, or an IPAM-mode pod whose main plugin keeps its routes after
+    our DEL, cannot be known clean."""
+    out = inside(netns, NOT_ROUTED_OR_NOT_OURS)
+    assert out["unrouted_calls"] == [["127.0.5.5"]] and out["unrouted_clean_blocks"] == 0
+    assert out["ipam_calls"] == [["127.0.5.6"]] and out["skipped"] == 0

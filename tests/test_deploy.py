@@ -167,7 +167,11 @@ def test_uninstall_runs_on_every_node_against_the_installed_paths() -> None:
     assert spec["hostNetwork"] is True, "no conflist, no pod network: host network only"
     assert spec["tolerations"] == [{"operator": "Exists"}]
     assert "priorityClassName" not in spec, "Romana's classes are deleted before this runs"
-    (uninstall,) = spec["initContainers"]
+    uninstall, cleanup = spec["initContainers"]  # files first: no new pod meanwhile
+    assert cleanup["args"] == ["romana-agent", "--cleanup"]
+    assert cleanup["securityContext"]["runAsUser"] == 0
+    assert cleanup["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert not cleanup["securityContext"]["privileged"] and "volumeMounts" not in cleanup
     assert uninstall["args"] == [
         "romana-cni", "uninstall", "--host-root=/host", "--bin-dir=/opt/cni/bin",
         "--conf-dir=/etc/cni/net.d",

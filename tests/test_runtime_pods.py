@@ -58,7 +58,7 @@ from .containerd import (
     is_static_elf,
     plugin_processes,
 )
-from .netns import Lab, run, wait_until
+from .netns import Lab, Netns, run, wait_until
 from .podman import Podman, build_image
 from .podspec import render
 
@@ -456,13 +456,30 @@ def test_uninstall_removes_every_file_install_wrote(world_ready: World) -> None:
         for name, node in cluster.nodes.items():
             installed = set(node.installed)
             assert installed
-            removed = cluster.uninstall(name)  # deploy/uninstall's container, from the image
+            cluster.stop_agent(name)  # deleted with Romana, before deploy/uninstall runs
+            assert "inet romana" in node_tables(node.netns)  # a stopped agent leaves them
+            assert agent_table(node.netns)
+            removed = cluster.uninstall(name)  # deploy/uninstall's containers, from the image
             assert set(removed) >= installed
             assert list(node.runtime.bin_dir.iterdir()) == []
             assert list(node.runtime.conf_dir.iterdir()) == []
+            # ... and the agent's kernel state: nothing would drop the next CNI's pods.
+            assert not {"inet romana", "ip romana-nat"} & node_tables(node.netns)
+            assert agent_table(node.netns) == []
     finally:
         for name in cluster.nodes:  # the module's cluster stays usable for later tests
             cluster.install(name)
+
+
+def node_tables(netns: Netns) -> set[str]:
+    listed = run("ip", "netns", "exec", netns.name, "nft", "list", "tables").stdout
+    return {line.removeprefix("table ").strip() for line in listed.splitlines()}
+
+
+def agent_table(netns: Netns) -> list[dict[str, Any]]:
+    """The routes in the agent's table (10 by default); none once the table is gone."""
+    done = netns.ip("-j", "route", "show", "table", "10", check=False)
+    return list(json.loads(done.stdout)) if done.returncode == 0 and done.stdout.strip() else []
 
 
 class ConflistWatcher:

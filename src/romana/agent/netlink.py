@@ -68,7 +68,7 @@ from romana.netlink import (
     rtmsg,
 )
 
-__all__ = ["ApplyResult", "RouteFailure", "RouteTable"]
+__all__ = ["ApplyResult", "RouteFailure", "RouteTable", "routing_drops"]
 
 Operation = Literal["add", "replace", "delete"]
 
@@ -401,3 +401,27 @@ def _route(prefix: str, route_type: int, gateway: str | None, multipath: bool) -
     if route_type == _UNICAST and gateway is not None and not multipath:
         return KernelRoute(prefix, gateway, "unicast")
     return KernelRoute(prefix, None, "unicast")  # ours by protocol, but not a shape we make
+
+
+def routing_drops(address: str) -> bool:
+    """Whether this namespace's routing drops packets to ``address``: the kernel's route
+    lookup finds an ``unreachable`` (EHOSTUNREACH), ``blackhole`` (EINVAL) or
+    ``prohibit`` (EACCES) route for it, or no route (ENETUNREACH). A packet dropped at
+    routing never confirms a conntrack entry: the policy enforcer relies on it to skip a
+    dump."""
+    request = build(
+        rtmsg,
+        RTM_GETROUTE,
+        NLM_F_REQUEST,
+        [("RTA_DST", address)],
+        family=socket.AF_INET,
+        dst_len=32,
+    )
+    with Channel() as channel:
+        try:
+            channel.get(request)
+        except OSError as exc:
+            if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EINVAL, errno.EACCES):
+                return True
+            raise
+    return False

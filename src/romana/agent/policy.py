@@ -35,10 +35,14 @@ of a block that no endpoint holds and starts the set afresh: the addresses held;
 address that gains a holder joins it; one leaves only once its flows were deleted while it
 had no holder (CNI DEL, a release in the feed). It holds because an address of this host's
 blocks that nobody holds is routed ``unreachable`` here (:mod:`romana.agent.reconcile`): a
-packet to it is dropped before its conntrack entry is confirmed, and forged sources are
-dropped before conntrack. An ADD whose address is outside the set skips its two dumps
-(each walks every bucket of the kernel's hash: ~30 ms per ADD on an idle host); until a
-sweep succeeds, and in blocks gained since, every ADD dumps.
+packet to it is dropped before its conntrack entry is confirmed, and forged sources from
+pod interfaces are dropped before conntrack. A block is clean only if the kernel's route
+lookup (:func:`romana.agent.netlink.routing_drops`) already drops an unheld address of it
+when the walk starts, and only pods this agent wires (full mode) may skip: in IPAM mode
+another plugin's interface and routes outlive our DEL. An ADD whose address is outside
+the set skips its two dumps (each walks every bucket of the kernel's hash: ~30 ms per ADD
+on an idle host); until a sweep succeeds, and in blocks gained (or not yet routed) since,
+every ADD dumps.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from romana import wire
+from romana.agent.netlink import routing_drops
 from romana.agent.nftables import Loaded, NftTable
 from romana.agent.nftevents import TableEvents
 from romana.api.client import AsyncRomanaClient
@@ -81,6 +86,9 @@ log = logging.getLogger("romana.agent.policy")
 T = TypeVar("T")
 Block = tuple[int, int]  # (network address, prefix length), as PolicyInputs.blocks keys them
 SWEEP_RETRY = 60.0  # seconds between attempts after a failed sweep
+# Seconds before sweeping again while some of this host's blocks are not yet routed
+# `unreachable` here (the route loop programs them from the same feed, at its own pace).
+UNROUTED_RETRY = 5.0
 
 
 class PolicyMetrics:
@@ -171,6 +179,7 @@ class PolicyEnforcer:
         repair_interval: float = 30.0,
         flow_forgetter: Callable[[Iterable[str]], int] = forget_flows,
         flow_sweeper: Callable[[Callable[[str], bool]], Swept] | None = None,
+        route_drops: Callable[[str], bool] = routing_drops,
     ) -> None:
         self.host = host
         self.flow_forgetter = flow_forgetter
@@ -179,6 +188,8 @@ class PolicyEnforcer:
         if flow_sweeper is None and flow_forgetter is forget_flows:
             flow_sweeper = sweep_flows
         self.flow_sweeper = flow_sweeper
+        self.route_drops = route_drops
+        self._unrouted = False  # some of this host's blocks were not routed unreachable
         self.budget = budget
         self.repair_interval = repair_interval
         self.upstream = upstream
@@ -334,7 +345,7 @@ class PolicyEnforcer:
         )
 
     # -- the CNI's side -------------------------------------------------------------------
-    async def admit(self, endpoint: Endpoint) -> None:
+    async def admit(self, endpoint: Endpoint, routed_here: bool = True) -> None:
         """Put a starting pod into the table before it can send (CNI ADD), then delete the
         flows still tracked for its IP: from now on they are judged as the new pod's."""
         try:
@@ -349,7 +360,10 @@ class PolicyEnforcer:
             # it had no holder since the sweep, so nothing can be tracked for it. Not while
             # a sweep walks: it condemns what was unheld when it started, so it could delete
             # this pod's first flows; the dump waits for the sweep to end, and so does the ADD.
-            clean = self._sweep_added is None and self._clean(endpoint.ip)
+            # Only where this agent routes the pod (full mode): in IPAM mode another plugin
+            # owns the interface and its routes, which outlive our DEL, so traffic may be
+            # tracked for the address after its flows were deleted.
+            clean = routed_here and self._sweep_added is None and self._clean(endpoint.ip)
             self._may_track([endpoint.ip])
             self.pending.endpoints |= {endpoint.name, *self.inputs.put_endpoint(endpoint)}
             self.admitted[endpoint.name] = endpoint
@@ -446,6 +460,23 @@ class PolicyEnforcer:
         prefixlens = frozenset(p for _, p in blocks)
         own = self._own_blocks()
         sweeper = self.flow_sweeper
+        # A block is clean only if routing already drops its unheld addresses when the walk
+        # starts: a flow confirmed before that is found by the walk, none can be after.
+        probes = {block: _unheld_address(block, held) for block in own}
+        route_drops = self.route_drops
+
+        def routed_unreachable() -> set[Block]:
+            return {b for b, ip in probes.items() if ip is not None and route_drops(ip)}
+
+        try:
+            routed = await asyncio.get_running_loop().run_in_executor(
+                self._flows, routed_unreachable
+            )
+        except OSError as exc:
+            log.warning(
+                "cannot look up the routes of this host's blocks", extra={"error": str(exc)}
+            )
+            routed = set()
 
         def condemned(ip: str) -> bool:
             return ip not in held and _block_of(ip, blocks, prefixlens) is not None
@@ -475,7 +506,8 @@ class PolicyEnforcer:
             for ip in itertools.chain(held, swept.failed, added)
             if _block_of(ip, own) is not None
         }
-        self.swept, self.clean_blocks = True, own
+        self.swept, self.clean_blocks = True, own & routed
+        self._unrouted = bool(own - routed)
         self.flows_deleted += swept.deleted
         self.metrics.flows.inc(swept.deleted)
         self.sweep["done"] += 1
@@ -557,6 +589,8 @@ class PolicyEnforcer:
                     await self._sweep("block gained")
                 elif not self.swept and time.monotonic() - self._sweep_tried >= SWEEP_RETRY:
                     await self._sweep("retry")  # no-op without a sweeper
+                elif self._unrouted and time.monotonic() - self._sweep_tried >= UNROUTED_RETRY:
+                    await self._sweep("blocks routed")
                 backoff.reset()
             except Resync:
                 since = None
@@ -723,3 +757,13 @@ def _block_of(
 
 
 __all__ = ["PolicyEnforcer", "PolicyMetrics"]
+
+
+def _unheld_address(block: Block, held: Collection[str]) -> str | None:
+    """An address of ``block`` that no endpoint holds (to ask the routing about), if any."""
+    network, prefixlen = block
+    for offset in range(1 << (32 - prefixlen)):
+        candidate = str(ipaddress.IPv4Address(network + offset))
+        if candidate not in held:
+            return candidate
+    return None

@@ -276,7 +276,7 @@ static int connect_agent(const Buf *path, int wait_seconds) {
         int error = errno;
         close(fd);
         long long left = deadline - now_ms();
-        if ((error != ENOENT && error != ECONNREFUSED) || left <= 0) {
+        if ((error != ENOENT && error != ECONNREFUSED && error != EAGAIN) || left <= 0) {
             errno = error;
             return -1;
         }

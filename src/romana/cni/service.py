@@ -62,7 +62,7 @@ LATEST = SUPPORTED_VERSIONS[-1]
 class PolicyGate(Protocol):
     """The agent's policy loop, as the CNI sees it (``romana.agent.policy``)."""
 
-    async def admit(self, endpoint: Endpoint) -> None: ...
+    async def admit(self, endpoint: Endpoint, routed_here: bool = True) -> None: ...
 
     async def forget(self, name: str) -> None: ...
 
@@ -276,7 +276,7 @@ class CniService(CheckAndGc):
             tuple(NamedPort(n, p, pr) for n, p, pr in conf.ports),
         )
         try:
-            await gate.admit(endpoint)
+            await gate.admit(endpoint, routed_here=inv.mode == "full")
         except RomanaError as exc:
             raise CniError(
                 TRY_AGAIN_LATER,

@@ -40,7 +40,9 @@ MAX_CONFIG = 1 << 20  # a network configuration, prevResult included, is a few K
 DEFAULT_AGENT_WAIT = 60  # seconds to wait for a restarting agent
 MAX_AGENT_WAIT = 600  # config.py refuses more; here a larger value means the default
 FIRST_RETRY, LAST_RETRY = 0.05, 1.0  # seconds between connection attempts
-_RETRIED = (2, 111)  # ENOENT (no socket yet), ECONNREFUSED (a stale socket file)
+# ENOENT (no socket yet), ECONNREFUSED (a stale socket file), EAGAIN (its listen backlog is
+# full: an agent that just started and is not accepting yet)
+_RETRIED = (2, 111, 11)
 _ESCAPES = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n"}
 _ESCAPES |= {b"r": b"\r", b"t": b"\t"}
 _HEX = frozenset(b"0123456789abcdefABCDEF")
