@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from romana.agent.nat import NatKeeper, NatPlan, NatTable, plan_from_topology, render
 from romana.api.client import RomanaClient
-from romana.errors import NotFound
+from romana.errors import Internal, NotFound, RomanaError
 from romana.ipam import Engine
 from romana.topology import Topology, check, validate
 
@@ -432,8 +432,13 @@ class MapSource:
 
     def __init__(self, document: dict[str, Any] | None) -> None:
         self.document = document
+        self.failure: RomanaError | None = None  # romanad's answer instead of the map
+        self.reads = 0
 
     async def topology(self) -> dict[str, Any]:
+        self.reads += 1
+        if self.failure is not None:
+            raise self.failure
         if self.document is None:
             raise NotFound("no topology applied yet")
         return self.document
@@ -483,3 +488,36 @@ def test_cleanup_removes_the_nat_table(tmp_path: Path) -> None:
         assert "romana-nat" in ns.exec("nft", "list", "tables").stdout
         ns.exec(AGENT, "--cleanup", "--table", "77")
         assert "romana-nat" not in ns.exec("nft", "list", "tables").stdout
+
+
+@needs_nft
+def test_an_unreadable_map_is_the_keepers_problem_not_the_route_syncs(tmp_path: Path) -> None:
+    """The hook runs after the routes are programmed: romanad failing ``GET /topology``
+    must not fail the sync (readiness, revision), only leave NAT as it was until the map
+    can be read again."""
+    with Lab("nm", tmp_path) as lab:
+        ns = lab.netns("node")
+        nft = tmp_path / "nft"
+        nft.write_text(f'#!/bin/sh\nexec ip netns exec {ns.name} {NFT} "$@"\n')
+        nft.chmod(0o755)
+        source = MapSource(None)
+        source.failure = Internal("romanad: 500")
+        keeper = NatKeeper(source, NatTable(str(nft)), CollectorRegistry())  # type: ignore[arg-type]
+        asyncio.run(keeper.after_sync("start", True))  # no exception: nothing known yet
+        assert keeper.health()["map_unread"] and "500" in keeper.health()["problem"]
+        assert ns.exec("nft", "list", "tables").stdout.strip() == ""
+
+        source.failure, source.document = None, topology(True)
+        asyncio.run(keeper.after_sync("periodic", False))  # read again without a change
+        assert keeper.health()["in_sync"] and not keeper.health()["map_unread"]
+        assert "romana-nat" in ns.exec("nft", "list", "tables").stdout
+
+        source.failure = Internal("romanad: 500")
+        asyncio.run(keeper.after_sync("watch", True))  # the map changed, unreadable
+        assert "romana-nat" in ns.exec("nft", "list", "tables").stdout  # the last plan stays
+        assert keeper.health()["map_unread"] and keeper.health()["problem"] is not None
+        reads = source.reads
+        source.failure, source.document = None, topology(False)
+        asyncio.run(keeper.after_sync("periodic", False))
+        assert source.reads == reads + 1 and keeper.health()["problem"] is None
+        assert ns.exec("nft", "list", "tables").stdout.strip() == ""

@@ -35,7 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from romana.api.client import AsyncRomanaClient
-from romana.errors import NotFound
+from romana.errors import NotFound, RomanaError
 
 FAMILY = "ip"
 TABLE = "romana-nat"
@@ -244,19 +244,20 @@ class NatKeeper:
         self.plan: NatPlan | None = None  # what the map asks for, once read
         self.in_kernel: NatPlan | None = None  # what the last successful load put there
         self.problem: str | None = None  # the last load or check that failed
+        self.map_unread = False  # the last read of the map failed: read it at the next sync
         self.loads = 0
         self.repairs = 0
 
     async def after_sync(self, reason: str, topology_changed: bool) -> None:
         """Read the map when it changed (or was never read), then make the kernel match.
-        romanad's errors propagate (the route agent retries the whole sync); nft's are
-        recorded here and retried at the next sync."""
-        if topology_changed or self.plan is None:
-            try:
-                document = await self.upstream.topology()
-            except NotFound:  # no map applied yet: nothing asks for NAT
-                document = None
-            self.plan = plan_from_topology(document)
+        Failures (romanad's answer to ``GET /topology``, nft's) are recorded here and
+        retried at the next sync: the routes, programmed already, must not wait for NAT."""
+        if topology_changed or self.map_unread or self.plan is None:
+            read = await self._read_map()
+            if read is not None:
+                self.plan = read
+            elif self.plan is None:
+                return  # nothing known yet: the kernel keeps what it has
         plan = self.plan
         if plan != self.in_kernel:
             first = "start" if self.loads == 0 else "retry"  # retry: the last load failed
@@ -268,6 +269,23 @@ class NatKeeper:
         if found is not None:
             log.warning("outbound NAT table differs from the map", extra={"problem": found})
             await self._load(plan, "repair")
+
+    async def _read_map(self) -> NatPlan | None:
+        """What the map asks for; None if romanad could not say (recorded; the last plan
+        stays and the map is read again at the next sync)."""
+        try:
+            document = await self.upstream.topology()
+        except NotFound:  # no map applied yet: nothing asks for NAT
+            document = None
+        except RomanaError as exc:
+            self.map_unread = True
+            self.problem = f"cannot read the topology map: {exc.message}"
+            self.metrics.errors.inc()
+            log.warning("outbound NAT: the map is unread", extra={"error": exc.message})
+            return None
+        if self.map_unread:
+            self.map_unread, self.problem = False, None
+        return plan_from_topology(document)
 
     async def _load(self, plan: NatPlan, reason: str) -> None:
         started = time.perf_counter()
@@ -301,6 +319,7 @@ class NatKeeper:
             "table": f"{FAMILY} {TABLE}" if plan.enabled else None,
             "in_sync": self.plan is not None and self.in_kernel == self.plan,
             "problem": self.problem,
+            "map_unread": self.map_unread,
             "loads": self.loads,
             "repairs": self.repairs,
         }
