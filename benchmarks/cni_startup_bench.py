@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.elf import is_static  # noqa: E402  (the check the tests use)
+
 SHIM = ROOT / "src" / "romana" / "cni" / "shim.py"
 PLUGIN = ROOT / "src" / "romana" / "cni" / "bin" / "romana-cni-plugin"
 # What `romana-cni install` wrote before the static executable (see git history).
@@ -107,21 +110,6 @@ class TrivialAgent:
 
     def close(self) -> None:
         self.server.close()
-
-
-def is_static(path: Path) -> bool:
-    """No PT_INTERP (3) nor PT_DYNAMIC (2) program header (64-bit little-endian ELF)."""
-    data = path.read_bytes()
-    phoff = int.from_bytes(data[0x20:0x28], "little")
-    size, count = (
-        int.from_bytes(data[0x36:0x38], "little"),
-        int.from_bytes(data[0x38:0x3A], "little"),
-    )
-    types = {
-        int.from_bytes(data[phoff + i * size : phoff + i * size + 4], "little")
-        for i in range(count)
-    }
-    return data[:4] == b"\x7fELF" and not types & {2, 3}
 
 
 def bench(iterations: int, warmup: int) -> dict[str, Any]:

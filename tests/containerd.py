@@ -368,23 +368,6 @@ def _linked_libraries(executable: Path) -> list[Path]:
     return libs
 
 
-def is_static_elf(path: Path) -> bool:
-    """An ELF executable that names no program interpreter (no dynamic loader, no
-    libraries: it runs on any Linux of its architecture)."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit only, the only kind built here
-        return False
-    phoff = int.from_bytes(data[32:40], "little")
-    phentsize = int.from_bytes(data[54:56], "little")
-    phnum = int.from_bytes(data[56:58], "little")
-    pt_interp = 3
-    for i in range(phnum):
-        entry = data[phoff + i * phentsize : phoff + (i + 1) * phentsize]
-        if int.from_bytes(entry[:4], "little") == pt_interp:
-            return False
-    return True
-
-
 class Runtime:
     """A containerd and its nodes, closed together (nodes' pods first)."""
 

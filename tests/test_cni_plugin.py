@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -33,10 +32,10 @@ from romana.cni import install, shim
 from romana.wire import CNI_VERSIONS
 
 from .bench_runs import run_benchmark
+from .elf import PT_DYNAMIC, PT_INTERP, program_header_types
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPLEMENTATIONS = ("static", "shim")
-PT_INTERP, PT_DYNAMIC = 3, 2
 
 
 def build_plugin() -> Path:
@@ -323,20 +322,6 @@ def test_both_read_agent_wait_seconds_alike(
 
 
 # -- needs nothing on the node --------------------------------------------------------------
-def program_header_types(path: Path) -> list[int]:
-    """The p_type of every program header of an ELF file (read with the stdlib)."""
-    data = path.read_bytes()
-    assert data[:4] == b"\x7fELF", "not an ELF file"
-    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
-    if wide:
-        (phoff,) = struct.unpack_from(order + "Q", data, 0x20)
-        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x36)
-    else:
-        (phoff,) = struct.unpack_from(order + "I", data, 0x1C)
-        phentsize, phnum = struct.unpack_from(order + "HH", data, 0x2A)
-    return [struct.unpack_from(order + "I", data, phoff + i * phentsize)[0] for i in range(phnum)]
-
-
 def test_the_executable_is_static(executable: Path) -> None:
     types = program_header_types(executable)
     assert types, "an executable has program headers"

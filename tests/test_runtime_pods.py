@@ -55,9 +55,9 @@ from .containerd import (
     Pod,
     Runtime,
     build_busybox_image,
-    is_static_elf,
     plugin_processes,
 )
+from .elf import is_static
 from .netns import Lab, Netns, run, wait_until
 from .podman import Podman, build_image
 from .podspec import render
@@ -214,7 +214,7 @@ def test_installed_plugin_needs_nothing_of_the_node(world_ready: World) -> None:
             path = node.runtime.bin_dir / plugin
             assert path in installed
             # No loader, no libraries, no interpreter: it runs on a node that has none.
-            assert is_static_elf(path), f"{path} is not a static executable"
+            assert is_static(path), f"{path} is not a static executable"
     runtime = cluster.nodes["node1"].runtime
     # The runtime's root: ctr and its libc, the CNI dirs, nothing that could run Python.
     assert not list(runtime.root.rglob("*python*"))
