@@ -41,8 +41,8 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
-from romana.agent.netlink import RouteTable
 from romana.agent.reconcile import KernelRoute, diff_routes
+from romana.agent.route_table import RouteTable
 
 GW_NET = "192.168.1"  # veth0 in the namespace holds .1/24; gateways are .2 .. .51
 Figures = dict[str, Any]

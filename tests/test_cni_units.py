@@ -19,8 +19,8 @@ import pytest
 
 from romana.cni import config, leaks, result, shim
 from romana.cni.install import install
+from romana.cni.lean_client import LeanRomanadClient, Unreachable
 from romana.cni.podmsg import Link
-from romana.cni.romanad import RomanadClient, Unreachable
 from romana.cni.server import ProtocolError, decode
 from romana.errors import CniError, RomanaError
 
@@ -360,7 +360,7 @@ def test_romanad_client_against_romanad(tmp_path: Path) -> None:
     with running(tmp_path / "data", "--topology", str(topology), "--listen", f"unix:{sock}"):
 
         async def scenario() -> None:
-            client = RomanadClient(f"unix:{sock}")
+            client = LeanRomanadClient(f"unix:{sock}")
             await client.call("POST", "/hosts", {"name": "h", "ip": "192.168.0.1", "tags": {}})
             first = await client.allocate("net:c1:eth0", "h", "tenant-a")
             assert first["ip"] == "10.9.0.0" and first["tenant"] == "tenant-a"
@@ -374,7 +374,7 @@ def test_romanad_client_against_romanad(tmp_path: Path) -> None:
             assert await client.address("net:c1:eth0") is None
             await client.close()
             with pytest.raises(Unreachable):
-                await RomanadClient(f"unix:{tmp_path / 'absent.sock'}").host("h")
+                await LeanRomanadClient(f"unix:{tmp_path / 'absent.sock'}").host("h")
 
         asyncio.run(scenario())
 
@@ -401,7 +401,7 @@ def test_romanad_client_retries_a_connection_closed_while_idle() -> None:
 
         server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        client = RomanadClient(f"http://127.0.0.1:{port}", token="t0ken")
+        client = LeanRomanadClient(f"http://127.0.0.1:{port}", token="t0ken")
         answers = [await client.call("POST", "/address", {"i": i}) for i in range(3)]
         assert answers == [{"n": 1}, {"n": 2}, {"n": 3}]
         assert requests == [b'POST /address HTTP/1.1{"i": %d}' % i for i in range(3)]

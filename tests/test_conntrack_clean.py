@@ -48,7 +48,7 @@ def failing_sweep(condemned):
 
 # The pods live on loopback here, which the local table routes whatever the main table
 # says; "routing drops this block's unheld addresses" is therefore given (routed=...).
-# The real lookup (romana.agent.netlink.routing_drops) is tested in test_agent_netlink.py.
+# The real lookup (romana.agent.route_table.routing_drops) is tested in test_agent_route_table.py.
 def agent(sweeper=sweep_flows, endpoints=(("a", "127.0.5.3"),), routed=True):
     upstream = FakeUpstream()
     upstream.policy_document = {

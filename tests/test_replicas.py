@@ -36,9 +36,9 @@ async def replicas(
     ``fatal`` instead."""
     fatal = [] if fatal is None else fatal
     first = IpamService(store, on_fatal=fatal.append)
-    first.run_now(lambda: first.engine.apply_topology(racks_topology(2)))
+    first.mutate_before_serving(lambda: first.engine.apply_topology(racks_topology(2)))
     for i in range(4):
-        first.run_now(
+        first.mutate_before_serving(
             lambda i=i: first.engine.add_host(
                 f"h{i}", f"192.168.0.{i + 1}", {"rack": f"rack-{i % 2 + 1}"}
             )
@@ -58,7 +58,9 @@ def test_concurrent_allocations_on_three_replicas_never_share_an_ip() -> None:
         async def allocate(i: int) -> AddressView:
             service = services[i % 3]
             host = f"h{rng.randrange(4)}"
-            return await service.run(lambda: service.engine.allocate(f"pod-{i}", host, f"t{i % 3}"))
+            return await service.mutate(
+                lambda: service.engine.allocate(f"pod-{i}", host, f"t{i % 3}")
+            )
 
         views = await asyncio.gather(*(allocate(i) for i in range(600)))
         assert len({v.ip for v in views}) == 600  # no IP handed out twice
@@ -85,7 +87,7 @@ def test_a_write_acknowledged_by_one_replica_is_read_by_another_at_once() -> Non
         store = MemoryStore(shared=True)
         a, b = await replicas(store, 2)
         for i in range(20):
-            view = await a.run(lambda i=i: a.engine.allocate(f"p{i}", "h0"))
+            view = await a.mutate(lambda i=i: a.engine.allocate(f"p{i}", "h0"))
             async with b.durable_view():  # no waiting for the tail or the idle check
                 assert b.engine.address(f"p{i}").to_json() == view.to_json()
         for service in (a, b):
@@ -98,16 +100,16 @@ def test_a_lost_race_with_a_fact_without_inverse_rebuilds_from_the_store() -> No
     async def scenario() -> None:
         store = MemoryStore(shared=True)
         a, b = await replicas(store, 2)
-        await b.run(lambda: b.engine.allocate("first", "h0"))  # a has not seen it yet
+        await b.mutate(lambda: b.engine.allocate("first", "h0"))  # a has not seen it yet
         assert a.durable_revision < store.head()
         # A blackout changes every pool at once (no inverse): losing its race means a
         # rebuild; the blackout then lands after b's allocation.
-        await a.run(lambda: a.engine.add_blackout("net", "10.1.128.0/24"))
+        await a.mutate(lambda: a.engine.add_blackout("net", "10.1.128.0/24"))
         assert a.stats.conflicts == 1 and a.stats.reloads == 1
         async with b.durable_view():
             assert b.engine.blackouts("net") == ["10.1.128.0/24"]
             assert b.engine.snapshot() == a.engine.snapshot()
-        view = await a.run(lambda: a.engine.allocate("second", "h0"))
+        view = await a.mutate(lambda: a.engine.allocate("second", "h0"))
         assert view.ip != b.engine.address("first").ip
         for service in (a, b):
             await service.stop()
@@ -120,12 +122,12 @@ def test_a_replica_behind_a_trimmed_log_rebuilds_from_the_snapshot() -> None:
         store = MemoryStore(shared=True)
         a, b = await replicas(store, 2)
         for i in range(30):
-            await a.run(lambda i=i: a.engine.allocate(f"p{i}", f"h{i % 4}"))
+            await a.mutate(lambda i=i: a.engine.allocate(f"p{i}", f"h{i % 4}"))
         async with a.durable_view():
             snapshot: dict[str, Any] = a.engine.snapshot()
         store.save_snapshot(snapshot["revision"], snapshot)
         store.compact(snapshot["revision"])  # b never read those facts: they are gone
-        view = await b.run(lambda: b.engine.allocate("late", "h1"))
+        view = await b.mutate(lambda: b.engine.allocate("late", "h1"))
         assert b.stats.reloads == 1
         assert view.ip not in {a.engine.address(f"p{i}").ip for i in range(30)}
         async with a.durable_view():
@@ -143,11 +145,11 @@ def test_a_refusal_is_never_judged_on_a_stale_state() -> None:
     async def scenario() -> None:
         store = MemoryStore(shared=True)
         a, b = await replicas(store, 2)
-        await a.run(lambda: a.engine.add_host("late", "192.168.0.50", {"rack": "rack-1"}))
-        view = await a.run(lambda: a.engine.allocate("p", "late"))
+        await a.mutate(lambda: a.engine.add_host("late", "192.168.0.50", {"rack": "rack-1"}))
+        view = await a.mutate(lambda: a.engine.allocate("p", "late"))
         assert b.durable_revision < store.head()  # b has heard nothing yet
         # On b's stale state "late" does not exist and "p" is free: it must not say so.
-        again = await b.run(lambda: b.engine.allocate("p", "late"))
+        again = await b.mutate(lambda: b.engine.allocate("p", "late"))
         assert again.to_json() == view.to_json()
         for service in (a, b):
             await service.stop()
@@ -174,19 +176,19 @@ def test_a_page_that_assigns_and_frees_a_block_is_caught_up_fact_by_fact() -> No
         store = MemoryStore(shared=True)
         fatal: list[BaseException] = []
         a, b = await replicas(store, 2, fatal)
-        await a.run(lambda: a.engine.allocate("warm", "h0", "t0"))
+        await a.mutate(lambda: a.engine.allocate("warm", "h0", "t0"))
         async with b.durable_view():
             pass
         behind = a.durable_revision
-        await b.run(lambda: b.engine.allocate("x", "h0", "t9"))
-        await b.run(lambda: b.engine.release("x"))
+        await b.mutate(lambda: b.engine.allocate("x", "h0", "t9"))
+        await b.mutate(lambda: b.engine.release("x"))
         kinds = [f["kind"] for _, f in store.read_since(behind)]
         assert "block_assigned" in kinds and "block_freed" in kinds
         async with a.durable_view():  # one page: both facts at once
             assert a.durable_revision == store.head()
             assert a.engine.snapshot() == b.engine.snapshot()
             assert routes_of(a) == rebuilt_routes(a)
-        view = await a.run(lambda: a.engine.allocate("y", "h0", "t9"))
+        view = await a.mutate(lambda: a.engine.allocate("y", "h0", "t9"))
         async with b.durable_view():
             assert b.engine.address("y").to_json() == view.to_json()
         assert fatal == []
@@ -209,13 +211,13 @@ def test_a_replica_behind_by_pages_of_churn_tracks_the_same_routes() -> None:
         held: list[str] = []
         for i in range(2400):
             if i == 300:  # rebuilds the tracker: facts after it in its page must not
-                await b.run(lambda: b.engine.add_host("late", "192.168.1.1", {"rack": "rack-1"}))
+                await b.mutate(lambda: b.engine.add_host("late", "192.168.1.1", {"rack": "rack-1"}))
             if held and rng.random() < 0.4:  # mostly a recent pod: its block may go too
                 name = held.pop(rng.randrange(max(0, len(held) - 4), len(held)))
-                await b.run(lambda name=name: b.engine.release(name))
+                await b.mutate(lambda name=name: b.engine.release(name))
             else:
                 name, host, tenant = f"p{i}", f"h{rng.randrange(4)}", f"t{rng.randrange(40)}"
-                await b.run(lambda n=name, h=host, t=tenant: b.engine.allocate(n, h, t))
+                await b.mutate(lambda n=name, h=host, t=tenant: b.engine.allocate(n, h, t))
                 held.append(name)
         assert store.head() - a.durable_revision > 2 * CATCH_UP_PAGE  # three pages
         await a.start()
@@ -248,12 +250,12 @@ def test_a_page_that_fails_to_apply_is_not_applied_again_on_top_of_itself() -> N
 
         a.engine.observers.append(failing_once)
         for i in range(5):
-            await b.run(lambda i=i: b.engine.allocate(f"p{i}", "h1", f"t{i}"))
+            await b.mutate(lambda i=i: b.engine.allocate(f"p{i}", "h1", f"t{i}"))
         async with a.durable_view():
             assert a.engine.snapshot() == b.engine.snapshot()
             assert routes_of(a) == rebuilt_routes(a)
         assert a.stats.reloads == 1 and fatal == []
-        view = await a.run(lambda: a.engine.allocate("next", "h1", "t0"))
+        view = await a.mutate(lambda: a.engine.allocate("next", "h1", "t0"))
         assert view.ip not in {b.engine.address(f"p{i}").ip for i in range(5)}
         for service in (a, b):
             await service.stop()
@@ -309,7 +311,7 @@ def test_a_follower_applying_the_log_in_pages_of_any_size_tracks_the_same_routes
     rest = [fact_from_json(fact_to_json(f)) for f in facts]
     for size in itertools.cycle(pages):
         page, rest = rest[:size], rest[size:]
-        follower.apply(page)
+        follower.apply_durable(page)
         assert routes(tracker) == routes(tracked(Engine.from_snapshot(follower.snapshot())))
         if not rest:
             break

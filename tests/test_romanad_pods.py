@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from romana.api.client import AsyncRomanaClient, RomanaClient
 from romana.cli.addresses import app as ip_app
 from romana.cni.allocator import Allocator
-from romana.cni.romanad import RomanadClient
+from romana.cni.lean_client import LeanRomanadClient
 
 from .conftest import EXAMPLES
 from .daemon import Daemon, running
@@ -155,7 +155,7 @@ def test_every_python_client_passes_the_pod(daemon: Daemon) -> None:
             assert (await asynchronous.allocate("b", "h1", "shop", pod=pod))["pod"] == pod
         finally:
             await asynchronous.close()
-        lean = RomanadClient(daemon.url)
+        lean = LeanRomanadClient(daemon.url)
         try:
             pod = {**WEB, "name": "web-3"}
             assert (await lean.allocate("c", "h1", "shop", pod=pod))["pod"] == pod

@@ -22,7 +22,7 @@ from romana.routes import (
     verify,
 )
 from romana.routes.aggregate import absorb, carve, collapse
-from romana.topology import routing, validate
+from romana.topology import routing_modes, validate
 
 from .conftest import racks_topology
 
@@ -51,11 +51,13 @@ def prefixes(result: Any) -> list[tuple[str, str, str | None]]:
 
 # -- the routing field --------------------------------------------------------------------
 def test_routing_field_accepts_the_original_comma_style_and_aliases() -> None:
-    mode = routing.parse("block-host-routes, prefix-announce-bgp")
+    mode = routing_modes.parse("block-host-routes, prefix-announce-bgp")
     assert mode.host_routes and mode.announce == {"bgp"}
-    assert routing.parse(" L3-to-host ") == routing.RoutingMode(False, frozenset({"bgp"}))
-    assert routing.parse("prefix-announce-ospf").announce == {"ospf"}
-    assert routing.parse("l2-to-host").text == "block-host-routes"
+    assert routing_modes.parse(" L3-to-host ") == routing_modes.RoutingMode(
+        False, frozenset({"bgp"})
+    )
+    assert routing_modes.parse("prefix-announce-ospf").announce == {"ospf"}
+    assert routing_modes.parse("l2-to-host").text == "block-host-routes"
 
 
 def test_unknown_routing_mode_is_reported_with_its_path() -> None:

@@ -49,7 +49,7 @@ async def drive(services: list[IpamService], doc: dict[str, Any], ops: list[Any]
             return int(engine.revision - before)
 
         try:
-            answers.append(await service.run(operation))
+            answers.append(await service.mutate(operation))
         except RomanaError as exc:
             answers.append(type(exc).__name__)
     for service in services:
@@ -79,9 +79,9 @@ def test_both_stores_agree(
     replica_store = EtcdStore(EtcdClient([etcd.url]), prefix)
     try:
         on_sqlite = IpamService(sqlite)
-        on_sqlite.run_now(lambda: on_sqlite.engine.apply_topology(doc))
+        on_sqlite.mutate_before_serving(lambda: on_sqlite.engine.apply_topology(doc))
         on_etcd = IpamService(stores[1])
-        on_etcd.run_now(lambda: on_etcd.engine.apply_topology(doc))
+        on_etcd.mutate_before_serving(lambda: on_etcd.engine.apply_topology(doc))
         replica = IpamService(replica_store)
 
         async def scenario() -> tuple[list[Any], list[Any]]:

@@ -36,8 +36,10 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
 # -- romanad's service ------------------------------------------------------------------
 def service_on(store: Any, fatal: list[BaseException], **kw: Any) -> IpamService:
     service = IpamService(store, on_fatal=fatal.append, **kw)
-    service.run_now(lambda: service.engine.apply_topology(racks_topology(2)))
-    service.run_now(lambda: service.engine.add_host("h1", "192.168.0.1", {"rack": "rack-1"}))
+    service.mutate_before_serving(lambda: service.engine.apply_topology(racks_topology(2)))
+    service.mutate_before_serving(
+        lambda: service.engine.add_host("h1", "192.168.0.1", {"rack": "rack-1"})
+    )
     return service
 
 
@@ -51,12 +53,12 @@ def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
         store.fail("save_snapshot", times=2)
         await service.start()
         for i in range(10):
-            await service.run(lambda i=i: service.engine.allocate(f"a{i}", "h1"))
+            await service.mutate(lambda i=i: service.engine.allocate(f"a{i}", "h1"))
         await until(lambda: service.supervisor.loops["maintenance"].restarts >= 1)
         _, health = service.health()
         assert health["loops"]["maintenance"]["last_error"].startswith("StoreError")
         # Writes never waited on it; the snapshot is written once the store works again.
-        await service.run(lambda: service.engine.allocate("after", "h1"))
+        await service.mutate(lambda: service.engine.allocate("after", "h1"))
         await until(lambda: bool(store.inner.snapshots), timeout=15)
         await until(lambda: service.health()[0], timeout=5)
         assert not fatal
@@ -77,12 +79,12 @@ def test_a_failed_append_is_answered_503_undone_and_writes_go_on() -> None:
         before = service.engine.snapshot()
         store.fail("append", exc=OSError(28, "No space left on device"))
         with pytest.raises(Unavailable, match="refused the change: OSError") as caught:
-            await service.run(lambda: service.engine.allocate("x", "h1"))
+            await service.mutate(lambda: service.engine.allocate("x", "h1"))
         assert not isinstance(caught.value, OutcomeUnknown)
         # Nothing of the batch stays in memory: no read can show it, no later plan uses it.
         assert service.engine.snapshot() == before
         assert service.durable_revision == service.engine.revision == before["revision"]
-        view = await service.run(lambda: service.engine.allocate("x", "h1"))
+        view = await service.mutate(lambda: service.engine.allocate("x", "h1"))
         assert view.ip == "10.1.0.0" and service.engine.revision == store.inner.head()
         assert not fatal and service.health()[0]
         assert service.health()[1]["store"]["failed_appends"] == 1
@@ -100,12 +102,12 @@ def test_an_append_whose_answer_was_lost_is_read_back_and_a_retry_is_not_doubled
         await service.start()
         store.fail("append", exc=OutcomeUnknown("injected: the answer was lost"), after=True)
         with pytest.raises(OutcomeUnknown, match="did not confirm") as caught:
-            await service.run(lambda: service.engine.allocate("x", "h1"))
+            await service.mutate(lambda: service.engine.allocate("x", "h1"))
         assert "retrying the same request is safe" in str(caught.value.details)
         # The append did land: the next batch reads it back first, so the retry gets the
         # address already held instead of a second one.
-        again = await service.run(lambda: service.engine.allocate("x", "h1"))
-        other = await service.run(lambda: service.engine.allocate("y", "h1"))
+        again = await service.mutate(lambda: service.engine.allocate("x", "h1"))
+        other = await service.mutate(lambda: service.engine.allocate("y", "h1"))
         assert again.ip == "10.1.0.0" and other.ip == "10.1.0.1"
         rows = store.inner.read_since(0)
         allocated = [f for _, f in rows if f["kind"] == "address_allocated"]
@@ -126,7 +128,7 @@ def test_a_state_that_cannot_be_rebuilt_after_a_failed_append_is_fatal() -> None
         store.fail("load", exc=OSError(5, "Input/output error"))
         # A blackout has no inverse: undoing it means rebuilding from the store.
         waiting = asyncio.create_task(
-            service.run(lambda: service.engine.add_blackout("net", "10.1.0.0/30"))
+            service.mutate(lambda: service.engine.add_blackout("net", "10.1.0.0/30"))
         )
         await until(lambda: bool(fatal))
         assert isinstance(fatal[0], OSError)
@@ -183,7 +185,7 @@ def test_reads_wait_for_durable_state() -> None:
         service = service_on(store, [])
         await service.start()
         store.gate.clear()
-        write = asyncio.create_task(service.run(lambda: service.engine.allocate("w", "h1")))
+        write = asyncio.create_task(service.mutate(lambda: service.engine.allocate("w", "h1")))
         await until(lambda: service.engine.revision > service.durable_revision)
         seen: list[int] = []
 
@@ -195,7 +197,7 @@ def test_reads_wait_for_durable_state() -> None:
         await asyncio.sleep(0.1)
         assert not seen  # waiting: the allocation is applied in memory, not yet durable
         # Meanwhile a new write waits for the read, so the read cannot starve.
-        second = asyncio.create_task(service.run(lambda: service.engine.allocate("w2", "h1")))
+        second = asyncio.create_task(service.mutate(lambda: service.engine.allocate("w2", "h1")))
         await asyncio.sleep(0.05)
         assert "w2" not in service.engine.state.addresses
         store.gate.set()

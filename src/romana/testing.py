@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from romana.agent.netlink import ApplyResult, RouteFailure
 from romana.agent.nftables import Loaded
 from romana.agent.reconcile import KernelRoute, RouteDiff
+from romana.agent.route_table import ApplyResult, RouteFailure
 from romana.errors import Compacted, PolicyError, RevisionConflict, StoreError, Unreachable
 from romana.policy.compile import Ruleset
 from romana.policy.nft import render_update

@@ -143,8 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cleanup(table: int, protocol: int, nft: str) -> None:
     from romana.agent.nat import NatPlan, NatTable
-    from romana.agent.netlink import RouteTable
     from romana.agent.nftables import NftTable
+    from romana.agent.route_table import RouteTable
 
     with RouteTable(table, protocol) as routes:
         removed = routes.flush()
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     from romana.agent.follow import RouteAgent
     from romana.agent.metrics import AgentMetrics
     from romana.agent.nat import NatKeeper, NatTable
-    from romana.agent.netlink import RouteTable
+    from romana.agent.route_table import RouteTable
     from romana.agent.web import create_app
     from romana.api.client import AsyncRomanaClient
     from romana.supervise import Supervisor

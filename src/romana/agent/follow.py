@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from romana.agent.metrics import AgentMetrics
-from romana.agent.netlink import ApplyResult, RouteTable
 from romana.agent.reconcile import KernelRoute, RouteDiff, diff_routes, from_route_set
+from romana.agent.route_table import ApplyResult, RouteTable
 from romana.api.client import AsyncRomanaClient
 from romana.backoff import Backoff
 from romana.errors import FeedRewound, Resync, RomanaError, Unavailable, Unreachable

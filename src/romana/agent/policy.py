@@ -37,7 +37,7 @@ had no holder (CNI DEL, a release in the feed). It holds because an address of t
 blocks that nobody holds is routed ``unreachable`` here (:mod:`romana.agent.reconcile`): a
 packet to it is dropped before its conntrack entry is confirmed, and forged sources from
 pod interfaces are dropped before conntrack. A block is clean only if the kernel's route
-lookup (:func:`romana.agent.netlink.routing_drops`) already drops an unheld address of it
+lookup (:func:`romana.agent.route_table.routing_drops`) already drops an unheld address of it
 when the walk starts, and only pods this agent wires (full mode) may skip: in IPAM mode
 another plugin's interface and routes outlive our DEL. An ADD whose address is outside
 the set skips its two dumps (each walks every bucket of the kernel's hash: ~30 ms per ADD
@@ -60,9 +60,9 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from romana import wire
-from romana.agent.netlink import routing_drops
 from romana.agent.nftables import Loaded, NftTable
 from romana.agent.nftevents import TableEvents
+from romana.agent.route_table import routing_drops
 from romana.api.client import AsyncRomanaClient
 from romana.backoff import Backoff
 from romana.errors import (

@@ -166,7 +166,7 @@ def create_app(
                 "topology": engine.topology_document(),
             }
 
-        return await service.run(apply)
+        return await service.mutate(apply)
 
     # -- networks and blocks ----------------------------------------------------------
     @app.get("/networks")
@@ -197,7 +197,7 @@ def create_app(
             engine.add_blackout(name, body.cidr)
             return {"network": name, "blackouts": engine.blackouts(name)}
 
-        return await service.run(add)
+        return await service.mutate(add)
 
     @app.delete("/networks/{name}/blackout", dependencies=mutating)
     async def remove_blackout(name: str, body: BlackoutRequest) -> Any:
@@ -205,7 +205,7 @@ def create_app(
             engine.remove_blackout(name, body.cidr)
             return {"network": name, "blackouts": engine.blackouts(name)}
 
-        return await service.run(remove)
+        return await service.mutate(remove)
 
     # -- hosts ------------------------------------------------------------------------
     @app.get("/hosts")
@@ -216,7 +216,7 @@ def create_app(
 
     @app.post("/hosts", dependencies=mutating, status_code=200)
     async def add_host(body: HostRequest) -> Any:
-        view = await service.run(lambda: engine.add_host(body.name, body.ip, body.tags))
+        view = await service.mutate(lambda: engine.add_host(body.name, body.ip, body.tags))
         return view.to_json()
 
     @app.get("/hosts/{name}")
@@ -231,11 +231,11 @@ def create_app(
             engine.remove_host(name)
             return view
 
-        return await service.run(remove)
+        return await service.mutate(remove)
 
     @app.put("/hosts/{name}/tags", dependencies=mutating)
     async def put_tags(name: str, tags: Annotated[Labels, Body()]) -> Any:
-        view = await service.run(lambda: engine.update_labels(name, tags))
+        view = await service.mutate(lambda: engine.update_labels(name, tags))
         return view.to_json()
 
     # -- addresses --------------------------------------------------------------------
@@ -245,13 +245,13 @@ def create_app(
         pod = None if body.pod is None else body.pod.model_dump()
         if body.ip is not None:
             ip = body.ip
-            view = await service.run(
+            view = await service.mutate(
                 lambda: engine.allocate_ip(
                     body.name, body.host, ip, body.tenant, body.segment, body.labels, ports, pod
                 )
             )
         else:
-            view = await service.run(
+            view = await service.mutate(
                 lambda: engine.allocate(
                     body.name, body.host, body.tenant, body.segment, body.labels, ports, pod
                 )
@@ -272,7 +272,7 @@ def create_app(
         target = name or address_name
         if not target:
             raise InvalidRequest("give ?name=NAME (or addressName=NAME, or an IP)")
-        view = await service.run(lambda: engine.release(target))
+        view = await service.mutate(lambda: engine.release(target))
         metrics.releases.inc()
         return view.to_json()
 

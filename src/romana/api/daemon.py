@@ -195,11 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             document = read_file(args.topology)
             try:
-                service.run_now(lambda: service.engine.apply_topology(document))
+                service.mutate_before_serving(lambda: service.engine.apply_topology(document))
             except RevisionConflict:  # a replica starting beside us wrote first
                 service.reload_now()
                 if service.engine.topology is None:
-                    service.run_now(lambda: service.engine.apply_topology(document))
+                    service.mutate_before_serving(lambda: service.engine.apply_topology(document))
         except RomanaError as exc:
             store.close()
             sys.exit(f"romanad: --topology {args.topology}: {exc.message}")

@@ -74,7 +74,7 @@ def add_policy_routes(
         if set(body) == {"labels"} and isinstance(body["labels"], dict):
             body = body["labels"]
         labels = _labels(body)
-        return await service.run(lambda: engine.label_tenant(tenant, labels))
+        return await service.mutate(lambda: engine.label_tenant(tenant, labels))
 
     @app.put("/address/{name}/labels", dependencies=mutating)
     async def put_endpoint(name: str, body: EndpointMetadata) -> Any:
@@ -84,7 +84,7 @@ def add_policy_routes(
             engine.label_endpoint(name, body.labels, ports_json(body.ports))
             return engine.address(name).to_json()
 
-        return await service.run(relabel)
+        return await service.mutate(relabel)
 
     # -- policies -----------------------------------------------------------------------
     @app.get("/policies")
@@ -106,7 +106,7 @@ def add_policy_routes(
                 "policies": [policy_json(engine.policy(p.key)) for p, _ in given],
             }
 
-        return await service.run(add)
+        return await service.mutate(add)
 
     @app.get("/policies/{key}")
     @durable
@@ -115,7 +115,7 @@ def add_policy_routes(
 
     @app.delete("/policies/{key}", dependencies=mutating)
     async def remove_policy(key: str) -> Any:
-        return policy_json(await service.run(lambda: engine.remove_policy(key)))
+        return policy_json(await service.mutate(lambda: engine.remove_policy(key)))
 
     @app.get("/k8s/networkpolicies")
     @durable
@@ -133,12 +133,12 @@ def add_policy_routes(
             engine.add_policies([(policy, source)], replace=True)
             return policy_json(engine.policy(policy.key))
 
-        return await service.run(put)
+        return await service.mutate(put)
 
     @app.delete("/k8s/networkpolicies/{namespace}/{name}", dependencies=mutating)
     async def remove_k8s_policy(namespace: str, name: str) -> Any:
         key = policy_key(namespace, name)
-        return policy_json(await service.run(lambda: engine.remove_policy(key)))
+        return policy_json(await service.mutate(lambda: engine.remove_policy(key)))
 
     # -- for agents ---------------------------------------------------------------------
     @app.get("/policy/state")

@@ -174,7 +174,7 @@ class IpamService:
         self.store.close()
 
     # -- writes and reads -------------------------------------------------------------
-    async def run(self, operation: Callable[[], T]) -> T:
+    async def mutate(self, operation: Callable[[], T]) -> T:
         """Run an engine operation in the next batch; return once its facts are durable.
 
         The operation may run more than once (its batch lost the race to another
@@ -206,7 +206,7 @@ class IpamService:
         self.stats.seen_head = max(self.stats.seen_head, head)
         return head
 
-    def run_now(self, operation: Callable[[], T]) -> T:
+    def mutate_before_serving(self, operation: Callable[[], T]) -> T:
         """Run an operation and write its facts synchronously (before serving starts)."""
         result = operation()
         batch, self._pending = self._pending, []
@@ -378,7 +378,7 @@ class IpamService:
                 raise StoreDamaged(f"{self.where}: fact {first} is missing from the log")
             facts = [fact_from_json(f) for _, f in rows]
             try:
-                self.engine.apply(facts)
+                self.engine.apply_durable(facts)
             except Exception as exc:
                 # Memory holds part of the page: applying it again on top would fail the
                 # same way at every retry. Rebuild from the store (it says what is damaged

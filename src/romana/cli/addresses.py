@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from romana.api.client import DEFAULT_URL, AddressJson
+from romana.api.client import DEFAULT_URL
 from romana.cli.hosts import parse_labels
 from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, labels_text, table
+from romana.responses import AddressJson
 
 app = typer.Typer(help="Allocate, release, show and list addresses.", no_args_is_help=True)
 

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from romana.api.client import DEFAULT_URL, HostJson
+from romana.api.client import DEFAULT_URL
 from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, labels_text, table
+from romana.responses import HostJson
 
 app = typer.Typer(help="Add, list, relabel and remove hosts.", no_args_is_help=True)
 

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from romana.api.client import DEFAULT_URL, Blackouts, BlockList, NetworkJson
+from romana.api.client import DEFAULT_URL
 from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, table
+from romana.responses import Blackouts, BlockList, NetworkJson
 
 network_app = typer.Typer(help="List networks and their usage.", no_args_is_help=True)
 block_app = typer.Typer(help="List address blocks.", no_args_is_help=True)

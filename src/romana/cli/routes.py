@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 import typer
 
-from romana.api.client import DEFAULT_URL, RouteSetJson, RouteSummary
+from romana.api.client import DEFAULT_URL
 from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, table
+from romana.responses import RouteSetJson, RouteSummary
 
 app = typer.Typer(help="Show the routes each device needs (hosts and group routers).")
 

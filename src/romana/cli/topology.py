@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.tree import Tree
 
-from romana.api.client import DEFAULT_URL, TopologyApplied
+from romana.api.client import DEFAULT_URL
 from romana.cli.output import console, emit, err_console, fail, print_json
 from romana.cli.remote import TokenFileOpt, UrlOpt, connect
 from romana.errors import Problem, RomanaError
+from romana.responses import TopologyApplied
 
 # The topology model and the engine (pydantic, ~150 ms) are imported inside the offline
 # commands only, so every remote command of the CLI starts without them.

@@ -22,7 +22,7 @@ from romana.cni.errors import (
     TRY_AGAIN_LATER,
     CniError,
 )
-from romana.cni.romanad import RomanadClient
+from romana.cni.lean_client import LeanRomanadClient
 from romana.errors import Conflict, RomanaError, Unreachable
 
 log = logging.getLogger("romana.cni")
@@ -31,20 +31,20 @@ T = TypeVar("T")
 
 class Allocator:
     def __init__(self, url: str, token: str | None, label_ttl: float = 10.0) -> None:
-        self.default = RomanadClient(url, token)
+        self.default = LeanRomanadClient(url, token)
         self.label_ttl = label_ttl
         self._labels: dict[tuple[int, str], tuple[float, dict[str, str]]] = {}
 
     async def close(self) -> None:
         await self.default.close()
 
-    def client(self, conf: NetConf) -> RomanadClient:
+    def client(self, conf: NetConf) -> LeanRomanadClient:
         """The agent's romanad client: the one romanad (and token) it was started with."""
         return self.default
 
     async def allocate(
         self,
-        client: RomanadClient,
+        client: LeanRomanadClient,
         name: str,
         host: str,
         tenant: str,
@@ -81,17 +81,17 @@ class Allocator:
             )
             return existing
 
-    async def release(self, client: RomanadClient, name: str) -> dict[str, Any] | None:
+    async def release(self, client: LeanRomanadClient, name: str) -> dict[str, Any] | None:
         """The released address, or None if it was not allocated (DEL is idempotent)."""
         return await _ask("release an address", client.release(name))
 
-    async def lookup(self, client: RomanadClient, name: str) -> dict[str, Any] | None:
+    async def lookup(self, client: LeanRomanadClient, name: str) -> dict[str, Any] | None:
         return await _ask("look up an address", client.address(name))
 
-    async def addresses(self, client: RomanadClient, host: str) -> list[dict[str, Any]]:
+    async def addresses(self, client: LeanRomanadClient, host: str) -> list[dict[str, Any]]:
         return await _ask("list the host's addresses", client.addresses(host))
 
-    async def segment(self, client: RomanadClient, host: str, label: str) -> str:
+    async def segment(self, client: LeanRomanadClient, host: str, label: str) -> str:
         if not label:
             return ""
         key = (id(client), host)
@@ -102,7 +102,7 @@ class Allocator:
             cached = self._labels[key] = (now, dict(answer.get("labels") or {}))
         return cached[1].get(label, "")
 
-    async def ready(self, client: RomanadClient, host: str) -> None:
+    async def ready(self, client: LeanRomanadClient, host: str) -> None:
         """STATUS: romanad answers and knows this host, so an ADD can succeed."""
         try:
             await client.host(host)

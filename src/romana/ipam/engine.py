@@ -77,7 +77,7 @@ class Engine(EngineReads, PolicyOperations):
         """The state as a versioned JSON-ready document (see :mod:`romana.ipam.snapshot`)."""
         return snapshot.take(self.state)
 
-    def apply(self, facts: Iterable[Fact]) -> None:
+    def apply_durable(self, facts: Iterable[Fact]) -> None:
         """Apply already-durable facts (replay, or a replica tailing the log).
 
         A page of the log is no one operation's plan: it may assign a block and free it

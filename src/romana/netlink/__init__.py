@@ -1,6 +1,6 @@
 """Netlink (NETLINK_ROUTE) for Romana: the only package that imports pyroute2.
 
-Users: the agent's route table (:mod:`romana.agent.netlink`) and the CNI's pod plumbing
+Users: the agent's route table (:mod:`romana.agent.route_table`) and the CNI's pod plumbing
 (:mod:`romana.cni.podnet`). They build and read messages with pyroute2's message classes
 and the constants re-exported here, and talk to the kernel through :class:`Channel`:
 

@@ -28,16 +28,16 @@ from romana.ipam.state import IpamState
 from romana.routes.aggregate import Prefix
 from romana.routes.model import Route, RouteSet, group_vantage, host_vantage
 from romana.routes.prefixes import HostPrefixes, holes, leaf_prefixes
-from romana.topology import routing
+from romana.topology import routing_modes
 from romana.wire import LOCAL_VIA
 
 
-def routing_mode(node: GroupNode) -> routing.RoutingMode:
+def routing_mode(node: GroupNode) -> routing_modes.RoutingMode:
     """The group's own ``routing``, else the nearest ancestor's, else the default."""
     for ancestor in node.lineage():
         if ancestor.routing is not None:
-            return routing.parse(ancestor.routing)
-    return routing.parse(routing.DEFAULT)
+            return routing_modes.parse(ancestor.routing)
+    return routing_modes.parse(routing_modes.DEFAULT)
 
 
 # A device's route set is a disjoint union of *segments*, each behind one next hop: a

@@ -40,7 +40,7 @@ def rebuild(
                 [FIX],
             ) from exc
         try:
-            engine.apply([fact])
+            engine.apply_durable([fact])
         except Exception as exc:
             raise StoreDamaged(
                 f"{where}: fact {revision} ({kind}) does not apply to the state "

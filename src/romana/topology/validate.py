@@ -14,7 +14,7 @@ from typing import Any
 
 from romana import names
 from romana.errors import InvalidTopology, Problem
-from romana.topology import routing as routing_modes
+from romana.topology import routing_modes
 from romana.topology.carving import child_prefix_bits
 from romana.topology.limits import MAX_GROUP_DEPTH, limit_problems
 from romana.topology.model import (

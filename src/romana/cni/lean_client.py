@@ -40,8 +40,8 @@ class _Connection:
         self.writer.close()
 
 
-class RomanadClient:
-    """``RomanadClient("unix:/run/romana/romanad.sock" | "http://host:port", token)``."""
+class LeanRomanadClient:
+    """``LeanRomanadClient("unix:/run/romana/romanad.sock" | "http://host:port", token)``."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
         self.url = url

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from romana.agent.netlink import RouteTable
 from romana.agent.reconcile import (
     KernelRoute,
     RouteDiff,
@@ -28,6 +27,7 @@ from romana.agent.reconcile import (
     diff_routes,
     from_route_set,
 )
+from romana.agent.route_table import RouteTable
 
 _names = itertools.count()
 GW_NET = "192.168.1"  # veth0 in every test namespace holds 192.168.1.1/24
@@ -467,7 +467,7 @@ def test_routing_drops_is_what_the_kernels_lookup_finds(netns: str) -> None:
     ip(netns, "route", "add", "10.9.0.7/32", "dev", "veth0", "scope", "link")
     asked = ["10.9.0.5", "10.9.0.7", "10.9.1.5", "10.9.2.5", f"{GW_NET}.9", "172.31.9.9"]
     script = (
-        "import json, sys\nfrom romana.agent.netlink import routing_drops\n"
+        "import json, sys\nfrom romana.agent.route_table import routing_drops\n"
         "print(json.dumps([routing_drops(a) for a in sys.argv[1:]]))"
     )
     done = subprocess.run(
