@@ -40,7 +40,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from romana.responses import ProblemJson
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,7 @@ class Problem:
             text += f"; {self.hint}"
         return text if self.severity == "error" else f"warning: {text}"
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> ProblemJson:
         return {
             "path": self.path,
             "message": self.message,

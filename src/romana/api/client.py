@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 import httpx
 
-from romana.buildinfo import RomanadVersion
 from romana.errors import RomanaError, Unreachable, from_wire
 from romana.responses import (
     AddressJson,
@@ -29,9 +28,18 @@ from romana.responses import (
     HostJson,
     HostList,
     NetworkJson,
+    NetworkPolicyList,
+    PolicyJson,
+    PolicyList,
+    PolicyState,
+    RomanadVersion,
     RouteSetJson,
     RouteSummary,
+    RouteVerifyReport,
+    TenantJson,
+    TenantList,
     TopologyApplied,
+    TopologyDocument,
 )
 
 DEFAULT_URL = "http://127.0.0.1:9600"
@@ -79,9 +87,9 @@ class RomanaClient:
         self._http.close()
 
     # -- topology ---------------------------------------------------------------------
-    def topology(self) -> dict[str, Any]:
+    def topology(self) -> TopologyDocument:
         """The applied map, every group annotated with its CIDR and hosts."""
-        return cast(dict[str, Any], self._call("GET", "/topology"))
+        return cast(TopologyDocument, self._call("GET", "/topology"))
 
     def apply_topology(self, document: Mapping[str, Any]) -> TopologyApplied:
         return cast(TopologyApplied, self._call("POST", "/topology", json=dict(document)))
@@ -169,41 +177,44 @@ class RomanaClient:
         return cast(AddressList, self._all_pages("/addresses", "addresses", params))
 
     # -- tenants and policies ---------------------------------------------------------
-    def tenants(self) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], self._call("GET", "/tenants")["tenants"])
+    def tenants(self) -> list[TenantJson]:
+        """Every tenant (the answer's ``tenants``)."""
+        return cast(TenantList, self._call("GET", "/tenants"))["tenants"]
 
-    def tenant(self, name: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call("GET", f"/tenants/{_seg(name)}"))
+    def tenant(self, name: str) -> TenantJson:
+        return cast(TenantJson, self._call("GET", f"/tenants/{_seg(name)}"))
 
-    def label_tenant(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    def label_tenant(self, name: str, labels: Mapping[str, str]) -> TenantJson:
         """Replace a tenant's labels with exactly ``labels``."""
-        return cast(dict[str, Any], self._call("PUT", f"/tenants/{_seg(name)}", json=dict(labels)))
+        return cast(TenantJson, self._call("PUT", f"/tenants/{_seg(name)}", json=dict(labels)))
 
-    def add_policy(self, document: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """A Romana policy, a ``securitypolicies`` wrapper or a Kubernetes NetworkPolicy."""
+    def add_policy(self, document: Mapping[str, Any]) -> list[PolicyJson]:
+        """A Romana policy, a ``securitypolicies`` wrapper or a Kubernetes NetworkPolicy;
+        the policies added (the answer's ``policies``)."""
         answer = self._call("POST", "/policies", json=dict(document))
-        return cast(list[dict[str, Any]], answer["policies"])
+        return cast(PolicyList, answer)["policies"]
 
-    def policies(self) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], self._call("GET", "/policies")["policies"])
+    def policies(self) -> list[PolicyJson]:
+        """Every policy (the answer's ``policies``)."""
+        return cast(PolicyList, self._call("GET", "/policies"))["policies"]
 
-    def policy(self, key: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call("GET", f"/policies/{_seg(key)}"))
+    def policy(self, key: str) -> PolicyJson:
+        return cast(PolicyJson, self._call("GET", f"/policies/{_seg(key)}"))
 
-    def remove_policy(self, key: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call("DELETE", f"/policies/{_seg(key)}"))
+    def remove_policy(self, key: str) -> PolicyJson:
+        return cast(PolicyJson, self._call("DELETE", f"/policies/{_seg(key)}"))
 
-    def put_network_policy(self, document: Mapping[str, Any]) -> dict[str, Any]:
+    def put_network_policy(self, document: Mapping[str, Any]) -> PolicyJson:
         """Add or replace a Kubernetes NetworkPolicy (same namespace and name)."""
-        return cast(dict[str, Any], self._call("POST", "/k8s/networkpolicies", json=dict(document)))
+        return cast(PolicyJson, self._call("POST", "/k8s/networkpolicies", json=dict(document)))
 
     def network_policies(self) -> list[dict[str, Any]]:
-        """Every Kubernetes NetworkPolicy romanad holds, as it was given."""
-        return cast(list[dict[str, Any]], self._call("GET", "/k8s/networkpolicies")["items"])
+        """Every Kubernetes NetworkPolicy romanad holds, as it was given (``items``)."""
+        return cast(NetworkPolicyList, self._call("GET", "/k8s/networkpolicies"))["items"]
 
-    def remove_network_policy(self, namespace: str, name: str) -> dict[str, Any]:
+    def remove_network_policy(self, namespace: str, name: str) -> PolicyJson:
         path = f"/k8s/networkpolicies/{_seg(namespace)}/{_seg(name)}"
-        return cast(dict[str, Any], self._call("DELETE", path))
+        return cast(PolicyJson, self._call("DELETE", path))
 
     # -- routes -----------------------------------------------------------------------
     def routes(self, host: str | None = None, group: str | None = None) -> RouteSetJson:
@@ -214,8 +225,8 @@ class RomanaClient:
     def routes_summary(self) -> RouteSummary:
         return cast(RouteSummary, self._call("GET", "/routes/summary"))
 
-    def routes_verify(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call("GET", "/routes/verify"))
+    def routes_verify(self) -> RouteVerifyReport:
+        return cast(RouteVerifyReport, self._call("GET", "/routes/verify"))
 
     # -- operations -------------------------------------------------------------------
     def health(self) -> Health:
@@ -299,16 +310,16 @@ class AsyncRomanaClient:
     async def networks(self) -> list[NetworkJson]:
         return cast(list[NetworkJson], await self._call("GET", "/networks"))
 
-    async def topology(self) -> dict[str, Any]:
+    async def topology(self) -> TopologyDocument:
         """The applied map, annotated (the agent reads outbound NAT from it)."""
-        return cast(dict[str, Any], await self._call("GET", "/topology"))
+        return cast(TopologyDocument, await self._call("GET", "/topology"))
 
     async def health(self) -> Health:
         return cast(Health, await self._call("GET", "/healthz"))
 
-    async def policy_state(self) -> dict[str, Any]:
+    async def policy_state(self) -> PolicyState:
         """Endpoints, tenants, hosts and policies at one revision (see romana.policy)."""
-        return cast(dict[str, Any], await self._call("GET", "/policy/state"))
+        return cast(PolicyState, await self._call("GET", "/policy/state"))
 
     async def watch(self, since: int = 0, timeout: float = 30.0, limit: int = 1000) -> Changes:
         """Long-poll facts after ``since``; a compacted history raises Resync."""

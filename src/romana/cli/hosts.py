@@ -36,7 +36,9 @@ def show_hosts(hosts: list[HostJson]) -> None:
     grid = table("NAME", "IP", "LABELS", *(["NETWORK"] if many else []), "GROUP", "CIDR", "BLOCKS")
     for host in hosts:
         # One row per network the host is placed in, so each group's CIDR reads on its own.
-        placements = sorted(host["groups"].items()) or [("-", {"group": "-", "cidr": "-"})]
+        placements = sorted(host["groups"].items()) or [
+            ("-", {"group": "-", "cidr": "-", "areas": []})
+        ]
         for i, (network, where) in enumerate(placements):
             first = i == 0
             grid.add_row(

@@ -17,6 +17,7 @@ from romana.api.client import DEFAULT_URL
 from romana.cli.hosts import parse_labels
 from romana.cli.output import console, emit, fail, print_json
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, labels_text, table
+from romana.responses import PolicyJson, TenantJson
 
 app = typer.Typer(help="Add, list, show and remove network policies.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenant (namespace) labels, for policies.", no_args_is_help=True)
@@ -49,7 +50,7 @@ def read_documents(source: str) -> list[dict[str, Any]]:
     return out
 
 
-def describe(policy: dict[str, Any]) -> tuple[str, str]:
+def describe(policy: PolicyJson) -> tuple[str, str]:
     """(directions, what it applies to) of a policy in the internal form, for a table."""
     internal = policy["policy"]
     directions = "+".join(d for d in ("ingress", "egress") if d in internal)
@@ -69,7 +70,7 @@ def _requirement(key: str, operator: str, values: list[str]) -> str:
     return key if operator == "Exists" else f"!{key}"
 
 
-def show_policies(policies: list[dict[str, Any]]) -> None:
+def show_policies(policies: list[PolicyJson]) -> None:
     if not policies:
         console.print("no policies")
         return
@@ -90,7 +91,7 @@ def add_cmd(
 ) -> None:
     """Add policies: Romana's JSON, or Kubernetes NetworkPolicies (added or replaced)."""
     documents = read_documents(source)
-    added: list[dict[str, Any]] = []
+    added: list[PolicyJson] = []
     with connect(url, token_file) as client:
         for document in documents:
             added += client.add_policy(document)
@@ -126,7 +127,7 @@ def remove_cmd(
 
 
 # -- tenants ---------------------------------------------------------------------------------
-def show_tenants(tenants: list[dict[str, Any]]) -> None:
+def show_tenants(tenants: list[TenantJson]) -> None:
     if not tenants:
         console.print("no tenants")
         return

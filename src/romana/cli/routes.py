@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from romana.api.client import DEFAULT_URL
 from romana.cli.output import console, emit
 from romana.cli.remote import JsonOpt, TokenFileOpt, UrlOpt, connect, table
-from romana.responses import RouteSetJson, RouteSummary
+from romana.responses import RouteSetJson, RouteSummary, RouteVerifyReport
 
 app = typer.Typer(help="Show the routes each device needs (hosts and group routers).")
 
@@ -62,7 +62,7 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-def _show_verify(result: dict[str, Any]) -> None:
+def _show_verify(result: RouteVerifyReport) -> None:
     verdict = "ok" if result["ok"] else f"FAILED for {result['failed_addresses']} address(es)"
     console.print(
         f"revision {result['revision']}: {result['addresses']} addresses in "

@@ -12,7 +12,7 @@ from romana.api.client import DEFAULT_URL
 from romana.cli.output import console, emit, err_console, fail, print_json
 from romana.cli.remote import TokenFileOpt, UrlOpt, connect
 from romana.errors import Problem, RomanaError
-from romana.responses import TopologyApplied
+from romana.responses import ProblemJson, TopologyApplied
 
 # The topology model and the engine (pydantic, ~150 ms) are imported inside the offline
 # commands only, so every remote command of the CLI starts without them.
@@ -147,10 +147,5 @@ def get_cmd(
         emit(client.topology(), json, lambda document: console.print(render_tree(document)))
 
 
-def _problem(data: dict[str, str]) -> Problem:
-    return Problem(
-        data.get("path", ""),
-        data.get("message", ""),
-        data.get("hint", ""),
-        data.get("severity", "warning"),
-    )
+def _problem(data: ProblemJson) -> Problem:
+    return Problem(data["path"], data["message"], data["hint"], data["severity"])

@@ -7,10 +7,11 @@ from typing import Any
 import typer
 
 from romana.api.client import DEFAULT_URL, RomanaClient
-from romana.buildinfo import BuildInfo, RomanadVersion, build_info, version_line
+from romana.buildinfo import BuildInfo, build_info, version_line
 from romana.cli.output import err_console, fail, print_json
 from romana.cli.remote import TOKEN_ENV, JsonOpt, TokenFileOpt, UrlOpt, read_token
 from romana.errors import NotFound, RomanaError, Unauthorized
+from romana.responses import RomanadVersion
 
 
 def duration(seconds: float) -> str:

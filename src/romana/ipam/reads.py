@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 from ipaddress import AddressValueError, IPv4Address
-from typing import Any
+from typing import Any, cast
 
 from romana.errors import InvalidRequest, NotFound
 from romana.ipam.addr import cidr_str, ip_to_str
@@ -14,6 +14,7 @@ from romana.ipam.blocks import Address, Block
 from romana.ipam.groups import GroupNode, NetworkTree
 from romana.ipam.state import HostRecord, IpamState, LeafUsage
 from romana.ipam.views import AddressView, BlockView, HostView
+from romana.responses import HostGroupJson, NamedPortJson, NetworkJson, PodJson
 from romana.topology.model import Topology
 
 
@@ -62,8 +63,9 @@ class EngineReads:
             block.segment,
             cidr_str(block.base, block.tree.block_mask),
             dict(meta.labels) if meta is not None and labeled else None,
-            list(meta.ports) if meta is not None and labeled else None,
-            meta.pod.to_json() if meta is not None and meta.pod is not None else None,
+            # The book keeps ports and pods as romanad validated them (api/models.py).
+            cast(list[NamedPortJson], list(meta.ports)) if meta is not None and labeled else None,
+            cast(PodJson, meta.pod.to_json()) if meta is not None and meta.pod else None,
         )
 
     def address(self, name: str) -> AddressView:
@@ -84,7 +86,7 @@ class EngineReads:
 
     def host(self, name: str) -> HostView:
         record = self._host(name)
-        groups = {
+        groups: dict[str, HostGroupJson] = {
             net: {
                 "group": leaf.path,
                 "cidr": leaf.cidr,
@@ -157,8 +159,8 @@ class EngineReads:
             if network is None or b.tree.name == network
         ]
 
-    def networks(self) -> list[dict[str, Any]]:
-        out = []
+    def networks(self) -> list[NetworkJson]:
+        out: list[NetworkJson] = []
         for tree in self._trees().values():
             usage = [self.state.leaf_usage(tree, leaf) for leaf in tree.leaves.values()]
             out.append(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from romana.responses import AddressJson, BlockJson, HostGroupJson, HostJson, NamedPortJson, PodJson
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,11 +17,11 @@ class AddressView:
     segment: str
     block: str
     labels: dict[str, str] | None = None  # endpoint metadata, when it has any
-    ports: list[dict[str, Any]] | None = None
-    pod: dict[str, str] | None = None  # {namespace, name, uid} of its pod, when known
+    ports: list[NamedPortJson] | None = None
+    pod: PodJson | None = None  # {namespace, name, uid} of its pod, when known
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_json(self) -> AddressJson:
+        out: AddressJson = {
             "name": self.name,
             "ip": self.ip,
             "network": self.network,
@@ -47,7 +48,7 @@ class BlockView:
     segment: str
     allocated_ip_count: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> BlockJson:
         return {
             "cidr": self.cidr,
             "network": self.network,
@@ -64,9 +65,14 @@ class HostView:
     name: str
     ip: str
     labels: dict[str, str]
-    # network -> {"group": path, "cidr": the group's CIDR, "areas": the host's area CIDRs}
-    groups: dict[str, dict[str, Any]]
+    groups: dict[str, HostGroupJson]  # by network
     block_count: int
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> HostJson:
+        return {
+            "name": self.name,
+            "ip": self.ip,
+            "labels": self.labels,
+            "groups": self.groups,
+            "block_count": self.block_count,
+        }

@@ -23,6 +23,7 @@ from romana.policy.model import (
     Selector,
     tenant_labels,
 )
+from romana.responses import PolicyState
 
 # Facts that change what policies see (``follow`` applies them; the rest are ignored).
 POLICY_FACTS = frozenset(
@@ -85,7 +86,7 @@ class PolicyInputs:
         return Selection(self)
 
     # -- the wire -------------------------------------------------------------------------
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PolicyState:
         return {
             "revision": self.revision,
             "store_id": self.store_id,

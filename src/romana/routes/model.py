@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from romana.ipam.addr import cidr_str
+from romana.responses import DeviceRouteSet, RouteJson
 
 
 def host_vantage(name: str) -> str:
@@ -27,7 +27,7 @@ class Route:
     def prefix(self) -> str:
         return cidr_str(self.base, self.prefixlen)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RouteJson:
         return {"prefix": self.prefix, "via": self.via, "gateway": self.gateway}
 
 
@@ -41,7 +41,7 @@ class RouteSet:
     def next_hops(self) -> frozenset[str]:
         return frozenset(r.via for r in self.routes)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> DeviceRouteSet:
         return {
             "vantage": self.vantage,
             "default": self.default,

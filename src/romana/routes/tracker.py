@@ -41,6 +41,7 @@ from romana.ipam.facts import (
 )
 from romana.ipam.groups import GroupNode
 from romana.ipam.state import IpamState
+from romana.responses import DeviceRoutes
 from romana.routes.aggregate import Prefix, absorb, carve
 from romana.routes.compute import (
     Segments,
@@ -121,10 +122,10 @@ class RouteTracker:
             stats.updates += 1
             stats.route_changes += route_changes
 
-    def summary(self) -> list[dict[str, object]]:
+    def summary(self) -> list[DeviceRoutes]:
         """Counts straight from the segments: building every route set is not needed."""
         state = self._state()
-        out: list[dict[str, object]] = []
+        out: list[DeviceRoutes] = []
         for vantage in vantages(state):
             segments = self._segments(vantage)
             stats = self.stats.get(vantage, DeviceStats())

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from romana.ipam.addr import cidr_str, ip_to_str
+from romana.responses import RouteVerifyReport, VerifiedDevice
 from romana.routes.model import RouteSet
 from romana.wire import LOCAL_VIA
 
@@ -55,7 +56,7 @@ class Report:
     def ok(self) -> bool:
         return self.failed_addresses == 0
 
-    def to_json(self, devices: list[dict[str, Any]]) -> dict[str, Any]:
+    def to_json(self, devices: list[VerifiedDevice]) -> RouteVerifyReport:
         return {
             "revision": self.revision,
             "ok": self.ok,
