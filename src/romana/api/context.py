@@ -31,6 +31,7 @@ from romana.api.watches import WatchBudget
 from romana.buildinfo import BuildInfo
 from romana.errors import Unauthorized
 from romana.ipam import Engine
+from romana.responses import ErrorBody
 
 
 @dataclass(slots=True)
@@ -47,7 +48,8 @@ class Romanad:
     started: float = field(default_factory=monotonic)
 
 
-def _romanad(request: Request) -> Romanad:
+# async: FastAPI runs a plain def dependency in a worker thread (~0.2 ms per request).
+async def _romanad(request: Request) -> Romanad:
     return cast(Romanad, request.app.state.romanad)
 
 
@@ -73,6 +75,12 @@ async def _durable_engine(romanad: State) -> AsyncIterator[Engine]:
 # scope="function": the view (a turn between write batches) ends with the handler, not
 # after the answer has been sent to a possibly slow client.
 DurableEngine = Annotated[Engine, Depends(_durable_engine, scope="function")]
+
+# Every operation may answer these with an ErrorBody (each router declares them).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "refused: the error names what and why"},
+    "5XX": {"model": ErrorBody, "description": "failed or unavailable (x-request-id logged)"},
+}
 
 PAGE = 1000
 PageSize = Annotated[int, Query(ge=1, le=10_000, description="Items per page.")]

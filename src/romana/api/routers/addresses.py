@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from romana.api.context import PAGE, Cursor, DurableEngine, PageSize, State, Writer, page
+from romana.api.context import ERRORS, PAGE, Cursor, DurableEngine, PageSize, State, Writer, page
 from romana.api.models import AddressRequest, ports_json
 from romana.errors import InvalidRequest
 from romana.responses import AddressJson, AddressList
 
-router = APIRouter(tags=["addresses"])
+router = APIRouter(tags=["addresses"], responses=ERRORS)
 
 
 @router.post("/address")

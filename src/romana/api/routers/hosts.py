@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from fastapi.responses import Response
 
-from romana.api.context import PAGE, Cursor, DurableEngine, PageSize, Writer, page
+from romana.api.context import ERRORS, PAGE, Cursor, DurableEngine, PageSize, Writer, page
 from romana.api.models import HostRequest, Labels
 from romana.responses import HostJson, HostList
 
-router = APIRouter(tags=["hosts"])
+router = APIRouter(tags=["hosts"], responses=ERRORS)
 
 
 @router.get("/hosts", response_model=HostList)

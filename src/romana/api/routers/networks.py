@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from romana.api.context import PAGE, Cursor, DurableEngine, PageSize, Writer, page
+from romana.api.context import ERRORS, PAGE, Cursor, DurableEngine, PageSize, Writer, page
 from romana.api.models import BlackoutRequest
 from romana.responses import Blackouts, BlockList, NetworkJson
 
-router = APIRouter(tags=["networks"])
+router = APIRouter(tags=["networks"], responses=ERRORS)
 
 
 @router.get("/networks")

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from romana.api.context import State
+from romana.api.context import ERRORS, State
 from romana.api.middleware import AsciiJSONResponse
 from romana.api.watches import RETRY_AFTER, unless_gone
 from romana.errors import Compacted
 from romana.responses import Changes, ErrorBody, Health, Resync, RomanadVersion
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=ERRORS)
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from romana.api.context import DurableEngine, State, Writer
+from romana.api.context import ERRORS, DurableEngine, State, Writer
 from romana.api.models import EndpointMetadata, TenantName, ports_json
 from romana.errors import InvalidRequest
 from romana.names import check_labels
@@ -57,7 +57,7 @@ def policy_json(stored: StoredPolicy) -> PolicyJson:
     return {"id": stored.key, "kind": kind, "policy": stored.policy, "source": stored.source}
 
 
-router = APIRouter(tags=["policies"])
+router = APIRouter(tags=["policies"], responses=ERRORS)
 
 
 # -- tenants and endpoints ---------------------------------------------------------------------

@@ -7,12 +7,12 @@ import asyncio
 
 from fastapi import APIRouter
 
-from romana.api.context import DurableEngine, State
+from romana.api.context import ERRORS, DurableEngine, State
 from romana.errors import InvalidRequest
 from romana.responses import RouteSetJson, RouteSummary, RouteVerifyReport, VerifiedDevice
 from romana.routes import blocks_of, verify
 
-router = APIRouter(tags=["routes"])
+router = APIRouter(tags=["routes"], responses=ERRORS)
 
 
 @router.get("/routes")

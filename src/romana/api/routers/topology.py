@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
-from romana.api.context import DurableEngine, Writer
+from romana.api.context import ERRORS, DurableEngine, Writer
 from romana.errors import NotFound
 from romana.responses import TopologyApplied, TopologyDocument
 from romana.topology import check
 
-router = APIRouter(tags=["topology"])
+router = APIRouter(tags=["topology"], responses=ERRORS)
 
 
 # The answer's schema is the spec's "Topology" (create_app's OpenAPI hook puts it there).
