@@ -17,6 +17,7 @@
     ├── Unavailable                 unavailable 503  cannot serve now; retry later
     │   ├── Unreachable             unreachable      romanad (or a peer) did not answer
     │   └── StoreError              store            persistence failed or is unusable
+    │       ├── OutcomeUnknown      outcome_unknown  a write went out, no answer came back
     │       ├── StoreLocked         locked           another process holds the data dir
     │       ├── StoreDamaged        damaged          a fact or snapshot cannot be read
     │       └── StoreRewound        rewound          the store is shorter than it was
@@ -26,6 +27,7 @@
     │   ├── BirdError               bird             BIRD refused it or cannot be reached
     │   └── RouterError             router           router data is incomplete
     ├── CniError                    cni              a CNI request failed (``cni_code``)
+    ├── PolicyError                 policy           nftables refused a policy ruleset
     └── Internal                    internal   500   a bug: logged with its traceback
 
 Every message names the object concerned and, where there is one, the fix. The HTTP status

@@ -23,7 +23,7 @@ guessed.
 A notice is read against the state right after its facts, so its facts must not undo one
 another: the engine tells an operation's facts together when it commits them (one plan),
 and another replica's page fact by fact, except its run up to the last host or topology
-fact, which a rebuild covers whole (:meth:`romana.ipam.Engine.apply`).
+fact, which a rebuild covers whole (:meth:`romana.ipam.Engine.apply_durable`).
 """
 
 from __future__ import annotations
