@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 from romana.api.models import EndpointMetadata, TenantName, ports_json
 from romana.api.service import IpamService
 from romana.errors import InvalidRequest
+from romana.ipam.policy_book import StoredPolicy
 from romana.names import check_labels
-from romana.policy.book import StoredPolicy
 from romana.policy.k8s import NetworkPolicy, policy_key
 from romana.policy.model import Policy
 from romana.policy.native import LegacyDocument, RomanaPolicy
