@@ -48,10 +48,10 @@ from romana.errors import (
 )
 from romana.ipam import fact_from_json, fact_to_json
 from romana.ipam.facts import Fact
+from romana.ipam.replay import rebuild
 from romana.ipam.undo import Journal
 from romana.routes import RouteTracker
 from romana.store.base import Store
-from romana.store.replay import rebuild
 from romana.supervise import Loop, Supervisor
 
 log = logging.getLogger("romanad")

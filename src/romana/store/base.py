@@ -17,9 +17,23 @@ from typing import Any, Protocol, runtime_checkable
 # The store's errors are part of the one tree; re-exported for the stores' callers.
 from romana.errors import Compacted, RevisionConflict, StoreError, StoreLocked
 
-__all__ = ["Compacted", "FactJson", "RevisionConflict", "Store", "StoreError", "StoreLocked"]
+__all__ = [
+    "DAMAGE_FIX",
+    "Compacted",
+    "FactJson",
+    "RevisionConflict",
+    "Store",
+    "StoreError",
+    "StoreLocked",
+]
 
 FactJson = dict[str, Any]
+
+# What to do about a StoreDamaged, whichever store or reader found the damage.
+DAMAGE_FIX = (
+    "run `romana store check DATA_DIR` for every problem; restore the data "
+    "directory from a backup (`romana store restore`)"
+)
 
 
 @runtime_checkable

@@ -42,7 +42,7 @@ from romana.errors import (
     StoreDamaged,
     StoreError,
 )
-from romana.store.base import FactJson
+from romana.store.base import DAMAGE_FIX, FactJson
 from romana.store.datadir import (
     DB_NAME,
     MARKER_NAME,
@@ -55,10 +55,6 @@ from romana.store.datadir import (
 )
 
 SCHEMA_VERSION = 1
-DAMAGE_FIX = (
-    "run `romana store check DATA_DIR` for every problem; restore the data "
-    "directory from a backup (`romana store restore`)"
-)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
