@@ -21,7 +21,7 @@ from romana.publisher import templates
 from romana.publisher.announce import Placement
 from romana.publisher.bird import BirdConfig, BirdControl
 from romana.publisher.daemon import builtin_router_template
-from romana.publisher.loop import Options
+from romana.publisher.options import Options
 from romana.publisher.router import GroupInfo, PeerSpec
 from romana.publisher.source import HostInputs, RouterInputs
 from romana.publisher.variables import host_variables, router_variables
@@ -182,7 +182,7 @@ ROUTES = [{"prefix": "10.1.0.0/28", "via": "host:h1", "gateway": "192.168.1.11"}
 
 
 def render(name: str, variables: dict[str, object]) -> str:
-    return templates.render(templates.Source.read(TEMPLATES / name), variables)
+    return templates.render(templates.TemplateFile.read(TEMPLATES / name), variables)
 
 
 @pytest.mark.parametrize("name", ["host-bgp.conf.j2", "host-ospf.conf.j2"])

@@ -1,4 +1,4 @@
-"""Prefix groups are carved exactly as ARCHITECTURE.md says; hosts are placed by labels."""
+"""Prefix groups are carved exactly as docs/architecture.md says; hosts are placed by labels."""
 
 from __future__ import annotations
 

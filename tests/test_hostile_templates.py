@@ -23,7 +23,7 @@ from romana.publisher import templates
 from romana.publisher.announce import Placement
 from romana.publisher.bird import BirdConfig
 from romana.publisher.daemon import builtin_router_template
-from romana.publisher.loop import Options
+from romana.publisher.options import Options
 from romana.publisher.router import GroupInfo
 from romana.publisher.source import HostInputs, RouterInputs
 from romana.publisher.variables import host_variables, router_variables
@@ -45,7 +45,7 @@ HOSTILE = [
 STRUCTURE = ('"', ";", "{", "}", "\n")
 
 
-def host_render(template: templates.Source, name: str, group: str, tmp: Path) -> str:
+def host_render(template: templates.TemplateFile, name: str, group: str, tmp: Path) -> str:
     opts = Options(
         host=name,
         router=None,
@@ -87,7 +87,7 @@ def router_options(group: str, tmp: Path) -> Options:
     )
 
 
-def router_render(template: templates.Source, name: str, group: str, tmp: Path) -> str:
+def router_render(template: templates.TemplateFile, name: str, group: str, tmp: Path) -> str:
     opts = router_options(group, tmp)
     hosts = [
         {"name": n, "ip": ip, "groups": {"pods": {"group": group, "cidr": "10.1.0.0/17"}}}
@@ -109,10 +109,10 @@ CASES = [
 ]
 
 
-def source(name: str) -> templates.Source:
+def source(name: str) -> templates.TemplateFile:
     if name == "built-in router":
         return builtin_router_template()
-    return templates.Source.read(TEMPLATES / name)
+    return templates.TemplateFile.read(TEMPLATES / name)
 
 
 def skeleton(text: str) -> str:
@@ -195,7 +195,7 @@ def test_names_that_derive_clashing_or_long_symbols_still_make_a_valid_router(
 
 
 def test_an_unfiltered_dangerous_value_fails_the_render(tmp_path: Path) -> None:
-    custom = templates.Source(Path("custom.j2"), "protocol device { }\n# {{ host.name }}\n")
+    custom = templates.TemplateFile(Path("custom.j2"), "protocol device { }\n# {{ host.name }}\n")
     with pytest.raises(TemplateError, match="not safe in a BIRD configuration"):
         host_render(custom, INJECTION, "rack-1", tmp_path)
     # Plain names, CIDRs and numbers pass unfiltered.

@@ -21,7 +21,8 @@ import pytest
 from romana.api.client import RomanaClient
 from romana.errors import Resync
 from romana.publisher.bird import BirdConfig
-from romana.publisher.loop import Metrics, Options, Publisher
+from romana.publisher.loop import Metrics, Publisher
+from romana.publisher.options import Options
 
 from .conftest import racks_topology
 from .daemon import Daemon, free_port, running

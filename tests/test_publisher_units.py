@@ -57,10 +57,10 @@ def test_lookup_order_host_then_subnet_then_generic(tmp_path: Path) -> None:
     assert templates.find(t, "192.168.1.12") == t
 
 
-def src(tmp_path: Path, text: str, name: str = "t.conf") -> templates.Source:
+def src(tmp_path: Path, text: str, name: str = "t.conf") -> templates.TemplateFile:
     path = tmp_path / name
     path.write_text(text)
-    return templates.Source.read(path)
+    return templates.TemplateFile.read(path)
 
 
 def test_render_is_strict_and_names_file_and_line(tmp_path: Path) -> None:

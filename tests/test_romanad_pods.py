@@ -164,7 +164,7 @@ def test_every_python_client_passes_the_pod(daemon: Daemon) -> None:
         allocator = Allocator(daemon.url, None)
         try:
             pod = {**WEB, "name": "web-4"}
-            answer = await allocator.allocate(allocator.default, "d", "h2", "shop", "", pod=pod)
+            answer = await allocator.allocate("d", "h2", "shop", "", pod=pod)
             assert answer["pod"] == pod
         finally:
             await allocator.close()

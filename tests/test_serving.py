@@ -1,14 +1,21 @@
-"""Listening sockets shared by romanad and the agent."""
+"""Listening sockets shared by every daemon, and the health server of the listener and the
+publisher."""
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
-from romana.serving import bind, read_token_file
+from romana.serving import bind, read_token_file, serve_health_in_thread
 
 from .daemon import running
 
@@ -78,3 +85,37 @@ def test_long_polls_always_leave_a_quarter_of_the_connections_to_the_rest() -> N
     assert watch_budget(200, 50) == 50
     assert watch_budget(100, 100) == 68  # at least 32 left
     assert watch_budget(10, 100) == 1  # a tiny server still serves one watch
+
+
+def test_the_health_server_answers_and_logs_under_its_callers_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The listener and the publisher share this server: each one's requests must be logged
+    under its own logger, from a thread of that name (the listener's once carried the
+    publisher's), and an unhealthy process must answer 503 for probes to see it."""
+    registry = CollectorRegistry()
+    Counter("probe_things", "things", registry=registry).inc(3)
+    healthy = {"ok": True}
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        return healthy["ok"], {"ok": healthy["ok"]}
+
+    caplog.set_level(logging.DEBUG, logger="romana.kube.http")
+    server = serve_health_in_thread("romana.kube", "127.0.0.1:0", registry, health)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert any(t.name == "romana.kube.http" for t in threading.enumerate())
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as answer:
+            assert (answer.status, json.load(answer)) == (200, {"ok": True})
+        healthy["ok"] = False
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"{base}/healthz", timeout=5)
+        assert failed.value.code == 503
+        assert json.load(failed.value) == {"ok": False}
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+            assert "probe_things_total 3.0" in answer.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    logged = [r for r in caplog.records if "/healthz" in r.getMessage()]
+    assert logged and {r.name for r in logged} == {"romana.kube.http"}

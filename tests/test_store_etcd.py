@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 
+from romana.api.service import IpamService
 from romana.errors import Compacted, OutcomeUnknown, RevisionConflict, StoreError
 from romana.ipam import Engine, Fact, fact_to_json
+from romana.store.base import SharedStore
 from romana.store.etcd import EtcdStore, parse_url
 from romana.store.etcd_client import EtcdClient
+from romana.store.sqlite import SqliteStore
 from romana.topology import read_file
 
 from .conftest import EXAMPLES
@@ -227,6 +230,25 @@ def test_watch_head_tells_of_other_writers_appends(store: EtcdStore, etcd: EtcdM
         assert asyncio.run(scenario()) == [1, 2, 3]
     finally:
         other.close()
+
+
+def test_romanad_tails_a_shared_store_and_not_a_sole_one(store: EtcdStore, tmp_path: Path) -> None:
+    """romanad watches the head only of a SharedStore: an etcd store that stopped being one
+    would leave replicas deaf to each other's appends; a sole store has nothing to watch."""
+    sole = SqliteStore(tmp_path / "data")
+
+    async def scenario() -> None:
+        for on, kind, tails in ((store, "etcd", True), (sole, "sqlite", False)):
+            service = IpamService(on)
+            await service.start()
+            try:
+                assert ("tail" in service.supervisor.loops) is tails
+                assert service.health()[1]["store"]["kind"] == kind
+            finally:
+                await service.stop()
+
+    assert isinstance(store, SharedStore) and not isinstance(sole, SharedStore)
+    asyncio.run(scenario())
 
 
 def test_an_etcd_with_auth_is_used_with_its_user_and_refuses_a_wrong_password() -> None:

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from romana.api.service import IpamService
 from romana.errors import RomanaError
+from romana.ipam.replay import rebuild
 from romana.store.etcd import EtcdStore
 from romana.store.etcd_client import EtcdClient
-from romana.store.replay import rebuild
 from romana.store.sqlite import SqliteStore
 
 from .etcd import EtcdMember, etcd_cluster

@@ -17,6 +17,7 @@ from romana.agent.follow import RouteAgent
 from romana.agent.metrics import AgentMetrics
 from romana.api.service import IpamService
 from romana.errors import FeedRewound, OutcomeUnknown, StoreError, Unavailable, Unreachable
+from romana.store.base import Store
 from romana.supervise import Supervisor
 from romana.testing import FailingStore, FakeRouteTable, FakeUpstream, MemoryStore
 
@@ -34,6 +35,11 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
 
 
 # -- romanad's service ------------------------------------------------------------------
+class Failing(FailingStore, Store):
+    """romana.testing's FailingStore, with what it lacks of the Store contract (``describe``)
+    from the contract's defaults."""
+
+
 def service_on(store: Any, fatal: list[BaseException], **kw: Any) -> IpamService:
     service = IpamService(store, on_fatal=fatal.append, **kw)
     service.mutate_before_serving(lambda: service.engine.apply_topology(racks_topology(2)))
@@ -47,7 +53,7 @@ def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        store = FailingStore(MemoryStore())
+        store = Failing(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal, snapshot_every=5)
         store.fail("save_snapshot", times=2)
@@ -72,7 +78,7 @@ def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
 
 def test_a_failed_append_is_answered_503_undone_and_writes_go_on() -> None:
     async def scenario() -> None:
-        store = FailingStore(MemoryStore())
+        store = Failing(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal)
         await service.start()
@@ -96,7 +102,7 @@ def test_a_failed_append_is_answered_503_undone_and_writes_go_on() -> None:
 
 def test_an_append_whose_answer_was_lost_is_read_back_and_a_retry_is_not_doubled() -> None:
     async def scenario() -> None:
-        store = FailingStore(MemoryStore())
+        store = Failing(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal)
         await service.start()
@@ -120,7 +126,7 @@ def test_an_append_whose_answer_was_lost_is_read_back_and_a_retry_is_not_doubled
 
 def test_a_state_that_cannot_be_rebuilt_after_a_failed_append_is_fatal() -> None:
     async def scenario() -> None:
-        store = FailingStore(MemoryStore())
+        store = Failing(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal)
         await service.start()
@@ -164,8 +170,9 @@ def test_a_loop_that_returns_counts_as_failed_and_a_silent_one_as_stuck() -> Non
     run(scenario)
 
 
-class HeldStore(MemoryStore):
-    """Appends wait for ``gate`` (they run in a worker thread, as SQLite's do)."""
+class HeldStore(MemoryStore, Store):
+    """Appends wait for ``gate`` (they run in a worker thread, as SQLite's do); ``Store``
+    gives what the fake lacks of the contract (``describe``)."""
 
     def __init__(self) -> None:
         super().__init__()

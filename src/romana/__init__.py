@@ -1,12 +1,12 @@
 """Romana: routed, overlay-free networking with a topology-aware IPAM.
 
-``Engine`` is imported on first use: importing ``romana`` (or ``romana.errors``) must stay
-cheap for short-lived processes such as the CLI client and the CNI plugin.
+The root package holds the version and the error tree only, so importing ``romana`` (or
+``romana.errors``) stays cheap for short-lived processes such as the CLI client and the
+CNI plugin. It sits below every package (tests/test_package_rules.py): the engine is
+``romana.ipam.Engine``.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from romana.errors import (
     Conflict,
@@ -19,14 +19,10 @@ from romana.errors import (
     TopologyConflict,
 )
 
-if TYPE_CHECKING:
-    from romana.ipam import Engine
-
 __version__ = "0.1.0"
 
 __all__ = [
     "Conflict",
-    "Engine",
     "Exhausted",
     "InvalidRequest",
     "InvalidTopology",
@@ -36,11 +32,3 @@ __all__ = [
     "TopologyConflict",
     "__version__",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Engine":
-        from romana.ipam import Engine
-
-        return Engine
-    raise AttributeError(f"module 'romana' has no attribute {name!r}")

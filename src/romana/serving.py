@@ -1,4 +1,5 @@
-"""What every long-running romana process shares: JSON logs and listening sockets."""
+"""What every long-running romana process shares: JSON logs, listening sockets, and the
+small HTTP server of the processes that are not web apps (``/healthz`` and ``/metrics``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+# ``/healthz``: whether the process is healthy, and the JSON body that says why.
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class JsonFormatter(logging.Formatter):
@@ -168,3 +177,47 @@ def serve(
     finally:
         for address in listen:
             unlink_unix(address)
+
+
+def serve_health_in_thread(
+    name: str, listen: str, registry: CollectorRegistry, health: HealthCheck
+) -> ThreadingHTTPServer:
+    """Serve ``/healthz`` and ``/metrics`` on ``HOST:PORT`` or ``unix:/path`` from a daemon
+    thread (raises ValueError or OSError), for processes whose main loop is not a web app
+    (the publisher's is synchronous, the listener's is busy with the cluster). ``name`` is
+    the caller's logger: requests are logged at debug level to ``name.http``, from a thread
+    of that name. The server only reads what ``health`` and ``registry`` return."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    sock = bind(listen)
+    log = logging.getLogger(f"{name}.http")
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # seconds for a request to arrive: an idle client does not hold a thread
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                ok, body = health()
+                self._answer(200 if ok else 503, "application/json", json.dumps(body).encode())
+            elif path == "/metrics":
+                self._answer(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            else:
+                self._answer(404, "application/json", b'{"error": "not found"}')
+
+        def _answer(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug(format % args)
+
+    server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock  # bound (and listening) by the one binder of every daemon
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"{name}.http", daemon=True).start()
+    return server

@@ -55,7 +55,7 @@ def create_app(
         watches=watches,
         token=token,
         build=build_info(),  # fixed for the process's life: read once
-        store_kind=_store_kind(service),
+        store_kind=str(service.store.describe()["kind"]),
     )
 
     @app.exception_handler(RomanaError)
@@ -87,12 +87,6 @@ def create_app(
         app.router.routes.extend(router.routes)
     app.openapi = _with_topology_schema(app)  # type: ignore[method-assign]
     return app
-
-
-def _store_kind(service: IpamService) -> str:
-    # TODO(Store contract): service.store.describe() once every store declares it.
-    describe = getattr(service.store, "describe", None)
-    return str(describe()["kind"]) if describe else "memory"
 
 
 def _with_topology_schema(app: FastAPI) -> Callable[[], dict[str, Any]]:

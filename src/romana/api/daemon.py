@@ -15,6 +15,7 @@ from typing import Any
 from romana.api.watches import DEFAULT_LIMIT as DEFAULT_WATCH_LIMIT
 from romana.buildinfo import add_version_option
 from romana.serving import bind, read_token_file, serve, setup_logging
+from romana.store.base import Store
 
 DEFAULT_LISTEN = "127.0.0.1:9600"
 # A node's agent keeps two long polls (routes, policies) and a publisher one, plus short
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     from romana.errors import RevisionConflict, RomanaError
     from romana.topology import read_file
 
-    store: Any = None
+    store: Store | None = None
     try:
         store, where = open_store(args)
         service = IpamService(
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def open_store(args: argparse.Namespace) -> tuple[Any, str]:
+def open_store(args: argparse.Namespace) -> tuple[Store, str]:
     """The store ``--store`` names, and where it is (for messages)."""
     if args.store == "sqlite":
         from romana.store.sqlite import SqliteStore

@@ -48,10 +48,10 @@ from romana.errors import (
 )
 from romana.ipam import fact_from_json, fact_to_json
 from romana.ipam.facts import Fact
+from romana.ipam.replay import rebuild
 from romana.ipam.undo import Journal
 from romana.routes import RouteTracker
-from romana.store.base import Store
-from romana.store.replay import rebuild
+from romana.store.base import SharedStore, Store
 from romana.supervise import Loop, Supervisor
 
 log = logging.getLogger("romanad")
@@ -101,7 +101,7 @@ class IpamService:
     ):
         self.store = store
         self.where = where
-        self.shared = bool(getattr(store, "shared", False))  # other replicas may append
+        self.shared = store.shared  # other replicas may append
         self.snapshot_every = snapshot_every
         self.keep_history = keep_history
         self.checkpoint_every = checkpoint_every
@@ -135,7 +135,7 @@ class IpamService:
 
     @property
     def store_id(self) -> str:
-        return str(getattr(self.store, "store_id", ""))
+        return self.store.store_id
 
     def _pending_extend(self, facts: list[Fact]) -> None:
         self._pending.extend(facts)
@@ -145,8 +145,9 @@ class IpamService:
         self._turn = asyncio.Lock()
         self.supervisor.start("group-commit", self._flush_loop, restart=False, stuck_after=30.0)
         self.supervisor.start("maintenance", self._maintenance_loop, restart=True)
-        if self.shared and hasattr(self.store, "watch_head"):
-            self.supervisor.start("tail", self._tail_loop, restart=True)
+        store = self.store
+        if isinstance(store, SharedStore):
+            self.supervisor.start("tail", lambda loop: self._tail_loop(loop, store), restart=True)
 
     def begin_stop(self) -> None:
         """Shutdown starts: watchers answer at once (503) instead of holding the store."""
@@ -407,11 +408,10 @@ class IpamService:
         _fail(batch, exc)
 
     # -- the tail: news of other replicas' appends ------------------------------------
-    async def _tail_loop(self, loop: Loop) -> None:
-        watch = self.store.watch_head  # type: ignore[attr-defined]
+    async def _tail_loop(self, loop: Loop, store: SharedStore) -> None:
         self._catch_up_due = True  # whatever happened before this watch began
         self._changed.set()
-        async for head in watch():
+        async for head in store.watch_head():
             loop.beat()
             if head > self.stats.seen_head:
                 self.stats.seen_head = head
@@ -433,17 +433,12 @@ class IpamService:
             if durable - self._snapshot_revision >= self.snapshot_every:
                 await self._snapshot()
             if durable != marked:
-                await asyncio.to_thread(self._call_store, "sync_marker", durable)
+                await asyncio.to_thread(self.store.sync_marker, durable)
                 marked = durable
             now = asyncio.get_running_loop().time()
             if durable != checkpointed and now - last_checkpoint >= self.checkpoint_every:
-                await asyncio.to_thread(self._call_store, "checkpoint")
+                await asyncio.to_thread(self.store.checkpoint)
                 checkpointed, last_checkpoint = durable, now
-
-    def _call_store(self, name: str, *args: Any) -> None:
-        method = getattr(self.store, name, None)  # optional in the Store protocol
-        if method is not None:
-            method(*args)
 
     async def _snapshot(self) -> None:
         # Taken on the loop: it must describe one revision, the durable one. Pending facts
@@ -459,8 +454,7 @@ class IpamService:
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok, loops = self.supervisor.health()
         stats = self.stats
-        describe = getattr(self.store, "describe", None)
-        store: dict[str, Any] = dict(describe()) if describe else {"kind": "memory"}
+        store = dict(self.store.describe())
         store.update(
             shared=self.shared,
             seen_head=stats.seen_head,

@@ -21,7 +21,7 @@ from romana.cli.output import fail
 from romana.cli.remote import TokenFileOpt, UrlOpt, connect
 
 if TYPE_CHECKING:
-    from romana.publisher.loop import Options
+    from romana.publisher.options import Options
 
 app = typer.Typer(
     help="Render BIRD configurations (route publishing) from romanad's state.", no_args_is_help=True
@@ -155,7 +155,7 @@ def router_config_cmd(
     group), each with an import filter limited to its prefix group.
     """
     from romana.errors import RouterError
-    from romana.publisher.loop import Options
+    from romana.publisher.options import Options
     from romana.publisher.router import PeerSpec
 
     try:
@@ -219,7 +219,7 @@ def host_config_cmd(
 ) -> None:
     """Render a host's BIRD configuration, as romana-publisher would write it."""
     from romana.publisher.announce import Policy
-    from romana.publisher.loop import Options
+    from romana.publisher.options import Options
 
     if announce not in {p.value for p in Policy}:
         raise typer.BadParameter("expected blocks or group", param_hint="--announce")

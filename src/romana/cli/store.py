@@ -21,9 +21,10 @@ def check_cmd(data_dir: DataDir, json: JsonOpt = False) -> None:
     """Verify a data directory offline: integrity, store id and head against store.json,
     every snapshot and fact read back and replayed. Exit 1 naming each problem. Safe while
     romanad runs (read-only)."""
+    from romana.ipam.replay import hosts_and_addresses
     from romana.store.offline import check
 
-    report = check(data_dir)
+    report = check(data_dir, hosts_and_addresses)
     emit(report.to_json(), json, _show_check)
     if not report.ok:
         raise typer.Exit(1)
@@ -67,10 +68,11 @@ def restore_cmd(
     """Make DATA_DIR the backed-up store (romanad stopped). The backup is checked first; the
     old directory is kept as DATA_DIR.replaced-REVISION. Agents and publishers that followed
     the newer store refuse the older one until restarted."""
+    from romana.ipam.replay import hosts_and_addresses
     from romana.store.offline import restore
 
     try:
-        head = restore(backup_dir, data_dir)
+        head = restore(backup_dir, data_dir, hosts_and_addresses)
     except RomanaError as exc:
         fail(exc)
     console.print(

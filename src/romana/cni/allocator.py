@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
-from romana.cni.config import NetConf
 from romana.cni.errors import (
     NOT_AVAILABLE,
     ROMANAD_REFUSED,
@@ -24,6 +23,7 @@ from romana.cni.errors import (
 )
 from romana.cni.lean_client import LeanRomanadClient
 from romana.errors import Conflict, RomanaError, Unreachable
+from romana.responses import AddressJson
 
 log = logging.getLogger("romana.cni")
 T = TypeVar("T")
@@ -31,20 +31,15 @@ T = TypeVar("T")
 
 class Allocator:
     def __init__(self, url: str, token: str | None, label_ttl: float = 10.0) -> None:
-        self.default = LeanRomanadClient(url, token)
+        self.client = LeanRomanadClient(url, token)
         self.label_ttl = label_ttl
-        self._labels: dict[tuple[int, str], tuple[float, dict[str, str]]] = {}
+        self._labels: dict[str, tuple[float, dict[str, str]]] = {}  # host -> (read at, labels)
 
     async def close(self) -> None:
-        await self.default.close()
-
-    def client(self, conf: NetConf) -> LeanRomanadClient:
-        """The agent's romanad client: the one romanad (and token) it was started with."""
-        return self.default
+        await self.client.close()
 
     async def allocate(
         self,
-        client: LeanRomanadClient,
         name: str,
         host: str,
         tenant: str,
@@ -52,16 +47,16 @@ class Allocator:
         labels: dict[str, str] | None = None,
         ports: list[dict[str, Any]] | None = None,
         pod: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> AddressJson:
         """The pod's segment is its own ``segment_label`` label if it has one, else the
         host's; ``labels`` and ``ports`` go with the allocation (policies select by them),
         and ``pod`` (``{namespace, name, uid}``) ties the address to its pod."""
         if labels and segment_label in labels:
             segment = labels[segment_label]
         else:
-            segment = await self.segment(client, host, segment_label)
+            segment = await self.segment(host, segment_label)
         try:
-            return await client.allocate(name, host, tenant, segment, labels, ports, pod)
+            return await self.client.allocate(name, host, tenant, segment, labels, ports, pod)
         except Unreachable as exc:
             raise _unreachable("allocate an address", exc) from None
         except RomanaError as exc:
@@ -72,7 +67,7 @@ class Allocator:
             # ADDs an attachment twice without a DEL, so for this host and tenant it is this
             # pod's address from an ADD whose answer got lost, allocated when the host's
             # segment label said something else: the pod keeps it.
-            existing = await self.lookup(client, name)
+            existing = await self.lookup(name)
             if existing is None or existing["host"] != host or existing["tenant"] != tenant:
                 raise _refused("allocate an address", exc) from None
             log.warning(
@@ -81,31 +76,30 @@ class Allocator:
             )
             return existing
 
-    async def release(self, client: LeanRomanadClient, name: str) -> dict[str, Any] | None:
+    async def release(self, name: str) -> AddressJson | None:
         """The released address, or None if it was not allocated (DEL is idempotent)."""
-        return await _ask("release an address", client.release(name))
+        return await _ask("release an address", self.client.release(name))
 
-    async def lookup(self, client: LeanRomanadClient, name: str) -> dict[str, Any] | None:
-        return await _ask("look up an address", client.address(name))
+    async def lookup(self, name: str) -> AddressJson | None:
+        return await _ask("look up an address", self.client.address(name))
 
-    async def addresses(self, client: LeanRomanadClient, host: str) -> list[dict[str, Any]]:
-        return await _ask("list the host's addresses", client.addresses(host))
+    async def addresses(self, host: str) -> list[AddressJson]:
+        return await _ask("list the host's addresses", self.client.addresses(host))
 
-    async def segment(self, client: LeanRomanadClient, host: str, label: str) -> str:
+    async def segment(self, host: str, label: str) -> str:
         if not label:
             return ""
-        key = (id(client), host)
-        cached = self._labels.get(key)
+        cached = self._labels.get(host)
         now = time.monotonic()
         if cached is None or now - cached[0] > self.label_ttl:
-            answer = await _ask("read this host's labels", client.host(host))
-            cached = self._labels[key] = (now, dict(answer.get("labels") or {}))
+            answer = await _ask("read this host's labels", self.client.host(host))
+            cached = self._labels[host] = (now, dict(answer.get("labels") or {}))
         return cached[1].get(label, "")
 
-    async def ready(self, client: LeanRomanadClient, host: str) -> None:
+    async def ready(self, host: str) -> None:
         """STATUS: romanad answers and knows this host, so an ADD can succeed."""
         try:
-            await client.host(host)
+            await self.client.host(host)
         except Unreachable as exc:
             raise CniError(NOT_AVAILABLE, "romanad is unreachable", str(exc)) from None
         except RomanaError as exc:

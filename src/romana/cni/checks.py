@@ -2,7 +2,9 @@
 
 CHECK verifies one attachment against its ADD's result (romanad's allocation and the
 kernel's interfaces, addresses and routes); GC releases this network's attachments on this
-host that the runtime no longer lists. Part of :class:`romana.cni.service.CniService`.
+host that the runtime no longer lists. :class:`romana.cni.service.CniService` holds one
+and hands it what it shares: the kernel's worker threads, which attachments have a command
+in flight, and its DEL.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from romana.cni.allocator import Allocator
 from romana.cni.config import Invocation, split_address_name
@@ -23,18 +24,34 @@ log = logging.getLogger("romana.cni")
 T = TypeVar("T")
 
 
+class KernelStep(Protocol):
+    """Run ``fn(*args)`` on a kernel worker thread; an OSError becomes the CNI error that
+    says the kernel refused to do ``action``."""
+
+    def __call__(self, action: str, fn: Callable[..., T], *args: Any) -> Awaitable[T]: ...
+
+
 class CheckAndGc:
-    podnet: PodNetwork
-    allocator: Allocator
-    host: str
-    _locks: dict[str, asyncio.Lock]
-    _attachment: Callable[[str, str], AbstractAsyncContextManager[None]]
-    _kernel_step: Callable[..., Awaitable[Any]]
-    _del: Callable[[Invocation], Awaitable[None]]
-    _del_ipam: Callable[[Invocation], Awaitable[None]]
+    def __init__(
+        self,
+        podnet: PodNetwork,
+        allocator: Allocator,
+        host: str,
+        kernel_step: KernelStep,
+        in_flight: Callable[[str], bool],
+        delete: Callable[[Invocation], Awaitable[None]],
+    ) -> None:
+        """``in_flight(name)``: a command for that attachment is running or waiting;
+        ``delete(inv)``: the service's DEL, serialised with the attachment's commands."""
+        self.podnet = podnet
+        self.allocator = allocator
+        self.host = host
+        self.kernel_step = kernel_step
+        self.in_flight = in_flight
+        self.delete = delete
 
     # -- CHECK ------------------------------------------------------------------------------
-    async def _check(self, inv: Invocation) -> None:
+    async def check(self, inv: Invocation) -> None:
         conf = inv.conf
         if conf.prev_result is None:
             raise CniError(
@@ -42,8 +59,7 @@ class CheckAndGc:
                 "CHECK needs prevResult",
                 "the runtime must pass the result of the previous ADD",
             )
-        client = self.allocator.client(conf)
-        address = await self.allocator.lookup(client, inv.address_name)
+        address = await self.allocator.lookup(inv.address_name)
         if address is None:
             raise CniError(
                 CHECK_FAILED,
@@ -51,14 +67,14 @@ class CheckAndGc:
                 "the allocation is gone: the pod needs a new ADD",
             )
         problems = []
-        ip, host = str(address["ip"]), self.host
+        ip, host = address["ip"], self.host
         expected = previous_ip(conf.prev_result)
         if expected is not None and expected != ip:
             problems.append(f"romanad says {ip}, ADD reported {expected}")
         if address["host"] != host:
             problems.append(f"the address is allocated to host {address['host']}, not {host}")
         full = inv.mode == "full"
-        problems += await self._kernel_step(
+        problems += await self.kernel_step(
             "inspect the pod's network",
             self.podnet.inspect,
             inv.host_ifname if full else None,
@@ -76,7 +92,7 @@ class CheckAndGc:
             )
 
     # -- GC ---------------------------------------------------------------------------------
-    async def _gc(self, inv: Invocation) -> None:
+    async def gc(self, inv: Invocation) -> None:
         """Release this network's attachments on this host that the runtime no longer lists.
 
         Attachments with a command in flight are left alone (their ADD may be racing the
@@ -84,18 +100,17 @@ class CheckAndGc:
         """
         conf = inv.conf
         valid = conf.valid_attachments or frozenset()
-        client = self.allocator.client(conf)
         stale = []
-        for address in await self.allocator.addresses(client, self.host):
+        for address in await self.allocator.addresses(self.host):
             parts = split_address_name(address["name"])
             if (
                 parts is not None
                 and parts[0] == conf.network
                 and (parts[1], parts[2]) not in valid
-                and address["name"] not in self._locks
+                and not self.in_flight(address["name"])
             ):
                 stale.append(Invocation(inv.mode, "DEL", conf, parts[1], "", parts[2]))
-        outcomes = await asyncio.gather(*(self._collect(s) for s in stale), return_exceptions=True)
+        outcomes = await asyncio.gather(*(self.delete(s) for s in stale), return_exceptions=True)
         failed = [
             (s, o) for s, o in zip(stale, outcomes, strict=True) if isinstance(o, BaseException)
         ]
@@ -115,7 +130,3 @@ class CheckAndGc:
                 f"GC could not clean up {len(failed)} of {len(stale)} stale attachments",
                 "; ".join(f"{s.address_name}: {o}" for s, o in failed),
             )
-
-    async def _collect(self, stale: Invocation) -> None:
-        async with self._attachment(stale.address_name, stale.host_ifname):
-            await (self._del(stale) if stale.mode == "full" else self._del_ipam(stale))

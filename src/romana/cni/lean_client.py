@@ -23,10 +23,11 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 from romana.errors import NotFound, RomanaError, Unreachable, from_wire
+from romana.responses import AddressJson, AddressList, HostJson
 
 MAX_IDLE = 16  # pooled connections kept open
 MAX_HEADER = 64 << 10
@@ -74,7 +75,7 @@ class LeanRomanadClient:
         labels: dict[str, str] | None = None,
         ports: list[dict[str, Any]] | None = None,
         pod: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> AddressJson:
         """``pod``: ``{namespace, name, uid}`` of the pod the address is for."""
         body: dict[str, Any] = {"name": name, "host": host, "tenant": tenant, "segment": segment}
         if labels:
@@ -83,33 +84,31 @@ class LeanRomanadClient:
             body["ports"] = ports
         if pod is not None:
             body["pod"] = dict(pod)
-        return await self.call("POST", "/address", body)  # type: ignore[no-any-return]
+        return cast(AddressJson, await self.call("POST", "/address", body))
 
-    async def address(self, name: str) -> dict[str, Any] | None:
+    async def address(self, name: str) -> AddressJson | None:
         """The address, or None if romanad has none by that name."""
-        return await self._or_none(  # type: ignore[no-any-return]
-            "GET", f"/address/{quote(name, safe='')}"
-        )
+        return cast(AddressJson | None, await self._or_none("GET", f"/address/{_seg(name)}"))
 
-    async def release(self, name: str) -> dict[str, Any] | None:
+    async def release(self, name: str) -> AddressJson | None:
         """Release by name: the released address, or None if it was not allocated."""
-        return await self._or_none(  # type: ignore[no-any-return]
-            "DELETE", "/address?" + urlencode({"name": name})
-        )
+        query = urlencode({"name": name})
+        return cast(AddressJson | None, await self._or_none("DELETE", f"/address?{query}"))
 
-    async def addresses(self, host: str) -> list[dict[str, Any]]:
+    async def addresses(self, host: str) -> list[AddressJson]:
         """Every address of ``host``, page after page."""
-        found: list[dict[str, Any]] = []
+        found: list[AddressJson] = []
         params = {"host": host}
         while True:
-            answer = await self.call("GET", "/addresses?" + urlencode(params))
+            answer = cast(AddressList, await self.call("GET", "/addresses?" + urlencode(params)))
             found += answer["addresses"]
-            if not answer.get("next"):
+            cursor = answer.get("next")
+            if not cursor:
                 return found
-            params = {"host": host, "after": answer["next"]}
+            params = {"host": host, "after": cursor}
 
-    async def host(self, name: str) -> dict[str, Any]:
-        return await self.call("GET", f"/hosts/{quote(name, safe='')}")  # type: ignore[no-any-return]
+    async def host(self, name: str) -> HostJson:
+        return cast(HostJson, await self.call("GET", f"/hosts/{_seg(name)}"))
 
     async def _or_none(self, method: str, path: str) -> Any:
         try:
@@ -185,6 +184,11 @@ class LeanRomanadClient:
         else:
             self._idle.append(connection)
         return status, data
+
+
+def _seg(name: str) -> str:
+    """``name`` as one path segment (a name may hold ``/``)."""
+    return quote(name, safe="")
 
 
 class _ClosedWhileIdle(Exception):

@@ -52,6 +52,7 @@ from romana.cni.result import (
 )
 from romana.errors import RomanaError
 from romana.policy.model import Endpoint, NamedPort
+from romana.responses import AddressJson
 
 log = logging.getLogger("romana.cni")
 T = TypeVar("T")
@@ -77,7 +78,7 @@ class PodDirectory(Protocol):
     async def close(self) -> None: ...
 
 
-class CniService(CheckAndGc):
+class CniService:
     def __init__(
         self,
         podnet: PodNetwork,
@@ -102,6 +103,14 @@ class CniService(CheckAndGc):
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
         self._teardowns: dict[str, asyncio.Future[bool]] = {}
+        self.check_and_gc = CheckAndGc(
+            podnet,
+            allocator,
+            host,
+            self._kernel_step,
+            lambda name: name in self._locks,
+            self._delete_attachment,
+        )
 
     async def close(self) -> None:
         """Finish deferred teardowns, then stop the threads."""
@@ -145,11 +154,10 @@ class CniService(CheckAndGc):
                 "supportedVersions": list(SUPPORTED_VERSIONS),
             }
         if inv.command == "STATUS":
-            client = self.allocator.client(inv.conf)
-            await self.allocator.ready(client, self.host)
+            await self.allocator.ready(self.host)
             return None
         if inv.command == "GC":
-            await self._gc(inv)
+            await self.check_and_gc.gc(inv)
             return None
         if inv.command == "CHECK" and inv.conf.cni_version < "0.4.0":
             raise CniError(INCOMPATIBLE_VERSION, "CHECK needs CNI version 0.4.0 or later")
@@ -159,9 +167,9 @@ class CniService(CheckAndGc):
             if inv.command == "ADD":
                 return await (self._add(inv) if inv.mode == "full" else self._add_ipam(inv))
             if inv.command == "DEL":
-                await (self._del(inv) if inv.mode == "full" else self._del_ipam(inv))
+                await self._delete(inv)
                 return None
-            await self._check(inv)
+            await self.check_and_gc.check(inv)
             return None
 
     async def _with_pod_metadata(self, inv: Invocation) -> Invocation:
@@ -204,16 +212,16 @@ class CniService(CheckAndGc):
             )
             if isinstance(plumbed, Plumbing):
                 plumbing = plumbed
-                undo.append(lambda: self._in(self._slow, self.podnet.delete_link, veth))
+                undo.append(lambda: self._in_pool(self._slow, self.podnet.delete_link, veth))
             for outcome in (allocated, plumbed):  # romanad's first: its 11 makes ADD retry
                 if isinstance(outcome, BaseException):
                     raise outcome
-            assert isinstance(allocated, dict) and plumbing is not None
-            ip = str(allocated["ip"])
+            assert not isinstance(allocated, BaseException) and plumbing is not None
+            ip = allocated["ip"]
             await self._admit(inv, allocated, undo)
             # ~0.15 ms of netlink: inline, so nothing else on the loop (the agent's changes
             # feed wakes on this very allocation) runs before the answer goes out.
-            host, pod = self._now(
+            host, pod = self._kernel_inline(
                 "configure the pod's network", self.podnet.configure, plumbing, ip
             )
         except BaseException:
@@ -230,7 +238,7 @@ class CniService(CheckAndGc):
         undo: list[Undo] = []
         try:
             allocated = await self._allocate(inv, undo)
-            ip = str(allocated["ip"])
+            ip = allocated["ip"]
             await self._admit(inv, allocated, undo)
             if conf.host_route_dev is not None:
                 await self._kernel_step(
@@ -244,11 +252,9 @@ class CniService(CheckAndGc):
             raise
         return ipam_result(conf.cni_version, ip, conf.routes)
 
-    async def _allocate(self, inv: Invocation, undo: list[Undo]) -> dict[str, Any]:
-        client = self.allocator.client(inv.conf)
+    async def _allocate(self, inv: Invocation, undo: list[Undo]) -> AddressJson:
         conf = inv.conf
         address = await self.allocator.allocate(
-            client,
             inv.address_name,
             self.host,
             inv.tenant,
@@ -257,10 +263,10 @@ class CniService(CheckAndGc):
             [{"name": n, "port": p, "protocol": pr} for n, p, pr in conf.ports],
             pod=inv.pod,
         )
-        undo.append(lambda: self.allocator.release(client, inv.address_name))
+        undo.append(lambda: self.allocator.release(inv.address_name))
         return address
 
-    async def _admit(self, inv: Invocation, address: dict[str, Any], undo: list[Undo]) -> None:
+    async def _admit(self, inv: Invocation, address: AddressJson, undo: list[Undo]) -> None:
         """Policies see the pod before it has an address: isolated from its first packet."""
         gate = self.gate
         if gate is None:
@@ -268,10 +274,10 @@ class CniService(CheckAndGc):
         conf = inv.conf
         endpoint = Endpoint(
             inv.address_name,
-            str(address["ip"]),
+            address["ip"],
             self.host,
-            str(address.get("tenant", "")),
-            str(address.get("segment", "")),
+            address["tenant"],
+            address["segment"],
             dict(conf.labels),
             tuple(NamedPort(n, p, pr) for n, p, pr in conf.ports),
         )
@@ -317,32 +323,38 @@ class CniService(CheckAndGc):
         return fd
 
     # -- DEL --------------------------------------------------------------------------------
+    async def _delete(self, inv: Invocation) -> None:
+        await (self._del(inv) if inv.mode == "full" else self._del_ipam(inv))
+
+    async def _delete_attachment(self, inv: Invocation) -> None:
+        """DEL after the attachment's other commands (GC's, for an attachment it found)."""
+        async with self._attachment(inv.address_name, inv.host_ifname):
+            await self._delete(inv)
+
     async def _del(self, inv: Invocation) -> None:
-        client = self.allocator.client(inv.conf)
         veth = inv.host_ifname
         # Cut the pod off first (one netlink request, inline): once the address is released
         # it may be handed to another pod, and no route may lead to this one then.
-        if self._now("detach the pod's veth", self.podnet.detach, veth):
+        if self._kernel_inline("detach the pod's veth", self.podnet.detach, veth):
             self._delete_later(veth)
-        await self.allocator.release(client, inv.address_name)  # unreachable: 11, DEL retried
+        await self.allocator.release(inv.address_name)  # unreachable: 11, DEL retried
         if self.gate is not None:
             await self.gate.forget(inv.address_name)
 
     async def _del_ipam(self, inv: Invocation) -> None:
-        client = self.allocator.client(inv.conf)
-        released = await self.allocator.release(client, inv.address_name)
+        released = await self.allocator.release(inv.address_name)
         if self.gate is not None:
             await self.gate.forget(inv.address_name)
         # Only the route to the address released here: had it been released before, the
         # address may belong to another pod by now.
         if released is not None and inv.conf.host_route_dev is not None:
             await self._kernel_step(
-                "remove the host route", self.podnet.delete_host_route, str(released["ip"])
+                "remove the host route", self.podnet.delete_host_route, released["ip"]
             )
 
     def _delete_later(self, veth: str) -> None:
         """Delete the veth after answering: ~16 ms of kernel time nobody has to wait for."""
-        task = asyncio.ensure_future(self._in(self._slow, self.podnet.delete_link, veth))
+        task = asyncio.ensure_future(self._in_pool(self._slow, self.podnet.delete_link, veth))
         self._teardowns[veth] = task
 
         def done(future: asyncio.Future[bool]) -> None:
@@ -376,10 +388,10 @@ class CniService(CheckAndGc):
             if not self._waiting[name]:
                 del self._waiting[name], self._locks[name]
 
-    async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _in_pool(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def _now(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+    def _kernel_inline(self, action: str, fn: Callable[..., T], *args: Any) -> T:
         """Short kernel work on the event loop's thread itself (no thread hand-offs)."""
         try:
             return fn(*args)
@@ -387,8 +399,9 @@ class CniService(CheckAndGc):
             raise _kernel_error(action, exc) from None
 
     async def _kernel_step(self, action: str, fn: Callable[..., T], *args: Any) -> T:
+        """Kernel work on a worker thread (see :class:`romana.cni.checks.KernelStep`)."""
         try:
-            return await self._in(self._kernel, fn, *args)
+            return await self._in_pool(self._kernel, fn, *args)
         except OSError as exc:
             raise _kernel_error(action, exc) from None
 

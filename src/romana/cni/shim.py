@@ -1,5 +1,5 @@
-"""The CNI plugin's protocol, in Python: the reference for ``plugin.c``, and the console
-scripts ``romana-cni`` and ``romana-ipam``.
+"""The CNI plugin's protocol, in Python: the reference for ``plugin.c``, run by the console
+scripts ``romana-cni`` and ``romana-ipam`` (:mod:`romana.cni.cli`).
 
 What nodes run is ``plugin.c`` built statically (``romana-cni install`` copies it): a
 runtime starts one process per CNI call, and a static executable needs nothing on the
@@ -252,31 +252,6 @@ def _write(data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[posix.write(1, view) :]
-
-
-def _version_flag(program: str) -> None:
-    """``--version``: the one version of the project (``romana.__version__``)."""
-    if sys.argv[1:] == ["--version"]:
-        from romana.buildinfo import version_line
-
-        print(version_line(program))
-        sys.exit(0)
-
-
-def main() -> None:
-    """Console script ``romana-cni``: the full plugin; ``romana-cni install ...`` installs."""
-    _version_flag("romana-cni")
-    if len(sys.argv) > 1 and not posix.environ.get(b"CNI_COMMAND"):
-        from romana.cni.install import main as install
-
-        sys.exit(install(sys.argv[1:]))
-    sys.exit(run("full"))
-
-
-def main_ipam() -> None:
-    """Console script ``romana-ipam``: the IPAM-only plugin."""
-    _version_flag("romana-ipam")
-    sys.exit(run("ipam"))
 
 
 if __name__ == "__main__":

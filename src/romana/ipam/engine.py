@@ -1,8 +1,10 @@
 """The IPAM engine: every operation checks its request, plans facts, then commits them.
 
-Planning never mutates state. ``commit`` hands the facts to the sink (the store, which
-makes them durable) and only then applies them, so a failed write leaves memory unchanged
-and an acknowledged change is always on disk first.
+Planning never mutates state. ``commit`` hands the facts to the sink, then applies them
+(with their inverses in the undo journal while one is open). Under romanad
+(:mod:`romana.api.service`) the sink only queues: memory is applied first, the queued
+facts are appended to the store, and an append that fails is undone from the journal, so
+no change is acknowledged, or shown to a reader, before it is durable.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ from romana.ipam.facts import (
 )
 from romana.ipam.groups import GroupNode, NetworkTree
 from romana.ipam.placement import AreaChange, choose_block, claim, emptied
+from romana.ipam.policy_book import StoredPolicy
+from romana.ipam.policy_operations import PolicyOperations
 from romana.ipam.reads import EngineReads
 from romana.ipam.replan import plan_topology
 from romana.ipam.state import HostRecord, IpamState
 from romana.ipam.undo import Journal, inverse
 from romana.ipam.views import AddressView, HostView
-from romana.policy.operations import PolicyOperations
+from romana.policy.inputs import PolicyInputs
+from romana.policy.model import Policy
+from romana.responses import TenantJson
 from romana.topology.model import Topology
 from romana.topology.validate import check
 
@@ -47,8 +53,8 @@ Ports = Sequence[Mapping[str, Any]]
 Pod = Mapping[str, str]  # {namespace, name, uid}: see romana.ipam.facts.PodRef
 
 
-class Engine(EngineReads, PolicyOperations):
-    """Topology-aware IPAM over an in-memory state; see ARCHITECTURE.md for the rules."""
+class Engine(EngineReads):
+    """Topology-aware IPAM over an in-memory state; docs/architecture.md has the rules."""
 
     def __init__(self, sink: FactSink | None = None) -> None:
         self.state = IpamState()
@@ -56,6 +62,7 @@ class Engine(EngineReads, PolicyOperations):
         # Called with facts after they are applied (route tracking, metrics).
         self.observers: list[FactSink] = []
         self.journal: Journal | None = None
+        self.policy_operations = PolicyOperations(lambda: self.state, self.commit)
 
     @property
     def revision(self) -> int:
@@ -426,6 +433,45 @@ class Engine(EngineReads, PolicyOperations):
         if address is None:
             raise NotFound(f'no address named or numbered "{name_or_ip}"')
         return address
+
+    # -- endpoint metadata, tenant labels, policies: romana.ipam.policy_operations ----
+    def endpoint_facts(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None,
+        ports: Ports | None,
+        pod: Pod | None = None,
+    ) -> list[Fact]:
+        return self.policy_operations.endpoint_facts(name, labels, ports, pod)
+
+    def label_endpoint(
+        self, name: str, labels: Mapping[str, str] | None, ports: Ports | None = None
+    ) -> None:
+        self.policy_operations.label_endpoint(name, labels, ports)
+
+    def label_tenant(self, name: str, labels: Mapping[str, str]) -> TenantJson:
+        return self.policy_operations.label_tenant(name, labels)
+
+    def tenant(self, name: str) -> TenantJson:
+        return self.policy_operations.tenant(name)
+
+    def tenants(self) -> list[TenantJson]:
+        return self.policy_operations.tenants()
+
+    def add_policies(self, given: Sequence[tuple[Policy, dict[str, Any]]], replace: bool) -> None:
+        self.policy_operations.add_policies(given, replace)
+
+    def remove_policy(self, key: str) -> StoredPolicy:
+        return self.policy_operations.remove_policy(key)
+
+    def policy(self, key: str) -> StoredPolicy:
+        return self.policy_operations.policy(key)
+
+    def policies(self) -> list[StoredPolicy]:
+        return self.policy_operations.policies()
+
+    def policy_inputs(self) -> PolicyInputs:
+        return self.policy_operations.policy_inputs()
 
     # -- blackouts ------------------------------------------------------------------
     def add_blackout(self, network: str, cidr: str) -> None:

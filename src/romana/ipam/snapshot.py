@@ -3,7 +3,7 @@
 A snapshot is the smallest set of facts that rebuilds the state (topology with hosts,
 blackouts and host areas, then blocks, then addresses) plus the revision it was taken at.
 Restoring goes through the same appliers as live changes, so it cannot disagree with them.
-Version 3 adds endpoint metadata, tenant labels and policies (:mod:`romana.policy.book`);
+Version 3 adds endpoint metadata, tenant labels and policies (:mod:`romana.ipam.policy_book`);
 version 4 the pod an endpoint belongs to (a fourth element of an endpoint's row, when
 known: a build that reads only version 3 would misread it, so it says 4 and is refused
 there by name). Versions 1 (before host areas), 2 (before policies) and 3 (before pods)
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from romana.ipam import policy_book
 from romana.ipam.addr import cidr_str, ip_from_str, ip_to_str
 from romana.ipam.facts import (
     AddressAllocated,
@@ -24,7 +25,6 @@ from romana.ipam.facts import (
     TopologyApplied,
 )
 from romana.ipam.state import IpamState
-from romana.policy import book
 
 FORMAT = "romana-ipam-snapshot"
 VERSION = 4
@@ -80,7 +80,7 @@ def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
         )
     revision = int(snapshot["revision"])
     if snapshot["topology"] is None:
-        return book.facts_of(snapshot.get("policy", {})), revision
+        return policy_book.facts_of(snapshot.get("policy", {})), revision
     facts: list[Fact] = [
         TopologyApplied(
             snapshot["topology"],
@@ -99,7 +99,7 @@ def facts_of(snapshot: dict[str, Any]) -> tuple[list[Fact], int]:
     facts += [
         AddressAllocated(name, net, ip_from_str(ip)) for name, net, ip in snapshot["addresses"]
     ]
-    facts += book.facts_of(snapshot.get("policy", {}))
+    facts += policy_book.facts_of(snapshot.get("policy", {}))
     return facts, revision
 
 

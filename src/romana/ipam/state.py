@@ -38,8 +38,8 @@ from romana.ipam.facts import (
     TopologyApplied,
 )
 from romana.ipam.groups import GroupNode, NetworkTree
+from romana.ipam.policy_book import PolicyBook
 from romana.ipam.pool import FreeBlocks
-from romana.policy.book import PolicyBook
 from romana.topology.model import Topology
 
 OwnerKey = tuple[str, str, str, str]  # host, tenant, segment, network

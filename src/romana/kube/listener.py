@@ -154,12 +154,12 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
     if args.health_listen:
         from prometheus_client import CollectorRegistry
 
-        from romana.publisher.health import serve_in_thread
+        from romana.serving import serve_health_in_thread
 
         registry = CollectorRegistry()
         register_build_info(registry)
         registry.register(_StuckObjects(sync.refusals))
-        serve_in_thread(args.health_listen, registry, health)
+        serve_health_in_thread(log.name, args.health_listen, registry, health)
     log.info("listening to the cluster", extra={"romanad": args.romanad})
     await stopping.wait()
     await supervisor.stop()

@@ -30,18 +30,18 @@ from romana.errors import RouterError
 from romana.publisher import templates
 from romana.publisher.announce import Policy
 from romana.publisher.bird import BirdConfig
-from romana.publisher.health import serve_in_thread
-from romana.publisher.loop import Metrics, Options, Publisher
+from romana.publisher.loop import Metrics, Publisher
+from romana.publisher.options import Options
 from romana.publisher.router import PeerSpec
-from romana.serving import read_token_file
+from romana.serving import read_token_file, serve_health_in_thread
 
 log = logging.getLogger("romana.publisher")
 
 
-def builtin_router_template() -> templates.Source:
+def builtin_router_template() -> templates.TemplateFile:
     from romana.publisher.defaults import ROUTER_BGP
 
-    return templates.Source(Path("<built-in router-bgp.conf.j2>"), ROUTER_BGP)
+    return templates.TemplateFile(Path("<built-in router-bgp.conf.j2>"), ROUTER_BGP)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         if ns.metrics_listen:
             try:
-                serve_in_thread(ns.metrics_listen, metrics.registry, publisher.health)
+                serve_health_in_thread(
+                    log.name, ns.metrics_listen, metrics.registry, publisher.health
+                )
             except (ValueError, OSError) as exc:
                 raise SystemExit(
                     f"romana-publisher: --metrics-listen {ns.metrics_listen}: {exc}"

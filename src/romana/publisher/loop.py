@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -26,8 +25,8 @@ from romana.feed import FeedGuard
 from romana.publisher import source, templates
 from romana.publisher.announce import Policy
 from romana.publisher.bird import BirdConfig
-from romana.publisher.router import PeerSpec
-from romana.publisher.variables import detect_subnet, host_variables, router_variables
+from romana.publisher.options import Options
+from romana.publisher.variables import host_variables, router_variables
 from romana.supervise import Loop
 
 log = logging.getLogger("romana.publisher")
@@ -95,32 +94,6 @@ class Metrics:
             self.failures.labels(stage)
 
 
-@dataclass
-class Options:
-    """What to publish and where: the command line, or the CLI's one-shot equivalent."""
-
-    host: str | None
-    router: str | None
-    url: str
-    token: str | None
-    template: Path | None
-    output: Path
-    bird_socket: str | None
-    bird: str = "bird"
-    subnet: str | None = None
-    local_as: int | None = None
-    neighbor_ip: str | None = None
-    neighbor_as: int | None = None
-    router_id: str | None = None
-    peer_as: int | None = None
-    peers: dict[str, PeerSpec] = field(default_factory=dict)
-    strict: bool = False
-    announce: Policy = Policy.BLOCKS
-    args: dict[str, str] = field(default_factory=dict)
-    poll: float = 10.0
-    once: bool = False
-
-
 class Publisher:
     """The loop: read, render when inputs changed, apply safely, follow the feed."""
 
@@ -130,7 +103,7 @@ class Publisher:
         client: RomanaClient,
         bird: BirdConfig,
         metrics: Metrics,
-        builtin: templates.Source | None = None,
+        builtin: templates.TemplateFile | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.opts = opts
@@ -175,7 +148,7 @@ class Publisher:
                     self.host_inputs, placements={}, local=(), group_sizes={}
                 )
             if self.subnet is None and not self._detected:
-                self.subnet = detect_subnet(self.host_inputs.ip)
+                self.subnet = templates.detect_subnet(self.host_inputs.ip)
                 self._detected = True
         if self.since is None or since > self.since:
             self.since = since
@@ -240,12 +213,12 @@ class Publisher:
         self.metrics.prefixes.set(len(variables["networks"]))
         return variables
 
-    def template(self) -> templates.Source:
+    def template(self) -> templates.TemplateFile:
         if self.opts.template is None:
             assert self.builtin is not None
             return self.builtin
         ip = self.host_inputs.ip if self.host_inputs else None
-        return templates.Source.read(templates.find(self.opts.template, ip, self.subnet))
+        return templates.TemplateFile.read(templates.find(self.opts.template, ip, self.subnet))
 
     def render_current(self) -> str:
         """Read romanad once and render (raises RomanaError, RouterError, TemplateError)."""

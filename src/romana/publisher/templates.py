@@ -17,7 +17,9 @@ keeps the last good configuration on any error).
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,24 @@ def candidates(template: Path, host_ip: str | None = None, subnet: str | None = 
     return list(dict.fromkeys(out))  # a /32 subnet names the host's own file: try it once
 
 
+def detect_subnet(ip: str) -> str | None:
+    """The subnet of the interface holding ``ip`` in this network namespace, if any: the
+    second choice of :func:`candidates`."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, timeout=5
+        ).stdout
+        links = json.loads(out or "[]")
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    for link in links:
+        for addr in link.get("addr_info", []):
+            if addr.get("local") == ip:
+                net = ipaddress.IPv4Network(f"{ip}/{addr.get('prefixlen', 32)}", strict=False)
+                return str(net) if net.prefixlen < 32 else None
+    return None
+
+
 def find(template: Path, host_ip: str | None = None, subnet: str | None = None) -> Path:
     """The best-matching existing file (raises TemplateError naming every file tried)."""
     tried = candidates(template, host_ip, subnet)
@@ -50,14 +70,14 @@ def find(template: Path, host_ip: str | None = None, subnet: str | None = None) 
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
-    """A template's file and text, read once, so a change of either is a new source."""
+class TemplateFile:
+    """A template's file and text, read once, so a change of either is a new template."""
 
     path: Path
     text: str
 
     @classmethod
-    def read(cls, path: Path) -> Source:
+    def read(cls, path: Path) -> TemplateFile:
         try:
             return cls(path, path.read_text())
         except (OSError, UnicodeDecodeError) as exc:
@@ -135,21 +155,21 @@ def environment(loader: jinja2.BaseLoader | None = None) -> jinja2.Environment:
     return env
 
 
-def render(source: Source, variables: Mapping[str, Any]) -> str:
-    """Render ``source`` with ``variables``; ``{% include %}`` resolves next to the file."""
-    env = environment(jinja2.FileSystemLoader(str(source.path.parent)))
+def render(template: TemplateFile, variables: Mapping[str, Any]) -> str:
+    """Render ``template`` with ``variables``; ``{% include %}`` resolves next to the file."""
+    env = environment(jinja2.FileSystemLoader(str(template.path.parent)))
     try:
-        return env.from_string(source.text).render(**variables)
+        return env.from_string(template.text).render(**variables)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
-            f"{source.path}:{exc.lineno}: template syntax error: {exc.message}"
+            f"{template.path}:{exc.lineno}: template syntax error: {exc.message}"
         ) from exc
     except jinja2.TemplateError as exc:  # undefined variables, missing includes, ...
         line = _template_line(exc)
-        where = f"{source.path}:{line}" if line else str(source.path)
+        where = f"{template.path}:{line}" if line else str(template.path)
         raise TemplateError(f"{where}: {type(exc).__name__}: {exc}") from exc
     except (TypeError, ValueError, ArithmeticError) as exc:  # e.g. a filter on a bad value
-        raise TemplateError(f"{source.path}: {type(exc).__name__}: {exc}") from exc
+        raise TemplateError(f"{template.path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _template_line(exc: BaseException) -> int | None:

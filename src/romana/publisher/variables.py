@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import subprocess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from romana.publisher import source
 from romana.publisher.announce import announced
+from romana.publisher.options import Options
 from romana.publisher.router import missing_as, pattern, router_data
-
-if TYPE_CHECKING:
-    from romana.publisher.loop import Options
 
 
 def common_variables(opts: Options) -> dict[str, Any]:
@@ -63,20 +58,3 @@ def router_variables(opts: Options, inputs: source.RouterInputs) -> dict[str, An
         "unpeered": list(data.unpeered),
         "missing_as": missing_as(data),
     }
-
-
-def detect_subnet(ip: str) -> str | None:
-    """The subnet of the interface holding ``ip`` in this network namespace, if any."""
-    try:
-        out = subprocess.run(
-            ["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, timeout=5
-        ).stdout
-        links = json.loads(out or "[]")
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        return None
-    for link in links:
-        for addr in link.get("addr_info", []):
-            if addr.get("local") == ip:
-                net = ipaddress.IPv4Network(f"{ip}/{addr.get('prefixlen', 32)}", strict=False)
-                return str(net) if net.prefixlen < 32 else None
-    return None

@@ -1,6 +1,6 @@
 """Route sets as a pure function of the IPAM state, for every vantage point.
 
-The rules (ARCHITECTURE.md, "Routes"):
+The rules (docs/architecture.md):
 1. a prefix group whose hosts all sit behind one next hop gets one route for its whole
    CIDR: a parent router routes each populated child group's CIDR to that child's router,
    and a leaf's router routes the whole leaf to its host when the host is alone there;

@@ -1,4 +1,4 @@
-"""A :class:`~romana.store.base.Store` in etcd (``romanad --store etcd://HOST:PORT,...``).
+"""A :class:`~romana.store.base.SharedStore` in etcd (``romanad --store etcd://HOST:PORT,...``).
 
 Keys under ``--etcd-prefix`` (default ``/romana``)::
 
@@ -29,13 +29,13 @@ import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from romana.errors import Compacted, OutcomeUnknown, RevisionConflict, StoreDamaged, StoreError
+from romana.store.base import FactJson, SharedStore
 from romana.store.etcd_client import EtcdClient, b64, prefix_end
 
-FactJson = dict[str, Any]
 CHUNK = 512 * 1024  # bytes of snapshot text per key: base64 keeps a put under 1.5 MiB
 MAX_BATCH = 1024 * 1024  # bytes of one append: etcd refuses requests over 1.5 MiB
 HISTORY_KEPT = 10_000  # etcd revisions kept when its history is compacted
@@ -53,8 +53,8 @@ def parse_url(url: str) -> list[str]:
 WATCH_FOR = 10.0  # seconds per watch request: then watched again on the current endpoint
 
 
-class EtcdStore:
-    shared = True  # several romanad replicas may append to one prefix
+class EtcdStore(SharedStore):
+    shared: Literal[True] = True  # several romanad replicas may append to one prefix
 
     def __init__(self, client: EtcdClient, prefix: str = "/romana") -> None:
         self.client = client

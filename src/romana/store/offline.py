@@ -3,6 +3,9 @@
 These open ``romana.db`` read-only and take no lock, so ``check`` and ``backup`` run beside
 a live romanad (SQLite's WAL gives a consistent view of one instant). ``restore`` writes a
 data directory and refuses one that a romanad holds.
+
+Checking replays the store through the engine; the store package knows no engine, so the
+caller passes the replay in (:func:`romana.ipam.replay.hosts_and_addresses`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,11 @@ from romana.store.datadir import (
     read_marker,
     release_lock,
 )
-from romana.store.replay import rebuild
 from romana.store.sqlite import _HEAD_SQL, copy_database
+
+# The newest snapshot, the facts after it and where they are from, replayed: the hosts and
+# addresses of the state they describe, or StoreDamaged naming the first damage.
+Replay = Callable[[dict[str, Any] | None, list[tuple[int, Any]], str], tuple[int, int]]
 
 
 @dataclass(slots=True)
@@ -66,9 +73,9 @@ def _open_read_only(data_dir: Path) -> sqlite3.Connection:
         raise StoreError(f"cannot open {path}: {exc}") from exc
 
 
-def check(data_dir: Path) -> CheckReport:
+def check(data_dir: Path, replay: Replay) -> CheckReport:
     """Everything that can be verified without romanad: the database's integrity, its id
-    and head against ``store.json``, every snapshot and fact read back and replayed."""
+    and head against ``store.json``, every snapshot and fact read back and ``replay``ed."""
     report = CheckReport(str(data_dir))
     try:
         conn = _open_read_only(data_dir)
@@ -76,7 +83,7 @@ def check(data_dir: Path) -> CheckReport:
         report.problems.append(exc.message)
         return report
     try:
-        _check_database(conn, data_dir, report)
+        _check_database(conn, data_dir, report, replay)
     except sqlite3.Error as exc:
         report.problems.append(f"{data_dir / DB_NAME}: {exc}")
     finally:
@@ -84,7 +91,9 @@ def check(data_dir: Path) -> CheckReport:
     return report
 
 
-def _check_database(conn: sqlite3.Connection, data_dir: Path, report: CheckReport) -> None:
+def _check_database(
+    conn: sqlite3.Connection, data_dir: Path, report: CheckReport, replay: Replay
+) -> None:
     integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     if integrity != "ok":
         report.problems.append(f"SQLite integrity check: {integrity}")
@@ -145,12 +154,9 @@ def _check_database(conn: sqlite3.Connection, data_dir: Path, report: CheckRepor
             return
     report.facts = f"{after + 1}..{expected - 1}" if facts else "none after the snapshot"
     try:
-        engine = rebuild(snapshot, facts, str(data_dir))
+        report.hosts, report.addresses = replay(snapshot, facts, str(data_dir))
     except StoreDamaged as exc:
         report.problems.append(exc.message)
-        return
-    report.hosts = len(engine.state.hosts)
-    report.addresses = len(engine.state.addresses)
 
 
 def backup(data_dir: Path, dest: Path) -> int:
@@ -172,11 +178,11 @@ def backup(data_dir: Path, dest: Path) -> int:
         conn.close()
 
 
-def restore(backup_dir: Path, data_dir: Path) -> int:
+def restore(backup_dir: Path, data_dir: Path, replay: Replay) -> int:
     """Make ``data_dir`` the store in ``backup_dir``; returns its head. The backup is
-    checked first; a data directory romanad holds is refused (stop it first). The old
-    contents are kept beside it as ``DATA_DIR.replaced-<revision>``."""
-    report = check(backup_dir)
+    checked first (:func:`check`); a data directory romanad holds is refused (stop it
+    first). The old contents are kept beside it as ``DATA_DIR.replaced-<revision>``."""
+    report = check(backup_dir, replay)
     if not report.ok:
         raise StoreDamaged(f"backup {backup_dir} does not check out: " + "; ".join(report.problems))
     if data_dir.exists():

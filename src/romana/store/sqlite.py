@@ -42,7 +42,7 @@ from romana.errors import (
     StoreDamaged,
     StoreError,
 )
-from romana.store.base import FactJson
+from romana.store.base import DAMAGE_FIX, FactJson, Store
 from romana.store.datadir import (
     DB_NAME,
     MARKER_NAME,
@@ -55,10 +55,6 @@ from romana.store.datadir import (
 )
 
 SCHEMA_VERSION = 1
-DAMAGE_FIX = (
-    "run `romana store check DATA_DIR` for every problem; restore the data "
-    "directory from a backup (`romana store restore`)"
-)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -78,8 +74,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-class SqliteStore:
+class SqliteStore(Store):
     """A :class:`~romana.store.base.Store` in ``data_dir/romana.db``, locked to this process."""
+
+    shared = False  # one romanad: the lock on the data directory keeps others out
 
     def __init__(self, data_dir: Path | str, accept_loss: bool = False) -> None:
         self.data_dir = Path(data_dir)

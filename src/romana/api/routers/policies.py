@@ -7,7 +7,7 @@ JSON path of what is wrong); the engine only checks conflicts and records facts.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body
 from fastapi.exceptions import RequestValidationError
@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 from romana.api.context import ERRORS, DurableEngine, State, Writer
 from romana.api.models import EndpointMetadata, TenantName, ports_json
 from romana.errors import InvalidRequest
+from romana.ipam.policy_book import StoredPolicy
 from romana.names import check_labels
-from romana.policy.book import StoredPolicy
 from romana.policy.k8s import NetworkPolicy, policy_key
 from romana.policy.model import Policy
 from romana.policy.native import LegacyDocument, RomanaPolicy
@@ -63,13 +63,12 @@ router = APIRouter(tags=["policies"], responses=ERRORS)
 # -- tenants and endpoints ---------------------------------------------------------------------
 @router.get("/tenants")
 async def tenants(engine: DurableEngine) -> TenantList:
-    # TODO(after the policy record moves into ipam/): type tenants() there, drop the casts.
-    return {"revision": engine.revision, "tenants": cast(list[TenantJson], engine.tenants())}
+    return {"revision": engine.revision, "tenants": engine.tenants()}
 
 
 @router.get("/tenants/{name}")
 async def get_tenant(name: str, engine: DurableEngine) -> TenantJson:
-    return cast(TenantJson, engine.tenant(_tenant(name)))
+    return engine.tenant(_tenant(name))
 
 
 @router.put("/tenants/{name}")
@@ -82,7 +81,7 @@ async def put_tenant(
         body = body["labels"]
     labels = _labels(body)
     engine = service.engine
-    return cast(TenantJson, await service.mutate(lambda: engine.label_tenant(tenant, labels)))
+    return await service.mutate(lambda: engine.label_tenant(tenant, labels))
 
 
 @router.put("/address/{name}/labels")

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from romana.errors import StoreDamaged
-from romana.ipam import Engine, fact_from_json
-from romana.store.sqlite import DAMAGE_FIX as FIX
+from romana.ipam.engine import Engine
+from romana.ipam.facts import fact_from_json
+from romana.store.base import DAMAGE_FIX as FIX
 
 
 def rebuild(
@@ -52,6 +53,15 @@ def rebuild(
                 f"{where}: fact {revision} arrived at engine revision {engine.revision}", [FIX]
             )
     return engine
+
+
+def hosts_and_addresses(
+    snapshot: dict[str, Any] | None, facts: Iterable[tuple[int, Any]], where: str
+) -> tuple[int, int]:
+    """How many hosts and addresses the store holds, replayed: what ``romana store check``
+    reports (:func:`romana.store.offline.check`); StoreDamaged as :func:`rebuild`."""
+    state = rebuild(snapshot, facts, where).state
+    return len(state.hosts), len(state.addresses)
 
 
 def _what(exc: Exception) -> str:

@@ -1,8 +1,9 @@
 """The engine's policy operations: endpoint and tenant labels, policies added and removed.
 
-Mixed into :class:`romana.ipam.engine.Engine`: like every engine operation each checks its
-request, plans facts and commits them (durable first), so policy changes share the log,
-the changes feed, replay and snapshots with addresses.
+:class:`romana.ipam.engine.Engine` holds one and passes these calls to it. Like every
+engine operation, each checks its request, plans facts and hands them to the engine's
+``commit``, so policy changes share the log, the changes feed, replay, snapshots and
+romanad's undo journal with addresses.
 """
 
 from __future__ import annotations
@@ -20,15 +21,22 @@ from romana.ipam.facts import (
     PolicyRemoved,
     TenantLabeled,
 )
+from romana.ipam.policy_book import StoredPolicy
 from romana.ipam.state import IpamState
-from romana.policy.book import StoredPolicy
 from romana.policy.inputs import PolicyInputs, ports_from_json
 from romana.policy.model import Endpoint, Policy, tenant_labels
+from romana.responses import TenantJson
 
 
 class PolicyOperations:
-    state: IpamState
-    commit: Callable[[list[Fact]], None]
+    """Reads the engine's state through ``state`` at each call: romanad replaces the state
+    when it rebuilds it from the store."""
+
+    def __init__(
+        self, state: Callable[[], IpamState], commit: Callable[[list[Fact]], None]
+    ) -> None:
+        self._state = state
+        self._commit = commit
 
     # -- endpoints and tenants ------------------------------------------------------------
     def endpoint_facts(
@@ -40,7 +48,7 @@ class PolicyOperations:
     ) -> list[Fact]:
         """The fact giving address ``name`` these labels, ports and pod (None: keep what
         it has); [] if that is what it has."""
-        old = self.state.book.endpoints.get(name)
+        old = self._state().book.endpoints.get(name)
         new_labels = dict(labels) if labels is not None else dict(old.labels if old else {})
         new_ports = (
             [dict(p) for p in ports] if ports is not None else list(old.ports if old else [])
@@ -63,25 +71,26 @@ class PolicyOperations:
         ports: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """Replace an endpoint's labels and/or ports (None: keep); its pod stays."""
-        if name not in self.state.addresses:
+        if name not in self._state().addresses:
             raise NotFound(f'address "{name}" not found')
         facts = self.endpoint_facts(name, labels, ports)
         if facts:
-            self.commit(facts)
+            self._commit(facts)
 
-    def label_tenant(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    def label_tenant(self, name: str, labels: Mapping[str, str]) -> TenantJson:
         labels = dict(labels)
-        if self.state.book.tenants.get(name, {}) != labels:
-            self.commit([TenantLabeled(name, labels)])
+        if self._state().book.tenants.get(name, {}) != labels:
+            self._commit([TenantLabeled(name, labels)])
         return self.tenant(name)
 
-    def tenant(self, name: str) -> dict[str, Any]:
-        own = self.state.book.tenants.get(name, {})
+    def tenant(self, name: str) -> TenantJson:
+        own = self._state().book.tenants.get(name, {})
         return {"name": name, "labels": own, "effective_labels": tenant_labels(name, own)}
 
-    def tenants(self) -> list[dict[str, Any]]:
-        known = set(self.state.book.tenants)
-        known |= {b.tenant for b in self.state.blocks.values() if b.tenant}
+    def tenants(self) -> list[TenantJson]:
+        st = self._state()
+        known = set(st.book.tenants)
+        known |= {b.tenant for b in st.blocks.values() if b.tenant}
         return [self.tenant(name) for name in sorted(known)]
 
     # -- policies -------------------------------------------------------------------------
@@ -94,32 +103,32 @@ class PolicyOperations:
         if repeated:
             raise Conflict(f"policy ids given twice: {', '.join(repeated)}")
         for policy, source in given:
-            old = self.state.book.policies.get(policy.key)
+            old = self._state().book.policies.get(policy.key)
             document = policy.to_json()
             if old is not None and not replace:
                 raise Conflict(f'policy "{policy.key}" exists', ["remove it first to replace it"])
             if old is None or old.policy != document or old.source != source:
                 facts.append(PolicyAdded(policy.key, document, source))
         if facts:
-            self.commit(facts)
+            self._commit(facts)
 
     def remove_policy(self, key: str) -> StoredPolicy:
         stored = self.policy(key)
-        self.commit([PolicyRemoved(key)])
+        self._commit([PolicyRemoved(key)])
         return stored
 
     def policy(self, key: str) -> StoredPolicy:
-        stored = self.state.book.policies.get(key)
+        stored = self._state().book.policies.get(key)
         if stored is None:
             raise NotFound(f'policy "{key}" not found')
         return stored
 
     def policies(self) -> list[StoredPolicy]:
-        return sorted(self.state.book.policies.values(), key=lambda p: p.key)
+        return sorted(self._state().book.policies.values(), key=lambda p: p.key)
 
     def policy_inputs(self) -> PolicyInputs:
         """What agents compile their rules from (``GET /policy/state``)."""
-        st = self.state
+        st = self._state()
         inputs = PolicyInputs(st.revision)
         # Sorted: insertion order differs between replicas (see romana.ipam.undo).
         inputs.tenants = {k: dict(v) for k, v in sorted(st.book.tenants.items())}

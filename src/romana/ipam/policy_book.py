@@ -3,7 +3,7 @@ policies (applied from facts).
 
 It lives inside :class:`romana.ipam.state.IpamState` so that one log, one replay and one
 snapshot carry addresses and the metadata policies select them by; an address released
-takes its endpoint metadata with it.
+takes its endpoint metadata with it. What agents compile from it is :mod:`romana.policy`.
 """
 
 from __future__ import annotations
