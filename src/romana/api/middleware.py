@@ -3,6 +3,8 @@ with ``--auth-reads``, the token on reads too."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import itertools
 import json
@@ -18,6 +20,11 @@ from romana.api.metrics import Metrics
 from romana.errors import Internal, RomanaError, TooLarge, Unauthorized
 
 MAX_BODY = 1 << 20
+# An oversized body is read and thrown away up to this much (and this long) before the 413:
+# answering while the client still sends makes its next write fail with a reset, and it
+# sees no answer at all. Past the cap the 413 goes out at once and the connection closes.
+DRAIN_MAX = 8 * MAX_BODY
+DRAIN_SECONDS = 5.0
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -66,10 +73,13 @@ class LimitsAndTiming:
             too_large = TooLarge(f"request body over {MAX_BODY} bytes")
             for key, value in scope["headers"]:
                 if key == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
+                    if value.isdigit() and int(value) <= DRAIN_MAX:
+                        await _drain(receive, 0)
                     await _answer(too_large, scope, receive, named)
                     return
             body = await _read_body(receive)
             if body is None:
+                await _drain(receive, MAX_BODY)
                 await _answer(too_large, scope, receive, named)
                 return
             await self.app(scope, _replay(body, receive), named)
@@ -150,6 +160,18 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _drain(receive: Receive, already: int) -> None:
+    """Read and discard the rest of a refused body, up to DRAIN_MAX bytes and DRAIN_SECONDS."""
+    size = already
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while size <= DRAIN_MAX:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                size += len(message.get("body", b""))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
