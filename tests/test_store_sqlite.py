@@ -99,7 +99,7 @@ def test_snapshot_plus_later_facts_rebuilds_the_same_state(tmp_path: Path) -> No
         assert snap is not None and snap["revision"] == at
         assert [r for r, _ in facts] == list(range(at + 1, engine.revision + 1))
         rebuilt = Engine.from_snapshot(snap)
-        rebuilt.apply([fact_from_json(f) for _, f in facts])
+        rebuilt.apply_durable([fact_from_json(f) for _, f in facts])
         assert rebuilt.revision == engine.revision
         assert rebuilt.snapshot() == expected
         # Compacting to the snapshot must not change what load() rebuilds.
