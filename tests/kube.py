@@ -1,4 +1,4 @@
-"""A test cluster: the project's Kubernetes API server (``romana.testing.FakeKubeApi``),
+"""A test cluster: the project's Kubernetes API server (``tests/fakes/kube.py``),
 objects built from the real-shaped ones in ``tests/data/kube/``, romana-listener
 processes stopped by PID, and the check that romanad holds what the API server holds."""
 
@@ -22,8 +22,8 @@ from pydantic import ValidationError
 
 from romana.api.client import RomanaClient
 from romana.policy.k8s import NOT_ENFORCED, NetworkPolicy
-from romana.testing import FakeKubeApi, KubeApiThread
 from tests.daemon import Daemon, free_port
+from tests.fakes.kube import FakeKubeApi, KubeApiThread
 
 DATA = Path(__file__).parent / "data" / "kube"
 LISTENER = Path(sys.executable).parent / "romana-listener"

@@ -1,5 +1,5 @@
 """The agent's policy loop on its failure paths, with a scripted romanad and an in-memory
-policy table (``romana.testing``): what a resync keeps and drops, one endpoint per IP, and
+policy table (``tests/fakes``): what a resync keeps and drops, one endpoint per IP, and
 that the reported revision never runs ahead of the table. (The real table and the real
 romanad are in tests/test_policy_e2e.py.)"""
 
@@ -17,7 +17,8 @@ from romana.errors import PolicyError, Unavailable
 from romana.policy.k8s import NetworkPolicy
 from romana.policy.model import Endpoint
 from romana.supervise import Loop
-from romana.testing import FakeNftTable, FakeUpstream
+
+from .fakes.agent import FakeNftTable, FakeUpstream
 
 DENY = NetworkPolicy.model_validate(
     {

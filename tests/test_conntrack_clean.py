@@ -16,15 +16,22 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conntrack_lab import FLOW_HELPERS, tracking_netns
 
-# Shared by every scenario: run inside the namespace, print one JSON object.
+ROOT = Path(__file__).resolve().parent.parent
+# Shared by every scenario: run inside the namespace, print one JSON object. The fakes are
+# the tests' own (tests/fakes), so the checkout goes first on the script's path.
 PRELUDE = (
     FLOW_HELPERS
+    + f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+"""
     + """
 import asyncio, json, socket
 from prometheus_client import CollectorRegistry
@@ -32,7 +39,7 @@ from romana.agent.policy import PolicyEnforcer
 from romana.netlink.conntrack import forget_flows, sweep_flows
 from romana.policy.model import Endpoint
 from romana.supervise import Loop
-from romana.testing import FakeNftTable, FakeUpstream
+from tests.fakes.agent import FakeNftTable, FakeUpstream
 
 class Dumps:
     # The real forgetter, counted: each call is the dumps of one deletion.

@@ -7,7 +7,7 @@ network namespaces made here:
     (romanad, the listener, the token Job,      (the agent)
      the test Kubernetes API server's socket)
 
-The API server is the project's (romana.testing.FakeKubeApi) serving TLS inside node-a;
+The API server is the project's (tests/fakes/kube.py) serving TLS inside node-a;
 the `romanad` Service stands for romanad's pod address (no kube-proxy here). podman keeps
 its storage under the test's temporary directory, removed at the end with every container.
 """

@@ -1,4 +1,4 @@
-"""Failure paths of long-lived loops, injected with romana.testing's fakes: a failing store
+"""Failure paths of long-lived loops, injected with the fakes in tests/fakes: a failing store
 under romanad's service, a scripted romanad and a refusing kernel table under the agent.
 Nothing may stop silently: a loop that fails is logged with its traceback and restarted
 (or ends the process), and health says so."""
@@ -18,9 +18,10 @@ from romana.agent.metrics import AgentMetrics
 from romana.api.service import IpamService
 from romana.errors import FeedRewound, OutcomeUnknown, StoreError, Unavailable, Unreachable
 from romana.supervise import Supervisor
-from romana.testing import FailingStore, FakeRouteTable, FakeUpstream, MemoryStore
 
 from .conftest import racks_topology
+from .fakes.agent import FakeRouteTable, FakeUpstream
+from .fakes.store import FailingStore, MemoryStore
 
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
