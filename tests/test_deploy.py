@@ -390,7 +390,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def test_romanad_as_rendered_refuses_reads_without_the_token(tmp_path: Path) -> None:
     """The rendered command line, run: a pod that reaches the node's address cannot read the
     state without the token; probes and metrics need none; loopback serves too."""
-    from tests.daemon import free_port
+    from .daemon import free_port
 
     spec = pod_spec(render("deploy"), "Deployment", "romanad")
     token, port = "deploy-test-token", free_port()
@@ -419,7 +419,7 @@ def test_romanad_as_rendered_refuses_reads_without_the_token(tmp_path: Path) -> 
 
 def test_without_auth_reads_reads_stay_open_and_the_flag_needs_a_token(tmp_path: Path) -> None:
     """What the flag changes (the test above would pass on an open romanad otherwise)."""
-    from tests.daemon import free_port
+    from .daemon import free_port
 
     spec = pod_spec(render("deploy"), "Deployment", "romanad")
     port = free_port()
@@ -483,7 +483,7 @@ needs_bird = pytest.mark.skipif(
 def test_the_first_config_container_renders_a_config_bird_accepts(tmp_path: Path) -> None:
     """The init container's command as rendered, against a real romanad holding the node
     with the labels the template reads: the file BIRD is started with."""
-    from tests.daemon import running
+    from .daemon import running
 
     objects = render("deploy/overlays/bird")
     spec = pod_spec(objects, "DaemonSet", "romana-publisher")

@@ -58,9 +58,10 @@ from .containerd import (
     plugin_processes,
 )
 from .elf import is_static
-from .netns import Lab, Netns, run, wait_until
+from .lab import Lab, Netns, run
 from .podman import Podman, build_image
 from .podspec import render
+from .wait import wait_until
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("containerd", "ctr", "runc", "umoci", "nft"))
@@ -259,7 +260,7 @@ def test_each_agent_runs_from_the_image_as_the_daemonset_says(world_ready: World
         cluster.client.allocate(f"probe-{name}", host=name, tenant="default")
         try:
             wait_until(lambda n=name: agent_routes(cluster, n), 30,
-                       message=f"{name}'s agent to program its routes")  # fmt: skip
+                       what=f"{name}'s agent to program its routes")  # fmt: skip
         finally:
             cluster.client.release(f"probe-{name}")
         listed = node.netns.exec("nft", "list", "table", "inet", "romana", check=False)
@@ -296,7 +297,7 @@ def test_runtime_pods_get_group_addresses_and_reach_across_nodes(world_ready: Wo
     wait_until(
         lambda: len(rmn_links(cluster, "node1")) == len(veths_before) - 1,
         10,
-        message="a2's host veth to go",
+        what="a2's host veth to go",
     )
     assert ips["a2"] not in {a["ip"] for a in cluster.client.addresses(host="node1")["addresses"]}
     assert world.ping(pods["a1"], ips["b1"])
@@ -341,7 +342,7 @@ def through_an_agent_gap(world: World, tag: str, stop: Callable[[], int],
         text=True,
     )
     try:
-        wait_until(lambda: len(world.processes(a1)) == 2, 10, message="the pinger to run")
+        wait_until(lambda: len(world.processes(a1)) == 2, 10, what="the pinger to run")
         routes_before, nft_before = node_state(cluster, "node2")
         assert any(r.get("dst") == b1_ip for r in routes_before), routes_before
         watcher.start()
@@ -362,7 +363,7 @@ def through_an_agent_gap(world: World, tag: str, stop: Callable[[], int],
                 {("ADD", b3.attachment), ("DEL", b2.attachment)} <= set(plugin_processes(CNI_BIN))
             ),
             30,
-            message="the ADD and the DEL to wait for the agent",
+            what="the ADD and the DEL to wait for the agent",
         )
         start()
         node2.runtime.wait_started(b3)

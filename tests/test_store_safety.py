@@ -20,7 +20,7 @@ from romana.api.client import RomanaClient
 
 from .conftest import racks_topology
 from .daemon import ROMANAD, Daemon, free_port, running
-from .netns import wait_until
+from .wait import wait_until
 
 ROMANA = str(Path(sys.executable).parent / "romana")
 
@@ -33,7 +33,7 @@ def populate(data: Path, count: int = 20, *extra: str, snapshot: bool = False) -
         for i in range(count):
             client.allocate(f"a{i}", "h1", f"t{i % 3}")
         if snapshot:  # the maintenance loop writes it within a second or so
-            wait_until(lambda: snapshots(data) > 0, 10, 0.05, "a snapshot")
+            wait_until(lambda: snapshots(data) > 0, 10, what="a snapshot", interval=0.05)
         return int(client.health()["revision"])
 
 
@@ -168,8 +168,8 @@ def test_a_write_ahead_log_lost_after_kill_9_is_detected(tmp_path: Path) -> None
         wait_until(
             lambda: json.loads((data / "store.json").read_text())["head"] == head,
             10,
-            0.05,
-            "the marker to record the head",
+            what="the marker to record the head",
+            interval=0.05,
         )
     finally:
         daemon.stop(signal.SIGKILL)

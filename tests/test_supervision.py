@@ -22,12 +22,7 @@ from romana.supervise import Supervisor
 from .conftest import racks_topology
 from .fakes.agent import FakeRouteTable, FakeUpstream
 from .fakes.store import FailingStore, MemoryStore
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
+from .wait import wait_until_async
 
 
 def run(coro: Callable[[], Awaitable[None]]) -> None:
@@ -55,13 +50,13 @@ def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
         await service.start()
         for i in range(10):
             await service.mutate(lambda i=i: service.engine.allocate(f"a{i}", "h1"))
-        await until(lambda: service.supervisor.loops["maintenance"].restarts >= 1)
+        await wait_until_async(lambda: service.supervisor.loops["maintenance"].restarts >= 1)
         _, health = service.health()
         assert health["loops"]["maintenance"]["last_error"].startswith("StoreError")
         # Writes never waited on it; the snapshot is written once the store works again.
         await service.mutate(lambda: service.engine.allocate("after", "h1"))
-        await until(lambda: bool(store.inner.snapshots), timeout=15)
-        await until(lambda: service.health()[0], timeout=5)
+        await wait_until_async(lambda: bool(store.inner.snapshots), timeout=15)
+        await wait_until_async(lambda: service.health()[0], timeout=5)
         assert not fatal
         await service.stop()
 
@@ -131,7 +126,7 @@ def test_a_state_that_cannot_be_rebuilt_after_a_failed_append_is_fatal() -> None
         waiting = asyncio.create_task(
             service.mutate(lambda: service.engine.add_blackout("net", "10.1.0.0/30"))
         )
-        await until(lambda: bool(fatal))
+        await wait_until_async(lambda: bool(fatal))
         assert isinstance(fatal[0], OSError)
         ok, health = service.health()
         assert not ok and health["loops"]["group-commit"]["state"] == "failed"
@@ -155,7 +150,7 @@ def test_a_loop_that_returns_counts_as_failed_and_a_silent_one_as_stuck() -> Non
 
         supervisor.start("returns", returns, restart=False)
         supervisor.start("silent", silent, restart=True, stuck_after=0.05)
-        await until(lambda: bool(fatal))
+        await wait_until_async(lambda: bool(fatal))
         assert "returned; it must run until stopped" in str(fatal[0])
         await asyncio.sleep(0.1)
         ok, loops = supervisor.health()
@@ -187,7 +182,7 @@ def test_reads_wait_for_durable_state() -> None:
         await service.start()
         store.gate.clear()
         write = asyncio.create_task(service.mutate(lambda: service.engine.allocate("w", "h1")))
-        await until(lambda: service.engine.revision > service.durable_revision)
+        await wait_until_async(lambda: service.engine.revision > service.durable_revision)
         seen: list[int] = []
 
         async def read() -> None:
@@ -230,7 +225,7 @@ def test_the_repair_loop_survives_a_refused_sync() -> None:
         table.refuse(2)  # the next two syncs fail in the kernel
         table.routes.clear()  # someone flushed our table
         supervisor.start("repair", agent.resync_periodically, restart=True)
-        await until(lambda: "10.1.0.0/24" in table.routes)
+        await wait_until_async(lambda: "10.1.0.0/24" in table.routes)
         assert agent.metrics.errors.labels("OSError")._value.get() >= 1
         assert supervisor.loops["repair"].state == "running"  # the loop did not die
         await supervisor.stop()
@@ -247,13 +242,13 @@ def test_an_unexpected_error_restarts_the_follow_loop(caplog: pytest.LogCaptureF
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: supervisor.loops["follow"].restarts == 1)
+        await wait_until_async(lambda: supervisor.loops["follow"].restarts == 1)
         upstream.route_list = [LOCAL, NEIGHBOUR]
         upstream.revision = 5
         upstream.script = [
             {"revision": 5, "store_id": "store-a", "changes": [{"kind": "block_assigned"}]}
         ]
-        await until(lambda: "10.1.1.0/24" in table.routes, timeout=10)
+        await wait_until_async(lambda: "10.1.1.0/24" in table.routes, timeout=10)
         await supervisor.stop()
         agent.close()
 
@@ -271,7 +266,7 @@ def test_the_agent_refuses_a_rewound_feed_and_keeps_its_routes(change: str) -> N
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: len(table.routes) == 2)
+        await wait_until_async(lambda: len(table.routes) == 2)
         good = dict(table.routes)
         # romanad comes back emptied (a new store) or behind (a lost tail): its route set
         # would remove everything.
@@ -287,7 +282,7 @@ def test_the_agent_refuses_a_rewound_feed_and_keeps_its_routes(change: str) -> N
                 "changes": [{"kind": "topology_applied"}],
             }
         ]
-        await until(lambda: agent.rewound is not None)
+        await wait_until_async(lambda: agent.rewound is not None)
         await asyncio.sleep(0.2)
         assert table.routes == good  # the last good state stays
         assert agent.metrics.errors.labels("FeedRewound")._value.get() >= 1
@@ -312,7 +307,7 @@ def test_a_refused_watch_keeps_the_agents_place_in_the_feed() -> None:
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: upstream.calls.count("watch") >= 4, timeout=10)
+        await wait_until_async(lambda: upstream.calls.count("watch") >= 4, timeout=10)
         assert upstream.calls.count("routes") == 1  # the first sync only
         assert agent.romanad_up  # busy, not away
         await supervisor.stop()
@@ -328,16 +323,16 @@ def test_an_outage_keeps_routes_and_backs_off() -> None:
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: agent.synced.is_set())
+        await wait_until_async(lambda: agent.synced.is_set())
         upstream.down = True
         upstream.script = [Unreachable("gone")]
-        await until(lambda: not agent.romanad_up)
+        await wait_until_async(lambda: not agent.romanad_up)
         calls = len(upstream.calls)
         await asyncio.sleep(0.3)
         assert len(upstream.calls) - calls < 10  # backing off, not spinning
         assert table.routes  # kept
         upstream.down = False
-        await until(lambda: agent.romanad_up, timeout=10)
+        await wait_until_async(lambda: agent.romanad_up, timeout=10)
         assert supervisor.loops["follow"].restarts == 0  # handled, not crashed
         await supervisor.stop()
         agent.close()
