@@ -8,10 +8,10 @@ import asyncio
 import json
 import shutil
 import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import kubernetes_validate
 import pytest
@@ -21,6 +21,7 @@ from lightkube.resources.core_v1 import Namespace, Node, Pod
 from romana.kube.connect import OtherKind, connect, load_config, watch
 
 from .kube import DATA, KubeApiServer, namespace, node, pod, policy
+from .wait import wait_until
 
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
@@ -84,22 +85,43 @@ def test_kubectl_get_lists_pages_and_watches(cluster: KubeApiServer) -> None:
          "-o", "json", "--output-watch-events"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    assert follower.stdout is not None and follower.stderr is not None
+    lines: list[str] = []
+
+    def read(stream: IO[str]) -> None:
+        for line in stream:  # as kubectl writes them
+            lines.append(line)
+
+    reader = threading.Thread(target=read, args=(follower.stdout,), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 20
-        while cluster.control("stats")["watchers"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: cluster.control("stats")["watchers"] >= 1, 20, what="kubectl's watch")
         cluster.delete("nodes", "worker-0")
-        time.sleep(1.0)
+        wait_until(
+            lambda: ("DELETED", "worker-0") in watch_events("".join(lines)),
+            20,
+            what="the DELETED event in kubectl's output",
+        )
     finally:
         follower.terminate()
-        out, err = follower.communicate(timeout=10)
-    decoder, events, text = json.JSONDecoder(), [], out.strip()
+        follower.wait(10)
+        reader.join(10)
+    events = watch_events("".join(lines))
+    assert ("DELETED", "worker-0") in events, (events, follower.stderr.read())
+    assert events.count(("ADDED", "worker-0")) == 1
+
+
+def watch_events(text: str) -> list[tuple[str, str]]:
+    """(type, name) of each whole event in kubectl's ``--output-watch-events`` JSON so far."""
+    decoder, events, text = json.JSONDecoder(), [], text.strip()
     while text:
-        event, end = decoder.raw_decode(text)
+        try:
+            event, end = decoder.raw_decode(text)
+        except json.JSONDecodeError:  # the next event is still being written
+            break
         events.append((event["type"], event["object"]["metadata"]["name"]))
         text = text[end:].strip()
-    assert ("DELETED", "worker-0") in events, (events, err)
-    assert events.count(("ADDED", "worker-0")) == 1
+    return events
 
 
 def run(coro: Any) -> Any:

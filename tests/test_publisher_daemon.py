@@ -210,6 +210,15 @@ def publisher_argv(daemon_url: str, tmp_path: Path, **flags: object) -> list[str
     )
 
 
+def healthz_served(romanad_url: str) -> float:
+    """How many ``GET /healthz`` romanad has answered (its request histogram's count)."""
+    metrics = httpx.get(f"{romanad_url}/metrics", timeout=5).text
+    found = re.search(
+        r'^romana_request_seconds_count\{method="GET",route="/healthz"\} (\S+)$', metrics, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
 def stop(proc: subprocess.Popen[bytes]) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -409,7 +418,14 @@ def test_a_rewound_feed_keeps_the_configuration_until_restart(tmp_path: Path) ->
             assert "now serves store" in str(health()["feed_problem"])
             metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
             assert "romana_publisher_feed_rewound 1.0" in metrics
-            time.sleep(1.5)  # three more polls: still the configuration of the first store
+            # Three more looks at the rewound feed (each starts with GET /healthz): still
+            # the configuration of the first store.
+            looked = healthz_served(second.url)
+            wait_until(
+                lambda: healthz_served(second.url) >= looked + 3,
+                30,
+                what="the publisher to look at the rewound feed three more times",
+            )
             assert out.read_text() == good and proc.poll() is None
             # A restart accepts the store it finds.
             stop(proc)

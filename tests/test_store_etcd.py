@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from romana.errors import Compacted, OutcomeUnknown, RevisionConflict, StoreError
@@ -23,6 +25,7 @@ from romana.topology import read_file
 from .conftest import EXAMPLES
 from .daemon import Daemon, free_port
 from .etcd import EtcdMember, etcd_cluster
+from .wait import wait_until_async
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +219,11 @@ def test_watch_head_tells_of_other_writers_appends(store: EtcdStore, etcd: EtcdM
                 if head >= 3:
                     return
 
+        watchers = await asyncio.to_thread(etcd_watchers, etcd)
         task = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)  # the watch is made
+        await wait_until_async(
+            lambda: etcd_watchers(etcd) > watchers, 10, what="the watch to be made"
+        )
         for n in range(3):
             await asyncio.to_thread(other.append, [fact(n + 1)], n)
         await asyncio.wait_for(task, 10)
@@ -227,6 +233,14 @@ def test_watch_head_tells_of_other_writers_appends(store: EtcdStore, etcd: EtcdM
         assert asyncio.run(scenario()) == [1, 2, 3]
     finally:
         other.close()
+
+
+def etcd_watchers(member: EtcdMember) -> int:
+    """The watchers etcd holds now (its own gauge)."""
+    metrics = httpx.get(f"{member.url}/metrics", timeout=5).text
+    found = re.search(r"^etcd_debugging_mvcc_watcher_total (\d+)$", metrics, re.M)
+    assert found, "etcd reports no watcher gauge"
+    return int(found.group(1))
 
 
 def test_an_etcd_with_auth_is_used_with_its_user_and_refuses_a_wrong_password() -> None:

@@ -152,7 +152,7 @@ def test_a_loop_that_returns_counts_as_failed_and_a_silent_one_as_stuck() -> Non
         supervisor.start("silent", silent, restart=True, stuck_after=0.05)
         await wait_until_async(lambda: bool(fatal))
         assert "returned; it must run until stopped" in str(fatal[0])
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: supervisor.health()[1]["silent"]["state"] == "stuck")
         ok, loops = supervisor.health()
         assert not ok and loops["silent"]["state"] == "stuck"
         await supervisor.stop()
