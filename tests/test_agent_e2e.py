@@ -29,6 +29,8 @@ from .daemon import Daemon
 from .lab import Lab, Netns, romana_argv
 from .wait import wait_until
 
+pytestmark = [pytest.mark.root, pytest.mark.daemons]
+
 TABLE = "10"
 RACKS = {1: ("h11", "h12"), 2: ("h21", "h22")}
 

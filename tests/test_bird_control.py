@@ -29,7 +29,12 @@ from romana.publisher.variables import host_variables, router_variables
 from .lab import Lab, Netns
 from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.bird,
+    pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2"),
+]
 
 
 def stop_birds(pidfiles: list[Path], timeout: float = 5.0) -> None:

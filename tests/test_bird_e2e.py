@@ -41,9 +41,14 @@ from .lab import Lab, Netns, romana_argv, run
 from .test_bird_control import stop_birds
 from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("bird") is None or shutil.which("ping") is None, reason="needs bird2 and ping"
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.bird,
+    pytest.mark.skipif(
+        shutil.which("bird") is None or shutil.which("ping") is None, reason="needs bird2 and ping"
+    ),
+]
 
 TEMPLATES = ROOT / "examples" / "bird"
 POD = ipaddress.IPv4Network("10.1.0.0/16")

@@ -36,10 +36,14 @@ from .daemon import Daemon
 from .lab import Lab, Netns, romana_argv, run
 from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ping") is None or not Path("/usr/lib/cni/bridge").exists(),
-    reason="needs iputils-ping and containernetworking-plugins",
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.skipif(
+        shutil.which("ping") is None or not Path("/usr/lib/cni/bridge").exists(),
+        reason="needs iputils-ping and containernetworking-plugins",
+    ),
+]
 
 REFERENCE = Path("/usr/lib/cni")
 GATEWAY = "169.254.1.1"

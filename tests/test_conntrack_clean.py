@@ -23,6 +23,8 @@ import pytest
 
 from .conntrack_lab import FLOW_HELPERS, tracking_netns
 
+pytestmark = pytest.mark.root
+
 ROOT = Path(__file__).resolve().parent.parent
 # Shared by every scenario: run inside the namespace, print one JSON object. The fakes are
 # the tests' own (tests/fakes), so the checkout goes first on the script's path.

@@ -7,12 +7,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from romana.api.client import RomanaClient
 
 from .conftest import EXAMPLES
 from .daemon import Daemon
 from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 TOPOLOGY = str(EXAMPLES / "datacenter-4-racks.json")
 CLIENTS = 6

@@ -20,12 +20,15 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import racks_topology
 from .daemon import Daemon, running
 from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 READS = ["/hosts", "/topology", "/addresses", "/blocks", "/networks", "/watch?since=0&timeout=0"]
 NASTY = st.sampled_from(

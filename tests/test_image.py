@@ -48,7 +48,13 @@ ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "romana-system"
 NODE_IPS = {"node-a": "192.168.77.1", "node-b": "192.168.77.2"}
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
-pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.kubectl,
+    pytest.mark.image,
+    pytest.mark.timeout(1200),
+]
 T = TypeVar("T")
 
 

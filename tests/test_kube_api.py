@@ -62,6 +62,7 @@ def test_built_objects_validate_too() -> None:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
+@pytest.mark.kubectl
 @needs_kubectl
 def test_kubectl_get_lists_pages_and_watches(cluster: KubeApiServer) -> None:
     for i in range(5):

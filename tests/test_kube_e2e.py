@@ -49,7 +49,11 @@ TOPOLOGY = {
 }
 PORTS = [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
 
 
 class Pods:

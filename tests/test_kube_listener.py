@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
 from romana.policy.inputs import PolicyInputs
 
@@ -20,6 +22,8 @@ from .kube import (
     policy,
 )
 from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 ZONES = {"us-west-1a": "10.112.0.0/13", "us-west-1b": "10.120.0.0/13"}
 

@@ -82,6 +82,7 @@ def test_a_second_run_leaves_the_first_token_alone(cluster: KubeApiServer) -> No
     assert stored_token(cluster) == first and cluster.api.revision == version
 
 
+@pytest.mark.kubectl
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 def test_a_secret_made_by_hand_with_kubectl_is_kept(cluster: KubeApiServer) -> None:
     """The operator's own token (shared with tools outside the cluster) wins."""
@@ -166,6 +167,7 @@ def allows(rules: list[dict[str, Any]], verb: str, resource: str, name: str | No
     return False
 
 
+@pytest.mark.kubectl
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 def test_every_request_is_allowed_by_the_jobs_role_and_nothing_more(cluster: KubeApiServer) -> None:
     from .test_deploy import by_kind, render

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
 
 from .kube import KubeApiServer, Listener, listener_fixtures, namespace, node, pod
 from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 NODE = "node-0"
 TERMINATING = {"deletionTimestamp": "2026-12-07T00:00:00Z", "deletionGracePeriodSeconds": 30}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
 from romana.errors import NotFound
 
@@ -23,6 +25,8 @@ from .kube import (
     policy,
 )
 from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 DENY_ALL = {"podSelector": {}, "policyTypes": ["Ingress"]}
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
 
 from .kube import (
@@ -18,6 +20,8 @@ from .kube import (
     pod,
 )
 from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 cluster, romanad, listener = listener_fixtures()
 

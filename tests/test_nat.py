@@ -184,6 +184,7 @@ def test_rendered_table_masquerades_only_nat_sources_to_the_outside() -> None:
     assert render(NatPlan()) == "table ip romana-nat {}\ndelete table ip romana-nat\n"
 
 
+@pytest.mark.root
 @needs_nft
 def test_table_loads_atomically_is_checked_against_the_kernel_and_goes(tmp_path: Path) -> None:
     """Real nft in a namespace of its own: load, load again (idempotent), a foreign edit
@@ -356,6 +357,8 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         romanad.stop()
 
 
+@pytest.mark.root
+@pytest.mark.daemons
 @pytest.mark.parametrize("cluster", [topology(True)], indirect=True)
 def test_pods_reach_the_outside_with_their_nodes_address_and_each_other_with_their_own(
     cluster: Cluster,
@@ -377,6 +380,8 @@ def test_pods_reach_the_outside_with_their_nodes_address_and_each_other_with_the
     assert cluster.metric("h1", "romana_agent_nat_networks") == 1
 
 
+@pytest.mark.root
+@pytest.mark.daemons
 @pytest.mark.parametrize("cluster", [topology(None)], indirect=True)
 def test_nat_follows_the_map_is_repaired_and_survives_agent_restarts(cluster: Cluster) -> None:
     a = cluster.pods["a"]
@@ -433,6 +438,7 @@ class MapSource:
         return self.document
 
 
+@pytest.mark.root
 @needs_nft
 def test_keeper_reports_a_refused_load_and_retries_it_at_the_next_sync(tmp_path: Path) -> None:
     with Lab("nk", tmp_path) as lab:
@@ -466,6 +472,7 @@ def test_keeper_reports_a_refused_load_and_retries_it_at_the_next_sync(tmp_path:
         assert keeper.health()["in_sync"] and keeper.health()["loads"] == 3
 
 
+@pytest.mark.root
 @needs_nft
 def test_cleanup_removes_the_nat_table(tmp_path: Path) -> None:
     with Lab("nc", tmp_path) as lab:
@@ -479,6 +486,7 @@ def test_cleanup_removes_the_nat_table(tmp_path: Path) -> None:
         assert "romana-nat" not in ns.exec("nft", "list", "tables").stdout
 
 
+@pytest.mark.root
 @needs_nft
 def test_an_unreadable_map_is_the_keepers_problem_not_the_route_syncs(tmp_path: Path) -> None:
     """The hook runs after the routes are programmed: romanad failing ``GET /topology``

@@ -18,6 +18,8 @@ from .lab import run
 from .policy_lab import HOSTS, PolicyCluster, np, policy_cluster
 from .wait import wait_until
 
+pytestmark = [pytest.mark.root, pytest.mark.daemons]
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyCluster]:

@@ -26,6 +26,8 @@ from .lab import Netns, run
 from .policy_lab import HOSTS, PolicyCluster, RunningPod, np, policy_cluster
 from .wait import wait_until
 
+pytestmark = [pytest.mark.root, pytest.mark.daemons]
+
 FLOW_PROBE = Path(__file__).with_name("flow_probe.py")
 LISTEN_PORT = 9999
 POLICY_MAX_SIZE = 20_000  # the agents' --policy-max-size here

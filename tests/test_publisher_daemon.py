@@ -27,7 +27,11 @@ from .daemon import Daemon, free_port, running
 from .lab import romana_argv
 from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2")
+pytestmark = [
+    pytest.mark.daemons,
+    pytest.mark.bird,
+    pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2"),
+]
 
 TEMPLATE = """router id {{ router_id }};
 protocol device {}

@@ -23,6 +23,8 @@ from .lab import Lab
 from .replicas import HOSTS, Replica, Storm, loopback_replicas, running_replicas
 from .wait import wait_until
 
+pytestmark = [pytest.mark.daemons, pytest.mark.etcd]
+
 PUBLISHER = str(Path(sys.executable).parent / "romana-publisher")
 
 
@@ -122,6 +124,7 @@ def run_in(ns: str, *cmd: str) -> str:
     return done.stdout
 
 
+@pytest.mark.root
 def test_a_member_cut_off_mid_storm_and_restored(tmp_path: Path) -> None:
     with Lab("ha", tmp_path) as lab:
         lan = lab.netns("lan")

@@ -23,6 +23,8 @@ from .conftest import EXAMPLES
 from .daemon import Daemon, running
 from .wait import wait_until
 
+pytestmark = pytest.mark.daemons
+
 TOPOLOGY = str(EXAMPLES / "datacenter-4-racks.json")
 WEB = {
     "namespace": "shop",

@@ -44,7 +44,6 @@ from typing import Any
 
 import pytest
 
-from .bench_runs import run_benchmark
 from .containerd import (
     AGENT_SOCKET,
     BUSYBOX,
@@ -63,12 +62,16 @@ from .podman import Podman, build_image
 from .podspec import render
 from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("containerd", "ctr", "runc", "umoci", "nft"))
-    or not Path("/bin/busybox").exists()
-    or os.geteuid() != 0,
-    reason="needs root, containerd, runc, umoci, busybox-static and nftables",
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.skipif(
+        any(shutil.which(tool) is None for tool in ("containerd", "ctr", "runc", "umoci", "nft"))
+        or not Path("/bin/busybox").exists()
+        or os.geteuid() != 0,
+        reason="needs root, containerd, runc, umoci, busybox-static and nftables",
+    ),
+]
 IMAGE_TOOLS = ("podman", "mmdebstrap", "kubectl")
 # The cluster's tests run the image (built here when its inputs changed: minutes).
 needs_image = [
@@ -582,22 +585,3 @@ def ping_totals(output: str) -> tuple[int, int]:
     found = re.search(r"(\d+) packets transmitted, (\d+) packets received", output)
     assert found, output
     return int(found[1]), int(found[2])
-
-
-def test_the_runtime_cni_benchmark_runs_at_a_tiny_size() -> None:
-    figures = run_benchmark("runtime_cni_bench.py", "--pods", "2", "--gap-ms", "0")
-    for plugin in ("romana", "reference"):
-        # One timed ADD and one timed DEL per pod, all through ctr, none failed.
-        assert figures[plugin]["add"]["n"] == 2 and figures[plugin]["del"]["n"] == 2
-    assert figures["agent_own_ms"]["add"]["n"] == 2
-    assert figures["left_in_romanad"] == 0 and figures["left_romana_veths"] == 0
-    assert figures["add_p50_ratio"] > 0
-
-
-def test_the_agent_memory_benchmark_runs_at_a_tiny_size() -> None:
-    figures = run_benchmark("agent_memory_bench.py", "--pods", "4", "--checkpoints", "2")
-    assert figures["allocated_in_romanad_at_peak"] == 4
-    assert figures["romana_veths_at_peak"] == 4
-    assert [s["pods"] for s in figures["agent_kib"]] == [0, 1, 2, 4]
-    assert all(s["VmHWM"] >= s["VmRSS"] > 0 for s in figures["agent_kib"])
-    assert figures["left_in_romanad"] == 0

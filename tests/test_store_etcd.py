@@ -27,6 +27,8 @@ from .daemon import Daemon, free_port
 from .etcd import EtcdMember, etcd_cluster
 from .wait import wait_until_async
 
+pytestmark = [pytest.mark.daemons, pytest.mark.etcd]
+
 
 @pytest.fixture(scope="module")
 def etcd() -> Iterator[EtcdMember]:

@@ -21,6 +21,8 @@ from .conftest import racks_topology
 from .daemon import ROMANAD, Daemon, free_port, running
 from .wait import wait_until
 
+pytestmark = pytest.mark.daemons
+
 ROMANA = str(Path(sys.executable).parent / "romana")
 
 

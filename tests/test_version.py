@@ -103,6 +103,7 @@ def test_a_recorded_build_commit_is_reported(tmp_path: Path) -> None:
     assert match is not None and match["commit"] == "0a1b2c3d", result.stdout
 
 
+@pytest.mark.daemons
 def test_version_goes_before_argument_errors() -> None:
     """``--version`` wins over a wrong argument beside it, as people expect; a wrong
     argument alone is still a usage error."""
@@ -119,6 +120,7 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     running.stop()
 
 
+@pytest.mark.daemons
 def test_romanad_reports_its_build(daemon: Daemon) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     with daemon.client() as http:
@@ -149,6 +151,7 @@ def test_romanad_reports_its_build(daemon: Daemon) -> None:
 
 
 # -- romana version ----------------------------------------------------------------------
+@pytest.mark.daemons
 def test_romana_version_shows_client_and_romanad(daemon: Daemon) -> None:
     shown = run(str(BIN / "romana"), "version", "--url", daemon.url)
     assert shown.returncode == 0, shown.stderr
@@ -256,6 +259,8 @@ def test_uptime_reads_in_its_two_largest_units(seconds: float, text: str) -> Non
 
 
 # -- romana_build_info in the other processes' registries -------------------------------
+@pytest.mark.root
+@pytest.mark.daemons
 def test_agent_metrics_carry_build_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a network namespace of its own: the agent owns a routing table there."""
     monkeypatch.delenv("ROMANA_BUILD_COMMIT", raising=False)
@@ -279,6 +284,7 @@ def test_agent_metrics_carry_build_info(tmp_path: Path, monkeypatch: pytest.Monk
     assert build_info_labels(metrics) == {"version": __version__, "python": PYTHON, "commit": ""}
 
 
+@pytest.mark.daemons
 def test_publisher_metrics_carry_build_info(daemon: Daemon, tmp_path: Path) -> None:
     template = tmp_path / "bird.conf.j2"
     template.write_text("# rendered by romana-publisher\n")
@@ -306,6 +312,7 @@ def test_publisher_metrics_carry_build_info(daemon: Daemon, tmp_path: Path) -> N
     assert labels == {"version": __version__, "python": PYTHON, "commit": "feedc0de"}
 
 
+@pytest.mark.daemons
 def test_listener_metrics_carry_build_info(cluster: KubeApiServer, listener: Listener) -> None:
     wait_until(listener.health.exists, 15, what="the listener's health socket")
     metrics = get_unix(listener.health, "/metrics")
