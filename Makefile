@@ -1,4 +1,5 @@
 # Two entry points (see README): `make run` and `make test`. Both set everything up first.
+# `make check` is the fast lane (no root, no daemons: docs/testing.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ APT_PACKAGES := iproute2 iputils-ping netcat-openbsd curl openssl bird2 etcd-ser
                 containernetworking-plugins nftables iptables ipset \
                 gcc musl-tools containerd runc podman umoci mmdebstrap busybox-static
 
-.PHONY: setup system-packages run run-ha test lint bench clean plugin image
+.PHONY: setup system-packages run run-ha test check lint bench bench-smoke clean plugin image
 
 # The CNI plugin nodes run: one static C executable that needs nothing on the node
 # (docs/cni.md says why C). setup builds it when a C compiler is there; `make plugin`
@@ -70,11 +71,22 @@ run-ha: setup system-packages
 test: system-packages setup plugin lint
 	$(BIN)/pytest
 
+# The fast lane: lint, then every test marked with none of root, daemons, bird, etcd,
+# kubectl, image, bench (markers in pyproject.toml). No apt, no root; a skip fails it.
+check: setup lint
+	$(BIN)/python scripts/check_commits.py
+	$(BIN)/pytest --check-lane
+
 # ruff (lint rules and formatting) and mypy (strict, configured in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
+
+# Every script in benchmarks/ at a tiny size (tests/test_benchmarks.py): they still run
+# and print their JSON. Most need root and start daemons, as `make bench` does.
+bench-smoke: system-packages setup plugin
+	$(BIN)/pytest -m bench
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -2,7 +2,7 @@
 
     python benchmarks/ab.py --base HEAD~1 --runs 3 benchmarks/ipam_bench.py [ARGS...]
 
-The base version is checked out into a temporary git worktree and put first on
+The base version's ``src`` is exported into a temporary directory and put first on
 ``PYTHONPATH``, so the same benchmark script (from this tree, or any path) measures both;
 runs alternate (base, current, base, ...) so that drift of the machine hits both alike.
 For each number in the benchmark's JSON (by dotted path) it reports every run and the
@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def base_tree(revision: str) -> Iterator[tuple[str, Path]]:
-    """(short revision, its ``src`` directory) checked out in a temporary git worktree."""
+    """(short revision, its ``src`` directory) exported into a temporary directory (git
+    archive: the repository itself is only read, so a run leaves no worktree behind)."""
     rev = subprocess.run(
         ["git", "rev-parse", "--short", revision],
         cwd=ROOT,
@@ -37,22 +38,14 @@ def base_tree(revision: str) -> Iterator[tuple[str, Path]]:
         text=True,
     ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="romana-ab-") as tmp:
-        tree = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(tree), rev],
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", rev, "src"],
             cwd=ROOT,
             check=True,
             capture_output=True,
-        )
-        try:
-            yield rev, tree / "src"
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(tree)],
-                cwd=ROOT,
-                check=False,
-                capture_output=True,
-            )
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield rev, Path(tmp) / "src"
 
 
 def run(script: str, args: list[str], pythonpath: str | None) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
 from romana.agent.reconcile import KernelRoute, diff_routes
 from romana.agent.route_table import RouteTable
 
@@ -209,7 +210,7 @@ def neighbour_latency(netns: str, args: argparse.Namespace) -> tuple[Figures, Ta
             )
         )
         sock = Path(tmp) / "romanad.sock"
-        port = _free_port()
+        port = free_port()
         procs = [
             subprocess.Popen(
                 [
@@ -282,12 +283,6 @@ def neighbour_latency(netns: str, args: argparse.Namespace) -> tuple[Figures, Ta
         "max_ms": round(ordered[-1] * 1000, 1),
     }
     return figures, {"new block -> neighbour route p95 <= 200 ms": p95 <= 0.2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _healthy(client: Any) -> bool:

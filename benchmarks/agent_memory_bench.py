@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.containerd import POD_NETWORK, racks_topology  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
-from tests.netns import Lab, run, wait_until  # noqa: E402
+from tests.lab import Lab, run  # noqa: E402
+from tests.wait import wait_until  # noqa: E402
 
 BIN = Path(sys.executable).parent
 POD_CIDR = "10.80.0.0/16"
@@ -137,7 +138,7 @@ def measure(
         *("--listen", f"unix:{workdir / 'agent.sock'}", "--log-level", "warning"),
         log=workdir / "agent.log",
     )
-    wait_until(socket.is_socket, 30, message="the agent's CNI socket")
+    wait_until(socket.is_socket, 30, what="the agent's CNI socket")
     bin_dir = workdir / "bin"
     run(
         str(BIN / "romana-cni"), "install", "--bin-dir", str(bin_dir), "--agent-socket", str(socket)

@@ -33,7 +33,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from typing import Any
 
 import httpx
 
+from ports import free_port
 from romana.agent.nftables import NftTable
 from romana.policy.compile import Ruleset, compile_host
 from romana.policy.incremental import update_members
@@ -410,10 +410,6 @@ def section_iptables(ruleset: Ruleset, args: argparse.Namespace) -> dict[str, An
 
 
 # -- end to end through romanad and a real agent ---------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def section_end_to_end(

@@ -21,7 +21,8 @@ from typing import Any
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_bench import free_port, load, prefill, start
+from api_bench import load, prefill, start
+from ports import free_port
 
 
 async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bytes:

@@ -48,12 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.containerd import (  # noqa: E402  (the harness the tests use)
     BUSYBOX,
-    Cluster,
     Runtime,
+    RuntimeCluster,
     RuntimeNode,
     build_busybox_image,
 )
-from tests.netns import Lab  # noqa: E402
+from tests.lab import Lab  # noqa: E402
 
 REFERENCE_DIR = Path("/usr/lib/cni")
 POD_CIDR = "10.79.0.0/16"
@@ -159,8 +159,8 @@ def bench(pods: int, gap: float, resident: int = 1) -> dict[str, Any]:
     try:
         with Lab("rb", workdir) as lab, Runtime(workdir / "rt") as runtime:
             request_log = runtime.shared / "cni-requests.log"
-            agent_args = ("--log-level", "warning", "--cni-request-log", str(request_log))
-            cluster = Cluster(lab, runtime, POD_CIDR, racks=1, agent_args=agent_args)
+            agent_flags = {"log_level": "warning", "cni_request_log": request_log}
+            cluster = RuntimeCluster(lab, runtime, POD_CIDR, racks=1, agent_flags=agent_flags)
             try:
                 result = measure(cluster, runtime, workdir, pods, gap, resident)
                 untimed = frozenset(result.pop("untimed"))
@@ -174,7 +174,7 @@ def bench(pods: int, gap: float, resident: int = 1) -> dict[str, Any]:
 
 
 def measure(
-    cluster: Cluster, runtime: Runtime, workdir: Path, pods: int, gap: float, resident: int
+    cluster: RuntimeCluster, runtime: Runtime, workdir: Path, pods: int, gap: float, resident: int
 ) -> dict[str, Any]:
     image = runtime.containerd.import_image(build_busybox_image(workdir), "localhost/busybox")
     timer = compile_timer(workdir)

@@ -8,6 +8,7 @@ a busy CI machine made them flaky.
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import time
@@ -17,10 +18,12 @@ from romana.store.sqlite import SqliteStore
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--appends", type=int, default=2000, help="single-fact appends timed")
+    n = parser.parse_args().appends
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "data")
         try:
-            n = 2000
             start = time.perf_counter()
             for i in range(n):
                 store.append([{"kind": "bench", "n": i}], i)
@@ -34,6 +37,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "store_appends",
+                "single_fact_appends": n,
                 "single_fact_appends_per_s": round(single_rate),
                 "batch_1000_facts_s": round(batch_s, 4),
                 "targets_met": {

@@ -22,7 +22,8 @@ import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_bench import HOSTS, free_port, load, prefill, start, topology
+from api_bench import HOSTS, load, prefill, start, topology
+from ports import free_port
 
 
 def big_map(pinned: int) -> dict[str, Any]:

@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket as socketlib
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +40,12 @@ from romana.api.client import AddressJson, RomanaClient
 from romana.errors import NotFound
 
 from .daemon import Daemon
-from .kube import Cluster as KubeCluster
-from .netns import Lab, Netns, run, wait_until
+from .kube import KubeApiServer
+from .lab import Lab, Netns, romana_argv, run
 from .podman import Podman
-from .podspec import ApiServer, ContainerSpec, resolve
-from .podspec import Cluster as PodCluster
+from .podspec import ApiServer, ContainerSpec, RenderedCluster, resolve
 from .podspec import Node as PodNode
+from .wait import wait_until
 
 NAMESPACE = "pods"  # containerd namespace of every container made here
 CNI_BIN = "/opt/cni/bin"  # where ctr (go-cni's defaults) looks for plugins
@@ -105,7 +104,7 @@ class Containerd:
                 raise RuntimeError(f"containerd exited: {self.log.read_text()[-2000:]}")
             return self.ctr("version", check=False).returncode == 0
 
-        wait_until(serving, timeout, interval=0.1, message="containerd to serve")
+        wait_until(serving, timeout, what="containerd to serve", interval=0.1)
         return self
 
     def ctr(
@@ -303,7 +302,7 @@ class RuntimeNode:
                 )
             return self.runtime.tasks().get(pod.id) == "RUNNING"
 
-        wait_until(started, timeout, interval=0.05, message=f"pod {pod.id} to run")
+        wait_until(started, timeout, what=f"pod {pod.id} to run", interval=0.05)
 
     def run_pod(self, image: str, pod_id: str) -> Pod:
         pod = self.start_pod(image, pod_id, BUSYBOX, "sleep", "100000")
@@ -402,7 +401,6 @@ class Runtime:
 
 
 # -- a small romana cluster whose nodes run pods through containerd ---------------------------
-ROMANA_BIN = Path(sys.executable).parent
 POD_NETWORK = "pods"
 
 
@@ -428,7 +426,7 @@ class Node:
     ip: str
     netns: Netns
     runtime: RuntimeNode
-    agent: subprocess.Popen[bytes] | None = None  # a plain-process agent (Cluster)
+    agent: subprocess.Popen[bytes] | None = None  # a plain-process agent (RuntimeCluster)
     installed: list[Path] = field(default_factory=list)
 
     @property
@@ -445,7 +443,7 @@ CONTROL_IP = "192.168.60.10"  # romanad's (and the test API server's) address in
 ROMANAD_PORT = 9600  # the romanad Service's port in deploy/
 
 
-class Cluster:
+class RuntimeCluster:
     """romanad (in a control netns), nodes one per rack behind a router netns, each with
     its romana-agent and ``romana-cni install`` into its own CNI dirs.
 
@@ -468,11 +466,11 @@ class Cluster:
         runtime: Runtime,
         cidr: str,
         racks: int = 2,
-        agent_args: tuple[str, ...] = (),
+        agent_flags: dict[str, object] | None = None,
         start_agents: bool = True,
     ) -> None:
         self.lab, self.runtime, self.cidr = lab, runtime, cidr
-        self.agent_args = agent_args
+        self.agent_flags = agent_flags or {}
         shared = runtime.shared
         topology = shared / "topology.json"
         topology.write_text(json.dumps(racks_topology(cidr, racks)))
@@ -522,12 +520,14 @@ class Cluster:
         returns the paths it wrote."""
         node = self.nodes[name]
         out = run(
-            str(ROMANA_BIN / "romana-cni"),
-            "install",
-            f"--host-root={node.runtime.fs}",
-            f"--bin-dir={CNI_BIN}",
-            f"--conf-dir={CNI_CONF}",
-            f"--agent-socket={AGENT_SOCKET}",
+            *romana_argv(
+                "romana-cni",
+                "install",
+                host_root=node.runtime.fs,
+                bin_dir=CNI_BIN,
+                conf_dir=CNI_CONF,
+                agent_socket=AGENT_SOCKET,
+            )
         ).stdout
         node.installed = written(out, "installed ", Path("/"), Path("/"))
         return node.installed
@@ -535,27 +535,30 @@ class Cluster:
     def uninstall(self, name: str) -> list[Path]:
         node = self.nodes[name]
         out = run(
-            str(ROMANA_BIN / "romana-cni"),
-            "uninstall",
-            f"--host-root={node.runtime.fs}",
-            f"--bin-dir={CNI_BIN}",
-            f"--conf-dir={CNI_CONF}",
+            *romana_argv(
+                "romana-cni",
+                "uninstall",
+                host_root=node.runtime.fs,
+                bin_dir=CNI_BIN,
+                conf_dir=CNI_CONF,
+            )
         ).stdout
         return written(out, "removed ", Path("/"), Path("/"))
 
     def start_agent(self, name: str) -> None:
         node = self.nodes[name]
         node.cni_socket.unlink(missing_ok=True)
-        node.agent = self.lab.spawn(
+        node.agent = self.lab.agent(
             node.netns,
-            str(ROMANA_BIN / "romana-agent"),
-            *("--host", name, "--url", self.romanad.url, "--token-file", str(self.token_file)),
-            *("--cni-socket", str(node.cni_socket)),
-            *("--listen", f"unix:{node.run_dir / 'agent.sock'}"),
-            *self.agent_args,
+            name,
+            self.romanad.url,
             log=self.runtime.shared / f"agent-{name}.log",
+            token_file=self.token_file,
+            cni_socket=node.cni_socket,
+            listen=f"unix:{node.run_dir / 'agent.sock'}",
+            **self.agent_flags,
         )
-        wait_until(lambda: serving(node.cni_socket), 30, message=f"{name}'s agent CNI socket")
+        wait_until(lambda: serving(node.cni_socket), 30, what=f"{name}'s agent CNI socket")
 
     def stop_agent(self, name: str) -> int:
         """SIGTERM by PID, as a kubelet stops a container; returns its exit status."""
@@ -602,7 +605,7 @@ def serving(path: Path) -> bool:
     return True
 
 
-class ImageCluster(Cluster):
+class ImageCluster(RuntimeCluster):
     """The same cluster, each node's agent run from the image by podman exactly as the
     rendered DaemonSet says (tests/podspec.py): its install-cni init container, then the
     agent, uid 0, privileged, the node's netns as host network, host PID, the node's
@@ -632,15 +635,15 @@ class ImageCluster(Cluster):
         self.pods: dict[str, list[ContainerSpec]] = {}  # node -> its agent pod's containers
         self.images: dict[str, str] = {}  # node -> the image its agent pod runs
         self.generation = 0
-        self.kube: KubeCluster | None = None
+        self.kube: KubeApiServer | None = None
         super().__init__(lab, runtime, cidr, racks, start_agents=False)
         try:
             kube_dir = runtime.workdir / "kube"
             kube_dir.mkdir()
-            self.kube = KubeCluster(kube_dir, also=(self.control.name, CONTROL_IP))
+            self.kube = KubeApiServer(kube_dir, also=(self.control.name, CONTROL_IP))
             api = ApiServer(CONTROL_IP, self.kube.server.port,
                             Path(self.kube.server.ca).read_bytes(), self.kube.TOKEN)  # fmt: skip
-            self.spec = PodCluster(
+            self.spec = RenderedCluster(
                 objects,
                 runtime.workdir / "podspec",
                 {"romanad": CONTROL_IP},
@@ -718,7 +721,7 @@ class ImageCluster(Cluster):
                                      f"{self.podman.logs(main.container_name)}")  # fmt: skip
             return serving(node.cni_socket)
 
-        wait_until(up, 60, message=f"{name}'s agent container to serve its CNI socket")
+        wait_until(up, 60, what=f"{name}'s agent container to serve its CNI socket")
 
     def stop_agent(self, name: str) -> int:
         """kubelet's stop: SIGTERM, SIGKILL after terminationGracePeriodSeconds; then the

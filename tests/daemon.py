@@ -44,7 +44,9 @@ class Daemon:
         name = socket.stem if socket else f"romanad-{self.port}"
         self.log = data_dir.parent / f"{name}.log"
 
-    def start(self, timeout: float = 15.0) -> Daemon:
+    def start(self, timeout: float = 60.0) -> Daemon:
+        """Returns once it answers /healthz (on a loaded machine a start can take many
+        seconds; only a romanad that never comes up waits out ``timeout``)."""
         log = self.log.open("ab")
         where = ["ip", "netns", "exec", self.netns] if self.netns else []
         if self.socket:

@@ -1,4 +1,4 @@
-"""A test cluster: the project's Kubernetes API server (``romana.testing.FakeKubeApi``),
+"""A test cluster: the project's Kubernetes API server (``tests/fakes/kube.py``),
 objects built from the real-shaped ones in ``tests/data/kube/``, romana-listener
 processes stopped by PID, and the check that romanad holds what the API server holds."""
 
@@ -10,7 +10,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,10 @@ from pydantic import ValidationError
 
 from romana.api.client import RomanaClient
 from romana.policy.k8s import NOT_ENFORCED, NetworkPolicy
-from romana.testing import FakeKubeApi, KubeApiThread
-from tests.daemon import Daemon, free_port
+
+from .daemon import Daemon, free_port
+from .fakes.kube import FakeKubeApi, KubeApiThread
+from .wait import wait_until
 
 DATA = Path(__file__).parent / "data" / "kube"
 LISTENER = Path(sys.executable).parent / "romana-listener"
@@ -97,8 +98,9 @@ def policy(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-class Cluster:
-    """The API server on a loopback port (TLS, a bearer token) and a client for it."""
+class KubeApiServer:
+    """The fake API server (``FakeKubeApi``) on a loopback port (TLS, a bearer token) and a
+    client for it: the cluster as the listener and kubectl see it."""
 
     TOKEN = "test-token-for-the-listener"
 
@@ -159,7 +161,9 @@ class Cluster:
 class Listener:
     """A romana-listener process; ``stop()`` by PID (SIGKILL after 10 s)."""
 
-    def __init__(self, cluster: Cluster, romanad_url: str, *extra: str, name: str = "listener"):
+    def __init__(
+        self, cluster: KubeApiServer, romanad_url: str, *extra: str, name: str = "listener"
+    ):
         self.health = cluster.tmp / f"{name}.sock"
         self.log = cluster.tmp / f"{name}.log"
         self.args = [
@@ -205,7 +209,7 @@ class Listener:
 def listener_fixtures(
     topology: str = "kops-aws-us-west-1",
     *extra: str,
-    then: Callable[[Cluster, RomanaClient], object] | None = None,
+    then: Callable[[KubeApiServer, RomanaClient], object] | None = None,
 ) -> tuple[Any, Any, Any]:
     """The pytest fixtures ``cluster``, ``romanad`` (a real one, on the ``topology`` preset)
     and ``listener`` (romana-listener with ``extra`` arguments; ``then(cluster, romanad)``
@@ -213,8 +217,8 @@ def listener_fixtures(
     module: ``cluster, romanad, listener = listener_fixtures()``."""
 
     @pytest.fixture
-    def cluster(tmp_path: Path) -> Iterator[Cluster]:
-        c = Cluster(tmp_path)
+    def cluster(tmp_path: Path) -> Iterator[KubeApiServer]:
+        c = KubeApiServer(tmp_path)
         yield c
         c.close()
 
@@ -227,7 +231,7 @@ def listener_fixtures(
         daemon.stop()
 
     @pytest.fixture
-    def listener(cluster: Cluster, romanad: RomanaClient) -> Iterator[Listener]:
+    def listener(cluster: KubeApiServer, romanad: RomanaClient) -> Iterator[Listener]:
         running = Listener(cluster, romanad.url, *extra).start()
         if then is not None:
             then(cluster, romanad)
@@ -237,7 +241,7 @@ def listener_fixtures(
     return cluster, romanad, listener
 
 
-def mismatches(romanad: RomanaClient, cluster: Cluster) -> list[str]:
+def mismatches(romanad: RomanaClient, cluster: KubeApiServer) -> list[str]:
     """What romanad holds that the API server does not say (empty: in step)."""
     out: list[str] = []
     nodes = {n["metadata"]["name"]: n for n in cluster.items("nodes")}
@@ -289,26 +293,17 @@ def policy_name(obj: dict[str, Any]) -> tuple[str, str]:
     return obj["metadata"]["namespace"], obj["metadata"]["name"]
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """``check()``'s first truthy result; fails with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or check}: last {last!r}")
+def in_step(romanad: RomanaClient, cluster: KubeApiServer, timeout: float = 20.0) -> None:
+    """Returns once romanad holds what the API server holds; fails saying what differs."""
+    problems: list[str] = []
 
+    def agree() -> bool:
+        problems[:] = mismatches(romanad, cluster)
+        return not problems
 
-def in_step(romanad: RomanaClient, cluster: Cluster, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        problems = mismatches(romanad, cluster)
-        if not problems:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                "romanad is not in step with the API server: " + "; ".join(problems)
-            )
-        time.sleep(0.1)
+    try:
+        wait_until(agree, timeout, what="romanad in step with the API server", interval=0.1)
+    except AssertionError:
+        raise AssertionError(
+            "romanad is not in step with the API server: " + "; ".join(problems)
+        ) from None

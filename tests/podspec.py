@@ -123,10 +123,11 @@ class ApiServer:
 
 
 @dataclass
-class Cluster:
-    """The rendered objects, Secrets made at run time (e.g. by the token Job) as raw
-    bytes, the address standing for each Service, the API server, and where volume data
-    lives (a PersistentVolumeClaim's directory outlives its pods, as on a real cluster)."""
+class RenderedCluster:
+    """The cluster the manifests describe: the rendered objects, Secrets made at run time
+    (e.g. by the token Job) as raw bytes, the address standing for each Service, the API
+    server, and where volume data lives (a PersistentVolumeClaim's directory outlives its
+    pods, as on a real cluster)."""
 
     objects: list[dict[str, Any]]
     storage: Path
@@ -293,7 +294,7 @@ class PodResolver:
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: RenderedCluster,
         kind: str,
         name: str,
         node: Node,
@@ -520,7 +521,9 @@ class PodResolver:
             if svc["spec"].get("clusterIP") == "None":
                 continue
             if name not in self.cluster.services:
-                raise LookupError(f"Service {name}: give Cluster.services the address for it")
+                raise LookupError(
+                    f"Service {name}: give RenderedCluster.services the address for it"
+                )
             ports = svc["spec"]["ports"]
             for port in ports:
                 if port.get("targetPort", port["port"]) != port["port"]:
@@ -607,7 +610,9 @@ class PodResolver:
             return out
         if optional:
             return {}
-        raise LookupError(f"Secret {name}: give Cluster.secrets its data (made at run time)")
+        raise LookupError(
+            f"Secret {name}: give RenderedCluster.secrets its data (made at run time)"
+        )
 
     # -- volumes ----------------------------------------------------------------------------
     def _mount(self, given: Mapping[str, Any], where: str, privileged: bool) -> Mount:
@@ -747,7 +752,7 @@ def own(path: Path, group: int, readonly: bool) -> None:
 
 
 def resolve(
-    cluster: Cluster,
+    cluster: RenderedCluster,
     kind: str,
     name: str,
     node: Node,

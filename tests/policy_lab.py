@@ -31,10 +31,10 @@ from romana.api.client import RomanaClient
 
 from .conftest import racks_topology
 from .daemon import Daemon
-from .netns import Lab, Netns, run, wait_until
+from .lab import Lab, Netns, romana_argv, run
 from .policy_oracle import Namespace, Pod, truth_table
+from .wait import wait_until
 
-BIN = Path(sys.executable).parent
 POD_SCRIPT = Path(__file__).with_name("policy_pod.py")
 TOPOLOGY = racks_topology(1, "10.78.0.0/16", 28)  # one L2 rack (the default routing)
 HOSTS = {"h1": "192.168.8.11", "h2": "192.168.8.12"}
@@ -67,10 +67,10 @@ class RunningPod:
 
 class PolicyCluster:
     def __init__(
-        self, lab: Lab, romanad_url: str, workdir: Path, agent_args: tuple[str, ...] = ()
+        self, lab: Lab, romanad_url: str, workdir: Path, agent_flags: dict[str, object]
     ) -> None:
         self.lab, self.workdir = lab, workdir
-        self.agent_args = agent_args
+        self.agent_flags = agent_flags
         self.url = romanad_url
         self.client = RomanaClient(romanad_url)
         self.bin = workdir / "bin"
@@ -79,17 +79,11 @@ class PolicyCluster:
         self.namespaces = [Namespace(n, {"ns": n}) for n in NAMESPACES]
         self.pods: dict[str, RunningPod] = {}
         self.host_probers: dict[str, RunningPod] = {}
-        sw = lab.netns("sw")
+        sw = lab.switch("sw", "192.168.8.1/24")
         for name, ip in HOSTS.items():
-            host = self.hosts[name] = lab.netns(name)
-            lab.veth(host, "eth0", sw, f"p{name}")
-            host.ip("addr", "add", f"{ip}/24", "dev", "eth0")
-            # proxy ARP answers for the pods' gateway only with a route to it
-            host.ip("route", "add", "default", "via", "192.168.8.1")
+            self.hosts[name] = lab.host(name, f"{ip}/24", sw)
             self.client.add_host(name, ip, {"rack": "rack-1"})
-        lab.bridge(sw, "br0", [f"p{name}" for name in HOSTS])
-        sw.ip("addr", "add", "192.168.8.1/24", "dev", "br0")
-        run(str(BIN / "romana-cni"), "install", "--bin-dir", str(self.bin))
+        run(*romana_argv("romana-cni", "install", bin_dir=self.bin))
         wrapper = workdir / "nft-h2"
         wrapper.write_text(NFT_WRAPPER.replace("{flag}", str(self.flag)))
         wrapper.chmod(0o755)
@@ -107,23 +101,16 @@ class PolicyCluster:
 
     # -- processes ------------------------------------------------------------------------
     def start_agent(self, name: str, nft: str) -> None:
-        self.lab.spawn(
+        self.lab.agent(
             self.hosts[name],
-            str(BIN / "romana-agent"),
-            "--host",
             name,
-            "--url",
             self.url,
-            "--cni-socket",
-            str(self.workdir / f"cni-{name}.sock"),
-            "--listen",
-            f"unix:{self.agent_socket(name)}",
-            "--nft",
-            nft,
-            *self.agent_args,
-            log=self.workdir / f"agent-{name}.log",
+            serving=self.workdir / f"cni-{name}.sock",
+            cni_socket=self.workdir / f"cni-{name}.sock",
+            listen=f"unix:{self.agent_socket(name)}",
+            nft=nft,
+            **self.agent_flags,
         )
-        wait_until((self.workdir / f"cni-{name}.sock").is_socket, 15, message=f"{name}'s agent")
 
     def agent_socket(self, name: str) -> Path:
         return self.workdir / f"agent-{name}.sock"
@@ -218,7 +205,7 @@ class PolicyCluster:
             wait_until(
                 lambda n=name: (self.agent_health(n)["policy"]["revision"] or 0) >= revision,
                 timeout,
-                message=f"{name}'s policy table at revision {revision}",
+                what=f"{name}'s policy table at revision {revision}",
             )
 
     def clear_policies(self) -> None:
@@ -306,7 +293,8 @@ def _all_at_once(
 
 
 @contextmanager
-def policy_cluster(workdir: Path, *agent_args: str) -> Iterator[PolicyCluster]:
+def policy_cluster(workdir: Path, **agent_flags: object) -> Iterator[PolicyCluster]:
+    """The cluster, its agents started with ``agent_flags`` too (see ``romana_argv``)."""
     (workdir / "topology.json").write_text(json.dumps(TOPOLOGY))
     socket = workdir / "romanad.sock"
     romanad = Daemon(
@@ -314,7 +302,7 @@ def policy_cluster(workdir: Path, *agent_args: str) -> Iterator[PolicyCluster]:
     ).start()
     try:
         with Lab("pol", workdir) as lab:
-            cluster = PolicyCluster(lab, f"unix:{socket}", workdir, agent_args)
+            cluster = PolicyCluster(lab, f"unix:{socket}", workdir, agent_flags)
             try:
                 yield cluster
             finally:

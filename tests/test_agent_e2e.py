@@ -26,9 +26,11 @@ import pytest
 from romana.api.client import RomanaClient
 
 from .daemon import Daemon
-from .netns import Lab, Netns, wait_until
+from .lab import Lab, Netns, romana_argv
+from .wait import wait_until
 
-AGENT = str(Path(sys.executable).parent / "romana-agent")
+pytestmark = [pytest.mark.root, pytest.mark.daemons]
+
 TABLE = "10"
 RACKS = {1: ("h11", "h12"), 2: ("h21", "h22")}
 
@@ -82,40 +84,25 @@ class Cluster:
 
     def _wire(self) -> None:
         for rack, names in RACKS.items():
-            tor = self.tors[rack] = self.lab.netns(f"tor{rack}")
+            tor = self.tors[rack] = self.lab.switch(f"tor{rack}", f"192.168.{rack}.1/24")
             uplink = 4 * (rack - 1)
             self.lab.veth(tor, "up0", self.spine, f"down{rack}")
             tor.ip("addr", "add", f"172.16.0.{uplink + 1}/30", "dev", "up0")
             self.spine.ip("addr", "add", f"172.16.0.{uplink + 2}/30", "dev", f"down{rack}")
             tor.ip("route", "add", "default", "via", f"172.16.0.{uplink + 2}")
-            ports = []
             for name in names:
-                host = self.hosts[name] = self.lab.netns(name)
-                self.lab.veth(host, "eth0", tor, f"p{name}")
-                ports.append(f"p{name}")
-                host.ip("addr", "add", f"{host_ip(name)}/24", "dev", "eth0")
-                host.ip("route", "add", "default", "via", f"192.168.{rack}.1")
-            self.lab.bridge(tor, "br0", ports)
-            tor.ip("addr", "add", f"192.168.{rack}.1/24", "dev", "br0")
-            for name in names:
+                self.hosts[name] = self.lab.host(name, f"{host_ip(name)}/24", tor)
                 self.client.add_host(name, host_ip(name), {"rack": f"rack-{rack}"})
 
     # -- agents -------------------------------------------------------------------------
     def start_agent(self, name: str, resync: float = 60) -> None:
         """Periodic resync is off by default (60 s): only the changes feed moves routes."""
-        log = self.lab.workdir / f"agent-{name}.log"
-        self.agents[name] = self.lab.spawn(
+        self.agents[name] = self.lab.agent(
             self.hosts[name],
-            AGENT,
-            "--host",
             name,
-            "--url",
             f"unix:{self.socket}",
-            "--resync-interval",
-            str(resync),
-            "--log-level",
-            "debug",
-            log=log,
+            resync_interval=resync,
+            log_level="debug",
         )
 
     def stop_agent(self, name: str) -> int:
@@ -138,7 +125,7 @@ class Cluster:
             wait_until(
                 lambda n=name: self.kernel_routes(n) == self.expected_routes(n),
                 timeout,
-                message=f"{name}'s table to match romanad",
+                what=f"{name}'s table to match romanad",
             )
 
     # -- routers: filled from the route sets romanad computes ----------------------------
@@ -251,7 +238,7 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
             for n in cluster.agents
         )
 
-    wait_until(all_see_romanad_gone, 10, message="every agent sees romanad gone")
+    wait_until(all_see_romanad_gone, 10, what="every agent sees romanad gone")
     assert all(p.poll() is None for p in cluster.agents.values()), "an agent died"
     assert cluster.reaches("a1", "c1")
     cluster.romanad.start()
@@ -263,7 +250,7 @@ def test_agents_route_pods_across_hosts_racks_and_restarts(cluster: Cluster) -> 
     wait_until(
         lambda: (h22[0], "192.168.2.12") in cluster.kernel_routes("h21"),
         10,
-        message="h21 to learn h22's new area after romanad restarted",
+        what="h21 to learn h22's new area after romanad restarted",
     )
     cluster.program_routers()
     assert_all_reach(cluster, [("e1", "a1"), ("c1", "e1"), ("d1", "a1")])
@@ -276,7 +263,7 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
     wait_until(
         lambda: cluster.kernel_routes("h11") == cluster.expected_routes("h11"),
         10,
-        message="first sync",
+        what="first sync",
     )
     # A stale route carrying the agent's protocol: removed by the periodic resync (1 s).
     h11.ip("route", "add", "10.1.200.0/29", "via", "192.168.1.12", "table", TABLE, "proto", "82")
@@ -286,10 +273,10 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
     wait_until(
         lambda: cluster.kernel_routes("h11") == {("10.1.0.0/17", None)},
         5,
-        message="the stale route removed and the changed one restored",
+        what="the stale route removed and the changed one restored",
     )
     done = periodic_syncs(h11)
-    wait_until(lambda: periodic_syncs(h11) >= done + 2, 10, message="two more resyncs")
+    wait_until(lambda: periodic_syncs(h11) >= done + 2, 10, what="two more resyncs")
     # ...and the foreign route is still there, unchanged
     assert cluster.kernel_routes("h11", proto="static") == {("10.1.201.0/29", "192.168.1.1")}
 
@@ -308,7 +295,7 @@ def test_agent_removes_stale_routes_and_never_touches_foreign_ones(cluster: Clus
 
     # --cleanup removes the agent's routes and rules, and nothing else.
     assert cluster.stop_agent("h11") == 0
-    h11.exec(AGENT, "--host", "h11", "--cleanup")
+    h11.exec(*romana_argv("romana-agent", host="h11", cleanup=True))
     assert cluster.kernel_routes("h11") == set()
     assert cluster.kernel_routes("h11", proto="static") == {("10.1.201.0/29", "192.168.1.1")}
     assert "lookup 10" not in h11.ip("rule").stdout
@@ -333,7 +320,7 @@ def test_l3_host_sends_a_loan_inside_its_area_to_its_router(cluster: Cluster) ->
         wait_until(
             lambda n=name: cluster.kernel_routes(n) == cluster.expected_routes(n),
             10,
-            message=f"{name}'s table to match romanad",
+            what=f"{name}'s table to match romanad",
         )
     shown = cluster.hosts["h11"].ip("route", "show", "table", TABLE).stdout
     assert f"throw {pinned['block']}" in shown and f"unreachable {area}" in shown

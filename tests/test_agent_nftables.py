@@ -22,6 +22,8 @@ from romana.policy.compile import compile_host
 
 from .test_policy_units import k8s, populated
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture(scope="module")
 def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:

@@ -1,5 +1,5 @@
 """The agent's policy loop on its failure paths, with a scripted romanad and an in-memory
-policy table (``romana.testing``): what a resync keeps and drops, one endpoint per IP, and
+policy table (``tests/fakes``): what a resync keeps and drops, one endpoint per IP, and
 that the reported revision never runs ahead of the table. (The real table and the real
 romanad are in tests/test_policy_e2e.py.)"""
 
@@ -17,7 +17,9 @@ from romana.errors import PolicyError, Unavailable
 from romana.policy.k8s import NetworkPolicy
 from romana.policy.model import Endpoint
 from romana.supervise import Loop
-from romana.testing import FakeNftTable, FakeUpstream
+
+from .fakes.agent import FakeNftTable, FakeUpstream
+from .wait import wait_until_async
 
 DENY = NetworkPolicy.model_validate(
     {
@@ -120,7 +122,7 @@ def test_the_reported_revision_waits_for_the_table() -> None:
         upstream.revision = 5
         task = asyncio.ensure_future(agent.follow(Loop("policy", restart=True, stuck_after=None)))
         try:
-            await until(lambda: agent.revision == 5)
+            await wait_until_async(lambda: agent.revision == 5)
             table.refuse(4)  # two loads (whole, then per policy), twice: the table stays
             with pytest.raises(PolicyError):
                 await agent.admit(Endpoint("c", "10.1.0.6", "h1", "t", "", {"app": "db"}))
@@ -137,21 +139,13 @@ def test_the_reported_revision_waits_for_the_table() -> None:
                     ahead.append(agent.revision)
                 return agent.revision == 9
 
-            await until(check, timeout=10)
+            await wait_until_async(check, timeout=10)
             assert not ahead and table.refusals == 0  # the retry was refused, then loaded
             assert verdicts(table) == {"10.1.0.6"} and agent.last_error is None
         finally:
             task.cancel()
 
     asyncio.run(scenario())
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def test_a_pod_cannot_start_before_the_first_table() -> None:
@@ -206,7 +200,7 @@ def test_flows_of_an_ip_are_deleted_when_it_changes_hands() -> None:
         calls = len(flows.calls)
         task = asyncio.ensure_future(agent.follow(Loop("policy", restart=True, stuck_after=None)))
         try:
-            await until(lambda: len(flows.calls) > calls)
+            await wait_until_async(lambda: len(flows.calls) > calls)
             assert flows.calls[calls:] == [{"10.1.0.3"}]
         finally:
             task.cancel()
@@ -236,7 +230,7 @@ def test_an_add_whose_flows_cannot_be_deleted_fails_and_a_release_is_retried() -
         task = asyncio.ensure_future(agent.follow(Loop("policy", restart=True, stuck_after=None)))
         try:
             # Refused once (left pending, shown in health), deleted with the next answer.
-            await until(lambda: agent.flow_forgetter.calls == [{"10.1.0.3"}])  # type: ignore[attr-defined]
+            await wait_until_async(lambda: agent.flow_forgetter.calls == [{"10.1.0.3"}])  # type: ignore[attr-defined]
             assert agent.flows_pending == set()
             assert agent.metrics.errors.labels("conntrack")._value.get() == 2
         finally:
@@ -260,7 +254,7 @@ def test_a_refused_watch_keeps_its_place_in_the_feed() -> None:
         ]
         task = asyncio.ensure_future(agent.follow(Loop("policy", restart=True, stuck_after=None)))
         try:
-            await until(lambda: agent.revision == 6, timeout=10)
+            await wait_until_async(lambda: agent.revision == 6, timeout=10)
             assert upstream.calls.count("policy_state") == 1
             assert upstream.calls.count("watch") >= 3
         finally:

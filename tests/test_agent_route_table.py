@@ -29,6 +29,8 @@ from romana.agent.reconcile import (
 )
 from romana.agent.route_table import RouteTable
 
+pytestmark = pytest.mark.root
+
 _names = itertools.count()
 GW_NET = "192.168.1"  # veth0 in every test namespace holds 192.168.1.1/24
 

@@ -12,7 +12,9 @@ import pytest
 
 from .conftest import EXAMPLES
 from .daemon import Daemon, running
-from .netns import wait_until
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 TOPOLOGY = str(EXAMPLES / "datacenter-4-racks.json")
 
@@ -280,8 +282,8 @@ def test_watch_behind_compaction_gets_resync_and_snapshots_restore(tmp_path: Pat
         wait_until(
             lambda: c.get("/watch", params={"since": 0, "timeout": 0}).status_code == 410,
             10,
-            0.05,
-            "the snapshot and the compaction",
+            what="the snapshot and the compaction",
+            interval=0.05,
         )
         stale = c.get("/watch", params={"since": 0, "timeout": 0})
         assert err(stale) == (410, "resync")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, example, given, settings
@@ -20,6 +21,8 @@ from romana.topology import validate
 from .conftest import EXAMPLES
 from .daemon import running
 from .test_topology_canonical import topology_maps
+
+pytestmark = pytest.mark.daemons
 
 EXAMPLES_PER_OPERATION = 40
 

@@ -15,6 +15,8 @@ from .conftest import racks_topology
 from .daemon import Daemon, running
 from .test_cli_client import romana
 
+pytestmark = pytest.mark.daemons
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:

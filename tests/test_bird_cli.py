@@ -15,7 +15,11 @@ from romana.cli.bird import app
 from .conftest import ROOT, racks_topology
 from .daemon import Daemon, running
 
-pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2")
+pytestmark = [
+    pytest.mark.daemons,
+    pytest.mark.bird,
+    pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2"),
+]
 HOST_TEMPLATE = ROOT / "examples" / "bird" / "host-bgp.conf.j2"
 
 

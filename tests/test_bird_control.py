@@ -26,9 +26,15 @@ from romana.publisher.router import GroupInfo, PeerSpec
 from romana.publisher.source import HostInputs, RouterInputs
 from romana.publisher.variables import host_variables, router_variables
 
-from .netns import Lab, Netns, wait_until
+from .lab import Lab, Netns
+from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.bird,
+    pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2"),
+]
 
 
 def stop_birds(pidfiles: list[Path], timeout: float = 5.0) -> None:
@@ -77,7 +83,7 @@ class Bird:
 
     def start(self) -> None:
         self.ns.exec("bird", "-c", str(self.conf), "-s", str(self.sock), "-P", str(self.pidfile))
-        wait_until(self.sock.exists, 5, message="BIRD control socket")
+        wait_until(self.sock.exists, 5, what="BIRD control socket")
 
     def routes(self) -> set[str]:
         lines = [r.text for r in BirdControl(self.sock).command("show route")]

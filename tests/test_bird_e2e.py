@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +37,19 @@ from romana.cli.bird import app as bird_app
 
 from .conftest import ROOT
 from .daemon import Daemon, free_port, running
-from .netns import Lab, Netns, run, wait_until
+from .lab import Lab, Netns, romana_argv, run
 from .test_bird_control import stop_birds
+from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("bird") is None or shutil.which("ping") is None, reason="needs bird2 and ping"
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.bird,
+    pytest.mark.skipif(
+        shutil.which("bird") is None or shutil.which("ping") is None, reason="needs bird2 and ping"
+    ),
+]
 
-PUBLISHER = Path(sys.executable).parent / "romana-publisher"
 TEMPLATES = ROOT / "examples" / "bird"
 POD = ipaddress.IPv4Network("10.1.0.0/16")
 HOST_AS, SPINE_AS = 65001, 65000
@@ -96,7 +100,7 @@ class Bird:
     def start(self, text: str) -> None:
         self.conf.write_text(text)
         self.ns.exec("bird", "-c", str(self.conf), "-s", str(self.sock), "-P", str(self.pidfile))
-        wait_until(self.sock.exists, 5, message=f"BIRD socket {self.sock}")
+        wait_until(self.sock.exists, 5, what=f"BIRD socket {self.sock}")
 
     def birdc(self, *args: str) -> str:
         return run("birdc", "-s", str(self.sock), *args).stdout
@@ -174,21 +178,13 @@ class Fabric:
     def build(self) -> None:
         spine = self.ns["spine"] = self.lab.netns("spine")
         for r in (1, 2):
-            tor = self.ns[f"tor{r}"] = self.lab.netns(f"tor{r}")
+            tor = self.ns[f"tor{r}"] = self.lab.switch(f"tor{r}", f"192.168.{r}.1/24")
             self.lab.veth(tor, "uplink", spine, f"r{r}")
             tor.ip("addr", "add", f"172.16.{r}.1/24", "dev", "uplink")
             spine.ip("addr", "add", f"172.16.{r}.2/24", "dev", f"r{r}")
-            ports = []
             for name, (rack, ip) in HOSTS.items():
-                if rack != r:
-                    continue
-                host = self.ns[name] = self.lab.netns(name)
-                self.lab.veth(host, "eth0", tor, name)
-                host.ip("addr", "add", f"{ip}/24", "dev", "eth0")
-                host.ip("route", "add", "default", "via", f"192.168.{r}.1")
-                ports.append(name)
-            self.lab.bridge(tor, "br0", ports)
-            tor.ip("addr", "add", f"192.168.{r}.1/24", "dev", "br0")
+                if rack == r:
+                    self.ns[name] = self.lab.host(name, f"{ip}/24", tor)
 
     def endpoint(self, name: str, host: str, segment: str) -> str:
         """Allocate an address in romanad and plumb it as the CNI would."""
@@ -203,25 +199,20 @@ class Fabric:
         bird.start(bootstrap(router_id))
         return bird
 
-    def publisher(self, name: str, *args: str) -> None:
+    def publisher(self, name: str, **flags: object) -> None:
+        """romana-publisher for ``name``'s BIRD, with ``flags`` (see ``romana_argv``)."""
         port = self.metrics[name] = free_port()
         bird = self.birds[name]
-        self.lab.spawn(
-            None,
-            str(PUBLISHER),
-            "--url",
-            self.daemon.url,
-            "--output",
-            str(bird.conf),
-            "--bird-socket",
-            str(bird.sock),
-            "--poll-interval",
-            "1",
-            "--metrics-listen",
-            f"127.0.0.1:{port}",
-            *args,
-            log=self.work / f"publisher-{name}.log",
+        argv = romana_argv(
+            "romana-publisher",
+            url=self.daemon.url,
+            output=bird.conf,
+            bird_socket=bird.sock,
+            poll_interval=1,
+            metrics_listen=f"127.0.0.1:{port}",
+            **flags,
         )
+        self.lab.spawn(None, *argv, log=self.work / f"publisher-{name}.log")
 
     def router_config(self, name: str, *args: str) -> None:
         bird = self.birds[name]
@@ -247,33 +238,25 @@ class Fabric:
             self.bird(name, ip)
             self.publisher(
                 name,
-                "--host",
-                name,
-                "--template",
-                str(self.template),
-                "--local-as",
-                str(HOST_AS),
-                "--neighbor-ip",
-                f"192.168.{rack}.1",
-                "--neighbor-as",
-                str(rack_as(rack)),
+                host=name,
+                template=self.template,
+                local_as=HOST_AS,
+                neighbor_ip=f"192.168.{rack}.1",
+                neighbor_as=rack_as(rack),
             )
         for r in (1, 2):
             self.bird(f"tor{r}", f"172.16.{r}.1")
         self.bird("spine", "172.16.0.1")
-        up = [
-            "--local-as",
-            str(rack_as(1)),
-            "--peer-as",
-            str(HOST_AS),
-            "--neighbor-ip",
-            "172.16.1.2",
-            "--neighbor-as",
-            str(SPINE_AS),
-            "--router-id",
-            "172.16.1.1",
-        ]
-        self.publisher("tor1", "--router", "rack-1", "--strict", *up)
+        self.publisher(
+            "tor1",
+            router="rack-1",
+            strict=True,
+            local_as=rack_as(1),
+            peer_as=HOST_AS,
+            neighbor_ip="172.16.1.2",
+            neighbor_as=SPINE_AS,
+            router_id="172.16.1.1",
+        )
         self.router_config(
             "tor2",
             "--group",
@@ -311,7 +294,7 @@ class Fabric:
             return bool(last["routes"] == expected)
 
         try:
-            wait_until(check, timeout, 0.1, f"{name}'s pod routes")
+            wait_until(check, timeout, what=f"{name}'s pod routes", interval=0.1)
         except AssertionError as exc:
             raise AssertionError(
                 f"{exc}: have {last['routes']}, want {expected}\n"
@@ -443,8 +426,8 @@ def test_a_rogue_hosts_announcements_are_filtered_at_the_strict_tor(fabric: Fabr
     wait_until(
         lambda: "10.1.128.0/30" in filtered() and "10.1.0.0/30" in filtered(),
         10,
-        0.1,
-        "the rogue's routes in the ToR's filtered table",
+        what="the rogue's routes in the ToR's filtered table",
+        interval=0.1,
     )
     assert rogue.protocol("tor")[1] == "Established"
     # Rejected, not installed: the kernel table is exactly what it was.
@@ -469,8 +452,8 @@ def test_releasing_a_blocks_last_address_moves_no_route(fabric: Fabric) -> None:
     wait_until(
         lambda: metric(port, "romana_publisher_revision") >= fabric.client.health()["revision"],
         10,
-        0.1,
-        "h2's publisher to catch up",
+        what="h2's publisher to catch up",
+        interval=0.1,
     )
     assert fabric.birds["h2"].conf.read_text() == conf  # ...but its area stays h2's
     assert pod_routes(fabric.ns["tor1"]) == TOR1
@@ -489,7 +472,7 @@ def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -
     mine = fabric.template.with_name(f"{fabric.template.name}.192.168.2.14")
     mine.write_text(fabric.template.read_text() + "{% for broken %}\n")
     failures = 'romana_publisher_failures_total{stage="template"}'
-    wait_until(lambda: metric(port, failures) >= 1, 10, 0.1, "a template failure")
+    wait_until(lambda: metric(port, failures) >= 1, 10, what="a template failure", interval=0.1)
     assert metric(port, "romana_publisher_config_stale") == 1
 
     # A block of h4 outside its area (pinned inside h3's) now cannot be announced; the old
@@ -499,8 +482,8 @@ def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -
     wait_until(
         lambda: metric(port, "romana_publisher_revision") >= fabric.client.health()["revision"],
         10,
-        0.1,
-        "h4's publisher to catch up",
+        what="h4's publisher to catch up",
+        interval=0.1,
     )
     assert h4.conf.read_text() == good
     assert pod_routes(fabric.ns["tor2"]) == TOR2
@@ -511,8 +494,8 @@ def test_a_broken_template_leaves_bird_on_the_last_good_config(fabric: Fabric) -
     wait_until(
         lambda: metric(port, 'romana_publisher_failures_total{stage="validate"}') >= 1,
         10,
-        0.1,
-        "a validation failure",
+        what="a validation failure",
+        interval=0.1,
     )
     assert h4.conf.read_text() == good
     assert "this is not BIRD" in h4.conf.with_name("bird.conf.rejected").read_text()
@@ -570,32 +553,22 @@ def test_ospf_variant_hosts_and_tor_in_one_area(tmp_path: Path) -> None:
         f = Fabric(lab, daemon, client, tmp_path, template)
         try:
             client.apply_topology(OSPF_TOPOLOGY)
-            tor = f.ns["tor1"] = lab.netns("tor1")
+            tor = f.ns["tor1"] = lab.switch("tor1", "192.168.1.1/24")
             for name, ip in hosts.items():
                 client.add_host(name, ip, {"rack": "rack-1"})
-                host = f.ns[name] = lab.netns(name)
-                lab.veth(host, "eth0", tor, name)
-                host.ip("addr", "add", f"{ip}/24", "dev", "eth0")
-                host.ip("route", "add", "default", "via", "192.168.1.1")
-            lab.bridge(tor, "br0", list(hosts))
-            tor.ip("addr", "add", "192.168.1.1/24", "dev", "br0")
+                f.ns[name] = lab.host(name, f"{ip}/24", tor)
             f.endpoint("e1", "h1", "a")
             f.endpoint("e1b", "h1", "b")
             f.endpoint("e2", "h2", "a")
             for name in ("h1", "h2"):
                 f.bird(name, hosts[name])
-                f.publisher(
-                    name, "--host", name, "--template", str(template), "--arg", "interface=eth0"
-                )
+                f.publisher(name, host=name, template=template, arg="interface=eth0")
             f.bird("tor1", "192.168.1.1")
             f.publisher(
                 "tor1",
-                "--router",
-                "rack-1",
-                "--template",
-                str(TEMPLATES / "router-ospf.conf.j2"),
-                "--arg",
-                "interface=br0",
+                router="rack-1",
+                template=TEMPLATES / "router-ospf.conf.j2",
+                arg="interface=br0",
             )
             rogue = f.bird("h5", "192.168.1.15")
             rogue.conf.write_text(OSPF_ROGUE)
@@ -610,8 +583,8 @@ def test_ospf_variant_hosts_and_tor_in_one_area(tmp_path: Path) -> None:
             wait_until(
                 lambda: "10.1.128.0/30" in f.birds["tor1"].birdc("show", "route", "filtered"),
                 10,
-                0.1,
-                "the rogue's LSA, filtered",
+                what="the rogue's LSA, filtered",
+                interval=0.1,
             )
             assert "10.1.128.0/30" not in pod_routes(tor)
 

@@ -17,6 +17,8 @@ from romana.errors import Conflict, InvalidRequest, InvalidTopology, NotFound, R
 from .conftest import EXAMPLES
 from .daemon import Daemon, free_port, running
 
+pytestmark = pytest.mark.daemons
+
 ROMANA = Path(sys.executable).parent / "romana"
 RACKS = EXAMPLES / "datacenter-4-racks.json"
 NET = "romana-network"

@@ -33,14 +33,18 @@ from romana.cni.config import host_ifname
 from romana.errors import NotFound
 
 from .daemon import Daemon
-from .netns import Lab, Netns, run, wait_until
+from .lab import Lab, Netns, romana_argv, run
+from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ping") is None or not Path("/usr/lib/cni/bridge").exists(),
-    reason="needs iputils-ping and containernetworking-plugins",
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.skipif(
+        shutil.which("ping") is None or not Path("/usr/lib/cni/bridge").exists(),
+        reason="needs iputils-ping and containernetworking-plugins",
+    ),
+]
 
-BIN = Path(sys.executable).parent
 REFERENCE = Path("/usr/lib/cni")
 GATEWAY = "169.254.1.1"
 TOPOLOGY = {
@@ -81,16 +85,11 @@ class Cluster:
         self.hosts: dict[str, Netns] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self._pods = self._calls = 0
-        sw = lab.netns("sw")
+        sw = lab.switch("sw", "192.168.7.1/24")
         for name, ip in HOSTS.items():
-            host = self.hosts[name] = lab.netns(name)
-            lab.veth(host, "eth0", sw, f"p{name}")
-            host.ip("addr", "add", f"{ip}/24", "dev", "eth0")
-            host.ip("route", "add", "default", "via", "192.168.7.1")
+            self.hosts[name] = lab.host(name, f"{ip}/24", sw)
             self.client.add_host(name, ip, {"rack": "rack-1", "tier": f"tier-{name}"})
-        lab.bridge(sw, "br0", [f"p{name}" for name in HOSTS])
-        sw.ip("addr", "add", "192.168.7.1/24", "dev", "br0")
-        run(str(BIN / "romana-cni"), "install", "--bin-dir", str(self.bin))
+        run(*romana_argv("romana-cni", "install", bin_dir=self.bin))
         for plugin in ("bridge", "ptp", "host-local", "loopback"):
             (self.bin / plugin).symlink_to(REFERENCE / plugin)
         for name in HOSTS:
@@ -100,24 +99,16 @@ class Cluster:
         return self.workdir / f"cni-{host}.sock"
 
     def start_agent(self, name: str) -> None:
-        self.agents[name] = self.lab.spawn(
+        self.agents[name] = self.lab.agent(
             self.hosts[name],
-            str(BIN / "romana-agent"),
-            "--host",
             name,
-            "--url",
             self.romanad_url,
-            "--cni-socket",
-            str(self.socket(name)),
-            "--listen",
-            f"unix:{self.workdir / f'agent-{name}.sock'}",
-            "--resync-interval",
-            "1",
-            "--cni-request-log",
-            str(self.workdir / f"cni-requests-{name}.log"),
-            log=self.workdir / f"agent-{name}.log",
+            serving=self.socket(name),
+            cni_socket=self.socket(name),
+            listen=f"unix:{self.workdir / f'agent-{name}.sock'}",
+            resync_interval=1,
+            cni_request_log=self.workdir / f"cni-requests-{name}.log",
         )
-        wait_until(self.socket(name).is_socket, 15, message=f"{name}'s agent CNI socket")
 
     def pod(self) -> Netns:
         self._pods += 1
@@ -295,7 +286,7 @@ def test_pods_on_two_hosts_ping_check_and_delete(cluster: Cluster) -> None:
     a2_ns, a2 = c.add("h1", "a2")
     assert len({a1, a2, b1}) == 3
     # Across hosts (the agents route each other's blocks), on one host, host to pod.
-    wait_until(lambda: c.reaches(a1_ns, b1), 10, message="a1 -> b1 across hosts")
+    wait_until(lambda: c.reaches(a1_ns, b1), 10, what="a1 -> b1 across hosts")
     assert c.reaches(b1_ns, a1)
     assert c.reaches(a1_ns, a2)
     assert c.reaches(c.hosts["h1"], a1)
@@ -314,7 +305,7 @@ def test_pods_on_two_hosts_ping_check_and_delete(cluster: Cluster) -> None:
     assert c.host_route("h1", a1) is None
     assert c.allocated("net:a1:eth0") is None
     assert not c.reaches(c.hosts["h1"], a1)
-    wait_until(lambda: host_if["name"] not in c.veths("h1"), 2, message="a1's veth deleted")
+    wait_until(lambda: host_if["name"] not in c.veths("h1"), 2, what="a1's veth deleted")
     assert c.pod_addresses(a1_ns) == []
     assert c.cni("h1", "DEL", check, "a1", a1_ns.path) == Reply(0, "")
     assert c.reaches(a2_ns, b1)  # the neighbours are untouched
@@ -363,7 +354,7 @@ def test_fifty_parallel_adds_then_dels(cluster: Cluster) -> None:
     left = [a for a in c.client.addresses(host="h1")["addresses"] if a["name"].startswith("net:p")]
     assert left == []
     assert all(c.host_route("h1", ip) is None for ip in ips)
-    wait_until(lambda: not c.veths("h1"), 5, message="every veth of h1 deleted")
+    wait_until(lambda: not c.veths("h1"), 5, what="every veth of h1 deleted")
 
 
 def test_failures_leave_nothing_behind(cluster: Cluster) -> None:
@@ -449,7 +440,7 @@ def test_reference_bridge_plugin_with_romana_ipam(cluster: Cluster) -> None:
     assert route is not None and route["dev"] == "rbr0" and route["protocol"] == "82"
     assert c.reaches(c.hosts["h1"], ip)
     other_ns, other = c.add("h2", "br-peer")
-    wait_until(lambda: c.reaches(other_ns, ip), 10, message="h2's pod -> the bridge pod")
+    wait_until(lambda: c.reaches(other_ns, ip), 10, what="h2's pod -> the bridge pod")
     assert c.reaches(ns, other)
 
     assert c.cni("h1", "DEL", conf, "br1", ns.path, plugin="bridge") == Reply(0, "")
@@ -476,7 +467,7 @@ def test_gc_releases_only_this_networks_stale_attachments(cluster: Cluster) -> N
     assert c.allocated("gcnet:g2:eth0") is None and c.allocated("gcnet:g3:eth0") is None
     assert c.allocated("othernet:g1:eth0") is not None
     assert c.allocated("manual-address") is not None
-    wait_until(lambda: len(c.veths("h1")) == 2, 5, message="g2's and g3's veths deleted")
+    wait_until(lambda: len(c.veths("h1")) == 2, 5, what="g2's and g3's veths deleted")
     assert c.reaches(c.hosts["h1"], kept_ip)
     assert c.cni("h1", "DEL", gc_conf, "g1", kept_ns.path).rc == 0
     assert c.cni("h1", "DEL", c.conf("h1", network="othernet"), "g1", other_ns.path).rc == 0

@@ -31,7 +31,6 @@ from romana import __version__
 from romana.cni import install, shim
 from romana.wire import CNI_VERSIONS
 
-from .bench_runs import run_benchmark
 from .elf import PT_DYNAMIC, PT_INTERP, program_header_types
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,6 +344,7 @@ def test_version_flag_names_the_plugin_and_the_project_version(
         assert done.returncode == 0 and done.stdout.startswith(f"{script} {__version__} ")
 
 
+@pytest.mark.root
 @pytest.mark.skipif(shutil.which("chroot") is None, reason="needs chroot (coreutils)")
 def test_answers_an_add_in_an_empty_root_where_python_cannot_run(
     executable: Path, tmp_path: Path
@@ -458,14 +458,3 @@ def test_install_without_a_built_executable_says_how_to_build_it(
     assert install.main(["install", "--bin-dir", str(tmp_path / "bin")]) == 1
     assert "run `make plugin`" in capsys.readouterr().err
     assert not (tmp_path / "bin").exists()
-
-
-# -- start-up benchmark at a tiny size ------------------------------------------------------
-def test_the_startup_benchmark_runs_at_a_tiny_size(executable: Path) -> None:
-    figures = run_benchmark("cni_startup_bench.py", "--iterations", "3", timeout=300)
-    assert figures["iterations"] == 3
-    for name in ("static", "shim"):
-        assert figures[name]["answers_ok"] == {"VERSION": 3, "ADD": 3}
-        assert set(figures[name]["version_ms"]) == {"p50", "p95", "min", "max"}
-    assert figures["static"]["static_executable"] is True
-    assert figures["agent_requests"] == 6  # one ADD per run of each

@@ -346,6 +346,7 @@ def test_leak_verdicts_need_both_witnesses() -> None:
 
 
 # -- the romanad client -------------------------------------------------------------------------
+@pytest.mark.daemons
 def test_romanad_client_against_romanad(tmp_path: Path) -> None:
     topology = tmp_path / "topology.json"
     topology.write_text(

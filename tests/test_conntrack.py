@@ -2,8 +2,7 @@
 kernel's conntrack in a throwaway namespace: both ways (two filtered dumps per address,
 one walk of the table) delete exactly the flows an address started or was sent, and
 nothing else; the agent's sweep reports every source it saw and deletes exactly the
-condemned addresses' flows; and the benchmarks that measure it and the policy path run at
-a tiny size, so they cannot rot."""
+condemned addresses' flows. (conntrack_bench.py measures it: tests/test_benchmarks.py.)"""
 
 from __future__ import annotations
 
@@ -14,8 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .bench_runs import run_benchmark
 from .conntrack_lab import FLOW_HELPERS, tracking_netns
+
+pytestmark = pytest.mark.root
 
 INSIDE = (
     FLOW_HELPERS
@@ -97,22 +97,3 @@ def test_the_sweep_deletes_the_condemned_and_reports_every_source(netns: str) ->
     assert out["deleted"] == 5 + 2 and out["failed"] == []
     assert out["left"] == 5  # 127.0.5.2's flows only
     assert out["seen_after"] == ["127.0.0.1", "127.0.5.2", "127.1.0.1"]
-
-
-def test_the_conntrack_benchmark_runs_at_a_tiny_size() -> None:
-    figures = run_benchmark("conntrack_bench.py", "--entries", "300", "--repeat", "1")
-    assert figures["flows_deleted_per_run"] == [50]
-    assert figures["burst_chooses_one_walk"] is True  # few flows tracked: one walk wins
-    swept = figures["sweep_deleted_and_seen_per_run"]
-    assert isinstance(swept, list) and [deleted for deleted, _ in swept] == [50]
-
-
-def test_the_policy_benchmark_runs_at_a_tiny_size() -> None:
-    figures = run_benchmark(
-        "policy_bench.py",
-        *("--endpoints", "100", "--namespaces", "5", "--hosts", "2", "--policies", "10"),
-        *("--changes", "2", "--repeat", "1", "--wide", "20"),
-    )
-    wide = figures["end_to_end"]["wide_policy_then_other_namespace_deny_all"]  # type: ignore[index]
-    assert wide["refused"] == [] and wide["elements"] >= 40  # 20 blocks + 20 ports, 1 rule
-    assert figures["end_to_end"]["table_back_after_nft_flush_ruleset"]["n"] == 2  # type: ignore[index]

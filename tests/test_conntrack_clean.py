@@ -16,15 +16,24 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conntrack_lab import FLOW_HELPERS, tracking_netns
 
-# Shared by every scenario: run inside the namespace, print one JSON object.
+pytestmark = pytest.mark.root
+
+ROOT = Path(__file__).resolve().parent.parent
+# Shared by every scenario: run inside the namespace, print one JSON object. The fakes are
+# the tests' own (tests/fakes), so the checkout goes first on the script's path.
 PRELUDE = (
     FLOW_HELPERS
+    + f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+"""
     + """
 import asyncio, json, socket
 from prometheus_client import CollectorRegistry
@@ -32,7 +41,8 @@ from romana.agent.policy import PolicyEnforcer
 from romana.netlink.conntrack import forget_flows, sweep_flows
 from romana.policy.model import Endpoint
 from romana.supervise import Loop
-from romana.testing import FakeNftTable, FakeUpstream
+from tests.fakes.agent import FakeNftTable, FakeUpstream
+from tests.wait import wait_until_async
 
 class Dumps:
     # The real forgetter, counted: each call is the dumps of one deletion.
@@ -70,13 +80,6 @@ def agent(sweeper=sweep_flows, endpoints=(("a", "127.0.5.3"),), routed=True):
 def pod(name, ip):
     return Endpoint(name, ip, "h1", "t", "", {})
 
-async def until(predicate):
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
-
 out = {}
 """
 )
@@ -109,7 +112,9 @@ async def main():
     upstream.script = [{"revision": 3, "store_id": upstream.store_id, "changes": [allocated]}]
     task = asyncio.ensure_future(enforcer.follow(Loop("policy", restart=True, stuck_after=None)))
     try:
-        await until(lambda: enforcer.inputs is not None and "x" in enforcer.inputs.endpoints)
+        await wait_until_async(
+            lambda: enforcer.inputs is not None and "x" in enforcer.inputs.endpoints, 10
+        )
         plant("127.0.5.6", 2, 1)  # x, which the feed showed, sends and receives
         held = count()
         # romanad gives a's address to "new" before this host saw a's release.
@@ -158,7 +163,9 @@ async def main():
     await enforcer.admit(pod("early", "127.0.6.3"))
     task = asyncio.ensure_future(enforcer.follow(Loop("policy", restart=True, stuck_after=None)))
     try:
-        await until(lambda: (enforcer.sweep["last"] or {}).get("why") == "block gained")
+        await wait_until_async(
+            lambda: (enforcer.sweep["last"] or {}).get("why") == "block gained", 10
+        )
         out["after_gain_sweep"] = count()
         await enforcer.admit(pod("b", "127.0.6.2"))
         await enforcer.admit(pod("c", "127.0.6.3"))  # held by "early" since: dumps
@@ -225,10 +232,10 @@ async def main():
     upstream.script = [{"revision": 3, "store_id": upstream.store_id, "changes": [assigned]}]
     task = asyncio.ensure_future(enforcer.follow(Loop("policy", restart=True, stuck_after=None)))
     try:
-        await until(walking.is_set)
+        await wait_until_async(walking.is_set, 10)
         # 127.0.5.5 is clean, but the walking sweep started while it was unheld.
         add = asyncio.ensure_future(enforcer.admit(pod("b", "127.0.5.5")))
-        await until(lambda: "b" in enforcer.admitted)
+        await wait_until_async(lambda: "b" in enforcer.admitted, 10)
         out["done_before_the_sweep"] = add.done()
         go_on.set()
         await add

@@ -28,7 +28,10 @@ from romana.topology import read_file, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+pytestmark = [
+    pytest.mark.kubectl,
+    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed"),
+]
 RENDERINGS = ["deploy", "deploy/overlays/pvc", "deploy/overlays/etcd", "deploy/overlays/bird"]
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"}
 IMAGE = f"ghcr.io/romana-python/romana:{__version__}"
@@ -387,10 +390,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@pytest.mark.daemons
 def test_romanad_as_rendered_refuses_reads_without_the_token(tmp_path: Path) -> None:
     """The rendered command line, run: a pod that reaches the node's address cannot read the
     state without the token; probes and metrics need none; loopback serves too."""
-    from tests.daemon import free_port
+    from .daemon import free_port
 
     spec = pod_spec(render("deploy"), "Deployment", "romanad")
     token, port = "deploy-test-token", free_port()
@@ -417,9 +421,10 @@ def test_romanad_as_rendered_refuses_reads_without_the_token(tmp_path: Path) -> 
         stop(proc)
 
 
+@pytest.mark.daemons
 def test_without_auth_reads_reads_stay_open_and_the_flag_needs_a_token(tmp_path: Path) -> None:
     """What the flag changes (the test above would pass on an open romanad otherwise)."""
-    from tests.daemon import free_port
+    from .daemon import free_port
 
     spec = pod_spec(render("deploy"), "Deployment", "romanad")
     port = free_port()
@@ -479,11 +484,12 @@ needs_bird = pytest.mark.skipif(
 )
 
 
+@pytest.mark.bird
 @needs_bird
 def test_the_first_config_container_renders_a_config_bird_accepts(tmp_path: Path) -> None:
     """The init container's command as rendered, against a real romanad holding the node
     with the labels the template reads: the file BIRD is started with."""
-    from tests.daemon import running
+    from .daemon import running
 
     objects = render("deploy/overlays/bird")
     spec = pod_spec(objects, "DaemonSet", "romana-publisher")
@@ -512,6 +518,9 @@ def test_the_first_config_container_renders_a_config_bird_accepts(tmp_path: Path
     assert subprocess.run(["bird", "-p", "-c", str(output)], capture_output=True).returncode == 0
 
 
+@pytest.mark.root
+@pytest.mark.daemons
+@pytest.mark.bird
 @needs_bird
 def test_the_publishers_user_reaches_birds_socket() -> None:
     """BIRD makes its control socket root:root 0660: the publisher's uid 65532 gets in

@@ -20,12 +20,15 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import racks_topology
 from .daemon import Daemon, running
-from .netns import wait_until
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 READS = ["/hosts", "/topology", "/addresses", "/blocks", "/networks", "/watch?since=0&timeout=0"]
 NASTY = st.sampled_from(
@@ -282,7 +285,7 @@ def test_idle_and_slow_connections_are_cut_and_the_cap_holds(tmp_path: Path) -> 
             wait_until(
                 lambda: httpx.get(f"{daemon.url}/healthz", timeout=2).status_code == 200,
                 10,
-                message="service again once the idle connections are cut",
+                what="service again once the idle connections are cut",
             )
             assert time.monotonic() - started < 10
         finally:

@@ -28,7 +28,10 @@ from romana.publisher.router import GroupInfo
 from romana.publisher.source import HostInputs, RouterInputs
 from romana.publisher.variables import host_variables, router_variables
 
-pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2")
+pytestmark = [
+    pytest.mark.bird,
+    pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2"),
+]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "examples" / "bird"
 INJECTION = (

@@ -7,7 +7,7 @@ network namespaces made here:
     (romanad, the listener, the token Job,      (the agent)
      the test Kubernetes API server's socket)
 
-The API server is the project's (romana.testing.FakeKubeApi) serving TLS inside node-a;
+The API server is the project's (tests/fakes/kube.py) serving TLS inside node-a;
 the `romanad` Service stands for romanad's pod address (no kube-proxy here). podman keeps
 its storage under the test's temporary directory, removed at the end with every container.
 """
@@ -19,7 +19,6 @@ import json
 import re
 import subprocess
 import threading
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,26 +28,33 @@ import httpx
 import pytest
 
 from romana.api.client import RomanaClient
-from tests.kube import Cluster as KubeCluster
-from tests.kube import mismatches, namespace, node
-from tests.netns import Lab, Netns
-from tests.podman import Podman, build_image
-from tests.podspec import (
+
+from .kube import KubeApiServer, mismatches, namespace, node
+from .lab import Lab, Netns
+from .podman import Podman, build_image
+from .podspec import (
     ApiServer,
-    Cluster,
     ContainerSpec,
     Node,
+    RenderedCluster,
     Unsupported,
     expand,
     render,
     resolve,
 )
+from .wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "romana-system"
 NODE_IPS = {"node-a": "192.168.77.1", "node-b": "192.168.77.2"}
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
-pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.kubectl,
+    pytest.mark.image,
+    pytest.mark.timeout(1200),
+]
 T = TypeVar("T")
 
 
@@ -82,17 +88,15 @@ def in_netns(netns: str, work: Callable[[], T]) -> T:
 
 
 def eventually(check: Callable[[], T], what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, OSError, AssertionError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last  # type: ignore[no-any-return]
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+    """``check()``'s first truthy value: the image's processes start slowly, and until they
+    are up a request may fail or an assertion may not hold yet."""
+    return wait_until(
+        check,
+        timeout,
+        what=what,
+        interval=0.2,
+        ignoring=(httpx.HTTPError, OSError, AssertionError),
+    )
 
 
 def status(pid: int) -> dict[str, str]:
@@ -116,8 +120,8 @@ class Stack:
     lab: Lab
     nodes: dict[str, Node]
     netns: dict[str, Netns]
-    kube: KubeCluster
-    cluster: Cluster
+    kube: KubeApiServer
+    cluster: RenderedCluster
     token: str = ""
 
     def pod(self, kind: str, name: str, on: str, pod_name: str = "") -> list[ContainerSpec]:
@@ -169,7 +173,7 @@ def stack(built: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
             for name, ip in NODE_IPS.items():
                 netns[name].ip("addr", "add", f"{ip}/24", "dev", "eth0")
             (tmp / "kube").mkdir()
-            kube = KubeCluster(tmp / "kube", also=(netns["node-a"].name, NODE_IPS["node-a"]))
+            kube = KubeApiServer(tmp / "kube", also=(netns["node-a"].name, NODE_IPS["node-a"]))
         except BaseException:
             podman.close()
             raise
@@ -182,7 +186,9 @@ def stack(built: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
             }
             api = ApiServer(NODE_IPS["node-a"], kube.server.port,
                             Path(kube.server.ca).read_bytes(), kube.TOKEN)  # fmt: skip
-            cluster = Cluster(objects, tmp / "cluster", {"romanad": NODE_IPS["node-a"]}, api=api)
+            cluster = RenderedCluster(
+                objects, tmp / "cluster", {"romanad": NODE_IPS["node-a"]}, api=api
+            )
             yield Stack(podman, image, user, lab, nodes, netns, kube, cluster)
         finally:
             podman.close()
@@ -359,7 +365,7 @@ def test_podspec_refuses_any_field_it_does_not_understand(tmp_path: Path) -> Non
     secrets = {"romana-api-token": {"token": b"t"}}
     where = Node("node-a", "192.168.77.1", tmp_path / "node")
     agent = next(o for o in objects if o["kind"] == "DaemonSet")
-    cluster = Cluster(objects, tmp_path / "c", {"romanad": "192.168.77.1"}, secrets, api)
+    cluster = RenderedCluster(objects, tmp_path / "c", {"romanad": "192.168.77.1"}, secrets, api)
     specs = resolve(cluster, "DaemonSet", agent["metadata"]["name"], where)
     assert specs[-1].env["ROMANAD_SERVICE_HOST"] == "192.168.77.1"
     container = agent["spec"]["template"]["spec"]["containers"][0]

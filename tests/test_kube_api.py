@@ -8,10 +8,10 @@ import asyncio
 import json
 import shutil
 import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import kubernetes_validate
 import pytest
@@ -19,20 +19,22 @@ from lightkube import ApiError
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 
 from romana.kube.connect import OtherKind, connect, load_config, watch
-from tests.kube import DATA, Cluster, namespace, node, pod, policy
+
+from .kube import DATA, KubeApiServer, namespace, node, pod, policy
+from .wait import wait_until
 
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, bookmark_interval=0.2)
+def cluster(tmp_path: Path) -> Iterator[KubeApiServer]:
+    c = KubeApiServer(tmp_path, bookmark_interval=0.2)
     yield c
     c.close()
 
 
-def kubectl(cluster: Cluster, *args: str, timeout: float = 30) -> str:
+def kubectl(cluster: KubeApiServer, *args: str, timeout: float = 30) -> str:
     env = {"KUBECONFIG": str(cluster.kubeconfig), "HOME": str(cluster.tmp), "PATH": "/usr/bin:/bin"}
     cache = str(cluster.tmp / "kubectl-cache")
     done = subprocess.run(
@@ -60,8 +62,9 @@ def test_built_objects_validate_too() -> None:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
+@pytest.mark.kubectl
 @needs_kubectl
-def test_kubectl_get_lists_pages_and_watches(cluster: Cluster) -> None:
+def test_kubectl_get_lists_pages_and_watches(cluster: KubeApiServer) -> None:
     for i in range(5):
         cluster.create(node(f"worker-{i}", f"192.168.10.{11 + i}", "us-west-1a"))
     cluster.create(namespace("shop"))
@@ -83,29 +86,50 @@ def test_kubectl_get_lists_pages_and_watches(cluster: Cluster) -> None:
          "-o", "json", "--output-watch-events"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    assert follower.stdout is not None and follower.stderr is not None
+    lines: list[str] = []
+
+    def read(stream: IO[str]) -> None:
+        for line in stream:  # as kubectl writes them
+            lines.append(line)
+
+    reader = threading.Thread(target=read, args=(follower.stdout,), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 20
-        while cluster.control("stats")["watchers"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: cluster.control("stats")["watchers"] >= 1, 20, what="kubectl's watch")
         cluster.delete("nodes", "worker-0")
-        time.sleep(1.0)
+        wait_until(
+            lambda: ("DELETED", "worker-0") in watch_events("".join(lines)),
+            20,
+            what="the DELETED event in kubectl's output",
+        )
     finally:
         follower.terminate()
-        out, err = follower.communicate(timeout=10)
-    decoder, events, text = json.JSONDecoder(), [], out.strip()
+        follower.wait(10)
+        reader.join(10)
+    events = watch_events("".join(lines))
+    assert ("DELETED", "worker-0") in events, (events, follower.stderr.read())
+    assert events.count(("ADDED", "worker-0")) == 1
+
+
+def watch_events(text: str) -> list[tuple[str, str]]:
+    """(type, name) of each whole event in kubectl's ``--output-watch-events`` JSON so far."""
+    decoder, events, text = json.JSONDecoder(), [], text.strip()
     while text:
-        event, end = decoder.raw_decode(text)
+        try:
+            event, end = decoder.raw_decode(text)
+        except json.JSONDecodeError:  # the next event is still being written
+            break
         events.append((event["type"], event["object"]["metadata"]["name"]))
         text = text[end:].strip()
-    assert ("DELETED", "worker-0") in events, (events, err)
-    assert events.count(("ADDED", "worker-0")) == 1
+    return events
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-def test_lightkube_lists_in_pages_at_one_version(cluster: Cluster) -> None:
+def test_lightkube_lists_in_pages_at_one_version(cluster: KubeApiServer) -> None:
     for i in range(7):
         cluster.create(node(f"worker-{i}", f"192.168.10.{11 + i}"))
 
@@ -123,7 +147,7 @@ def test_lightkube_lists_in_pages_at_one_version(cluster: Cluster) -> None:
     assert version == str(cluster.api.revision)
 
 
-def test_lightkube_watch_gets_events_bookmarks_and_410(cluster: Cluster) -> None:
+def test_lightkube_watch_gets_events_bookmarks_and_410(cluster: KubeApiServer) -> None:
     cluster.create(namespace("shop"))
     first = cluster.create(pod("shop", "web", "worker-1"))
 
@@ -156,7 +180,7 @@ def test_lightkube_watch_gets_events_bookmarks_and_410(cluster: Cluster) -> None
     assert int(seen[-1][1]) > int(first["metadata"]["resourceVersion"])
 
 
-def test_lightkube_sees_a_cut_stream_as_an_error(cluster: Cluster) -> None:
+def test_lightkube_sees_a_cut_stream_as_an_error(cluster: KubeApiServer) -> None:
     cluster.create(node("worker-1", "192.168.10.11"))
 
     async def follow() -> str:
@@ -173,7 +197,7 @@ def test_lightkube_sees_a_cut_stream_as_an_error(cluster: Cluster) -> None:
     assert run(follow()) == "RemoteProtocolError"
 
 
-def test_the_watch_tells_unknown_event_types_and_other_kinds_apart(cluster: Cluster) -> None:
+def test_the_watch_tells_unknown_event_types_and_other_kinds_apart(cluster: KubeApiServer) -> None:
     """What only a broken or hostile server sends, written into the stream as it is."""
     cluster.create(namespace("shop"))
     stray = node("node-x", "192.168.10.70")
@@ -208,6 +232,6 @@ def test_the_watch_tells_unknown_event_types_and_other_kinds_apart(cluster: Clus
     assert modified == "MODIFIED" and shop.metadata.name == "node-x"  # of the watched kind
 
 
-def test_a_wrong_token_is_refused(cluster: Cluster) -> None:
+def test_a_wrong_token_is_refused(cluster: KubeApiServer) -> None:
     answer = cluster.http.get("/api/v1/nodes", headers={"authorization": "Bearer nope"})
     assert answer.status_code == 401 and answer.json()["reason"] == "Unauthorized"

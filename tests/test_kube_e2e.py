@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from romana.api.client import RomanaClient
-from tests.daemon import Daemon
-from tests.kube import Cluster, in_step, namespace, node, pod, policy, wait_until
-from tests.netns import Lab, Netns, run
 
-BIN = Path(sys.executable).parent
+from .daemon import Daemon
+from .kube import KubeApiServer, in_step, namespace, node, pod, policy
+from .lab import Lab, Netns, romana_argv, run
+from .wait import wait_until
+
 POD_SCRIPT = Path(__file__).with_name("policy_pod.py")
 HOSTS = {"h1": "192.168.9.11", "h2": "192.168.9.12"}
 APISERVER = "192.168.9.1"
@@ -48,13 +49,17 @@ TOPOLOGY = {
 }
 PORTS = [{"name": "http", "containerPort": 80, "protocol": "TCP"}]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
 
 
 class Pods:
     """Pods on the hosts, added by the CNI plugin as kubelet runs it."""
 
-    def __init__(self, lab: Lab, hosts: dict[str, Netns], workdir: Path, cluster: Cluster):
+    def __init__(self, lab: Lab, hosts: dict[str, Netns], workdir: Path, cluster: KubeApiServer):
         self.lab, self.hosts, self.workdir, self.cluster = lab, hosts, workdir, cluster
         self.probers: dict[str, subprocess.Popen[str]] = {}
         self.ips: dict[str, str] = {}
@@ -127,15 +132,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 def test_pods_get_their_nodes_group_and_namespace_and_a_policy_isolates_them(
     tmp_path: Path, lab: Lab
 ) -> None:
-    sw = lab.netns("sw")
-    hosts = {}
-    for name, ip in HOSTS.items():
-        host = hosts[name] = lab.netns(name)
-        lab.veth(host, "eth0", sw, f"p{name}")
-        host.ip("addr", "add", f"{ip}/24", "dev", "eth0")
-        host.ip("route", "add", "default", "via", APISERVER)
-    lab.bridge(sw, "br0", [f"p{name}" for name in HOSTS])
-    sw.ip("addr", "add", f"{APISERVER}/24", "dev", "br0")
+    sw = lab.switch("sw", f"{APISERVER}/24")
+    hosts = {name: lab.host(name, f"{ip}/24", sw) for name, ip in HOSTS.items()}
 
     (tmp_path / "topology.json").write_text(json.dumps(TOPOLOGY))
     socket = tmp_path / "romanad.sock"
@@ -146,18 +144,20 @@ def test_pods_get_their_nodes_group_and_namespace_and_a_policy_isolates_them(
         "--listen",
         f"unix:{socket}",
     ).start()
-    cluster = Cluster(tmp_path, also=(sw.name, APISERVER))
+    cluster = KubeApiServer(tmp_path, also=(sw.name, APISERVER))
     romanad = RomanaClient(f"unix:{socket}")
     try:
         inside = tmp_path / "kubeconfig-hosts.yaml"
         inside.write_text(yaml.safe_dump(cluster.server.kubeconfig_at(APISERVER, cluster.TOKEN)))
         # The listener runs on h1's host network, as its Deployment would.
-        lab.spawn(
-            hosts["h1"], str(BIN / "romana-listener"), "--kubeconfig", str(inside),
-            "--romanad", f"unix:{socket}", "--resync", "5",
-            "--health-listen", f"unix:{tmp_path / 'listener.sock'}",
-            log=tmp_path / "listener.log",
-        )  # fmt: skip
+        listener = romana_argv(
+            "romana-listener",
+            kubeconfig=inside,
+            romanad=f"unix:{socket}",
+            resync=5,
+            health_listen=f"unix:{tmp_path / 'listener.sock'}",
+        )
+        lab.spawn(hosts["h1"], *listener, log=tmp_path / "listener.log")
         for name, ip in HOSTS.items():
             cluster.create(node(name, ip, "us-west-1a"))
         cluster.create(node("h3", "192.168.9.13", "us-west-1b"))  # no agent: placement only
@@ -169,16 +169,17 @@ def test_pods_get_their_nodes_group_and_namespace_and_a_policy_isolates_them(
             "us-west-1a", "us-west-1a", "us-west-1b"
         ]  # fmt: skip
 
-        run(str(BIN / "romana-cni"), "install", "--bin-dir", str(tmp_path / "bin"))
+        run(*romana_argv("romana-cni", "install", bin_dir=tmp_path / "bin"))
         for name in HOSTS:
-            lab.spawn(
-                hosts[name], str(BIN / "romana-agent"), "--host", name,
-                "--url", f"unix:{socket}", "--kubeconfig", str(inside),
-                "--cni-socket", str(tmp_path / f"cni-{name}.sock"),
-                "--listen", f"unix:{tmp_path / f'agent-{name}.sock'}",
-                log=tmp_path / f"agent-{name}.log",
-            )  # fmt: skip
-            wait_until((tmp_path / f"cni-{name}.sock").is_socket, 15, what=f"{name}'s agent")
+            lab.agent(
+                hosts[name],
+                name,
+                f"unix:{socket}",
+                serving=tmp_path / f"cni-{name}.sock",
+                kubeconfig=inside,
+                cni_socket=tmp_path / f"cni-{name}.sock",
+                listen=f"unix:{tmp_path / f'agent-{name}.sock'}",
+            )
 
         pods = Pods(lab, hosts, tmp_path, cluster)
         web = pods.add("shop", "web", "h1", app="web")

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
 from romana.policy.inputs import PolicyInputs
-from tests.kube import (
-    Cluster,
+
+from .kube import (
+    KubeApiServer,
     Listener,
     in_step,
     listener_fixtures,
@@ -17,8 +20,10 @@ from tests.kube import (
     node,
     pod,
     policy,
-    wait_until,
 )
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 ZONES = {"us-west-1a": "10.112.0.0/13", "us-west-1b": "10.120.0.0/13"}
 
@@ -32,7 +37,7 @@ def zone_of(romanad: RomanaClient, host: str) -> str:
 
 
 def test_nodes_join_their_zone_groups(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     for i in range(6):
         zone = "us-west-1a" if i % 2 == 0 else "us-west-1b"
@@ -60,7 +65,7 @@ def by_ip(romanad: RomanaClient, ip: str) -> dict[str, Any]:
 
 
 def running_pod(
-    cluster: Cluster, romanad: RomanaClient, ns: str, name: str, host: str, **labels: str
+    cluster: KubeApiServer, romanad: RomanaClient, ns: str, name: str, host: str, **labels: str
 ) -> str:
     """A pod as kubelet and the CNI leave it: an address in romanad, the IP in its status."""
     ip = romanad.allocate(f"cni:{ns}-{name}:eth0", host, tenant=ns)["ip"]
@@ -69,7 +74,7 @@ def running_pod(
 
 
 def test_node_relabel_moves_only_an_empty_host(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("empty", "192.168.10.21", "us-west-1a"))
     cluster.create(node("busy", "192.168.10.22", "us-west-1a"))
@@ -105,7 +110,7 @@ def test_node_relabel_moves_only_an_empty_host(
 
 
 def test_node_delete_removes_the_host_after_the_grace_period(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(namespace("shop"))
@@ -125,7 +130,7 @@ def test_node_delete_removes_the_host_after_the_grace_period(
 
 
 def test_node_back_within_the_grace_period_keeps_its_host(
-    cluster: Cluster, romanad: RomanaClient
+    cluster: KubeApiServer, romanad: RomanaClient
 ) -> None:
     running = Listener(cluster, romanad.url, "--node-grace", "30").start()
     try:
@@ -144,7 +149,7 @@ def test_node_back_within_the_grace_period_keeps_its_host(
 
 
 def test_namespace_relabel_changes_policy_selection(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     for ns in ("shop", "store", "tools"):
@@ -179,7 +184,7 @@ def test_namespace_relabel_changes_policy_selection(
 
 
 def test_pod_relabel_and_named_ports(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(namespace("shop"))
@@ -195,7 +200,7 @@ def test_pod_relabel_and_named_ports(
 
 
 def test_watch_cut_mid_stream_resumes_without_a_list(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(namespace("shop"))
@@ -215,7 +220,7 @@ def test_watch_cut_mid_stream_resumes_without_a_list(
 
 
 def test_expired_history_relists_and_removes_what_vanished(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(node("worker-2", "192.168.10.12", "us-west-1b"))
@@ -239,7 +244,7 @@ def test_expired_history_relists_and_removes_what_vanished(
 
 
 def test_listener_restart_converges(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(node("worker-2", "192.168.10.12", "us-west-1b"))
@@ -259,7 +264,7 @@ def test_listener_restart_converges(
     assert by_ip(romanad, ip)["labels"] == {"app": "web2"}
 
 
-def test_two_listeners_at_once(cluster: Cluster, romanad: RomanaClient) -> None:
+def test_two_listeners_at_once(cluster: KubeApiServer, romanad: RomanaClient) -> None:
     first = Listener(cluster, romanad.url, name="first").start()
     second = Listener(cluster, romanad.url, name="second").start()
     try:

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from romana.kube.token import DEFAULT_NAME, DEFAULT_NAMESPACE, ensure
-from tests.kube import Cluster
+
+from .kube import KubeApiServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = f"/api/v1/namespaces/{DEFAULT_NAMESPACE}/secrets"
@@ -26,15 +27,15 @@ KUBECTL = shutil.which("kubectl")
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    made = Cluster(tmp_path)
+def cluster(tmp_path: Path) -> Iterator[KubeApiServer]:
+    made = KubeApiServer(tmp_path)
     try:
         yield made
     finally:
         made.close()
 
 
-def run_token(cluster: Cluster, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_token(cluster: KubeApiServer, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "romana.kube.token", "--kubeconfig", str(cluster.kubeconfig),
          *extra],
@@ -42,12 +43,14 @@ def run_token(cluster: Cluster, *extra: str) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
-def stored_token(cluster: Cluster, name: str = DEFAULT_NAME) -> str:
+def stored_token(cluster: KubeApiServer, name: str = DEFAULT_NAME) -> str:
     secret = cluster.api.objects[("secrets", DEFAULT_NAMESPACE, name)]
     return base64.b64decode(secret["data"]["token"]).decode()
 
 
-def test_creates_the_secret_with_32_random_bytes_and_never_prints_them(cluster: Cluster) -> None:
+def test_creates_the_secret_with_32_random_bytes_and_never_prints_them(
+    cluster: KubeApiServer,
+) -> None:
     done = run_token(cluster)
     assert done.returncode == 0, done.stderr
     token = stored_token(cluster)
@@ -61,7 +64,7 @@ def test_creates_the_secret_with_32_random_bytes_and_never_prints_them(cluster: 
         ("create", "secrets", DEFAULT_NAMESPACE, None),
     ]
     (cluster.tmp / "other").mkdir()
-    other = Cluster(cluster.tmp / "other")
+    other = KubeApiServer(cluster.tmp / "other")
     try:
         assert run_token(other).returncode == 0
         assert stored_token(other) != token, "a new token per cluster, not a constant"
@@ -69,7 +72,7 @@ def test_creates_the_secret_with_32_random_bytes_and_never_prints_them(cluster: 
         other.close()
 
 
-def test_a_second_run_leaves_the_first_token_alone(cluster: Cluster) -> None:
+def test_a_second_run_leaves_the_first_token_alone(cluster: KubeApiServer) -> None:
     assert run_token(cluster).returncode == 0
     first = stored_token(cluster)
     version = cluster.api.revision
@@ -79,8 +82,9 @@ def test_a_second_run_leaves_the_first_token_alone(cluster: Cluster) -> None:
     assert stored_token(cluster) == first and cluster.api.revision == version
 
 
+@pytest.mark.kubectl
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-def test_a_secret_made_by_hand_with_kubectl_is_kept(cluster: Cluster) -> None:
+def test_a_secret_made_by_hand_with_kubectl_is_kept(cluster: KubeApiServer) -> None:
     """The operator's own token (shared with tools outside the cluster) wins."""
     # `kubectl create -f` (`create secret generic` speaks protobuf, which the test server
     # does not; nor OpenAPI, hence no client-side validation): the Secret as an operator
@@ -102,7 +106,7 @@ def test_a_secret_made_by_hand_with_kubectl_is_kept(cluster: Cluster) -> None:
     ]
 
 
-def test_a_secret_without_a_token_key_is_reported_not_replaced(cluster: Cluster) -> None:
+def test_a_secret_without_a_token_key_is_reported_not_replaced(cluster: KubeApiServer) -> None:
     answer = cluster.http.post(
         SECRETS, json={"metadata": {"name": DEFAULT_NAME}, "stringData": {"other": "x"}}
     )
@@ -115,7 +119,7 @@ def test_a_secret_without_a_token_key_is_reported_not_replaced(cluster: Cluster)
 
 
 def test_losing_a_create_race_keeps_the_winners_token(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    cluster: KubeApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two runs at once (a Job retried while the first pod still ran): the second one's
     GET says 404, then another run creates the Secret before this one's POST (409)."""
@@ -133,7 +137,7 @@ def test_losing_a_create_race_keeps_the_winners_token(
     assert stored_token(cluster) == "the-winner"
 
 
-def test_an_unreachable_api_server_fails_with_a_clear_message(cluster: Cluster) -> None:
+def test_an_unreachable_api_server_fails_with_a_clear_message(cluster: KubeApiServer) -> None:
     cluster.close()
     done = run_token(cluster)
     assert done.returncode == 1
@@ -141,7 +145,7 @@ def test_an_unreachable_api_server_fails_with_a_clear_message(cluster: Cluster) 
     assert "Traceback" not in done.stderr
 
 
-def test_the_test_api_server_admits_secrets_as_kube_apiserver_does(cluster: Cluster) -> None:
+def test_the_test_api_server_admits_secrets_as_kube_apiserver_does(cluster: KubeApiServer) -> None:
     """What the tests above rely on: data must be base64, stringData is folded into it."""
     bad = cluster.http.post(SECRETS, json={"metadata": {"name": "bad"}, "data": {"k": "%%%"}})
     assert bad.status_code == 422
@@ -163,9 +167,10 @@ def allows(rules: list[dict[str, Any]], verb: str, resource: str, name: str | No
     return False
 
 
+@pytest.mark.kubectl
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-def test_every_request_is_allowed_by_the_jobs_role_and_nothing_more(cluster: Cluster) -> None:
-    from tests.test_deploy import by_kind, render
+def test_every_request_is_allowed_by_the_jobs_role_and_nothing_more(cluster: KubeApiServer) -> None:
+    from .test_deploy import by_kind, render
 
     objects = render("deploy")
     role = by_kind(objects, "Role", "romana-token")

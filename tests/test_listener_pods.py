@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
-from tests.kube import Cluster, Listener, listener_fixtures, namespace, node, pod, wait_until
+
+from .kube import KubeApiServer, Listener, listener_fixtures, namespace, node, pod
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 NODE = "node-0"
 TERMINATING = {"deletionTimestamp": "2026-12-07T00:00:00Z", "deletionGracePeriodSeconds": 30}
 
 
-def node_and_namespace(cluster: Cluster, romanad: RomanaClient) -> None:
+def node_and_namespace(cluster: KubeApiServer, romanad: RomanaClient) -> None:
     cluster.create(node(NODE, "192.168.91.10"))
     cluster.create(namespace("shop"))
     wait_until(lambda: romanad.hosts()["hosts"], what="the node's host")
@@ -47,7 +53,7 @@ def settle(listener: Listener, change: Any) -> None:
 
 
 def test_a_terminating_pods_labels_stay_off_the_new_pod_holding_its_ip(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     """The attack's sequence (an IP reused at once, then one more status update of the
     terminating pod), with addresses that name no pod (matched by IP)."""
@@ -72,7 +78,7 @@ def test_a_terminating_pods_labels_stay_off_the_new_pod_holding_its_ip(
 
 
 def test_an_address_naming_its_pod_is_labelled_for_that_pod_only(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     """Needs romanad's ``pod`` field on addresses (the CNI plugin's K8S_POD_* args)."""
     uid = cluster.create(pod("shop", "a", NODE, None, app="web"))["metadata"]["uid"]

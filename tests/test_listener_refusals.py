@@ -10,18 +10,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
 from romana.errors import NotFound
-from tests.kube import (
-    Cluster,
+
+from .kube import (
+    KubeApiServer,
     Listener,
     in_step,
     listener_fixtures,
     namespace,
     node,
     policy,
-    wait_until,
 )
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 DENY_ALL = {"podSelector": {}, "policyTypes": ["Ingress"]}
 
@@ -33,7 +38,7 @@ def stuck(listener: Listener) -> dict[str, dict[str, Any]]:
     return {f"{s['kind']}/{s['key']}": s for s in listener.state()["stuck"]}
 
 
-def events_about(cluster: Cluster, kind: str, name: str) -> list[dict[str, Any]]:
+def events_about(cluster: KubeApiServer, kind: str, name: str) -> list[dict[str, Any]]:
     return [
         e
         for e in cluster.events()
@@ -58,7 +63,7 @@ def resyncs(listener: Listener, more: int) -> None:
 
 
 def test_nodes_romanad_refuses_stop_nothing_else_and_are_reported_once(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(namespace("shop"))
@@ -100,7 +105,7 @@ def test_nodes_romanad_refuses_stop_nothing_else_and_are_reported_once(
 
 
 def test_a_policy_romanad_refuses_is_enforced_fail_closed(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(namespace("shop"))

@@ -29,7 +29,8 @@ from romana.kube.endpoints import Holdings, claims
 from romana.kube.refusals import Refusal, Refusals, Subject, is_transient
 from romana.kube.sync import Sync
 from romana.policy.k8s import NOT_ENFORCED
-from tests.kube import pod, policy
+
+from .kube import pod, policy
 
 
 def kube_pod(name: str, ip: str | None = None, **labels: str) -> Any:
@@ -256,7 +257,7 @@ class _Romanad:
 def test_a_pass_goes_past_refusals_and_stops_at_an_outage_keeping_what_it_had_not_done() -> None:
     from lightkube.resources.core_v1 import Node
 
-    from tests.kube import node
+    from .kube import node
 
     answers: dict[str, RomanaError | None] = {
         "a": InvalidRequest("fits no group"),
@@ -297,7 +298,7 @@ def test_a_host_removed_by_another_listener_while_relabelled_is_added_not_refuse
     finds it gone. That is a race, not the node's fault: no refusal, the host is added."""
     from lightkube.resources.core_v1 import Node
 
-    from tests.kube import node
+    from .kube import node
 
     romanad = _RacedRomanad()
     events: list[Any] = []

@@ -6,28 +6,33 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from romana.api.client import RomanaClient
-from tests.kube import (
-    Cluster,
+
+from .kube import (
+    KubeApiServer,
     Listener,
     in_step,
     listener_fixtures,
     namespace,
     node,
     pod,
-    wait_until,
 )
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 cluster, romanad, listener = listener_fixtures()
 
 
-def current(cluster: Cluster, obj: dict[str, Any]) -> dict[str, Any]:
+def current(cluster: KubeApiServer, obj: dict[str, Any]) -> dict[str, Any]:
     obj["metadata"]["resourceVersion"] = str(cluster.api.revision)
     return obj
 
 
 def test_unknown_event_types_and_objects_of_other_kinds_are_ignored(
-    cluster: Cluster, romanad: RomanaClient, listener: Listener
+    cluster: KubeApiServer, romanad: RomanaClient, listener: Listener
 ) -> None:
     cluster.create(node("worker-1", "192.168.10.11", "us-west-1a"))
     cluster.create(namespace("shop"))

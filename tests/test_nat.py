@@ -41,12 +41,12 @@ from romana.ipam import Engine
 from romana.topology import Topology, check, validate
 
 from .daemon import Daemon
-from .netns import Lab, Netns, wait_until
+from .lab import Lab, Netns, romana_argv
+from .wait import wait_until
 
 NFT = shutil.which("nft")
 needs_nft = pytest.mark.skipif(NFT is None, reason="needs nftables")
 
-AGENT = str(Path(sys.executable).parent / "romana-agent")
 OUTSIDE = "172.31.255.1"  # the internet
 IN_CLUSTER = "172.30.0.1"  # also in the outside namespace, but inside cluster_ranges
 NODES = {"h1": "192.168.9.11", "h2": "192.168.9.12"}
@@ -184,6 +184,7 @@ def test_rendered_table_masquerades_only_nat_sources_to_the_outside() -> None:
     assert render(NatPlan()) == "table ip romana-nat {}\ndelete table ip romana-nat\n"
 
 
+@pytest.mark.root
 @needs_nft
 def test_table_loads_atomically_is_checked_against_the_kernel_and_goes(tmp_path: Path) -> None:
     """Real nft in a namespace of its own: load, load again (idempotent), a foreign edit
@@ -248,16 +249,11 @@ class Cluster:
         self.hosts: dict[str, Netns] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.pods: dict[str, Pod] = {}
-        self.sw = sw = lab.netns("sw")
+        self.sw = sw = lab.switch("sw", "192.168.9.1/24")
         self.outside = outside = lab.netns("outside")
         for name, ip in NODES.items():
-            host = self.hosts[name] = lab.netns(name)
-            lab.veth(host, "eth0", sw, f"p{name}")
-            host.ip("addr", "add", f"{ip}/24", "dev", "eth0")
-            host.ip("route", "add", "default", "via", "192.168.9.1")
+            self.hosts[name] = lab.host(name, f"{ip}/24", sw)
             self.client.add_host(name, ip, {})
-        lab.bridge(sw, "br0", [f"p{name}" for name in NODES])
-        sw.ip("addr", "add", "192.168.9.1/24", "dev", "br0")
         lab.veth(sw, "ext0", outside, "eth0")
         sw.ip("addr", "add", "172.31.255.254/24", "dev", "ext0")
         outside.ip("addr", "add", f"{OUTSIDE}/24", "dev", "eth0")
@@ -273,21 +269,15 @@ class Cluster:
             self.serve(ns)
 
     def start_agent(self, name: str) -> None:
-        self.agents[name] = self.lab.spawn(
+        self.agents[name] = self.lab.agent(
             self.hosts[name],
-            AGENT,
-            "--host",
             name,
-            "--url",
             self.url,
-            "--listen",
-            f"unix:{self.agent_socket(name)}",
-            "--no-policy",
-            "--resync-interval",
-            "1",
-            log=self.workdir / f"agent-{name}.log",
+            serving=self.agent_socket(name),
+            listen=f"unix:{self.agent_socket(name)}",
+            no_policy=True,
+            resync_interval=1,
         )
-        wait_until(self.agent_socket(name).is_socket, 15, message=f"{name}'s agent")
 
     def stop_agent(self, name: str) -> None:
         self.lab.stop(self.agents.pop(name))
@@ -320,7 +310,7 @@ class Cluster:
 
     def serve(self, ns: Netns) -> None:
         self.lab.spawn(ns, sys.executable, "-S", "-c", SERVER % PORT)
-        wait_until(lambda: f":{PORT}" in ns.exec("ss", "-Hltn").stdout, 10, message="the server")
+        wait_until(lambda: f":{PORT}" in ns.exec("ss", "-Hltn").stdout, 10, what="the server")
 
     def source_seen(self, pod: str, destination: str) -> str:
         """The source address ``destination``'s server saw for a connection from ``pod``."""
@@ -342,7 +332,7 @@ class Cluster:
                     (h := self.health(n)["nat"])["in_sync"] and h["networks"] == networks
                 ),
                 15,
-                message=f"{name}'s NAT to follow the map",
+                what=f"{name}'s NAT to follow the map",
             )
             assert (self.nat_table(name) is not None) == bool(networks)
 
@@ -367,6 +357,8 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         romanad.stop()
 
 
+@pytest.mark.root
+@pytest.mark.daemons
 @pytest.mark.parametrize("cluster", [topology(True)], indirect=True)
 def test_pods_reach_the_outside_with_their_nodes_address_and_each_other_with_their_own(
     cluster: Cluster,
@@ -388,6 +380,8 @@ def test_pods_reach_the_outside_with_their_nodes_address_and_each_other_with_the
     assert cluster.metric("h1", "romana_agent_nat_networks") == 1
 
 
+@pytest.mark.root
+@pytest.mark.daemons
 @pytest.mark.parametrize("cluster", [topology(None)], indirect=True)
 def test_nat_follows_the_map_is_repaired_and_survives_agent_restarts(cluster: Cluster) -> None:
     a = cluster.pods["a"]
@@ -403,7 +397,7 @@ def test_nat_follows_the_map_is_repaired_and_survives_agent_restarts(cluster: Cl
     # Someone deletes it (e.g. an nftables service restart): loaded again.
     repairs = cluster.health("h1")["nat"]["repairs"]
     cluster.hosts["h1"].exec("nft", "delete", "table", "ip", "romana-nat")
-    wait_until(lambda: cluster.nat_table("h1") is not None, 15, message="the table repaired")
+    wait_until(lambda: cluster.nat_table("h1") is not None, 15, what="the table repaired")
     assert cluster.health("h1")["nat"]["repairs"] == repairs + 1
     assert cluster.source_seen("a", OUTSIDE) == NODES["h1"]
 
@@ -444,6 +438,7 @@ class MapSource:
         return self.document
 
 
+@pytest.mark.root
 @needs_nft
 def test_keeper_reports_a_refused_load_and_retries_it_at_the_next_sync(tmp_path: Path) -> None:
     with Lab("nk", tmp_path) as lab:
@@ -477,6 +472,7 @@ def test_keeper_reports_a_refused_load_and_retries_it_at_the_next_sync(tmp_path:
         assert keeper.health()["in_sync"] and keeper.health()["loads"] == 3
 
 
+@pytest.mark.root
 @needs_nft
 def test_cleanup_removes_the_nat_table(tmp_path: Path) -> None:
     with Lab("nc", tmp_path) as lab:
@@ -486,10 +482,11 @@ def test_cleanup_removes_the_nat_table(tmp_path: Path) -> None:
         nft.chmod(0o755)
         assert NatTable(str(nft)).load(plan_from_topology(topology(True))) is None
         assert "romana-nat" in ns.exec("nft", "list", "tables").stdout
-        ns.exec(AGENT, "--cleanup", "--table", "77")
+        ns.exec(*romana_argv("romana-agent", cleanup=True, table=77))
         assert "romana-nat" not in ns.exec("nft", "list", "tables").stdout
 
 
+@pytest.mark.root
 @needs_nft
 def test_an_unreadable_map_is_the_keepers_problem_not_the_route_syncs(tmp_path: Path) -> None:
     """The hook runs after the routes are programmed: romanad failing ``GET /topology``

@@ -49,8 +49,7 @@ LAYERS: list[frozenset[str]] = [
     frozenset({"api"}),
     frozenset({"kube", "cni", "publisher"}),
     frozenset({"agent"}),
-    # testing: fakes for the tests, on their way out of src/ into tests/fakes.
-    frozenset({"cli", "testing"}),
+    frozenset({"cli"}),
 ]
 
 # Module cycles inside a package that are deliberate, with the reason.

@@ -13,6 +13,8 @@ import pytest
 from .conftest import EXAMPLES
 from .daemon import Daemon, running
 
+pytestmark = pytest.mark.daemons
+
 TOPOLOGY = str(EXAMPLES / "datacenter-4-racks.json")
 
 NATIVE: dict[str, Any] = {

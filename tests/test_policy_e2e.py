@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 
-from .netns import run, wait_until
+from .lab import run
 from .policy_lab import HOSTS, PolicyCluster, np, policy_cluster
+from .wait import wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.daemons]
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +369,7 @@ def test_a_policy_one_host_refuses_never_blocks_the_others(lab: PolicyCluster) -
         wait_until(
             lambda: lab.agent_health("h2")["policy"]["last_error"] is not None,
             15,
-            message="h2's load failure",
+            what="h2's load failure",
         )
         lab.converged(hosts=["h1"])
         # h1 enforces the new policy; h2 keeps its last good table (without it).

@@ -22,8 +22,11 @@ from typing import Any
 
 import pytest
 
-from .netns import Netns, run, wait_until
+from .lab import Netns, run
 from .policy_lab import HOSTS, PolicyCluster, RunningPod, np, policy_cluster
+from .wait import wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.daemons]
 
 FLOW_PROBE = Path(__file__).with_name("flow_probe.py")
 LISTEN_PORT = 9999
@@ -33,7 +36,7 @@ POLICY_MAX_SIZE = 20_000  # the agents' --policy-max-size here
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyCluster]:
     workdir = tmp_path_factory.mktemp("faults")
-    with policy_cluster(workdir, "--policy-max-size", str(POLICY_MAX_SIZE)) as c:
+    with policy_cluster(workdir, policy_max_size=POLICY_MAX_SIZE) as c:
         for host in c.hosts.values():  # the kernel's default (systemd sets 2)
             for key in ("all", "default"):
                 host.sysctl(f"net.ipv4.conf.{key}.rp_filter", "0")
@@ -184,7 +187,7 @@ def test_the_table_is_loaded_again_when_another_process_flushes_or_edits_it(
     before = policy_health(c, "h1").get("table", {}).get("repairs", 0)
     # What restarting a host's nftables service does with Debian's default configuration.
     h1.exec("nft", "flush", "ruleset")
-    wait_until(lambda: table_listed(c, "h1"), 15, message="the table loaded again")
+    wait_until(lambda: table_listed(c, "h1"), 15, what="the table loaded again")
     c.assert_matches([np("x", "deny", {"policyTypes": ["Ingress"]})])
     table = policy_health(c, "h1")["table"]
     assert table["repairs"] == before + 1 and table["intact"], table
@@ -194,9 +197,7 @@ def test_the_table_is_loaded_again_when_another_process_flushes_or_edits_it(
     listed = h1.exec("nft", "-a", "list", "chain", "inet", "romana", "ingress").stdout
     handle = next(line.split("# handle ")[1] for line in listed.splitlines() if "vmap" in line)
     h1.exec("nft", "delete", "rule", "inet", "romana", "ingress", "handle", handle)
-    wait_until(
-        lambda: policy_health(c, "h1")["table"]["repairs"] > before + 1, 15, message="repair"
-    )
+    wait_until(lambda: policy_health(c, "h1")["table"]["repairs"] > before + 1, 15, what="repair")
     assert "vmap @ingress_of" in h1.exec("nft", "list", "chain", "inet", "romana", "ingress").stdout
     c.assert_matches([np("x", "deny", {"policyTypes": ["Ingress"]})])
 
@@ -232,7 +233,7 @@ def test_a_change_hidden_by_dropped_notifications_is_found_by_the_check(
     finally:
         os.kill(agent, signal.SIGCONT)
     try:
-        wait_until(lambda: table_listed(c, "h1"), 15, message="the table loaded again")
+        wait_until(lambda: table_listed(c, "h1"), 15, what="the table loaded again")
         table = policy_health(c, "h1")["table"]
         assert table["repairs"] == before["repairs"] + 1, table
         assert table["last_repairs"][-1]["found_by"] == "check", table

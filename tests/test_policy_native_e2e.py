@@ -12,6 +12,8 @@ import pytest
 
 from .policy_lab import HOSTS, PolicyCluster, np, policy_cluster
 
+pytestmark = [pytest.mark.root, pytest.mark.daemons]
+
 SEGMENT = "romana.io/segment"
 
 

@@ -285,6 +285,7 @@ NEEDLES = {
 }
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("host", ["h1", "h2"])
 def test_nft_accepts_every_shape_of_rule(host: str) -> None:
     engine, _ = populated()
@@ -436,6 +437,7 @@ POLICY_CHURN = st.lists(
 )
 
 
+@pytest.mark.root
 @settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +25,15 @@ from romana.publisher.options import Options
 
 from .conftest import racks_topology
 from .daemon import Daemon, free_port, running
-from .netns import wait_until
+from .lab import romana_argv
+from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2")
+pytestmark = [
+    pytest.mark.daemons,
+    pytest.mark.bird,
+    pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2"),
+]
 
-PUBLISHER = Path(sys.executable).parent / "romana-publisher"
 TEMPLATE = """router id {{ router_id }};
 protocol device {}
 protocol static romana_networks {
@@ -192,27 +195,33 @@ def test_group_policy_announces_the_leaf_while_alone(romanad: Daemon, tmp_path: 
     assert "route 10.1.128.0/18 blackhole;" in text and "/17" not in text
 
 
-def run_publisher(daemon_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+def run_publisher(daemon_url: str, tmp_path: Path, **flags: object) -> subprocess.Popen[bytes]:
+    """romana-publisher for h1 rendering TEMPLATE into tmp_path/bird.conf, with ``flags``
+    (see ``romana_argv``)."""
     (tmp_path / "bird.conf.j2").write_text(TEMPLATE)
     log = (tmp_path / "publisher.log").open("ab")
-    return subprocess.Popen(
-        [
-            str(PUBLISHER),
-            "--host",
-            "h1",
-            "--url",
-            daemon_url,
-            "--template",
-            str(tmp_path / "bird.conf.j2"),
-            "--output",
-            str(tmp_path / "bird.conf"),
-            "--poll-interval",
-            "0.5",
-            *extra,
-        ],
-        stdout=log,
-        stderr=log,
+    return subprocess.Popen(publisher_argv(daemon_url, tmp_path, **flags), stdout=log, stderr=log)
+
+
+def publisher_argv(daemon_url: str, tmp_path: Path, **flags: object) -> list[str]:
+    return romana_argv(
+        "romana-publisher",
+        host="h1",
+        url=daemon_url,
+        template=tmp_path / "bird.conf.j2",
+        output=tmp_path / "bird.conf",
+        poll_interval=0.5,
+        **flags,
     )
+
+
+def healthz_served(romanad_url: str) -> float:
+    """How many ``GET /healthz`` romanad has answered (its request histogram's count)."""
+    metrics = httpx.get(f"{romanad_url}/metrics", timeout=5).text
+    found = re.search(
+        r'^romana_request_seconds_count\{method="GET",route="/healthz"\} (\S+)$', metrics, re.M
+    )
+    return float(found.group(1)) if found else 0.0
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
@@ -227,23 +236,12 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 def test_once_mode_exit_codes(romanad: Daemon, tmp_path: Path) -> None:
-    proc = run_publisher(romanad.url, tmp_path, "--once")
+    proc = run_publisher(romanad.url, tmp_path, once=True)
     assert proc.wait(30) == 0
     assert "route 10.1.0.0/17 blackhole;" in (tmp_path / "bird.conf").read_text()
     (tmp_path / "bird.conf.j2").write_text("{{ oops }")
     result = subprocess.run(
-        [
-            str(PUBLISHER),
-            "--host",
-            "h1",
-            "--url",
-            romanad.url,
-            "--template",
-            str(tmp_path / "bird.conf.j2"),
-            "--output",
-            str(tmp_path / "bird.conf"),
-            "--once",
-        ],
+        publisher_argv(romanad.url, tmp_path, once=True),
         capture_output=True,
         text=True,
         timeout=30,
@@ -256,7 +254,7 @@ def test_once_mode_exit_codes(romanad: Daemon, tmp_path: Path) -> None:
 def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = run_publisher(url, tmp_path, "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    proc = run_publisher(url, tmp_path, metrics_listen=f"127.0.0.1:{metrics_port}")
     daemon = Daemon(tmp_path / "data", "--snapshot-every", "3", "--keep-history", "0", port=port)
     try:
 
@@ -268,8 +266,8 @@ def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -
         wait_until(
             lambda: _answers(metrics_port) and romanad_failures() >= 1,
             10,
-            0.1,
-            "a romanad failure counted",
+            what="a romanad failure counted",
+            interval=0.1,
         )
         assert proc.poll() is None  # waits, does not crash
         daemon.start()
@@ -279,16 +277,16 @@ def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -
             wait_until(
                 lambda: out.exists() and "10.1.0.0/17" in out.read_text(),
                 15,
-                0.1,
-                "the first configuration once romanad is up",
+                what="the first configuration once romanad is up",
+                interval=0.1,
             )
             # Freeze the publisher, let romanad compact past its revision, thaw it.
             seen = client.health()["revision"]
             wait_until(
                 lambda: publisher_revision(metrics_port) >= seen,
                 10,
-                0.05,
-                "the publisher to follow the feed",
+                what="the publisher to follow the feed",
+                interval=0.05,
             )
             os.kill(proc.pid, signal.SIGSTOP)
             try:
@@ -299,16 +297,16 @@ def test_survives_romanad_absence_and_resyncs_after_compaction(tmp_path: Path) -
                 wait_until(
                     lambda: compacted(client, seen),
                     10,
-                    0.1,
-                    "romanad to compact past the publisher's revision",
+                    what="romanad to compact past the publisher's revision",
+                    interval=0.1,
                 )
             finally:
                 os.kill(proc.pid, signal.SIGCONT)
             wait_until(
                 lambda: "route 10.1.0.0/18 blackhole;" in out.read_text(),
                 15,
-                0.1,
-                "h1's smaller area after the resync",
+                what="h1's smaller area after the resync",
+                interval=0.1,
             )
         assert proc.poll() is None
     finally:
@@ -394,13 +392,13 @@ def test_a_rewound_feed_keeps_the_configuration_until_restart(tmp_path: Path) ->
     try:
         with RomanaClient(first.url) as client:
             seed(client)
-        proc = run_publisher(first.url, tmp_path, "--metrics-listen", f"127.0.0.1:{http_port}")
+        proc = run_publisher(first.url, tmp_path, metrics_listen=f"127.0.0.1:{http_port}")
         out = tmp_path / "bird.conf"
         wait_until(
             lambda: out.exists() and "10.1.0.0/17" in out.read_text(),
             15,
-            0.1,
-            "the first configuration",
+            what="the first configuration",
+            interval=0.1,
         )
         good = out.read_text()
         first.stop()
@@ -419,16 +417,27 @@ def test_a_rewound_feed_keeps_the_configuration_until_restart(tmp_path: Path) ->
                 assert answer.status_code == 200  # reported, not a reason to restart it
                 return answer.json()  # type: ignore[no-any-return]
 
-            wait_until(lambda: health()["feed"] == "rewound", 15, 0.1, "feed: rewound")
+            wait_until(
+                lambda: health()["feed"] == "rewound", 15, what="feed: rewound", interval=0.1
+            )
             assert "now serves store" in str(health()["feed_problem"])
             metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
             assert "romana_publisher_feed_rewound 1.0" in metrics
-            time.sleep(1.5)  # three more polls: still the configuration of the first store
+            # Three more looks at the rewound feed (each starts with GET /healthz): still
+            # the configuration of the first store.
+            looked = healthz_served(second.url)
+            wait_until(
+                lambda: healthz_served(second.url) >= looked + 3,
+                30,
+                what="the publisher to look at the rewound feed three more times",
+            )
             assert out.read_text() == good and proc.poll() is None
             # A restart accepts the store it finds.
             stop(proc)
-            proc = run_publisher(second.url, tmp_path, "--metrics-listen", f"127.0.0.1:{http_port}")
-            wait_until(lambda: out.read_text() != good, 15, 0.1, "the new store's config")
+            proc = run_publisher(second.url, tmp_path, metrics_listen=f"127.0.0.1:{http_port}")
+            wait_until(
+                lambda: out.read_text() != good, 15, what="the new store's config", interval=0.1
+            )
             assert "route 10.1.0.0/17" not in out.read_text()
         finally:
             second.stop()

@@ -1,4 +1,4 @@
-"""Several romanad services on one shared log (romana.testing's MemoryStore with
+"""Several romanad services on one shared log (tests/fakes' MemoryStore with
 ``shared=True``, in one event loop): the conflict-retry loop, undo and rebuild, catch-up
 and read-your-writes, without etcd. tests/test_replicas_etcd.py runs the same against
 real etcd and real romanad processes."""
@@ -19,9 +19,9 @@ from romana.ipam import AddressView, Engine, fact_from_json, fact_to_json
 from romana.ipam.addr import ip_to_str
 from romana.ipam.facts import Fact
 from romana.routes import RouteTracker
-from romana.testing import MemoryStore
 
 from .conftest import racks_topology
+from .fakes.store import MemoryStore
 from .test_undo import outcome, routes, tracked
 
 

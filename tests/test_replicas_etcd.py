@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 
 from .etcd import EtcdMember, etcd_cluster
-from .netns import Lab, wait_until
+from .lab import Lab
 from .replicas import HOSTS, Replica, Storm, loopback_replicas, running_replicas
+from .wait import wait_until
+
+pytestmark = [pytest.mark.daemons, pytest.mark.etcd]
 
 PUBLISHER = str(Path(sys.executable).parent / "romana-publisher")
 
@@ -103,7 +106,7 @@ def test_the_etcd_leader_and_a_replica_killed_mid_storm(
     storm.wait_for(storm.progress() + 300)
     leader.start()
     replicas[1].start()
-    wait_until(leader.healthy, timeout=20, message="the old leader to rejoin")
+    wait_until(leader.healthy, 20, what="the old leader to rejoin")
     storm.wait()
     check_agreement(replicas, storm)
     assert resumed - killed_at < 5.0
@@ -121,6 +124,7 @@ def run_in(ns: str, *cmd: str) -> str:
     return done.stdout
 
 
+@pytest.mark.root
 def test_a_member_cut_off_mid_storm_and_restored(tmp_path: Path) -> None:
     with Lab("ha", tmp_path) as lab:
         lan = lab.netns("lan")
@@ -163,7 +167,7 @@ def test_a_member_cut_off_mid_storm_and_restored(tmp_path: Path) -> None:
             storm.wait_for(storm.progress() + 400)
             resumed = min(t for t in storm.successes if t > cut_at)
             run_in(cut.netns, "ip", "link", "set", "eth0", "up")
-            wait_until(cut.healthy, timeout=20, message="the cut member to rejoin")
+            wait_until(cut.healthy, 20, what="the cut member to rejoin")
             storm.wait()
             check_agreement(replicas, storm)
             assert resumed - cut_at < 5.0

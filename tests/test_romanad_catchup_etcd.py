@@ -22,6 +22,8 @@ from romana.routes import RouteTracker
 from .etcd import EtcdMember
 from .replicas import HOSTS, Replica, Storm, loopback_replicas
 
+pytestmark = [pytest.mark.daemons, pytest.mark.etcd]
+
 OPERATIONS = 600
 RELEASES = 0.25  # of operations: a release of a name held, when there is one
 TENANTS = 16  # many owners: blocks are assigned and emptied all the time

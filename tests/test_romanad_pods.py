@@ -21,7 +21,9 @@ from romana.cni.lean_client import LeanRomanadClient
 
 from .conftest import EXAMPLES
 from .daemon import Daemon, running
-from .netns import wait_until
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 TOPOLOGY = str(EXAMPLES / "datacenter-4-racks.json")
 WEB = {
@@ -81,7 +83,12 @@ def test_every_view_shows_the_pod_and_a_restart_keeps_it(daemon: Daemon) -> None
         }.items()
         for i in range(12):  # enough facts for a snapshot
             c.post("/address", json={"name": f"filler-{i}", "host": "h2"})
-        wait_until(lambda: '"snapshot written"' in daemon.log.read_text(), 10, 0.05, "a snapshot")
+        wait_until(
+            lambda: '"snapshot written"' in daemon.log.read_text(),
+            10,
+            what="a snapshot",
+            interval=0.05,
+        )
         before = c.get("/addresses").json()
     daemon.kill()  # kill -9: what was acknowledged comes back, from the snapshot and log
     daemon.start()

@@ -19,7 +19,9 @@ import pytest
 
 from .conftest import EXAMPLES
 from .daemon import Daemon, running
-from .netns import wait_until
+from .wait import wait_until
+
+pytestmark = pytest.mark.daemons
 
 TOPOLOGY = str(EXAMPLES / "datacenter-4-racks.json")
 WATCHES = 50
@@ -95,7 +97,7 @@ def test_long_polls_past_their_budget_leave_writes_and_health_answered(daemon: D
     try:
         with daemon.client() as c:
             full = {"open": WATCHES, "limit": WATCHES, "refused": POLLS - WATCHES}
-            wait_until(lambda: health(c)["watches"] == full, 10, message="the budget to fill")
+            wait_until(lambda: health(c)["watches"] == full, 10, what="the budget to fill")
         refusals = answered(polls, POLLS - WATCHES)
         assert len(refusals) == POLLS - WATCHES
         assert answered([s for s in polls if s not in refusals], 1, within=0.5) == {}  # wait
@@ -134,7 +136,7 @@ def test_long_polls_past_their_budget_leave_writes_and_health_answered(daemon: D
             wait_until(
                 lambda: health(c)["watches"]["open"] == WATCHES,
                 10,
-                message="the watch budget to fill again",
+                what="the watch budget to fill again",
             )
         finally:
             for s in again:
@@ -142,7 +144,7 @@ def test_long_polls_past_their_budget_leave_writes_and_health_answered(daemon: D
         wait_until(
             lambda: health(c)["watches"]["open"] == 0,
             10,
-            message="the watches of clients that left to end",
+            what="the watches of clients that left to end",
         )
         fresh = c.get("/watch", params={"since": revision - 1, "timeout": 5})
         assert fresh.status_code == 200 and len(fresh.json()["changes"]) == 1

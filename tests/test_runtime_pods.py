@@ -44,7 +44,6 @@ from typing import Any
 
 import pytest
 
-from .bench_runs import run_benchmark
 from .containerd import (
     AGENT_SOCKET,
     BUSYBOX,
@@ -58,16 +57,21 @@ from .containerd import (
     plugin_processes,
 )
 from .elf import is_static
-from .netns import Lab, Netns, run, wait_until
+from .lab import Lab, Netns, run
 from .podman import Podman, build_image
 from .podspec import render
+from .wait import wait_until
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("containerd", "ctr", "runc", "umoci", "nft"))
-    or not Path("/bin/busybox").exists()
-    or os.geteuid() != 0,
-    reason="needs root, containerd, runc, umoci, busybox-static and nftables",
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.daemons,
+    pytest.mark.skipif(
+        any(shutil.which(tool) is None for tool in ("containerd", "ctr", "runc", "umoci", "nft"))
+        or not Path("/bin/busybox").exists()
+        or os.geteuid() != 0,
+        reason="needs root, containerd, runc, umoci, busybox-static and nftables",
+    ),
+]
 IMAGE_TOOLS = ("podman", "mmdebstrap", "kubectl")
 # The cluster's tests run the image (built here when its inputs changed: minutes).
 needs_image = [
@@ -259,7 +263,7 @@ def test_each_agent_runs_from_the_image_as_the_daemonset_says(world_ready: World
         cluster.client.allocate(f"probe-{name}", host=name, tenant="default")
         try:
             wait_until(lambda n=name: agent_routes(cluster, n), 30,
-                       message=f"{name}'s agent to program its routes")  # fmt: skip
+                       what=f"{name}'s agent to program its routes")  # fmt: skip
         finally:
             cluster.client.release(f"probe-{name}")
         listed = node.netns.exec("nft", "list", "table", "inet", "romana", check=False)
@@ -296,7 +300,7 @@ def test_runtime_pods_get_group_addresses_and_reach_across_nodes(world_ready: Wo
     wait_until(
         lambda: len(rmn_links(cluster, "node1")) == len(veths_before) - 1,
         10,
-        message="a2's host veth to go",
+        what="a2's host veth to go",
     )
     assert ips["a2"] not in {a["ip"] for a in cluster.client.addresses(host="node1")["addresses"]}
     assert world.ping(pods["a1"], ips["b1"])
@@ -341,7 +345,7 @@ def through_an_agent_gap(world: World, tag: str, stop: Callable[[], int],
         text=True,
     )
     try:
-        wait_until(lambda: len(world.processes(a1)) == 2, 10, message="the pinger to run")
+        wait_until(lambda: len(world.processes(a1)) == 2, 10, what="the pinger to run")
         routes_before, nft_before = node_state(cluster, "node2")
         assert any(r.get("dst") == b1_ip for r in routes_before), routes_before
         watcher.start()
@@ -362,7 +366,7 @@ def through_an_agent_gap(world: World, tag: str, stop: Callable[[], int],
                 {("ADD", b3.attachment), ("DEL", b2.attachment)} <= set(plugin_processes(CNI_BIN))
             ),
             30,
-            message="the ADD and the DEL to wait for the agent",
+            what="the ADD and the DEL to wait for the agent",
         )
         start()
         node2.runtime.wait_started(b3)
@@ -581,22 +585,3 @@ def ping_totals(output: str) -> tuple[int, int]:
     found = re.search(r"(\d+) packets transmitted, (\d+) packets received", output)
     assert found, output
     return int(found[1]), int(found[2])
-
-
-def test_the_runtime_cni_benchmark_runs_at_a_tiny_size() -> None:
-    figures = run_benchmark("runtime_cni_bench.py", "--pods", "2", "--gap-ms", "0")
-    for plugin in ("romana", "reference"):
-        # One timed ADD and one timed DEL per pod, all through ctr, none failed.
-        assert figures[plugin]["add"]["n"] == 2 and figures[plugin]["del"]["n"] == 2
-    assert figures["agent_own_ms"]["add"]["n"] == 2
-    assert figures["left_in_romanad"] == 0 and figures["left_romana_veths"] == 0
-    assert figures["add_p50_ratio"] > 0
-
-
-def test_the_agent_memory_benchmark_runs_at_a_tiny_size() -> None:
-    figures = run_benchmark("agent_memory_bench.py", "--pods", "4", "--checkpoints", "2")
-    assert figures["allocated_in_romanad_at_peak"] == 4
-    assert figures["romana_veths_at_peak"] == 4
-    assert [s["pods"] for s in figures["agent_kib"]] == [0, 1, 2, 4]
-    assert all(s["VmHWM"] >= s["VmRSS"] > 0 for s in figures["agent_kib"])
-    assert figures["left_in_romanad"] == 0

@@ -62,6 +62,7 @@ def test_token_files_must_be_readable_and_not_empty(tmp_path: Path) -> None:
         read_token_file("d", tmp_path / "missing")
 
 
+@pytest.mark.daemons
 @pytest.mark.parametrize(
     ("choice", "loop"), [("auto", "uvloop.Loop"), ("asyncio", "asyncio.unix_events")]
 )

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from romana.api.service import IpamService
@@ -26,6 +28,9 @@ from romana.topology import read_file
 from .conftest import EXAMPLES
 from .daemon import Daemon, free_port
 from .etcd import EtcdMember, etcd_cluster
+from .wait import wait_until_async
+
+pytestmark = [pytest.mark.daemons, pytest.mark.etcd]
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +224,11 @@ def test_watch_head_tells_of_other_writers_appends(store: EtcdStore, etcd: EtcdM
                 if head >= 3:
                     return
 
+        watchers = await asyncio.to_thread(etcd_watchers, etcd)
         task = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)  # the watch is made
+        await wait_until_async(
+            lambda: etcd_watchers(etcd) > watchers, 10, what="the watch to be made"
+        )
         for n in range(3):
             await asyncio.to_thread(other.append, [fact(n + 1)], n)
         await asyncio.wait_for(task, 10)
@@ -249,6 +257,14 @@ def test_romanad_tails_a_shared_store_and_not_a_sole_one(store: EtcdStore, tmp_p
 
     assert isinstance(store, SharedStore) and not isinstance(sole, SharedStore)
     asyncio.run(scenario())
+
+
+def etcd_watchers(member: EtcdMember) -> int:
+    """The watchers etcd holds now (its own gauge)."""
+    metrics = httpx.get(f"{member.url}/metrics", timeout=5).text
+    found = re.search(r"^etcd_debugging_mvcc_watcher_total (\d+)$", metrics, re.M)
+    assert found, "etcd reports no watcher gauge"
+    return int(found.group(1))
 
 
 def test_an_etcd_with_auth_is_used_with_its_user_and_refuses_a_wrong_password() -> None:

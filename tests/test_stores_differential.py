@@ -27,6 +27,8 @@ from romana.store.sqlite import SqliteStore
 from .etcd import EtcdMember, etcd_cluster
 from .test_ipam_properties import LABELS, OPS, check_invariants, run, topologies
 
+pytestmark = [pytest.mark.daemons, pytest.mark.etcd]
+
 
 @pytest.fixture(scope="module")
 def etcd() -> Iterator[EtcdMember]:

@@ -1,4 +1,4 @@
-"""Failure paths of long-lived loops, injected with romana.testing's fakes: a failing store
+"""Failure paths of long-lived loops, injected with the fakes in tests/fakes: a failing store
 under romanad's service, a scripted romanad and a refusing kernel table under the agent.
 Nothing may stop silently: a loop that fails is logged with its traceback and restarted
 (or ends the process), and health says so."""
@@ -17,17 +17,12 @@ from romana.agent.follow import RouteAgent
 from romana.agent.metrics import AgentMetrics
 from romana.api.service import IpamService
 from romana.errors import FeedRewound, OutcomeUnknown, StoreError, Unavailable, Unreachable
-from romana.store.base import Store
 from romana.supervise import Supervisor
-from romana.testing import FailingStore, FakeRouteTable, FakeUpstream, MemoryStore
 
 from .conftest import racks_topology
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
+from .fakes.agent import FakeRouteTable, FakeUpstream
+from .fakes.store import FailingStore, MemoryStore
+from .wait import wait_until_async
 
 
 def run(coro: Callable[[], Awaitable[None]]) -> None:
@@ -35,11 +30,6 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
 
 
 # -- romanad's service ------------------------------------------------------------------
-class Failing(FailingStore, Store):
-    """romana.testing's FailingStore, with what it lacks of the Store contract (``describe``)
-    from the contract's defaults."""
-
-
 def service_on(store: Any, fatal: list[BaseException], **kw: Any) -> IpamService:
     service = IpamService(store, on_fatal=fatal.append, **kw)
     service.mutate_before_serving(lambda: service.engine.apply_topology(racks_topology(2)))
@@ -53,20 +43,20 @@ def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def scenario() -> None:
-        store = Failing(MemoryStore())
+        store = FailingStore(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal, snapshot_every=5)
         store.fail("save_snapshot", times=2)
         await service.start()
         for i in range(10):
             await service.mutate(lambda i=i: service.engine.allocate(f"a{i}", "h1"))
-        await until(lambda: service.supervisor.loops["maintenance"].restarts >= 1)
+        await wait_until_async(lambda: service.supervisor.loops["maintenance"].restarts >= 1)
         _, health = service.health()
         assert health["loops"]["maintenance"]["last_error"].startswith("StoreError")
         # Writes never waited on it; the snapshot is written once the store works again.
         await service.mutate(lambda: service.engine.allocate("after", "h1"))
-        await until(lambda: bool(store.inner.snapshots), timeout=15)
-        await until(lambda: service.health()[0], timeout=5)
+        await wait_until_async(lambda: bool(store.inner.snapshots), timeout=15)
+        await wait_until_async(lambda: service.health()[0], timeout=5)
         assert not fatal
         await service.stop()
 
@@ -78,7 +68,7 @@ def test_a_failed_snapshot_restarts_maintenance_and_writes_go_on(
 
 def test_a_failed_append_is_answered_503_undone_and_writes_go_on() -> None:
     async def scenario() -> None:
-        store = Failing(MemoryStore())
+        store = FailingStore(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal)
         await service.start()
@@ -102,7 +92,7 @@ def test_a_failed_append_is_answered_503_undone_and_writes_go_on() -> None:
 
 def test_an_append_whose_answer_was_lost_is_read_back_and_a_retry_is_not_doubled() -> None:
     async def scenario() -> None:
-        store = Failing(MemoryStore())
+        store = FailingStore(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal)
         await service.start()
@@ -126,7 +116,7 @@ def test_an_append_whose_answer_was_lost_is_read_back_and_a_retry_is_not_doubled
 
 def test_a_state_that_cannot_be_rebuilt_after_a_failed_append_is_fatal() -> None:
     async def scenario() -> None:
-        store = Failing(MemoryStore())
+        store = FailingStore(MemoryStore())
         fatal: list[BaseException] = []
         service = service_on(store, fatal)
         await service.start()
@@ -136,7 +126,7 @@ def test_a_state_that_cannot_be_rebuilt_after_a_failed_append_is_fatal() -> None
         waiting = asyncio.create_task(
             service.mutate(lambda: service.engine.add_blackout("net", "10.1.0.0/30"))
         )
-        await until(lambda: bool(fatal))
+        await wait_until_async(lambda: bool(fatal))
         assert isinstance(fatal[0], OSError)
         ok, health = service.health()
         assert not ok and health["loops"]["group-commit"]["state"] == "failed"
@@ -160,9 +150,9 @@ def test_a_loop_that_returns_counts_as_failed_and_a_silent_one_as_stuck() -> Non
 
         supervisor.start("returns", returns, restart=False)
         supervisor.start("silent", silent, restart=True, stuck_after=0.05)
-        await until(lambda: bool(fatal))
+        await wait_until_async(lambda: bool(fatal))
         assert "returned; it must run until stopped" in str(fatal[0])
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: supervisor.health()[1]["silent"]["state"] == "stuck")
         ok, loops = supervisor.health()
         assert not ok and loops["silent"]["state"] == "stuck"
         await supervisor.stop()
@@ -170,9 +160,8 @@ def test_a_loop_that_returns_counts_as_failed_and_a_silent_one_as_stuck() -> Non
     run(scenario)
 
 
-class HeldStore(MemoryStore, Store):
-    """Appends wait for ``gate`` (they run in a worker thread, as SQLite's do); ``Store``
-    gives what the fake lacks of the contract (``describe``)."""
+class HeldStore(MemoryStore):
+    """Appends wait for ``gate`` (they run in a worker thread, as SQLite's do)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -193,7 +182,7 @@ def test_reads_wait_for_durable_state() -> None:
         await service.start()
         store.gate.clear()
         write = asyncio.create_task(service.mutate(lambda: service.engine.allocate("w", "h1")))
-        await until(lambda: service.engine.revision > service.durable_revision)
+        await wait_until_async(lambda: service.engine.revision > service.durable_revision)
         seen: list[int] = []
 
         async def read() -> None:
@@ -236,7 +225,7 @@ def test_the_repair_loop_survives_a_refused_sync() -> None:
         table.refuse(2)  # the next two syncs fail in the kernel
         table.routes.clear()  # someone flushed our table
         supervisor.start("repair", agent.resync_periodically, restart=True)
-        await until(lambda: "10.1.0.0/24" in table.routes)
+        await wait_until_async(lambda: "10.1.0.0/24" in table.routes)
         assert agent.metrics.errors.labels("OSError")._value.get() >= 1
         assert supervisor.loops["repair"].state == "running"  # the loop did not die
         await supervisor.stop()
@@ -253,13 +242,13 @@ def test_an_unexpected_error_restarts_the_follow_loop(caplog: pytest.LogCaptureF
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: supervisor.loops["follow"].restarts == 1)
+        await wait_until_async(lambda: supervisor.loops["follow"].restarts == 1)
         upstream.route_list = [LOCAL, NEIGHBOUR]
         upstream.revision = 5
         upstream.script = [
             {"revision": 5, "store_id": "store-a", "changes": [{"kind": "block_assigned"}]}
         ]
-        await until(lambda: "10.1.1.0/24" in table.routes, timeout=10)
+        await wait_until_async(lambda: "10.1.1.0/24" in table.routes, timeout=10)
         await supervisor.stop()
         agent.close()
 
@@ -277,7 +266,7 @@ def test_the_agent_refuses_a_rewound_feed_and_keeps_its_routes(change: str) -> N
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: len(table.routes) == 2)
+        await wait_until_async(lambda: len(table.routes) == 2)
         good = dict(table.routes)
         # romanad comes back emptied (a new store) or behind (a lost tail): its route set
         # would remove everything.
@@ -293,7 +282,7 @@ def test_the_agent_refuses_a_rewound_feed_and_keeps_its_routes(change: str) -> N
                 "changes": [{"kind": "topology_applied"}],
             }
         ]
-        await until(lambda: agent.rewound is not None)
+        await wait_until_async(lambda: agent.rewound is not None)
         await asyncio.sleep(0.2)
         assert table.routes == good  # the last good state stays
         assert agent.metrics.errors.labels("FeedRewound")._value.get() >= 1
@@ -318,7 +307,7 @@ def test_a_refused_watch_keeps_the_agents_place_in_the_feed() -> None:
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: upstream.calls.count("watch") >= 4, timeout=10)
+        await wait_until_async(lambda: upstream.calls.count("watch") >= 4, timeout=10)
         assert upstream.calls.count("routes") == 1  # the first sync only
         assert agent.romanad_up  # busy, not away
         await supervisor.stop()
@@ -334,16 +323,16 @@ def test_an_outage_keeps_routes_and_backs_off() -> None:
         agent = agent_with(upstream, table, watch_timeout=0.05)
         supervisor = Supervisor(on_fatal=pytest.fail)
         supervisor.start("follow", agent.follow, restart=True)
-        await until(lambda: agent.synced.is_set())
+        await wait_until_async(lambda: agent.synced.is_set())
         upstream.down = True
         upstream.script = [Unreachable("gone")]
-        await until(lambda: not agent.romanad_up)
+        await wait_until_async(lambda: not agent.romanad_up)
         calls = len(upstream.calls)
         await asyncio.sleep(0.3)
         assert len(upstream.calls) - calls < 10  # backing off, not spinning
         assert table.routes  # kept
         upstream.down = False
-        await until(lambda: agent.romanad_up, timeout=10)
+        await wait_until_async(lambda: agent.romanad_up, timeout=10)
         assert supervisor.loops["follow"].restarts == 0  # handled, not crashed
         await supervisor.stop()
         agent.close()

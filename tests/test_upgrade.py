@@ -18,6 +18,8 @@ from romana.store.sqlite import SqliteStore
 
 from .daemon import running
 
+pytestmark = pytest.mark.daemons
+
 OLD = json.loads((Path(__file__).parent / "data" / "pre-areas.json").read_text())
 # Written by the release before pods were recorded (commit 14da496): endpoints with labels
 # and ports, a tenant's labels, a labeled address released; snapshot version 3.

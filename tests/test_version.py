@@ -26,8 +26,9 @@ from romana import __version__
 from romana.cli.version import duration
 
 from .daemon import Daemon, free_port
-from .kube import Cluster, Listener, listener_fixtures
-from .netns import Lab, wait_until
+from .kube import KubeApiServer, Listener, listener_fixtures
+from .lab import Lab, romana_argv
+from .wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -102,6 +103,7 @@ def test_a_recorded_build_commit_is_reported(tmp_path: Path) -> None:
     assert match is not None and match["commit"] == "0a1b2c3d", result.stdout
 
 
+@pytest.mark.daemons
 def test_version_goes_before_argument_errors() -> None:
     """``--version`` wins over a wrong argument beside it, as people expect; a wrong
     argument alone is still a usage error."""
@@ -118,6 +120,7 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     running.stop()
 
 
+@pytest.mark.daemons
 def test_romanad_reports_its_build(daemon: Daemon) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     with daemon.client() as http:
@@ -148,6 +151,7 @@ def test_romanad_reports_its_build(daemon: Daemon) -> None:
 
 
 # -- romana version ----------------------------------------------------------------------
+@pytest.mark.daemons
 def test_romana_version_shows_client_and_romanad(daemon: Daemon) -> None:
     shown = run(str(BIN / "romana"), "version", "--url", daemon.url)
     assert shown.returncode == 0, shown.stderr
@@ -255,6 +259,8 @@ def test_uptime_reads_in_its_two_largest_units(seconds: float, text: str) -> Non
 
 
 # -- romana_build_info in the other processes' registries -------------------------------
+@pytest.mark.root
+@pytest.mark.daemons
 def test_agent_metrics_carry_build_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a network namespace of its own: the agent owns a routing table there."""
     monkeypatch.delenv("ROMANA_BUILD_COMMIT", raising=False)
@@ -264,37 +270,39 @@ def test_agent_metrics_carry_build_info(tmp_path: Path, monkeypatch: pytest.Monk
     try:
         with Lab("ver", tmp_path) as lab:
             host = lab.netns("h1")
-            lab.spawn(
+            lab.agent(
                 host,
-                str(BIN / "romana-agent"),
-                "--host",
                 "h1",
-                "--url",
                 f"unix:{socket}",
-                "--listen",
-                f"unix:{metrics_socket}",
-                "--no-policy",
-                log=tmp_path / "agent.log",
+                serving=metrics_socket,
+                listen=f"unix:{metrics_socket}",
+                no_policy=True,
             )
-            wait_until(metrics_socket.exists, 15, message="the agent's listener")
             metrics = get_unix(metrics_socket, "/metrics")
     finally:
         romanad.stop()
     assert build_info_labels(metrics) == {"version": __version__, "python": PYTHON, "commit": ""}
 
 
+@pytest.mark.daemons
 def test_publisher_metrics_carry_build_info(daemon: Daemon, tmp_path: Path) -> None:
     template = tmp_path / "bird.conf.j2"
     template.write_text("# rendered by romana-publisher\n")
     port = free_port()
     log = (tmp_path / "publisher.log").open("ab")
-    argv = [str(BIN / "romana-publisher"), "--host", "h1", "--url", daemon.url]
-    argv += ["--template", str(template), "--output", str(tmp_path / "bird.conf")]
-    proc = subprocess.Popen(
-        [*argv, "--metrics-listen", f"127.0.0.1:{port}"], stdout=log, stderr=log
+    argv = romana_argv(
+        "romana-publisher",
+        host="h1",
+        url=daemon.url,
+        template=template,
+        output=tmp_path / "bird.conf",
+        metrics_listen=f"127.0.0.1:{port}",
     )
+    proc = subprocess.Popen(argv, stdout=log, stderr=log)
     try:
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/metrics"), 15, 0.1, "/metrics")
+        wait_until(
+            lambda: _answers(f"http://127.0.0.1:{port}/metrics"), 15, what="/metrics", interval=0.1
+        )
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
         proc.terminate()
@@ -304,8 +312,9 @@ def test_publisher_metrics_carry_build_info(daemon: Daemon, tmp_path: Path) -> N
     assert labels == {"version": __version__, "python": PYTHON, "commit": "feedc0de"}
 
 
-def test_listener_metrics_carry_build_info(cluster: Cluster, listener: Listener) -> None:
-    wait_until(listener.health.exists, 15, message="the listener's health socket")
+@pytest.mark.daemons
+def test_listener_metrics_carry_build_info(cluster: KubeApiServer, listener: Listener) -> None:
+    wait_until(listener.health.exists, 15, what="the listener's health socket")
     metrics = get_unix(listener.health, "/metrics")
     assert build_info_labels(metrics)["version"] == __version__
 

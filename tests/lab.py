@@ -3,6 +3,11 @@
 Everything a :class:`Lab` creates is removed when it closes, even when the test failed:
 processes are stopped by PID (SIGTERM, then SIGKILL), namespaces are deleted. Namespace
 names carry the test process's PID so parallel or leftover runs never collide.
+
+The e2e harnesses differ only in their wiring: each builds its hosts with
+:meth:`Lab.switch` and :meth:`Lab.host` (or by hand, for routed fabrics) and starts Romana's
+processes with :meth:`Lab.agent` or :func:`romana_argv`, whose keyword arguments are the
+programs' flags.
 """
 
 from __future__ import annotations
@@ -12,11 +17,37 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from .wait import wait_until
+
+BIN = Path(sys.executable).parent  # the virtualenv's romanad, romana-agent, romana-cni, ...
+
+
+def romana_argv(program: str, *args: str, **flags: object) -> list[str]:
+    """``BIN/program ARGS FLAGS``: each keyword is a flag, ``cni_socket=path`` giving
+    ``--cni-socket path``; ``True`` gives the bare flag, ``None`` and ``False`` leave it
+    out, and a list gives the flag once per item."""
+    argv = [str(BIN / program), *args]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is True:
+                argv.append(flag)
+            elif item is not None and item is not False:
+                argv += [flag, str(item)]
+    return argv
+
+
+def agent_argv(host: str, url: str, **flags: object) -> list[str]:
+    """romana-agent for ``host`` following romanad at ``url``, with ``flags`` (see
+    :func:`romana_argv`)."""
+    return romana_argv("romana-agent", host=host, url=url, **flags)
 
 
 def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -44,7 +75,7 @@ class Netns:
 
     def ip_json(self, *args: str) -> list[dict[str, Any]]:
         out = run("ip", "-j", "-n", self.name, *args).stdout
-        return json.loads(out) if out.strip() else []  # type: ignore[no-any-return]
+        return json.loads(out) if out.strip() else []
 
     def exec(
         self, *cmd: str, check: bool = True, timeout: float = 30
@@ -62,6 +93,14 @@ class Netns:
 
     def routes(self, table: str = "main") -> list[dict[str, Any]]:
         return self.ip_json("route", "show", "table", table)
+
+
+class Switch(Netns):
+    """A namespace whose bridge ``br0`` joins hosts on one segment and is their gateway."""
+
+    def __init__(self, name: str, gateway: str) -> None:
+        super().__init__(name)
+        self.gateway = gateway
 
 
 class Lab:
@@ -83,12 +122,34 @@ class Lab:
         self.close()
 
     def netns(self, name: str) -> Netns:
-        ns = Netns(f"{self.prefix}-{name}")
+        return self._add(Netns(f"{self.prefix}-{name}"))
+
+    def _add(self, ns: Netns) -> Netns:
         run("ip", "netns", "add", ns.name)
         self.namespaces.append(ns)
         ns.ip("link", "set", "lo", "up")
         ns.sysctl("net.ipv4.ip_forward", "1")
         return ns
+
+    def switch(self, name: str, address: str) -> Switch:
+        """A switch namespace whose bridge holds ``address`` (``192.168.7.1/24``): the
+        segment's hosts (:meth:`host`) route through it by default."""
+        sw = Switch(f"{self.prefix}-{name}", address.partition("/")[0])
+        self._add(sw)
+        self.bridge(sw, "br0")
+        sw.ip("addr", "add", address, "dev", "br0")
+        return sw
+
+    def host(self, name: str, address: str, switch: Switch) -> Netns:
+        """A host namespace on ``switch``'s segment: eth0 with ``address`` (``.../24``),
+        plugged into the bridge as ``p<name>``, its default route via the switch."""
+        host = self.netns(name)
+        self.veth(host, "eth0", switch, f"p{name}")
+        switch.ip("link", "set", f"p{name}", "master", "br0")
+        host.ip("addr", "add", address, "dev", "eth0")
+        # Also what proxy ARP needs to answer for the pods' link-local gateway.
+        host.ip("route", "add", "default", "via", switch.gateway)
+        return host
 
     def veth(self, a: Netns, a_name: str, b: Netns, b_name: str) -> None:
         """A veth pair with one end in each namespace, both up."""
@@ -128,6 +189,26 @@ class Lab:
         out: IO[bytes] | int = log.open("ab") if log else subprocess.DEVNULL
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         self.processes.append(proc)
+        return proc
+
+    def agent(
+        self,
+        ns: Netns,
+        host: str,
+        url: str,
+        *,
+        serving: Path | None = None,
+        log: Path | None = None,
+        **flags: object,
+    ) -> subprocess.Popen[bytes]:
+        """romana-agent for ``host`` inside ``ns``, logging to ``agent-HOST.log`` in the lab's
+        directory; with ``serving``, returns once that Unix socket exists (the agent's CNI
+        socket or listener: it is up)."""
+        proc = self.spawn(
+            ns, *agent_argv(host, url, **flags), log=log or self.workdir / f"agent-{host}.log"
+        )
+        if serving is not None:
+            wait_until(serving.is_socket, 30, what=f"{host}'s agent to serve {serving}")
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
@@ -179,14 +260,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
-
-
-def wait_until(
-    predicate: Any, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
