@@ -10,6 +10,7 @@ lane a skip is a failure (a test that skips there needs something it did not dec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -85,7 +86,6 @@ NEEDS: dict[str, set[str]] = {
     "podman": {"daemons", "root"},
     "ctr": {"root"},
     "runc": {"root"},
-    "ip": {"root"},
     "nft": {"root"},
     "sysctl": {"root"},
     "conntrack": {"root"},
@@ -95,10 +95,12 @@ NEEDS: dict[str, set[str]] = {
     "setpriv": {"root"},
 }
 ONE_SHOT = {"--version", "--help", "--once", "--cleanup", "-p"}  # bird -p only parses
+# `ip` needs root to enter a namespace or change anything; showing needs nothing.
+IP_NEEDS_ROOT = {"netns", "-n", "add", "del", "delete", "set", "replace", "flush", "change"}
 DAEMON_ONLY = {"daemons"}
 BENCHMARKS = ROOT / "benchmarks"
 _ORIGINAL_POPEN = subprocess.Popen
-_running: list[pytest.Item] = []  # the test being run (its fixtures spawn on its behalf)
+_running: list[pytest.Item] = []  # the test being set up or run
 _spawned_unmarked = pytest.StashKey[list[str]]()
 _check_lane = False
 
@@ -132,10 +134,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _on_behalf_of(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _on_behalf_of(item):
+        return (yield)
+
+
+@contextlib.contextmanager
+def _on_behalf_of(item: pytest.Item) -> Iterator[None]:
+    """What starts now starts for ``item`` (its fixtures included). Not at teardown: a
+    module's fixtures are torn down after its last test, which did not ask for them, and
+    cleaning up needs what setting up needed, which was checked then."""
     _running.append(item)
     try:
-        return (yield)
+        yield
     finally:
         _running.pop()
 
@@ -185,6 +202,8 @@ def needs_of(argv: Sequence[str]) -> dict[str, set[str]]:
     for program, args in programs(argv):
         if Path(program).parent == BENCHMARKS:
             found[program] = {"bench"}
+        elif program == "ip" and IP_NEEDS_ROOT & set(args):
+            found[program] = {"root"}
         elif program in NEEDS:
             one_shot = any(a in ONE_SHOT for a in args)
             found[program] = NEEDS[program] - DAEMON_ONLY if one_shot else NEEDS[program]
