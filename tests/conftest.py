@@ -10,6 +10,7 @@ lane a skip is a failure (a test that skips there needs something it did not dec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -85,7 +86,6 @@ NEEDS: dict[str, set[str]] = {
     "podman": {"daemons", "root"},
     "ctr": {"root"},
     "runc": {"root"},
-    "ip": {"root"},
     "nft": {"root"},
     "sysctl": {"root"},
     "conntrack": {"root"},
@@ -95,11 +95,14 @@ NEEDS: dict[str, set[str]] = {
     "setpriv": {"root"},
 }
 ONE_SHOT = {"--version", "--help", "--once", "--cleanup", "-p"}  # bird -p only parses
+# `ip` needs root to enter a namespace or change anything; showing needs nothing.
+IP_NEEDS_ROOT = {"netns", "-n", "add", "del", "delete", "set", "replace", "flush", "change"}
 DAEMON_ONLY = {"daemons"}
 BENCHMARKS = ROOT / "benchmarks"
 _ORIGINAL_POPEN = subprocess.Popen
-_running: list[pytest.Item] = []  # the test being run (its fixtures spawn on its behalf)
-_spawned_unmarked = pytest.StashKey[list[str]]()
+_running: list[pytest.Item] = []  # the test being set up or run
+# (program, markers missing) -> what to tell, once per test and phase
+_spawned_unmarked = pytest.StashKey[dict[tuple[str, tuple[str, ...]], str]]()
 _check_lane = False
 
 
@@ -132,10 +135,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _on_behalf_of(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _on_behalf_of(item):
+        return (yield)
+
+
+@contextlib.contextmanager
+def _on_behalf_of(item: pytest.Item) -> Iterator[None]:
+    """What starts now starts for ``item`` (its fixtures included). Not at teardown: a
+    module's fixtures are torn down after its last test, which did not ask for them, and
+    cleaning up needs what setting up needed, which was checked then."""
     _running.append(item)
     try:
-        return (yield)
+        yield
     finally:
         _running.pop()
 
@@ -143,10 +161,15 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item) -> Iterator[pytest.TestReport]:
     report: pytest.TestReport = yield
-    unmarked = item.stash.get(_spawned_unmarked, [])
-    if unmarked and report.when == "call" and report.passed:
-        # Started from a thread, where the failure raised at the start was not seen.
-        report.outcome, report.longrepr = "failed", "\n".join(unmarked)
+    unmarked = item.stash.get(_spawned_unmarked, {})
+    if unmarked and report.when in ("setup", "call"):
+        # The process was started all the same (failing at its start could skip the
+        # cleanup that follows, and leak it); the test fails now, saying what to mark.
+        story = "\n".join(unmarked.values())
+        if report.failed:
+            story += f"\n\n{report.longrepr}"
+        report.outcome, report.longrepr = "failed", story
+        unmarked.clear()
     if _check_lane and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
@@ -185,6 +208,8 @@ def needs_of(argv: Sequence[str]) -> dict[str, set[str]]:
     for program, args in programs(argv):
         if Path(program).parent == BENCHMARKS:
             found[program] = {"bench"}
+        elif program == "ip" and IP_NEEDS_ROOT & set(args):
+            found[program] = {"root"}
         elif program in NEEDS:
             one_shot = any(a in ONE_SHOT for a in args)
             found[program] = NEEDS[program] - DAEMON_ONLY if one_shot else NEEDS[program]
@@ -192,8 +217,8 @@ def needs_of(argv: Sequence[str]) -> dict[str, set[str]]:
 
 
 class _GuardedPopen(_ORIGINAL_POPEN):  # type: ignore[type-arg]
-    """subprocess.Popen (and so run, check_output, asyncio's subprocesses) that first
-    checks the running test is marked with what the program needs."""
+    """subprocess.Popen (and so run, check_output, asyncio's subprocesses) that notes,
+    against the test being set up or run, a program its marks do not cover."""
 
     def __init__(self, args: Any, *rest: Any, **kw: Any) -> None:
         if _running:
@@ -208,12 +233,11 @@ def _check_marked(item: pytest.Item, args: Any) -> None:
         argv = [os.fsdecode(a) for a in args]
     marked = {m.name for m in item.iter_markers()}
     for program, needs in needs_of(argv).items():
-        missing = sorted(needs - marked)
+        missing = tuple(sorted(needs - marked))
         if missing:
-            problem = (
+            item.stash.setdefault(_spawned_unmarked, {}).setdefault(
+                (program, missing),
                 f"{item.nodeid} starts {program} ({shlex.join(argv)[:200]}) but is not marked "
                 + " and ".join(f"@pytest.mark.{m}" for m in missing)
-                + ": add the mark (pytestmark = ... for the module), see docs/testing.md"
+                + ": add the mark (pytestmark = ... for the module), see docs/testing.md",
             )
-            item.stash.setdefault(_spawned_unmarked, []).append(problem)
-            pytest.fail(problem, pytrace=False)

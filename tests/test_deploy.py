@@ -484,6 +484,8 @@ needs_bird = pytest.mark.skipif(
 )
 
 
+@pytest.mark.root
+@pytest.mark.daemons
 @pytest.mark.bird
 @needs_bird
 def test_the_first_config_container_renders_a_config_bird_accepts(tmp_path: Path) -> None:

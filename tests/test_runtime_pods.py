@@ -65,6 +65,7 @@ from .wait import wait_until
 pytestmark = [
     pytest.mark.root,
     pytest.mark.daemons,
+    pytest.mark.kubectl,  # the pods' specs come from the rendered manifests
     pytest.mark.skipif(
         any(shutil.which(tool) is None for tool in ("containerd", "ctr", "runc", "umoci", "nft"))
         or not Path("/bin/busybox").exists()
