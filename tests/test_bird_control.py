@@ -171,9 +171,8 @@ def test_bird_not_running_yet_keeps_the_new_file_and_retries(bird: Bird) -> None
     bird.start()
     assert bird.routes() == {"10.1.0.0/29"}
     # The same text again is not "nothing to do" while a reload is owed.
-    started = time.monotonic()
     assert cfg.apply(config("10.1.0.0/29")) is True
-    assert not cfg.reload_pending and time.monotonic() - started < 5
+    assert not cfg.reload_pending
 
 
 # -- the shipped templates ----------------------------------------------------------------
